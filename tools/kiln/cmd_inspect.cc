@@ -1,0 +1,8 @@
+#include "kiln/commands.h"
+
+namespace kiln::tools {
+void add_inspect_command(CLI::App& app, Action* run) {
+  CLI::App* cmd = app.add_subcommand("inspect", "(not yet implemented)");
+  cmd->callback([run] { *run = [] { return 2; }; });
+}
+}  // namespace kiln::tools
