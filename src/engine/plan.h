@@ -1,0 +1,45 @@
+// Plan: everything an engine needs at run time, as the builder produced it. It is what a .kiln file holds
+// (docs/engine-format.md) and what runtime::Engine executes.
+#pragma once
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "ir/graph.h"
+#include "kiln/status.h"
+
+namespace kiln::engine {
+
+// Engine file format version; bump on any incompatible change of the layout or the sections.
+constexpr uint32_t kFormatVersion = 1;
+
+struct BuildSettings {
+  std::string device = "cpu";                    // what the engine targets: "cpu" (later "cuda")
+  std::map<std::string, Shape> input_shapes;     // --shapes given at build time (fixed input shapes)
+  int opt_level = 3;
+};
+
+// How one layer (node of the optimized graph) runs.
+struct LayerInfo {
+  std::string name;     // node name; fused layers list their parts: "conv1 + bn1 + relu1"
+  std::string op_type;
+  std::string backend = "cpu";
+  std::string tactic = "cpu.reference";
+};
+
+struct Plan {
+  std::string kiln_version;       // the Kiln that built it
+  std::string target_backend = "cpu";
+  std::string target_device;      // e.g. "x86_64 CPU"
+  BuildSettings settings;
+  ir::Model model;                // the optimized graph; its initializers are the weights
+  std::vector<LayerInfo> layers;  // one per node of model.graph, in order
+};
+
+// Serialized .kiln bytes (engine_file.cc; the layout is docs/engine-format.md).
+Result<std::string> serialize_plan(const Plan& plan);
+// Refuses truncated, corrupted, foreign and newer-version data with a message that says which.
+Result<Plan> deserialize_plan(const std::string& bytes);
+
+}  // namespace kiln::engine
