@@ -228,20 +228,30 @@ Status tile_kernel(KernelContext& ctx) {
   return OkStatus();
 }
 
-// Dropout: identity at inference. With training_mode true (opset 12+) elements are zeroed at random with
-// probability ratio and the rest scaled by 1/(1-ratio); a seed makes it repeatable, but not equal to other
-// implementations' random streams.
+// A uniform double in [0, 1) from two 32-bit draws, exactly as numpy's legacy RandomState.random_sample
+// does; std::mt19937(seed) is seeded like RandomState(seed), so a seeded Dropout reproduces the ONNX
+// reference (np.random.seed(seed); np.random.uniform(0, 1, shape) >= ratio).
+double numpy_random_sample(std::mt19937& gen) {
+  const uint32_t a = gen() >> 5, b = gen() >> 6;
+  return (a * 67108864.0 + b) / 9007199254740992.0;
+}
+
+// Dropout: identity at inference. With training_mode true (opset 12+) elements are zeroed with probability
+// ratio and the rest scaled by 1/(1-ratio).
 Status dropout_kernel(KernelContext& ctx) {
   const Tensor& x = ctx.input(0);
   float ratio = ctx.attr_float("ratio", 0.5f);
-  if (ctx.has_input(1)) ratio = static_cast<float>(ctx.input(1).scalar_as_double(0));
+  if (ctx.has_input(1)) {
+    const Tensor& r = ctx.input(1);
+    if (r.numel() != 1 || !dtype_is_float(r.dtype())) return ctx.error("ratio must be one float, got " + r.description());
+    ratio = static_cast<float>(r.scalar_as_double(0));
+  }
   bool training = false;
   if (ctx.has_input(2)) {
     const Tensor& t = ctx.input(2);
     if (t.numel() != 1) return ctx.error("training_mode must be a scalar, got " + t.description());
     training = t.scalar_as_double(0) != 0;
   }
-  // Opsets before 7 had is_test; is_test == 0 meant training, but inference runtimes treat it as identity.
   if (!(ratio >= 0.0f && ratio < 1.0f)) return ctx.error("ratio " + std::to_string(ratio) + " must be in [0, 1)");
   // Before opset 10 the mask had the input's dtype; from 10 on it is bool.
   const DType mask_dtype = ctx.opset() < 10 ? x.dtype() : DType::kBool;
@@ -255,17 +265,17 @@ Status dropout_kernel(KernelContext& ctx) {
   }
   if (!dtype_is_float(x.dtype())) return ctx.error("training-mode Dropout needs a float input, got " + x.description());
   std::mt19937 gen(ctx.has_attr("seed") ? static_cast<uint32_t>(ctx.attr_int("seed", 0)) : std::random_device{}());
-  std::uniform_real_distribution<float> uniform(0.0f, 1.0f);
   Tensor xf = widen_to_float32(x);
   Tensor mask(DType::kBool, x.shape());
   Tensor yf(xf.dtype(), x.shape());
-  const double scale = 1.0 / (1.0 - ratio);
+  // In float32 like the reference (ratio is a float32 tensor there).
+  const float scale = 1.0f / (1.0f - ratio);
   bool ok = dispatch_float(xf.dtype(), [&](auto tag) {
     using T = decltype(tag);
     for (int64_t i = 0; i < x.numel(); ++i) {
-      bool keep = uniform(gen) >= ratio;
+      const bool keep = numpy_random_sample(gen) >= static_cast<double>(ratio);
       mask.data<bool>()[i] = keep;
-      yf.data<T>()[i] = keep ? static_cast<T>(xf.data<T>()[i] * scale) : T(0);
+      yf.data<T>()[i] = keep ? static_cast<T>(xf.data<T>()[i] * static_cast<T>(scale)) : T(0);
     }
   });
   if (!ok) return ctx.unsupported("Dropout does not support " + x.description());
