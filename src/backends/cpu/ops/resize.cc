@@ -16,7 +16,7 @@ namespace kiln::cpu {
 namespace {
 
 // The most output elements a Resize may produce: a bad scale must not allocate without bound.
-constexpr int64_t kMaxResizeElements = int64_t{1} << 32;
+constexpr int64_t kMaxResizeElements = int64_t{1} << 30;
 
 enum class Mode { kNearest, kLinear, kCubic };
 enum class NearestMode { kRoundPreferFloor, kRoundPreferCeil, kFloor, kCeil, kSimple };

@@ -1,7 +1,7 @@
 // CPU reference kernels: signal processing (DFT, STFT, window functions, MelWeightMatrix).
 //
 // Complex tensors are real tensors whose last dimension is 2 (real, imaginary); a real signal has a last
-// dimension of 1. Transforms are direct O(n^2) sums computed in double: this is the oracle, not a fast path.
+// dimension of 1. Transforms are computed in double.
 #include <cmath>
 #include <complex>
 #include <numbers>
@@ -21,6 +21,66 @@ cd twiddle(int64_t k, int64_t t, int64_t n, double sign) {
   const int64_t m = (k % n) * (t % n) % n;
   const double angle = sign * 2.0 * std::numbers::pi * static_cast<double>(m) / static_cast<double>(n);
   return {std::cos(angle), std::sin(angle)};
+}
+
+// Transforms `a` in place: out[k] = sum_t a[t] e^{sign 2 pi i k t / n} (no 1/n scaling).
+// Small sizes use the direct sum; powers of two use radix-2; other sizes use Bluestein's chirp-z algorithm
+// on top of radix-2, so that every length runs in O(n log n) and a long signal cannot hang the kernel.
+void fft_pow2(std::vector<cd>& a, double sign) {
+  const size_t n = a.size();
+  for (size_t i = 1, j = 0; i < n; ++i) {
+    size_t bit = n >> 1;
+    for (; j & bit; bit >>= 1) j ^= bit;
+    j ^= bit;
+    if (i < j) std::swap(a[i], a[j]);
+  }
+  for (size_t len = 2; len <= n; len <<= 1) {
+    for (size_t i = 0; i < n; i += len) {
+      for (size_t k = 0; k < len / 2; ++k) {
+        const cd w = twiddle(static_cast<int64_t>(k), 1, static_cast<int64_t>(len), sign);
+        const cd u = a[i + k], v = a[i + k + len / 2] * w;
+        a[i + k] = u + v;
+        a[i + k + len / 2] = u - v;
+      }
+    }
+  }
+}
+
+void transform(std::vector<cd>& a, double sign) {
+  const int64_t n = static_cast<int64_t>(a.size());
+  if (n <= 64) {
+    std::vector<cd> out(n);
+    for (int64_t k = 0; k < n; ++k) {
+      cd acc(0, 0);
+      for (int64_t t = 0; t < n; ++t) acc += a[t] * twiddle(k, t, n, sign);
+      out[k] = acc;
+    }
+    a = std::move(out);
+    return;
+  }
+  if ((n & (n - 1)) == 0) {
+    fft_pow2(a, sign);
+    return;
+  }
+  // Bluestein: k t = (k^2 + t^2 - (k - t)^2) / 2 turns the DFT into a convolution with a chirp.
+  int64_t m = 1;
+  while (m < 2 * n - 1) m <<= 1;
+  std::vector<cd> chirp(n);
+  for (int64_t k = 0; k < n; ++k) {
+    // e^{sign pi i k^2 / n}, with k^2 reduced mod 2n to keep the angle accurate.
+    const int64_t k2 = (k * k) % (2 * n);
+    const double angle = sign * std::numbers::pi * static_cast<double>(k2) / static_cast<double>(n);
+    chirp[k] = {std::cos(angle), std::sin(angle)};
+  }
+  std::vector<cd> x(m, cd(0, 0)), y(m, cd(0, 0));
+  for (int64_t k = 0; k < n; ++k) x[k] = a[k] * chirp[k];
+  y[0] = std::conj(chirp[0]);
+  for (int64_t k = 1; k < n; ++k) y[k] = y[m - k] = std::conj(chirp[k]);
+  fft_pow2(x, -1.0);
+  fft_pow2(y, -1.0);
+  for (int64_t i = 0; i < m; ++i) x[i] *= y[i];
+  fft_pow2(x, 1.0);
+  for (int64_t k = 0; k < n; ++k) a[k] = x[k] / static_cast<double>(m) * chirp[k];
 }
 
 Result<int64_t> scalar_int_input(const KernelContext& ctx, size_t i, const char* name) {
@@ -106,10 +166,10 @@ Status dft_kernel(KernelContext& ctx) {
       } else {
         for (int64_t k = 0; k < std::min(in_len, n); ++k) sig[k] = at(k);
       }
-      const double sign = inverse ? 1.0 : -1.0;
+      std::vector<cd> spec = sig;
+      transform(spec, inverse ? 1.0 : -1.0);
       for (int64_t f = 0; f < out_len; ++f) {
-        cd acc(0, 0);
-        for (int64_t t = 0; t < n; ++t) acc += sig[t] * twiddle(f, t, n, sign);
+        cd acc = spec[f];
         if (inverse) acc /= static_cast<double>(n);
         const int64_t base = ((o * out_len + f) * inner + i) * out_ch;
         out[base] = acc.real();
@@ -165,13 +225,14 @@ Status stft_kernel(KernelContext& ctx) {
   double* out = y.data<double>();
   for (int64_t b = 0; b < batch; ++b) {
     for (int64_t f = 0; f < frames; ++f) {
+      std::vector<cd> frame(frame_length);
+      for (int64_t t = 0; t < frame_length; ++t) {
+        const int64_t base = (b * length + f * step + t) * channels;
+        frame[t] = cd(in[base], channels == 2 ? in[base + 1] : 0.0) * window[t];
+      }
+      transform(frame, -1.0);
       for (int64_t k = 0; k < bins; ++k) {
-        cd acc(0, 0);
-        for (int64_t t = 0; t < frame_length; ++t) {
-          const int64_t base = (b * length + f * step + t) * channels;
-          const cd v(in[base], channels == 2 ? in[base + 1] : 0.0);
-          acc += v * window[t] * twiddle(k, t, frame_length, -1.0);
-        }
+        const cd acc = frame[k];
         double* o = out + ((b * frames + f) * bins + k) * 2;
         o[0] = acc.real();
         o[1] = acc.imag();
