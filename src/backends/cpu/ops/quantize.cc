@@ -162,10 +162,28 @@ Status quantize_linear(KernelContext& ctx) {
     KILN_ASSIGN_OR_RETURN(zs, as_floats(ctx.input(2)));
   }
   const bool saturate = ctx.attr_int("saturate", 1) != 0;
+  // x / scale is computed in the `precision` attribute's type (opset 23+), or, as numpy does, in float16 /
+  // bfloat16 when x and the scale both have that type; otherwise in float32.
+  DType qdt = DType::kFloat32;
+  const int64_t precision = ctx.attr_int("precision", 0);
+  if (precision != 0) {
+    if (precision != static_cast<int64_t>(DType::kFloat32) && precision != static_cast<int64_t>(DType::kFloat16) &&
+        precision != static_cast<int64_t>(DType::kBFloat16)) {
+      return ctx.error("precision must be float32, float16 or bfloat16, got " + std::to_string(precision));
+    }
+    qdt = static_cast<DType>(precision);
+  } else if (x.dtype() == scale.dtype() && (x.dtype() == DType::kFloat16 || x.dtype() == DType::kBFloat16)) {
+    qdt = x.dtype();
+  }
+  auto in_qdt = [qdt](float v) {
+    if (qdt == DType::kFloat16) return half_to_float(float_to_half(v));
+    if (qdt == DType::kBFloat16) return bf16_to_float(float_to_bf16(v));
+    return v;
+  };
   Tensor y(out_type, x.shape());
   for (int64_t i = 0; i < x.numel(); ++i) {
     const int64_t si = layout.index(i);
-    const float q = xs[i] / ss[si];
+    const float q = in_qdt(in_qdt(xs[i]) / in_qdt(ss[si]));
     if (int_out) {
       // Clamp in double first so that huge values and infinities saturate instead of overflowing.
       double r = std::nearbyint(static_cast<double>(q));
