@@ -294,8 +294,12 @@ Status scan8_kernel(KernelContext& ctx, const ir::Graph& body, int64_t num_scan_
       }
       Tensor p(model->dtype(), elem);
       if (t.defined()) {
-        if (t.rank() != model->rank() || t.dtype() != model->dtype())
-          return ctx.error("scan output " + std::to_string(k) + " differs across the batch");
+        // Same element shape and dtype as the others; only the sequence axis may be shorter.
+        bool same = t.rank() == model->rank() && t.dtype() == model->dtype() && t.dim(0) <= max_len;
+        for (int64_t d = 1; same && d < t.rank(); ++d) same = t.dim(d) == elem[d];
+        if (!same)
+          return ctx.error("scan output " + std::to_string(k) + " differs across the batch: " + t.description() +
+                           " vs " + model->description());
         cf::copy_elements(t, 0, p, 0, t.numel());
       }
       padded.push_back(p);
