@@ -10,7 +10,7 @@
 #include "kiln/compare.h"
 #include "onnx/importer.h"
 #include "onnx/tensor_proto.h"
-#include "runtime/executor.h"
+#include "kiln/kiln.h"
 
 namespace fs = std::filesystem;
 
@@ -59,16 +59,28 @@ struct TestOutcome {
 // Runs one test folder through import, preparation and execution; every data set must match.
 TestOutcome run_test(const fs::path& dir, const Tolerance& tol) {
   TestOutcome out;
-  auto model = onnx_io::import_model_file((dir / "model.onnx").string());
-  if (!model.ok()) {
-    out.message = model.status().to_string();
+  // The same path as a user's: parse, build, serialize, load, run.
+  Logger logger(Severity::kError);
+  logger.set_min_severity(static_cast<Severity>(-1));  // errors are reported in the test line instead
+  NetworkDefinition network;
+  OnnxParser parser(network, logger);
+  if (Status st = parser.parse_from_file((dir / "model.onnx").string()); !st.ok()) {
+    out.message = st.to_string();
     return out;
   }
-  auto prepared = runtime::PreparedGraph::prepare(model->graph, model->opsets);
-  if (!prepared.ok()) {
-    out.message = prepared.status().to_string();
+  Builder builder(logger);
+  auto plan = builder.build_serialized_network(network, BuilderConfig());
+  if (!plan.ok()) {
+    out.message = plan.status().to_string();
     return out;
   }
+  Runtime runtime(logger);
+  auto engine = runtime.deserialize_engine(plan->data(), plan->size());
+  if (!engine.ok()) {
+    out.message = engine.status().to_string();
+    return out;
+  }
+  auto context = (*engine)->create_execution_context();
   std::vector<fs::path> sets;
   for (const auto& e : fs::directory_iterator(dir))
     if (e.is_directory() && e.path().filename().string().rfind("test_data_set_", 0) == 0) sets.push_back(e.path());
@@ -77,7 +89,7 @@ TestOutcome run_test(const fs::path& dir, const Tolerance& tol) {
     out.message = "no test_data_set_* folders in " + dir.string();
     return out;
   }
-  const ir::Graph& g = model->graph;
+  const ir::Graph& g = network.model().graph;
   for (const auto& set : sets) {
     std::map<std::string, Value> feeds;
     auto input_files = numbered(set, "input_");
@@ -89,7 +101,7 @@ TestOutcome run_test(const fs::path& dir, const Tolerance& tol) {
       }
       feeds[g.inputs[i].name] = std::move(v).value();
     }
-    auto results = prepared->run(feeds);
+    auto results = context->execute_values(feeds);
     if (!results.ok()) {
       out.message = results.status().to_string();
       return out;

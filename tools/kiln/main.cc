@@ -11,6 +11,7 @@ int main(int argc, char** argv) {
   kiln::tools::add_run_command(app, &action);
   kiln::tools::add_check_command(app, &action);
   kiln::tools::add_inspect_command(app, &action);
+  kiln::tools::add_ops_command(app, &action);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

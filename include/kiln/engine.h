@@ -1,0 +1,83 @@
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kiln/status.h"
+#include "kiln/tensor.h"
+#include "kiln/value.h"
+
+namespace kiln {
+
+namespace engine {
+struct Plan;
+}
+class ExecutionContext;
+
+enum class TensorIOMode { kNone, kInput, kOutput };
+
+// An optimized model, immutable once built or deserialized: one engine serves many execution contexts,
+// on many threads at once.
+class Engine : public std::enable_shared_from_this<Engine> {
+ public:
+  ~Engine();
+
+  int num_io_tensors() const;
+  std::string io_tensor_name(int index) const;  // inputs first, then outputs
+  TensorIOMode tensor_io_mode(const std::string& name) const;
+  DType tensor_dtype(const std::string& name) const;
+  // The shape as built, with -1 for a dynamic dimension; empty for an unknown name or unknown rank.
+  Shape tensor_shape(const std::string& name) const;
+
+  Result<std::vector<uint8_t>> serialize() const;
+  std::unique_ptr<ExecutionContext> create_execution_context();
+
+  // A readable description: I/O tensors, layers with backend and kernel, weight and activation memory.
+  std::string inspect() const;
+  const engine::Plan& plan() const { return *plan_; }
+
+  // Used by Builder and Runtime.
+  static Result<std::shared_ptr<Engine>> create(engine::Plan plan);
+
+ private:
+  Engine() = default;
+  friend class ExecutionContext;
+  struct State;
+  std::unique_ptr<engine::Plan> plan_;
+  std::unique_ptr<State> state_;
+};
+
+// Per-request state for one engine (shapes, bound buffers, results). Use one per thread.
+class ExecutionContext {
+ public:
+  explicit ExecutionContext(std::shared_ptr<Engine> engine);
+  ~ExecutionContext();
+
+  // Sets the shape of an input whose shape is dynamic (also accepted for static inputs when equal).
+  Status set_input_shape(const std::string& name, const Shape& shape);
+  // Binds a host buffer: an input's data, or where an output is written after execute(). The buffer must
+  // stay valid until execute() returns; an output buffer must be large enough for the output.
+  Status set_tensor_address(const std::string& name, void* data);
+  // Runs the engine on the bound inputs.
+  Status execute();
+  // Runs on named input tensors and returns every output by name (no binding needed).
+  Result<std::map<std::string, Tensor>> execute(const std::map<std::string, Tensor>& inputs);
+
+  // Runs on named input values (tensors, sequences, optionals) and returns the outputs in graph order.
+  Result<std::vector<Value>> execute_values(const std::map<std::string, Value>& inputs);
+
+  // After execute(): an output's shape (or an input's, as set).
+  Shape tensor_shape(const std::string& name) const;
+  // After execute(): the output tensor (owned by the context until the next execute()).
+  const Tensor* output(const std::string& name) const;
+
+ private:
+  std::shared_ptr<Engine> engine_;
+  std::map<std::string, Shape> input_shapes_;
+  std::map<std::string, void*> addresses_;
+  std::map<std::string, Tensor> outputs_;
+};
+
+}  // namespace kiln

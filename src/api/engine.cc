@@ -1,0 +1,271 @@
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "builder/build_plan.h"
+#include "engine/plan.h"
+#include "kiln/kiln.h"
+#include "onnx/tensor_proto.h"
+#include "runtime/executor.h"
+
+namespace kiln {
+
+struct Engine::State {
+  runtime::PreparedGraph graph;
+  std::vector<std::string> io_names;  // inputs, then outputs
+};
+
+Engine::~Engine() = default;
+
+Result<std::shared_ptr<Engine>> Engine::create(engine::Plan plan) {
+  std::shared_ptr<Engine> e(new Engine());
+  e->plan_ = std::make_unique<engine::Plan>(std::move(plan));
+  KILN_ASSIGN_OR_RETURN(runtime::PreparedGraph pg,
+                        runtime::PreparedGraph::prepare(e->plan_->model.graph, e->plan_->model.opsets));
+  e->state_ = std::make_unique<State>(State{std::move(pg), {}});
+  for (const auto& in : e->plan_->model.graph.inputs) e->state_->io_names.push_back(in.name);
+  for (const auto& out : e->plan_->model.graph.outputs) e->state_->io_names.push_back(out.name);
+  return e;
+}
+
+int Engine::num_io_tensors() const { return static_cast<int>(state_->io_names.size()); }
+
+std::string Engine::io_tensor_name(int index) const {
+  return index >= 0 && index < num_io_tensors() ? state_->io_names[index] : "";
+}
+
+namespace {
+const ir::ValueInfo* find_io(const ir::Graph& g, const std::string& name, TensorIOMode* mode) {
+  for (const auto& v : g.inputs)
+    if (v.name == name) {
+      if (mode) *mode = TensorIOMode::kInput;
+      return &v;
+    }
+  for (const auto& v : g.outputs)
+    if (v.name == name) {
+      if (mode) *mode = TensorIOMode::kOutput;
+      return &v;
+    }
+  return nullptr;
+}
+}  // namespace
+
+TensorIOMode Engine::tensor_io_mode(const std::string& name) const {
+  TensorIOMode mode = TensorIOMode::kNone;
+  find_io(plan_->model.graph, name, &mode);
+  return mode;
+}
+
+DType Engine::tensor_dtype(const std::string& name) const {
+  const ir::ValueInfo* v = find_io(plan_->model.graph, name, nullptr);
+  if (v == nullptr) return DType::kUndefined;
+  if (v->type.kind != ir::TypeInfo::Kind::kUnknown) return v->type.dtype;
+  const ir::TypeInfo* t = plan_->model.graph.type_of(name);
+  return t ? t->dtype : DType::kUndefined;
+}
+
+Shape Engine::tensor_shape(const std::string& name) const {
+  const ir::ValueInfo* v = find_io(plan_->model.graph, name, nullptr);
+  if (v == nullptr) return {};
+  const ir::TypeInfo* t = &v->type;
+  if (!t->has_shape) t = plan_->model.graph.type_of(name);
+  if (t == nullptr || !t->has_shape) return {};
+  Shape s;
+  for (const auto& d : t->dims) s.push_back(d.known() ? d.value : -1);
+  return s;
+}
+
+Result<std::vector<uint8_t>> Engine::serialize() const {
+  KILN_ASSIGN_OR_RETURN(std::string bytes, engine::serialize_plan(*plan_));
+  return std::vector<uint8_t>(bytes.begin(), bytes.end());
+}
+
+std::unique_ptr<ExecutionContext> Engine::create_execution_context() {
+  return std::make_unique<ExecutionContext>(shared_from_this());
+}
+
+std::string Engine::inspect() const {
+  const ir::Graph& g = plan_->model.graph;
+  std::ostringstream os;
+  os << "Kiln engine (built by Kiln " << plan_->kiln_version << ")\n";
+  os << "target: " << plan_->target_backend << " (" << plan_->target_device << "), opt level "
+     << plan_->settings.opt_level << "\n\n";
+  auto type_text = [&](const ir::ValueInfo& v) {
+    const ir::TypeInfo* t = v.type.kind != ir::TypeInfo::Kind::kUnknown ? &v.type : g.type_of(v.name);
+    return t ? t->to_string() : std::string("unknown");
+  };
+  os << "inputs:\n";
+  for (const auto& v : g.inputs) os << "  " << v.name << ": " << type_text(v) << "\n";
+  os << "outputs:\n";
+  for (const auto& v : g.outputs) os << "  " << v.name << ": " << type_text(v) << "\n";
+  os << "\nlayers (" << plan_->layers.size() << "):\n";
+  for (size_t i = 0; i < plan_->layers.size(); ++i) {
+    const engine::LayerInfo& l = plan_->layers[i];
+    os << "  #" << i << " " << l.name << " [" << l.op_type << "] backend=" << l.backend << " kernel=" << l.tactic << "\n";
+  }
+  size_t weight_bytes = 0;
+  for (const auto& [name, t] : g.initializers) weight_bytes += t.nbytes();
+  // Activation memory: the peak of live intermediate tensors, where their shapes are known statically.
+  int64_t known = 0, unknown = 0;
+  for (const auto& n : g.nodes)
+    for (const auto& o : n.outputs) {
+      const ir::TypeInfo* t = g.type_of(o);
+      if (t && t->is_static()) known += shape_numel(t->static_shape()) * static_cast<int64_t>(dtype_size(t->dtype));
+      else ++unknown;
+    }
+  os << "\nmemory:\n  weights: " << weight_bytes << " bytes in " << g.initializers.size() << " tensors\n";
+  os << "  activations: " << known << " bytes (sum of statically shaped intermediate tensors";
+  if (unknown) os << "; " << unknown << " more with shapes known only at run time";
+  os << ")\n";
+  return os.str();
+}
+
+// ---- ExecutionContext ----
+
+ExecutionContext::ExecutionContext(std::shared_ptr<Engine> engine) : engine_(std::move(engine)) {}
+ExecutionContext::~ExecutionContext() = default;
+
+namespace {
+// Checks a shape against an input's declared type: rank and every known dimension.
+Status check_input_shape(const ir::ValueInfo& in, const Shape& shape) {
+  const ir::TypeInfo& t = in.type;
+  if (!t.has_shape) return OkStatus();
+  bool ok = t.dims.size() == shape.size();
+  for (size_t i = 0; ok && i < shape.size(); ++i)
+    if (shape[i] < 0 || (t.dims[i].known() && t.dims[i].value != shape[i])) ok = false;
+  if (!ok)
+    return InvalidArgument("input '" + in.name + "': shape " + shape_to_string(shape) +
+                           " does not match the engine's " + t.to_string());
+  return OkStatus();
+}
+}  // namespace
+
+Status ExecutionContext::set_input_shape(const std::string& name, const Shape& shape) {
+  TensorIOMode mode = TensorIOMode::kNone;
+  const ir::ValueInfo* v = find_io(engine_->plan_->model.graph, name, &mode);
+  if (v == nullptr || mode != TensorIOMode::kInput) return NotFound("'" + name + "' is not an input of the engine");
+  KILN_RETURN_IF_ERROR(check_input_shape(*v, shape));
+  input_shapes_[name] = shape;
+  return OkStatus();
+}
+
+Status ExecutionContext::set_tensor_address(const std::string& name, void* data) {
+  if (engine_->tensor_io_mode(name) == TensorIOMode::kNone)
+    return NotFound("'" + name + "' is not an input or output of the engine");
+  if (data == nullptr) return InvalidArgument("tensor '" + name + "': address is null");
+  addresses_[name] = data;
+  return OkStatus();
+}
+
+Status ExecutionContext::execute() {
+  const ir::Graph& g = engine_->plan_->model.graph;
+  std::map<std::string, Tensor> inputs;
+  for (const auto& in : g.inputs) {
+    auto addr = addresses_.find(in.name);
+    if (addr == addresses_.end()) continue;  // missing inputs are reported by execute(map)
+    Shape shape;
+    if (auto s = input_shapes_.find(in.name); s != input_shapes_.end()) {
+      shape = s->second;
+    } else if (in.type.is_static()) {
+      shape = in.type.static_shape();
+    } else {
+      return InvalidArgument("input '" + in.name + "' has dynamic shape " + in.type.to_string() +
+                             ": call set_input_shape first");
+    }
+    inputs[in.name] = Tensor::view(in.type.dtype, shape, addr->second);
+  }
+  KILN_ASSIGN_OR_RETURN(auto outputs, execute(inputs));
+  for (const auto& out : g.outputs) {
+    auto addr = addresses_.find(out.name);
+    if (addr == addresses_.end()) continue;
+    const Tensor& t = outputs[out.name];
+    if (t.dtype() == DType::kString) return Unsupported("output '" + out.name + "' holds strings: use output()");
+    std::memcpy(addr->second, t.raw_data(), t.nbytes());
+  }
+  return OkStatus();
+}
+
+Result<std::vector<Value>> ExecutionContext::execute_values(const std::map<std::string, Value>& inputs) {
+  const ir::Graph& g = engine_->plan_->model.graph;
+  for (const auto& [name, v] : inputs) {
+    TensorIOMode mode = TensorIOMode::kNone;
+    const ir::ValueInfo* info = find_io(g, name, &mode);
+    if (info == nullptr || mode != TensorIOMode::kInput) return NotFound("'" + name + "' is not an input of the engine");
+    if (info->type.kind != ir::TypeInfo::Kind::kTensor || !v.is_tensor()) continue;
+    if (info->type.dtype != v.tensor().dtype())
+      return InvalidArgument("input '" + name + "': dtype " + dtype_name(v.tensor().dtype()) +
+                             " does not match the engine's " + dtype_name(info->type.dtype));
+    KILN_RETURN_IF_ERROR(check_input_shape(*info, v.tensor().shape()));
+  }
+  for (const auto& in : g.inputs)
+    if (!inputs.count(in.name) && !g.initializers.count(in.name) && in.type.kind != ir::TypeInfo::Kind::kOptional)
+      return InvalidArgument("input '" + in.name + "' (" + in.type.to_string() + ") was not given");
+  return engine_->state_->graph.run(inputs);
+}
+
+Result<std::map<std::string, Tensor>> ExecutionContext::execute(const std::map<std::string, Tensor>& inputs) {
+  const ir::Graph& g = engine_->plan_->model.graph;
+  std::map<std::string, Value> feeds;
+  for (const auto& [name, t] : inputs) feeds[name] = Value(t);
+  KILN_ASSIGN_OR_RETURN(std::vector<Value> results, execute_values(feeds));
+  outputs_.clear();
+  for (size_t i = 0; i < g.outputs.size(); ++i) {
+    if (!results[i].is_tensor())
+      return Unsupported("output '" + g.outputs[i].name + "' is a " + results[i].description() +
+                         ", not a tensor: use execute_values");
+    outputs_[g.outputs[i].name] = results[i].tensor();
+  }
+  return outputs_;
+}
+
+Shape ExecutionContext::tensor_shape(const std::string& name) const {
+  if (auto it = outputs_.find(name); it != outputs_.end()) return it->second.shape();
+  if (auto it = input_shapes_.find(name); it != input_shapes_.end()) return it->second;
+  return engine_->tensor_shape(name);
+}
+
+const Tensor* ExecutionContext::output(const std::string& name) const {
+  auto it = outputs_.find(name);
+  return it == outputs_.end() ? nullptr : &it->second;
+}
+
+// ---- Builder and Runtime ----
+
+Result<std::shared_ptr<Engine>> Builder::build_engine(const NetworkDefinition& network, const BuilderConfig& config) {
+  if (network.empty()) return InvalidArgument("the network is empty: parse a model into it first");
+  engine::BuildSettings settings;
+  settings.device = config.device() == "auto" ? "cpu" : config.device();
+  if (settings.device == "cuda")
+    return Unsupported("--device cuda: this Kiln was built without the CUDA backend, or no GPU is present");
+  settings.input_shapes = config.input_shapes();
+  settings.opt_level = config.opt_level();
+  if (settings.opt_level < 0 || settings.opt_level > 3)
+    return InvalidArgument("opt level must be 0 to 3, got " + std::to_string(settings.opt_level));
+  KILN_ASSIGN_OR_RETURN(engine::Plan plan, builder::build_plan(network.model(), settings, logger_));
+  return Engine::create(std::move(plan));
+}
+
+Result<std::vector<uint8_t>> Builder::build_serialized_network(const NetworkDefinition& network,
+                                                              const BuilderConfig& config) {
+  KILN_ASSIGN_OR_RETURN(std::shared_ptr<Engine> e, build_engine(network, config));
+  return e->serialize();
+}
+
+Result<std::shared_ptr<Engine>> Runtime::deserialize_engine(const void* data, size_t size) {
+  if (data == nullptr || size == 0) return InvalidEngine("the engine data is empty");
+  KILN_ASSIGN_OR_RETURN(engine::Plan plan,
+                        engine::deserialize_plan(std::string(static_cast<const char*>(data), size)));
+  if (plan.target_backend != "cpu")
+    return InvalidEngine("the engine targets '" + plan.target_backend + " (" + plan.target_device +
+                         ")', which this machine does not have: rebuild it here with kiln build");
+  return Engine::create(std::move(plan));
+}
+
+Result<std::shared_ptr<Engine>> Runtime::deserialize_engine_file(const std::string& path) {
+  KILN_ASSIGN_OR_RETURN(std::string bytes, onnx_io::read_file(path));
+  auto e = deserialize_engine(bytes.data(), bytes.size());
+  if (!e.ok()) return e.status().with_context(path);
+  return e;
+}
+
+}  // namespace kiln

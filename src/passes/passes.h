@@ -1,0 +1,22 @@
+// Graph passes: each a rewrite of an ir::Model, one per file (DESIGN.md principle 6).
+#pragma once
+
+#include <map>
+#include <string>
+
+#include "ir/graph.h"
+#include "kiln/status.h"
+
+namespace kiln::passes {
+
+// Fixes the shapes of graph inputs given at build time (--shapes); refuses unknown names and rank changes.
+Status apply_input_shapes(ir::Model& model, const std::map<std::string, Shape>& shapes);
+// Infers the dtype and shape (with symbolic dimensions) of every value it can, into graph.value_types.
+Status infer_shapes(ir::Model& model);
+// Evaluates nodes whose inputs are all constant (and Shape/Size of statically shaped values) at build
+// time, replacing them by initializers. Returns the number of nodes folded through *folded.
+Status fold_constants(ir::Model& model, int* folded = nullptr);
+// Removes nodes whose outputs nothing uses, and initializers nothing reads.
+Status eliminate_dead_nodes(ir::Model& model, int* removed = nullptr);
+
+}  // namespace kiln::passes
