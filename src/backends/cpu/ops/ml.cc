@@ -50,6 +50,8 @@ Tensor string_tensor(const std::vector<std::string>& v) {
 
 Status label_encoder_kernel(KernelContext& ctx) {
   if (!ctx.has_input(0)) return ctx.error("input X is required");
+  // ai.onnx.ml opset 1 mapped strings <-> int64 through `classes_strings`; opset 2+ uses key/value lists.
+  if (ctx.opset() < 2) return ctx.unsupported("LabelEncoder from ai.onnx.ml opset 1 (classes_strings)");
   const Tensor& x = ctx.input(0);
   // Keys.
   Tensor keys;
@@ -273,7 +275,7 @@ Status tree_ensemble_kernel(KernelContext& ctx) {
 }  // namespace
 
 void register_ml_ops(ir::OpRegistry& r) {
-  r.add(domain_schema(kMl, "LabelEncoder", 1, label_encoder_kernel));
+  r.add(domain_schema(kMl, "LabelEncoder", 2, label_encoder_kernel));
   r.add(domain_schema(kMl, "ArrayFeatureExtractor", 1, array_feature_extractor_kernel));
   r.add(domain_schema(kMl, "Binarizer", 1, binarizer_kernel));
   r.add(domain_schema(kMl, "TreeEnsemble", 5, tree_ensemble_kernel));
