@@ -124,6 +124,17 @@ Status grid_sample_kernel(KernelContext& ctx) {
         const float len = static_cast<float>(dims[i]);
         float v = align ? (gn + 1) / 2.0f * (len - 1) : ((gn + 1) * len - 1) / 2.0f;
         double c = v;
+        if (std::isnan(c)) {
+          // A NaN coordinate samples nothing: every tap is outside.
+          for (int k = 0; k < taps; ++k) {
+            tap_idx[i][k] = -1;
+            tap_w[i][k] = 0;
+          }
+          continue;
+        }
+        // Far outside the input every padding mode gives the same taps; clamping keeps the integer
+        // conversions below defined.
+        c = std::clamp(c, -1e12, 1e12);
         if (mode == GsMode::kNearest) c = std::nearbyint(c);
         if (c < lo[i] || c > hi[i]) {
           if (pad == GsPad::kBorder) c = std::clamp(c, 0.0, static_cast<double>(dims[i] - 1));
@@ -297,6 +308,9 @@ Status roi_align_kernel(KernelContext& ctx) {
     const int64_t grid_w = sampling_ratio > 0 ? sampling_ratio : static_cast<int64_t>(std::ceil(roi_w / static_cast<double>(pw_n)));
     if (grid_h > 4096 || grid_w > 4096) return ctx.error("roi " + std::to_string(n) + " needs too many samples per bin");
     const int64_t gh = std::max<int64_t>(grid_h, 0), gw = std::max<int64_t>(grid_w, 0);
+    if (ph_n * pw_n * gh * gw > (int64_t{1} << 26)) {
+      return ctx.error("roi " + std::to_string(n) + " needs " + std::to_string(ph_n * pw_n * gh * gw) + " samples; too many");
+    }
     const double count = static_cast<double>(std::max<int64_t>(gh * gw, 1));
     // Bilinear sample positions and weights for every (bin, sample) of this roi.
     std::vector<Sample> samples;
@@ -417,7 +431,11 @@ Status nms_kernel(KernelContext& ctx) {
         if (!has_score_threshold || s[i] > score_threshold) cand.push_back(i);
       }
       // Highest score first; equal scores keep the lower box index first.
-      std::stable_sort(cand.begin(), cand.end(), [&](int64_t a, int64_t c) { return s[a] > s[c]; });
+      // (NaN scores sort last, so the comparison stays a strict weak order.)
+      std::stable_sort(cand.begin(), cand.end(), [&](int64_t a, int64_t c) {
+        if (std::isnan(s[a]) || std::isnan(s[c])) return !std::isnan(s[a]) && std::isnan(s[c]);
+        return s[a] > s[c];
+      });
       std::vector<int64_t> kept;
       for (int64_t i : cand) {
         if (static_cast<int64_t>(kept.size()) >= max_out) break;

@@ -388,12 +388,15 @@ Status resize_kernel(KernelContext& ctx) {
     // One scale for all resized axes: the smallest (not_larger) or largest (not_smaller) ratio.
     double s = policy == "not_larger" ? 1e300 : 0.0;
     for (size_t i = 0; i < naxes; ++i) {
+      if (x.dim(axes[i]) == 0) return ctx.error("keep_aspect_ratio_policy needs non-empty resized axes");
       const double r = static_cast<double>(sizes[i]) / static_cast<double>(x.dim(axes[i]));
       s = policy == "not_larger" ? std::min(s, r) : std::max(s, r);
     }
     for (size_t i = 0; i < naxes; ++i) {
       plans[axes[i]].scale = s;
-      plans[axes[i]].out = static_cast<int64_t>(s * static_cast<double>(x.dim(axes[i])) + 0.5);
+      const double out = s * static_cast<double>(x.dim(axes[i])) + 0.5;
+      if (!(out < static_cast<double>(kMaxResizeElements))) return ctx.error("output size is too large");
+      plans[axes[i]].out = static_cast<int64_t>(out);
     }
   } else {
     return ctx.error("unknown keep_aspect_ratio_policy '" + policy + "'");

@@ -14,7 +14,7 @@ namespace {
 using cd = std::complex<double>;
 
 // Largest transform / window / matrix we accept: keeps a bad scalar input from allocating without bound.
-constexpr int64_t kMaxSignalLength = int64_t{1} << 26;
+constexpr int64_t kMaxSignalLength = int64_t{1} << 24;
 
 // e^{sign * 2*pi*i * k*t / n}, with k*t reduced mod n first so the angle stays accurate.
 cd twiddle(int64_t k, int64_t t, int64_t n, double sign) {
@@ -125,7 +125,7 @@ Status dft_kernel(KernelContext& ctx) {
   if (ctx.has_input(1)) {
     KILN_ASSIGN_OR_RETURN(n, scalar_int_input(ctx, 1, "dft_length"));
   }
-  if (n < 1 || n > kMaxSignalLength) return ctx.error("dft_length must be in [1, 2^26], got " + std::to_string(n));
+  if (n < 1 || n > kMaxSignalLength) return ctx.error("dft_length must be in [1, 2^24], got " + std::to_string(n));
   if (onesided && !inverse && channels == 2) {
     return ctx.error("onesided forward DFT needs a real input (last dimension 1)");
   }
@@ -250,7 +250,7 @@ template <int kKind>
 Status window_kernel(KernelContext& ctx) {
   if (!ctx.has_input(0)) return ctx.error("window op needs input size");
   KILN_ASSIGN_OR_RETURN(int64_t size, scalar_int_input(ctx, 0, "size"));
-  if (size < 0 || size > kMaxSignalLength) return ctx.error("size must be in [0, 2^26], got " + std::to_string(size));
+  if (size < 0 || size > kMaxSignalLength) return ctx.error("size must be in [0, 2^24], got " + std::to_string(size));
   const int64_t dt = ctx.attr_int("output_datatype", 1);
   if (!dtype_is_valid(static_cast<int32_t>(dt))) return ctx.error("invalid output_datatype " + std::to_string(dt));
   const bool periodic = ctx.attr_int("periodic", 1) != 0;
