@@ -46,7 +46,8 @@ namespace {
 
 class Importer {
  public:
-  Importer(const std::string& base_dir, const ir::OpsetMap& opsets) : base_dir_(base_dir), opsets_(opsets) {}
+  Importer(const std::string& base_dir, const ir::OpsetMap& opsets, int64_t ir_version)
+      : base_dir_(base_dir), opsets_(opsets), ir_version_(ir_version) {}
 
   std::vector<ImportError> errors;
 
@@ -67,7 +68,9 @@ class Importer {
       add_error(StatusCode::kUnsupported, "sparse initializer '" + sp.values().name() + "' is not supported");
     }
     for (const auto& in : gp.input()) {
-      if (g->initializers.count(in.name())) continue;  // an initializer listed as input (IR < 4): a constant
+      // Before IR version 4 every initializer had to be listed as an input too: it is a constant. From
+      // version 4 on, an input that is also an initializer is an input with a default value.
+      if (ir_version_ < 4 && g->initializers.count(in.name())) continue;
       g->inputs.push_back({in.name(), type_from_proto(in.type())});
       defined.insert(in.name());
     }
@@ -203,6 +206,7 @@ class Importer {
 
   std::string base_dir_;
   const ir::OpsetMap& opsets_;
+  int64_t ir_version_;
 };
 
 Status summarize(const std::vector<ImportError>& errors) {
@@ -240,7 +244,7 @@ Result<ir::Model> import_model_proto(const onnx::ModelProto& mp, const std::stri
     fail(StatusCode::kUnsupported, "model-local functions are not supported (" + mp.functions(0).name() + ")");
   if (!mp.has_graph()) fail(StatusCode::kInvalidModel, "the model has no graph");
   if (errors.empty()) {
-    Importer importer(base_dir, model.opsets);
+    Importer importer(base_dir, model.opsets, model.ir_version);
     importer.import_graph(mp.graph(), &model.graph, {});
     errors = std::move(importer.errors);
   }

@@ -93,13 +93,17 @@ TestOutcome run_test(const fs::path& dir, const Tolerance& tol) {
   for (const auto& set : sets) {
     std::map<std::string, Value> feeds;
     auto input_files = numbered(set, "input_");
-    for (size_t i = 0; i < input_files.size() && i < g.inputs.size(); ++i) {
-      auto v = onnx_io::read_value_file(input_files[i].string(), kind_of(g.inputs[i].type));
+    // Input files bind, in order, to the graph inputs that have no initializer (no default value).
+    std::vector<const ir::ValueInfo*> bindable;
+    for (const auto& in : g.inputs)
+      if (!g.initializers.count(in.name)) bindable.push_back(&in);
+    for (size_t i = 0; i < input_files.size() && i < bindable.size(); ++i) {
+      auto v = onnx_io::read_value_file(input_files[i].string(), kind_of(bindable[i]->type));
       if (!v.ok()) {
         out.message = v.status().to_string();
         return out;
       }
-      feeds[g.inputs[i].name] = std::move(v).value();
+      feeds[bindable[i]->name] = std::move(v).value();
     }
     auto results = context->execute_values(feeds);
     if (!results.ok()) {
