@@ -19,7 +19,7 @@ Result<std::vector<int64_t>> index_values(const KernelContext& ctx, size_t i) {
 Status gather_kernel(KernelContext& ctx) {
   const Tensor& data = ctx.input(0);
   if (data.rank() == 0) return ctx.error("data must have rank >= 1");
-  KILN_ASSIGN_OR_RETURN(int64_t axis, normalize_axis(ctx.attr_int("axis", 0), data.rank()));
+  KILN_ASSIGN_OR_RETURN(int64_t axis, mv::normalize_axis(ctx, ctx.attr_int("axis", 0), data.rank()));
   KILN_ASSIGN_OR_RETURN(std::vector<int64_t> indices, index_values(ctx, 1));
   const Shape& ishape = ctx.input(1).shape();
   const int64_t dim = data.dim(axis);
@@ -72,7 +72,7 @@ Status check_elements_shapes(const KernelContext& ctx, const Tensor& data, const
 Status gather_elements_kernel(KernelContext& ctx) {
   const Tensor& data = ctx.input(0);
   if (data.rank() == 0) return ctx.error("data must have rank >= 1");
-  KILN_ASSIGN_OR_RETURN(int64_t axis, normalize_axis(ctx.attr_int("axis", 0), data.rank()));
+  KILN_ASSIGN_OR_RETURN(int64_t axis, mv::normalize_axis(ctx, ctx.attr_int("axis", 0), data.rank()));
   KILN_ASSIGN_OR_RETURN(std::vector<int64_t> indices, index_values(ctx, 1));
   const Shape& ishape = ctx.input(1).shape();
   KILN_RETURN_IF_ERROR(check_elements_shapes(ctx, data, ishape, axis, true));
@@ -152,7 +152,7 @@ Status scatter_elements_kernel(KernelContext& ctx) {
   const Tensor& data = ctx.input(0);
   const Tensor& updates = ctx.input(2);
   if (data.rank() == 0) return ctx.error("data must have rank >= 1");
-  KILN_ASSIGN_OR_RETURN(int64_t axis, normalize_axis(ctx.attr_int("axis", 0), data.rank()));
+  KILN_ASSIGN_OR_RETURN(int64_t axis, mv::normalize_axis(ctx, ctx.attr_int("axis", 0), data.rank()));
   KILN_ASSIGN_OR_RETURN(std::vector<int64_t> indices, index_values(ctx, 1));
   const Shape& ishape = ctx.input(1).shape();
   if (updates.shape() != ishape)
@@ -204,7 +204,7 @@ Status tensor_scatter_kernel(KernelContext& ctx) {
   if (past.rank() < 1) return ctx.error("past_cache must have rank >= 1");
   if (update.dtype() != past.dtype() || update.rank() != past.rank())
     return ctx.error("update " + update.description() + " does not match past_cache " + past.description());
-  KILN_ASSIGN_OR_RETURN(int64_t axis, normalize_axis(ctx.attr_int("axis", -2), past.rank()));
+  KILN_ASSIGN_OR_RETURN(int64_t axis, mv::normalize_axis(ctx, ctx.attr_int("axis", -2), past.rank()));
   if (axis == 0) return ctx.error("axis must not be the batch axis 0");
   const std::string mode = ctx.attr_string("mode", "linear");
   if (mode != "linear" && mode != "circular") return ctx.error("unknown mode '" + mode + "'");
@@ -301,7 +301,7 @@ Status compress_kernel(KernelContext& ctx) {
   Tensor src = x;
   int64_t axis = 0;
   if (ctx.has_attr("axis")) {
-    KILN_ASSIGN_OR_RETURN(axis, normalize_axis(ctx.attr_int("axis", 0), x.rank()));
+    KILN_ASSIGN_OR_RETURN(axis, mv::normalize_axis(ctx, ctx.attr_int("axis", 0), x.rank()));
   } else {
     src = x.reshaped({x.numel()});
   }

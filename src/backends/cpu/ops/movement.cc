@@ -99,7 +99,7 @@ Tensor slice_axis(const Tensor& x, int64_t axis, int64_t begin, int64_t len) {
 Status split_kernel(KernelContext& ctx) {
   const Tensor& x = ctx.input(0);
   if (x.rank() == 0) return ctx.error("cannot split a scalar");
-  KILN_ASSIGN_OR_RETURN(int64_t axis, normalize_axis(ctx.attr_int("axis", 0), x.rank()));
+  KILN_ASSIGN_OR_RETURN(int64_t axis, mv::normalize_axis(ctx, ctx.attr_int("axis", 0), x.rank()));
   const int64_t dim = x.dim(axis);
   std::vector<int64_t> split;
   if (ctx.has_input(1)) {

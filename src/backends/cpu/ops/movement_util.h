@@ -83,6 +83,13 @@ inline Result<std::vector<int64_t>> int_list_input(const KernelContext& ctx, siz
   return t.to_int64_vector();
 }
 
+// normalize_axis, with the error naming the node.
+inline Result<int64_t> normalize_axis(const KernelContext& ctx, int64_t axis, int64_t rank) {
+  Result<int64_t> r = cpu::normalize_axis(axis, rank);
+  if (!r.ok()) return ctx.error(r.status().message());
+  return r;
+}
+
 // Normalizes a list of axes for `rank`, rejecting out-of-range and repeated axes.
 inline Result<std::vector<int64_t>> normalize_axes(const KernelContext& ctx, std::vector<int64_t> axes, int64_t rank) {
   std::vector<bool> seen(static_cast<size_t>(rank), false);

@@ -37,6 +37,8 @@ Status reshape_kernel(KernelContext& ctx) {
     } else if (shape[i] < 0) {
       return ctx.error("shape " + shape_to_string(shape) + " has an invalid dim " + std::to_string(shape[i]));
     } else {
+      if (shape[i] != 0 && known > mv::kMaxElements / shape[i])
+        return ctx.error("shape " + shape_to_string(shape) + " is too large");
       known *= shape[i];
     }
   }

@@ -71,7 +71,7 @@ Status topk_kernel(KernelContext& ctx) {
   } else {
     k = ctx.attr_int("k", -1);
   }
-  KILN_ASSIGN_OR_RETURN(int64_t axis, normalize_axis(ctx.attr_int("axis", -1), x.rank()));
+  KILN_ASSIGN_OR_RETURN(int64_t axis, mv::normalize_axis(ctx, ctx.attr_int("axis", -1), x.rank()));
   if (k < 0 || k > x.dim(axis))
     return ctx.error("k " + std::to_string(k) + " is outside [0, " + std::to_string(x.dim(axis)) + "] for input " +
                      x.description());
@@ -105,7 +105,7 @@ Status topk_kernel(KernelContext& ctx) {
 // ArgMax (sign 1) and ArgMin (sign -1).
 Status arg_extreme(KernelContext& ctx, int sign) {
   const Tensor& x = ctx.input(0);
-  KILN_ASSIGN_OR_RETURN(int64_t axis, normalize_axis(ctx.attr_int("axis", 0), x.rank()));
+  KILN_ASSIGN_OR_RETURN(int64_t axis, mv::normalize_axis(ctx, ctx.attr_int("axis", 0), x.rank()));
   const bool keepdims = ctx.attr_int("keepdims", 1) != 0;
   const bool last = ctx.attr_int("select_last_index", 0) != 0;
   KILN_ASSIGN_OR_RETURN(ElemCompare cmp, element_compare(ctx, x));
@@ -142,7 +142,7 @@ Status unique_kernel(KernelContext& ctx) {
   const bool has_axis = ctx.has_attr("axis");
   if (has_axis) {
     if (x.rank() == 0) return ctx.error("axis given for a scalar input");
-    KILN_ASSIGN_OR_RETURN(axis, normalize_axis(ctx.attr_int("axis", 0), x.rank()));
+    KILN_ASSIGN_OR_RETURN(axis, mv::normalize_axis(ctx, ctx.attr_int("axis", 0), x.rank()));
   } else {
     src = x.reshaped({x.numel()});
   }
@@ -202,7 +202,7 @@ Status cumulative(KernelContext& ctx, bool product) {
   if (axis_t.numel() != 1 || !dtype_is_integer(axis_t.dtype()))
     return ctx.error("axis must be one integer, got " + axis_t.description());
   if (x.rank() == 0) return ctx.error("input must have rank >= 1");
-  KILN_ASSIGN_OR_RETURN(int64_t axis, normalize_axis(axis_t.scalar_as_int(0), x.rank()));
+  KILN_ASSIGN_OR_RETURN(int64_t axis, mv::normalize_axis(ctx, axis_t.scalar_as_int(0), x.rank()));
   const bool exclusive = ctx.attr_int("exclusive", 0) != 0;
   const bool reverse = ctx.attr_int("reverse", 0) != 0;
   const AxisSplit s = split_at(x.shape(), axis);
