@@ -1,10 +1,398 @@
+// Shape inference with symbolic dimensions: propagates dtype and dims through the ops that models use
+// most, so that Shape -> Gather -> Concat -> Reshape chains fold when input shapes are known. An op it does
+// not know leaves its outputs unknown; it never guesses (a wrong static shape would fold a wrong constant).
+#include <algorithm>
+#include <set>
+
 #include "passes/passes.h"
 
 namespace kiln::passes {
 
-// Placeholder: shape inference is being written; graph inputs keep their declared types.
+namespace {
+
+using ir::Dim;
+using ir::TypeInfo;
+
+TypeInfo tensor_type(DType dtype, std::vector<Dim> dims) {
+  TypeInfo t;
+  t.kind = TypeInfo::Kind::kTensor;
+  t.dtype = dtype;
+  t.has_shape = true;
+  t.dims = std::move(dims);
+  return t;
+}
+
+TypeInfo dtype_only(DType dtype) {
+  TypeInfo t;
+  t.kind = TypeInfo::Kind::kTensor;
+  t.dtype = dtype;
+  return t;
+}
+
+bool same_dim(const Dim& a, const Dim& b) {
+  if (a.known() || b.known()) return a.value == b.value;
+  return !a.symbol.empty() && a.symbol == b.symbol;
+}
+
+// Numpy broadcasting of dims; a pair it cannot decide (two different symbols) becomes unknown.
+std::vector<Dim> broadcast(const std::vector<Dim>& a, const std::vector<Dim>& b) {
+  size_t rank = std::max(a.size(), b.size());
+  std::vector<Dim> out(rank);
+  for (size_t i = 0; i < rank; ++i) {
+    Dim da = i < rank - a.size() ? Dim::of(1) : a[i - (rank - a.size())];
+    Dim db = i < rank - b.size() ? Dim::of(1) : b[i - (rank - b.size())];
+    if (da.known() && da.value == 1) out[i] = db;
+    else if (db.known() && db.value == 1) out[i] = da;
+    else if (same_dim(da, db)) out[i] = da;
+    else if (da.known() && !db.known()) out[i] = da;  // db must equal da (or be 1, which would not change it)
+    else if (db.known() && !da.known()) out[i] = db;
+    else out[i] = Dim();
+  }
+  return out;
+}
+
+class Inferrer {
+ public:
+  Inferrer(ir::Graph& g, int opset) : g_(g), opset_(opset) {}
+
+  void run() {
+    for (const ir::Node& n : g_.nodes) {
+      if (!n.domain.empty()) continue;
+      infer(n);
+    }
+  }
+
+ private:
+  const TypeInfo* type(const std::string& name) {
+    if (name.empty()) return nullptr;
+    if (auto it = g_.initializers.find(name); it != g_.initializers.end()) {
+      auto& slot = const_types_[name];
+      slot = tensor_type(it->second.dtype(), {});
+      for (int64_t d : it->second.shape()) slot.dims.push_back(Dim::of(d));
+      return &slot;
+    }
+    const TypeInfo* t = g_.type_of(name);
+    return t && t->kind == TypeInfo::Kind::kTensor ? t : nullptr;
+  }
+  const Tensor* constant(const std::string& name) {
+    // Inputs with defaults can be overridden at run time: they are not constants.
+    for (const auto& in : g_.inputs)
+      if (in.name == name) return nullptr;
+    auto it = g_.initializers.find(name);
+    return it == g_.initializers.end() ? nullptr : &it->second;
+  }
+  void set(const ir::Node& n, size_t i, TypeInfo t) {
+    if (i < n.outputs.size() && !n.outputs[i].empty()) g_.value_types[n.outputs[i]] = std::move(t);
+  }
+  int64_t iattr(const ir::Node& n, const char* name, int64_t dflt) {
+    const ir::Attribute* a = n.attr(name);
+    return a && a->type == ir::Attribute::Type::kInt ? a->i : dflt;
+  }
+  std::vector<int64_t> iattrs(const ir::Node& n, const char* name) {
+    const ir::Attribute* a = n.attr(name);
+    return a && a->type == ir::Attribute::Type::kInts ? a->ints : std::vector<int64_t>{};
+  }
+  // Axes from an attribute (older opsets) or a constant input; false when unknown.
+  bool axes_of(const ir::Node& n, size_t input, std::vector<int64_t>* axes) {
+    if (n.attr("axes")) {
+      *axes = iattrs(n, "axes");
+      return true;
+    }
+    if (input < n.inputs.size() && !n.inputs[input].empty()) {
+      const Tensor* c = constant(n.inputs[input]);
+      if (!c) return false;
+      *axes = c->to_int64_vector();
+      return true;
+    }
+    axes->clear();
+    return true;
+  }
+
+  void infer(const ir::Node& n) {
+    static const std::set<std::string> same_as_input = {
+        "Abs", "Neg", "Reciprocal", "Floor", "Ceil", "Round", "Sqrt", "Exp", "Log", "Sin", "Cos", "Tan", "Asin",
+        "Acos", "Atan", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh", "Erf", "Sign", "Relu", "LeakyRelu", "Elu",
+        "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Softplus", "Softsign", "ThresholdedRelu",
+        "Shrink", "Gelu", "Mish", "Swish", "Clip", "Identity", "Softmax", "LogSoftmax", "Hardmax",
+        "BatchNormalization", "InstanceNormalization", "LayerNormalization", "GroupNormalization",
+        "RMSNormalization", "LRN", "LpNormalization", "MeanVarianceNormalization", "Dropout", "Not",
+        "BitwiseNot", "CumSum", "CumProd", "Trilu"};
+    static const std::set<std::string> broadcasting = {"Add", "Sub", "Mul", "Div", "Pow", "Mod", "PRelu",
+                                                       "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor",
+                                                       "Max", "Min", "Sum", "Mean"};
+    static const std::set<std::string> comparing = {"Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual",
+                                                    "And", "Or", "Xor"};
+    const std::string& op = n.op_type;
+    const TypeInfo* x = n.inputs.empty() ? nullptr : type(n.inputs[0]);
+
+    if (same_as_input.count(op)) {
+      if (x) set(n, 0, *x);
+      return;
+    }
+    if (broadcasting.count(op) || comparing.count(op) || op == "Where") {
+      std::vector<Dim> dims;
+      DType dtype = DType::kUndefined;
+      size_t first = op == "Where" ? 1 : 0;
+      for (size_t i = 0; i < n.inputs.size(); ++i) {
+        const TypeInfo* t = type(n.inputs[i]);
+        if (!t) return;
+        if (i == first) dtype = t->dtype;
+        if (!t->has_shape) {
+          set(n, 0, dtype_only(comparing.count(op) ? DType::kBool : dtype));
+          return;
+        }
+        dims = i == 0 ? t->dims : broadcast(dims, t->dims);
+      }
+      if (comparing.count(op)) dtype = DType::kBool;
+      if (!n.inputs.empty()) set(n, 0, tensor_type(dtype, dims));
+      return;
+    }
+    if (op == "IsNaN" || op == "IsInf") {
+      if (!x) return;
+      TypeInfo t = *x;
+      t.dtype = DType::kBool;
+      return set(n, 0, t);
+    }
+    if (op == "Cast") {
+      TypeInfo t = x ? *x : TypeInfo{};
+      t.kind = TypeInfo::Kind::kTensor;
+      t.dtype = static_cast<DType>(iattr(n, "to", 0));
+      set(n, 0, t);
+      return;
+    }
+    if (!x) return;
+    if (op == "Shape") {
+      if (!x->has_shape) return set(n, 0, dtype_only(DType::kInt64));
+      int64_t rank = static_cast<int64_t>(x->dims.size());
+      int64_t start = opset_ >= 15 ? iattr(n, "start", 0) : 0, end = opset_ >= 15 ? iattr(n, "end", rank) : rank;
+      auto clamp = [rank](int64_t v) { return std::clamp<int64_t>(v < 0 ? v + rank : v, 0, rank); };
+      return set(n, 0, tensor_type(DType::kInt64, {Dim::of(std::max<int64_t>(0, clamp(end) - clamp(start)))}));
+    }
+    if (op == "Size") return set(n, 0, tensor_type(DType::kInt64, {}));
+    if (!x->has_shape) return;
+    const std::vector<Dim>& d = x->dims;
+    const int64_t rank = static_cast<int64_t>(d.size());
+
+    if (op == "Conv" || op == "MaxPool" || op == "AveragePool" || op == "LpPool") {
+      return infer_window(n, *x);
+    }
+    if (op == "GlobalAveragePool" || op == "GlobalMaxPool" || op == "GlobalLpPool") {
+      std::vector<Dim> out(d.begin(), d.begin() + std::min<int64_t>(2, rank));
+      for (int64_t i = 2; i < rank; ++i) out.push_back(Dim::of(1));
+      return set(n, 0, tensor_type(x->dtype, out));
+    }
+    if (op == "MatMul") {
+      const TypeInfo* y = type(n.inputs[1]);
+      if (!y || !y->has_shape || d.empty() || y->dims.empty()) return;
+      std::vector<Dim> a = d, b = y->dims;
+      bool a1 = a.size() == 1, b1 = b.size() == 1;
+      if (a1) a.insert(a.begin(), Dim::of(1));
+      if (b1) b.push_back(Dim::of(1));
+      std::vector<Dim> batch = broadcast(std::vector<Dim>(a.begin(), a.end() - 2), std::vector<Dim>(b.begin(), b.end() - 2));
+      if (!a1) batch.push_back(a[a.size() - 2]);
+      if (!b1) batch.push_back(b.back());
+      return set(n, 0, tensor_type(x->dtype, batch));
+    }
+    if (op == "Gemm") {
+      const TypeInfo* y = type(n.inputs[1]);
+      if (!y || !y->has_shape || rank != 2 || y->dims.size() != 2) return;
+      Dim m = iattr(n, "transA", 0) ? d[1] : d[0];
+      Dim nn = iattr(n, "transB", 0) ? y->dims[0] : y->dims[1];
+      return set(n, 0, tensor_type(x->dtype, {m, nn}));
+    }
+    if (op == "Flatten") {
+      int64_t axis = iattr(n, "axis", 1);
+      if (axis < 0) axis += rank;
+      if (axis < 0 || axis > rank) return;
+      return set(n, 0, tensor_type(x->dtype, {product(d, 0, axis), product(d, axis, rank)}));
+    }
+    if (op == "Transpose") {
+      std::vector<int64_t> perm = iattrs(n, "perm");
+      if (perm.empty())
+        for (int64_t i = rank - 1; i >= 0; --i) perm.push_back(i);
+      if (static_cast<int64_t>(perm.size()) != rank) return;
+      std::vector<Dim> out;
+      for (int64_t p : perm) {
+        if (p < 0 || p >= rank) return;
+        out.push_back(d[p]);
+      }
+      return set(n, 0, tensor_type(x->dtype, out));
+    }
+    if (op == "Reshape") {
+      const Tensor* shape = n.inputs.size() > 1 ? constant(n.inputs[1]) : nullptr;
+      if (!shape) return;
+      std::vector<int64_t> s = shape->to_int64_vector();
+      bool allowzero = iattr(n, "allowzero", 0) != 0;
+      std::vector<Dim> out;
+      int minus_one = -1;
+      for (size_t i = 0; i < s.size(); ++i) {
+        if (s[i] == 0 && !allowzero) {
+          if (i >= d.size()) return;
+          out.push_back(d[i]);
+        } else if (s[i] == -1) {
+          minus_one = static_cast<int>(i);
+          out.push_back(Dim());
+        } else {
+          out.push_back(Dim::of(s[i]));
+        }
+      }
+      if (minus_one >= 0) {  // resolvable only when every other size is known
+        Dim total = product(d, 0, rank);
+        int64_t rest = 1;
+        bool known = total.known();
+        for (size_t i = 0; i < out.size(); ++i)
+          if (static_cast<int>(i) != minus_one) {
+            if (!out[i].known()) known = false;
+            else rest *= out[i].value;
+          }
+        if (known && rest > 0 && total.value % rest == 0) out[minus_one] = Dim::of(total.value / rest);
+      }
+      return set(n, 0, tensor_type(x->dtype, out));
+    }
+    if (op == "Unsqueeze" || op == "Squeeze") {
+      std::vector<int64_t> axes;
+      if (!axes_of(n, 1, &axes)) return;
+      if (op == "Unsqueeze") {
+        int64_t out_rank = rank + static_cast<int64_t>(axes.size());
+        std::vector<bool> is_new(out_rank, false);
+        for (int64_t a : axes) {
+          if (a < 0) a += out_rank;
+          if (a < 0 || a >= out_rank) return;
+          is_new[a] = true;
+        }
+        std::vector<Dim> out;
+        size_t k = 0;
+        for (int64_t i = 0; i < out_rank; ++i) out.push_back(is_new[i] ? Dim::of(1) : d[k++]);
+        return set(n, 0, tensor_type(x->dtype, out));
+      }
+      std::vector<Dim> out;
+      std::set<int64_t> drop;
+      for (int64_t a : axes) drop.insert(a < 0 ? a + rank : a);
+      for (int64_t i = 0; i < rank; ++i) {
+        if (axes.empty() ? (d[i].known() && d[i].value == 1) : drop.count(i) > 0) continue;
+        if (axes.empty() && !d[i].known()) return;  // cannot tell whether it is squeezed
+        out.push_back(d[i]);
+      }
+      return set(n, 0, tensor_type(x->dtype, out));
+    }
+    if (op == "Concat") {
+      int64_t axis = iattr(n, "axis", 0);
+      if (axis < 0) axis += rank;
+      if (axis < 0 || axis >= rank) return;
+      std::vector<Dim> out = d;
+      int64_t sum = 0;
+      bool known = true;
+      for (const auto& in : n.inputs) {
+        const TypeInfo* t = type(in);
+        if (!t || !t->has_shape || static_cast<int64_t>(t->dims.size()) != rank) return;
+        if (t->dims[axis].known()) sum += t->dims[axis].value;
+        else known = false;
+      }
+      out[axis] = known ? Dim::of(sum) : Dim();
+      return set(n, 0, tensor_type(x->dtype, out));
+    }
+    if (op == "Gather") {
+      const TypeInfo* idx = type(n.inputs[1]);
+      if (!idx || !idx->has_shape) return;
+      int64_t axis = iattr(n, "axis", 0);
+      if (axis < 0) axis += rank;
+      if (axis < 0 || axis >= rank) return;
+      std::vector<Dim> out(d.begin(), d.begin() + axis);
+      out.insert(out.end(), idx->dims.begin(), idx->dims.end());
+      out.insert(out.end(), d.begin() + axis + 1, d.end());
+      return set(n, 0, tensor_type(x->dtype, out));
+    }
+    if (op.rfind("Reduce", 0) == 0 || op == "ArgMax" || op == "ArgMin") {
+      std::vector<int64_t> axes;
+      bool arg = op == "ArgMax" || op == "ArgMin";
+      if (arg) axes = {iattr(n, "axis", 0)};
+      else if (!axes_of(n, 1, &axes)) return;
+      bool keep = iattr(n, "keepdims", 1) != 0;
+      if (axes.empty() && !arg) {
+        if (iattr(n, "noop_with_empty_axes", 0)) return set(n, 0, *x);
+        for (int64_t i = 0; i < rank; ++i) axes.push_back(i);
+      }
+      std::set<int64_t> red;
+      for (int64_t a : axes) red.insert(a < 0 ? a + rank : a);
+      std::vector<Dim> out;
+      for (int64_t i = 0; i < rank; ++i) {
+        if (!red.count(i)) out.push_back(d[i]);
+        else if (keep) out.push_back(Dim::of(1));
+      }
+      return set(n, 0, tensor_type(arg ? DType::kInt64 : x->dtype, out));
+    }
+  }
+
+  Dim product(const std::vector<Dim>& d, int64_t from, int64_t to) {
+    int64_t p = 1;
+    for (int64_t i = from; i < to; ++i) {
+      if (!d[i].known()) return Dim();
+      p *= d[i].value;
+    }
+    return Dim::of(p);
+  }
+
+  // Conv and pooling: out = floor((in + pads - dilation * (kernel - 1) - 1) / stride) + 1 (ceil for ceil_mode).
+  void infer_window(const ir::Node& n, const TypeInfo& x) {
+    const std::vector<Dim>& d = x.dims;
+    int64_t rank = static_cast<int64_t>(d.size());
+    if (rank < 3) return;
+    int64_t spatial = rank - 2;
+    std::vector<int64_t> kernel = iattrs(n, "kernel_shape");
+    Dim channels = d[1];
+    if (n.op_type == "Conv") {
+      const TypeInfo* w = type(n.inputs[1]);
+      if (!w || !w->has_shape || static_cast<int64_t>(w->dims.size()) != rank) return;
+      channels = w->dims[0];
+      if (kernel.empty())
+        for (int64_t i = 2; i < rank; ++i) {
+          if (!w->dims[i].known()) return;
+          kernel.push_back(w->dims[i].value);
+        }
+    }
+    if (static_cast<int64_t>(kernel.size()) != spatial) return;
+    std::vector<int64_t> strides = iattrs(n, "strides"), dil = iattrs(n, "dilations"), pads = iattrs(n, "pads");
+    if (strides.empty()) strides.assign(spatial, 1);
+    if (dil.empty()) dil.assign(spatial, 1);
+    if (pads.empty()) pads.assign(2 * spatial, 0);
+    if (static_cast<int64_t>(strides.size()) != spatial || static_cast<int64_t>(dil.size()) != spatial ||
+        static_cast<int64_t>(pads.size()) != 2 * spatial)
+      return;
+    const ir::Attribute* ap = n.attr("auto_pad");
+    std::string auto_pad = ap && ap->type == ir::Attribute::Type::kString ? ap->s : "NOTSET";
+    bool ceil_mode = iattr(n, "ceil_mode", 0) != 0;
+    std::vector<Dim> out = {d[0], channels};
+    for (int64_t i = 0; i < spatial; ++i) {
+      const Dim& in = d[i + 2];
+      if (!in.known() || strides[i] <= 0) {
+        out.push_back(Dim());
+        continue;
+      }
+      int64_t v;
+      if (auto_pad == "SAME_UPPER" || auto_pad == "SAME_LOWER") {
+        v = (in.value + strides[i] - 1) / strides[i];
+      } else {
+        int64_t pad = auto_pad == "VALID" ? 0 : pads[i] + pads[i + spatial];
+        int64_t span = in.value + pad - dil[i] * (kernel[i] - 1) - 1;
+        if (span < 0) return;
+        v = (ceil_mode ? (span + strides[i] - 1) / strides[i] : span / strides[i]) + 1;
+        // With ceil_mode, a last window that would start inside the right padding is dropped.
+        if (ceil_mode && (v - 1) * strides[i] >= in.value + pads[i]) --v;
+      }
+      out.push_back(Dim::of(v));
+    }
+    set(n, 0, tensor_type(x.dtype, out));
+  }
+
+  ir::Graph& g_;
+  int opset_;
+  std::map<std::string, TypeInfo> const_types_;
+};
+
+}  // namespace
+
 Status infer_shapes(ir::Model& model) {
-  (void)model;
+  Inferrer(model.graph, model.default_opset()).run();
   return OkStatus();
 }
 
