@@ -157,5 +157,17 @@ TEST(AttentionOps, CausalConvRejectsBadPastState) {
   expect_error_naming_node(run_op("", "CausalConvWithState", {floats({1, 2, 5}), floats({2, 1, 3}), Value(), floats({1, 2, 1})}, {}, 2));
 }
 
+TEST(AttentionOps, ImageDecoderRejectsTruncatedImages) {
+  // A PNG signature and an IHDR with no image data, a BMP header cut short, and a PNM missing pixels.
+  std::vector<uint8_t> png = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n', 0, 0, 0, 13, 'I', 'H', 'D', 'R',
+                              0, 0, 0, 4, 0, 0, 0, 4, 8, 2, 0, 0, 0, 0, 0, 0, 0};
+  std::vector<uint8_t> bmp = {'B', 'M', 1, 2, 3};
+  std::vector<uint8_t> pnm = {'P', '6', '\n', '4', ' ', '4', '\n', '2', '5', '5', '\n', 1, 2, 3};
+  for (const auto& bytes : {png, bmp, pnm}) {
+    Tensor t = Tensor::from_vector<uint8_t>(DType::kUInt8, {static_cast<int64_t>(bytes.size())}, bytes);
+    expect_error_naming_node(run_op("", "ImageDecoder", {t}));
+  }
+}
+
 }  // namespace
 }  // namespace kiln

@@ -1,5 +1,4 @@
 // CPU reference kernels: ops no other family owns (SwiGLU, CausalConvWithState, ImageDecoder).
-#include <cctype>
 #include <cmath>
 #include <string>
 
@@ -86,123 +85,14 @@ Status causal_conv_with_state_kernel(KernelContext& ctx) {
   return OkStatus();
 }
 
-// ImageDecoder. Only the two formats that need no codec library are decoded: uncompressed BMP (24/32-bit)
-// and binary PNM (P5 gray / P6 RGB, maxval 255). JPEG, PNG, TIFF, WebP and JPEG 2000 would need codec
-// libraries that the CPU reference backend does not link; they are reported as unsupported.
-struct Image {
-  int64_t height = 0, width = 0;
-  std::vector<uint8_t> rgb;  // height * width * 3, top row first
-};
-
-uint32_t read_le(const uint8_t* p, int bytes) {
-  uint32_t v = 0;
-  for (int i = bytes - 1; i >= 0; --i) v = (v << 8) | p[i];
-  return v;
-}
-
-constexpr int64_t kMaxImagePixels = int64_t{1} << 28;
-
-Result<Image> decode_bmp(KernelContext& ctx, const uint8_t* d, size_t n) {
-  if (n < 54) return ctx.error("BMP data truncated");
-  const uint32_t offset = read_le(d + 10, 4);
-  const uint32_t header = read_le(d + 14, 4);
-  if (header < 40) return ctx.unsupported("BMP core headers are not supported");
-  const int32_t w = static_cast<int32_t>(read_le(d + 18, 4));
-  const int32_t h_signed = static_cast<int32_t>(read_le(d + 22, 4));
-  const uint32_t bpp = read_le(d + 28, 2), compression = read_le(d + 30, 4);
-  if ((bpp != 24 && bpp != 32) || (compression != 0 && !(compression == 3 && bpp == 32)))
-    return ctx.unsupported("BMP with " + std::to_string(bpp) + " bits per pixel / compression " + std::to_string(compression));
-  const bool bottom_up = h_signed > 0;
-  const int64_t height = bottom_up ? h_signed : -static_cast<int64_t>(h_signed);
-  if (w <= 0 || height <= 0 || static_cast<int64_t>(w) * height > kMaxImagePixels) return ctx.error("BMP has a bad size");
-  const int64_t bytes_pp = bpp / 8;
-  const int64_t stride = (w * bytes_pp + 3) / 4 * 4;
-  if (offset + static_cast<uint64_t>(stride) * static_cast<uint64_t>(height) > n) return ctx.error("BMP pixel data truncated");
-  Image img;
-  img.height = height;
-  img.width = w;
-  img.rgb.resize(static_cast<size_t>(height * w * 3));
-  for (int64_t y = 0; y < height; ++y) {
-    const uint8_t* row = d + offset + (bottom_up ? height - 1 - y : y) * stride;
-    for (int64_t x = 0; x < w; ++x) {
-      uint8_t* px = &img.rgb[static_cast<size_t>((y * w + x) * 3)];
-      px[0] = row[x * bytes_pp + 2];  // stored as B, G, R
-      px[1] = row[x * bytes_pp + 1];
-      px[2] = row[x * bytes_pp + 0];
-    }
-  }
-  return img;
-}
-
-Result<Image> decode_pnm(KernelContext& ctx, const uint8_t* d, size_t n) {
-  const bool color = d[1] == '6';
-  size_t pos = 2;
-  int64_t fields[3] = {0, 0, 0};
-  for (int f = 0; f < 3; ++f) {
-    while (pos < n && (std::isspace(d[pos]) || d[pos] == '#')) {
-      if (d[pos] == '#')
-        while (pos < n && d[pos] != '\n') ++pos;
-      else
-        ++pos;
-    }
-    if (pos >= n || !std::isdigit(d[pos])) return ctx.error("PNM header is malformed");
-    while (pos < n && std::isdigit(d[pos]) && fields[f] < (int64_t{1} << 20)) fields[f] = fields[f] * 10 + (d[pos++] - '0');
-  }
-  ++pos;  // the single whitespace after maxval
-  const int64_t width = fields[0], height = fields[1];
-  if (fields[2] != 255) return ctx.unsupported("PNM with maxval " + std::to_string(fields[2]));
-  if (width <= 0 || height <= 0 || width * height > kMaxImagePixels) return ctx.error("PNM has a bad size");
-  const int64_t channels = color ? 3 : 1;
-  if (pos + static_cast<size_t>(width * height * channels) > n) return ctx.error("PNM pixel data truncated");
-  Image img;
-  img.height = height;
-  img.width = width;
-  img.rgb.resize(static_cast<size_t>(width * height * 3));
-  for (int64_t i = 0; i < width * height; ++i)
-    for (int c = 0; c < 3; ++c) img.rgb[static_cast<size_t>(i * 3 + c)] = d[pos + static_cast<size_t>(i * channels + (color ? c : 0))];
-  return img;
-}
-
-Status image_decoder_kernel(KernelContext& ctx) {
-  if (!ctx.has_input(0)) return ctx.error("encoded_stream is required");
-  const Tensor& in = ctx.input(0);
-  if (in.dtype() != DType::kUInt8 || in.rank() != 1) return ctx.error("encoded_stream must be a 1D uint8 tensor, got " + in.description());
-  const std::string fmt = ctx.attr_string("pixel_format", "RGB");
-  if (fmt != "RGB" && fmt != "BGR" && fmt != "Grayscale") return ctx.error("pixel_format must be RGB, BGR or Grayscale, got '" + fmt + "'");
-  const uint8_t* d = in.data<uint8_t>();
-  const size_t n = static_cast<size_t>(in.numel());
-  Result<Image> img = Image{};
-  if (n >= 2 && d[0] == 'B' && d[1] == 'M') {
-    img = decode_bmp(ctx, d, n);
-  } else if (n >= 3 && d[0] == 'P' && (d[1] == '5' || d[1] == '6')) {
-    img = decode_pnm(ctx, d, n);
-  } else {
-    return ctx.unsupported("ImageDecoder handles only BMP and binary PNM; this format needs an image codec the CPU reference backend does not include");
-  }
-  if (!img.ok()) return img.status();
-  const int64_t h = img->height, w = img->width;
-  Tensor out(DType::kUInt8, {h, w, fmt == "Grayscale" ? 1 : 3});
-  uint8_t* o = out.data<uint8_t>();
-  for (int64_t i = 0; i < h * w; ++i) {
-    const uint8_t* px = &img->rgb[static_cast<size_t>(i * 3)];
-    if (fmt == "RGB") {
-      o[i * 3] = px[0], o[i * 3 + 1] = px[1], o[i * 3 + 2] = px[2];
-    } else if (fmt == "BGR") {
-      o[i * 3] = px[2], o[i * 3 + 1] = px[1], o[i * 3 + 2] = px[0];
-    } else {  // ITU-R 601-2 luma with Pillow's fixed-point rounding
-      o[i] = static_cast<uint8_t>((px[0] * 19595 + px[1] * 38470 + px[2] * 7471 + 0x8000) >> 16);
-    }
-  }
-  ctx.set_output(0, out);
-  return OkStatus();
-}
-
 }  // namespace
+
+void register_misc_image_ops(ir::OpRegistry& r);
 
 void register_misc_ops(ir::OpRegistry& r) {
   r.add("SwiGLU", 28, swiglu_kernel);
   r.add("CausalConvWithState", 27, causal_conv_with_state_kernel);
-  r.add("ImageDecoder", 20, image_decoder_kernel);
+  register_misc_image_ops(r);  // ImageDecoder, in misc_image.cc
 }
 
 }  // namespace kiln::cpu
