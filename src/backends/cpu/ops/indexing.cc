@@ -301,6 +301,7 @@ Status compress_kernel(KernelContext& ctx) {
   Tensor src = x;
   int64_t axis = 0;
   if (ctx.has_attr("axis")) {
+    if (x.rank() == 0) return ctx.error("axis given for a scalar input");
     KILN_ASSIGN_OR_RETURN(axis, mv::normalize_axis(ctx, ctx.attr_int("axis", 0), x.rank()));
   } else {
     src = x.reshaped({x.numel()});

@@ -255,6 +255,8 @@ Status pad_kernel(KernelContext& ctx) {
     return ctx.error("pads " + shape_to_string(pads) + " must have 2 * " + std::to_string(n) + " values");
   std::vector<int64_t> before(static_cast<size_t>(rank), 0);
   Shape out_shape = x.shape();
+  for (int64_t p : pads)
+    if (p > mv::kMaxElements || p < -mv::kMaxElements) return ctx.error("pads " + shape_to_string(pads) + " are too large");
   for (size_t i = 0; i < n; ++i) {
     before[axes[i]] = pads[i];
     out_shape[axes[i]] += pads[i] + pads[n + i];
@@ -288,7 +290,8 @@ Status depth_to_space_kernel(KernelContext& ctx) {
   const Tensor& x = ctx.input(0);
   if (x.rank() != 4) return ctx.error("input must be 4-D (N, C, H, W), got " + x.description());
   const int64_t b = ctx.attr_int("blocksize", 0);
-  if (b <= 0) return ctx.error("blocksize must be positive, got " + std::to_string(b));
+  // The cap keeps b * b and C * b * b far from overflow; real models use 2..8.
+  if (b <= 0 || b > 4096) return ctx.error("blocksize must be in [1, 4096], got " + std::to_string(b));
   const int64_t N = x.dim(0), C = x.dim(1), H = x.dim(2), W = x.dim(3);
   if (C % (b * b) != 0)
     return ctx.error("channels " + std::to_string(C) + " are not divisible by blocksize^2 = " + std::to_string(b * b));
@@ -315,7 +318,8 @@ Status space_to_depth_kernel(KernelContext& ctx) {
   const Tensor& x = ctx.input(0);
   if (x.rank() != 4) return ctx.error("input must be 4-D (N, C, H, W), got " + x.description());
   const int64_t b = ctx.attr_int("blocksize", 0);
-  if (b <= 0) return ctx.error("blocksize must be positive, got " + std::to_string(b));
+  // The cap keeps b * b and C * b * b far from overflow; real models use 2..8.
+  if (b <= 0 || b > 4096) return ctx.error("blocksize must be in [1, 4096], got " + std::to_string(b));
   const int64_t N = x.dim(0), C = x.dim(1), H = x.dim(2), W = x.dim(3);
   if (H % b != 0 || W % b != 0)
     return ctx.error("spatial dims of " + x.description() + " are not divisible by blocksize " + std::to_string(b));

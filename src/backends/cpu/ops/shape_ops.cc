@@ -214,6 +214,8 @@ Status tile_kernel(KernelContext& ctx) {
   Shape out_shape(x.shape());
   for (size_t i = 0; i < repeats.size(); ++i) {
     if (repeats[i] < 0) return ctx.error("repeats " + shape_to_string(repeats) + " has a negative value");
+    if (out_shape[i] != 0 && repeats[i] > mv::kMaxElements / out_shape[i])
+      return ctx.error("repeats " + shape_to_string(repeats) + " make the output too large");
     out_shape[i] *= repeats[i];
   }
   KILN_RETURN_IF_ERROR(mv::check_output_shape(ctx, out_shape));
