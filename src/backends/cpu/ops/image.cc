@@ -283,6 +283,7 @@ Status roi_align_kernel(KernelContext& ctx) {
   if (sampling_ratio < 0) return ctx.error("sampling_ratio must be >= 0, got " + std::to_string(sampling_ratio));
   const int64_t N = x.dim(0), C = x.dim(1), H = x.dim(2), W = x.dim(3);
   const int64_t R = rois.dim(0);
+  if (H == 0 || W == 0) return ctx.error("X has an empty spatial dimension: " + shape_to_string(x.shape()));
   KILN_ASSIGN_OR_RETURN(std::vector<double> xv, doubles_of(x));
   KILN_ASSIGN_OR_RETURN(std::vector<double> rv, doubles_of(rois));
   const std::vector<int64_t> batch = bi.to_int64_vector();
@@ -304,8 +305,13 @@ Status roi_align_kernel(KernelContext& ctx) {
     }
     if (!std::isfinite(roi_w) || !std::isfinite(roi_h)) return ctx.error("roi " + std::to_string(n) + " is not finite");
     const double bin_h = roi_h / static_cast<double>(ph_n), bin_w = roi_w / static_cast<double>(pw_n);
-    const int64_t grid_h = sampling_ratio > 0 ? sampling_ratio : static_cast<int64_t>(std::ceil(roi_h / static_cast<double>(ph_n)));
-    const int64_t grid_w = sampling_ratio > 0 ? sampling_ratio : static_cast<int64_t>(std::ceil(roi_w / static_cast<double>(pw_n)));
+    if (sampling_ratio == 0 && (bin_h > 4096 || bin_w > 4096)) {
+      return ctx.error("roi " + std::to_string(n) + " needs too many samples per bin (bin size " + std::to_string(bin_h) +
+                       " x " + std::to_string(bin_w) + ")");
+    }
+    // A negative bin size (reversed roi) takes no samples, as the reference's empty range does.
+    const int64_t grid_h = sampling_ratio > 0 ? sampling_ratio : (bin_h <= 0 ? 0 : static_cast<int64_t>(std::ceil(bin_h)));
+    const int64_t grid_w = sampling_ratio > 0 ? sampling_ratio : (bin_w <= 0 ? 0 : static_cast<int64_t>(std::ceil(bin_w)));
     if (grid_h > 4096 || grid_w > 4096) return ctx.error("roi " + std::to_string(n) + " needs too many samples per bin");
     const int64_t gh = std::max<int64_t>(grid_h, 0), gw = std::max<int64_t>(grid_w, 0);
     if (ph_n * pw_n * gh * gw > (int64_t{1} << 26)) {

@@ -283,7 +283,7 @@ Status parse_params(KernelContext& ctx, ResizeParams* p) {
 
 Status check_scale(KernelContext& ctx, double s, int64_t axis) {
   if (!(s > 0) || !std::isfinite(s)) {
-    return ctx.error("scale " + std::to_string(s) + " on axis " + std::to_string(axis) + " must be positive");
+    return ctx.error("scale " + std::to_string(s) + " on axis " + std::to_string(axis) + " must be positive and finite");
   }
   return OkStatus();
 }
