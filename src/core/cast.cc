@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <limits>
+#include <string>
 
 #include "core/float_formats.h"
 
@@ -76,6 +77,72 @@ void write_from_double(Tensor& t, int64_t i, double v, bool saturate) {
 
 bool is_64bit_int(DType t) { return t == DType::kInt64 || t == DType::kUInt64; }
 
+bool only_spaces(const char* p) {
+  while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') ++p;
+  return *p == '\0';
+}
+
+// Formats `v` as numpy's str() of a float scalar does once the digits are known: fixed notation with at
+// least one decimal ("100.0", "0.001") when 1e-4 <= |v| < 10^positional_limit, else scientific with a
+// two-digit exponent ("1e-05", "1.5e+20"). numpy's limit is 10^3 for float16, 10^6 for float32 and 10^16
+// for float64. `digits` significant digits are kept.
+void python_style(double v, int digits, int positional_limit, char* buf, size_t size) {
+  char sci[64];
+  std::snprintf(sci, sizeof sci, "%.*e", digits - 1, v);  // "-d.ddde+XX"
+  std::string text(sci);
+  const size_t e_pos = text.find('e');
+  const int exp10 = std::atoi(text.c_str() + e_pos + 1);
+  std::string mantissa = text.substr(0, e_pos);
+  const bool negative = !mantissa.empty() && mantissa[0] == '-';
+  if (negative) mantissa.erase(0, 1);
+  std::string ds;  // the significant digits without the point
+  for (char c : mantissa) if (c != '.') ds += c;
+  while (ds.size() > 1 && ds.back() == '0') ds.pop_back();
+  std::string out = negative ? "-" : "";
+  const double magnitude = std::fabs(v);
+  const bool positional = magnitude == 0 || (magnitude >= 1e-4 && magnitude < std::pow(10.0, positional_limit));
+  if (positional) {
+    if (exp10 < 0) {
+      out += "0." + std::string(static_cast<size_t>(-exp10 - 1), '0') + ds;
+    } else {
+      const size_t int_digits = static_cast<size_t>(exp10) + 1;  // exp10 < positional_limit <= 16
+      if (ds.size() <= int_digits) {
+        out += ds + std::string(int_digits - ds.size(), '0') + ".0";
+      } else {
+        out += ds.substr(0, int_digits) + "." + ds.substr(int_digits);
+      }
+    }
+  } else {
+    out += ds.substr(0, 1);
+    if (ds.size() > 1) out += "." + ds.substr(1);
+    char e[16];
+    std::snprintf(e, sizeof e, "e%c%02d", exp10 < 0 ? '-' : '+', exp10 < 0 ? -exp10 : exp10);
+    out += e;
+  }
+  std::snprintf(buf, size, "%s", out.c_str());
+}
+
+// Writes `v` (a value of dtype `t`) with the fewest significant digits that read back to the same value of
+// that dtype, formatted like numpy's str() of a float: 0.1f prints "0.1", not "0.100000001".
+void shortest_repr(double v, DType t, char* buf, size_t size) {
+  const int limit = t == DType::kFloat64 ? 16 : (t == DType::kFloat16 ? 3 : 6);
+  Tensor probe(t, {});
+  for (int digits = 1; digits <= 17; ++digits) {
+    char candidate[64];
+    std::snprintf(candidate, sizeof candidate, "%.*e", digits - 1, v);
+    const double back = std::strtod(candidate, nullptr);
+    bool same;
+    if (t == DType::kFloat64) {
+      same = back == v;
+    } else {
+      write_from_double(probe, 0, back, true);
+      same = read_as_double(probe, 0) == v;
+    }
+    if (same) return python_style(v, digits, limit, buf, size);
+  }
+  python_style(v, 17, limit, buf, size);
+}
+
 }  // namespace
 
 Result<Tensor> cast_tensor(const Tensor& src, DType to, bool saturate) {
@@ -91,9 +158,16 @@ Result<Tensor> cast_tensor(const Tensor& src, DType to, bool saturate) {
         out.data<bool>()[i] = !(s.empty() || s == "0" || s == "false" || s == "False");
         continue;
       }
+      // strtod also accepts "inf", "+INF", "-Inf", "nan" in any case, as ONNX asks.
       char* end = nullptr;
       double v = std::strtod(s.c_str(), &end);
-      if (dtype_is_integer(to) && is_64bit_int(to)) {
+      if (end == s.c_str() || !only_spaces(end)) {
+        return InvalidArgument("cannot cast string '" + s + "' (element " + std::to_string(i) + ") to " +
+                               dtype_name(to) + ": it is not a number");
+      }
+      if (is_64bit_int(to)) {
+        // Integers beyond 2^53 would lose digits through double: parse them as integers (a fraction like
+        // "100.5" stops the integer parse, giving 100).
         if (to == DType::kInt64) out.data<int64_t>()[i] = std::strtoll(s.c_str(), nullptr, 10);
         else out.data<uint64_t>()[i] = std::strtoull(s.c_str(), nullptr, 10);
         continue;
@@ -113,8 +187,7 @@ Result<Tensor> cast_tensor(const Tensor& src, DType to, bool saturate) {
         std::snprintf(buf, sizeof buf, "%lld", static_cast<long long>(src.scalar_as_int(i)));
       } else {
         double v = read_as_double(src, i);
-        if (src.dtype() == DType::kFloat64) std::snprintf(buf, sizeof buf, "%.17g", v);
-        else std::snprintf(buf, sizeof buf, "%.9g", v);
+        shortest_repr(v, src.dtype(), buf, sizeof buf);
         if (std::isnan(v)) std::snprintf(buf, sizeof buf, "NaN");
         else if (std::isinf(v)) std::snprintf(buf, sizeof buf, v > 0 ? "INF" : "-INF");
       }
@@ -123,8 +196,7 @@ Result<Tensor> cast_tensor(const Tensor& src, DType to, bool saturate) {
     return out;
   }
   // Integer -> integer through int64 keeps 64-bit values exact.
-  if ((dtype_is_integer(src.dtype()) || src.dtype() == DType::kBool) &&
-      (dtype_is_integer(to) && !dtype_is_sub_byte(to))) {
+  if ((dtype_is_integer(src.dtype()) || src.dtype() == DType::kBool) && dtype_is_integer(to)) {
     for (int64_t i = 0; i < n; ++i) {
       int64_t v = src.dtype() == DType::kUInt64 ? static_cast<int64_t>(src.data<uint64_t>()[i]) : src.scalar_as_int(i);
       switch (to) {
@@ -136,6 +208,11 @@ Result<Tensor> cast_tensor(const Tensor& src, DType to, bool saturate) {
         case DType::kUInt16: out.data<uint16_t>()[i] = static_cast<uint16_t>(v); break;
         case DType::kUInt32: out.data<uint32_t>()[i] = static_cast<uint32_t>(v); break;
         case DType::kUInt64: out.data<uint64_t>()[i] = static_cast<uint64_t>(v); break;
+        // Sub-byte integers keep their low bits (two's complement), like the wider ones.
+        case DType::kInt4: { int64_t x = v & 0xf; out.data<int8_t>()[i] = static_cast<int8_t>(x >= 8 ? x - 16 : x); break; }
+        case DType::kUInt4: out.data<uint8_t>()[i] = static_cast<uint8_t>(v & 0xf); break;
+        case DType::kInt2: { int64_t x = v & 0x3; out.data<int8_t>()[i] = static_cast<int8_t>(x >= 2 ? x - 4 : x); break; }
+        case DType::kUInt2: out.data<uint8_t>()[i] = static_cast<uint8_t>(v & 0x3); break;
         default: break;
       }
     }
