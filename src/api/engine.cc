@@ -67,9 +67,9 @@ DType Engine::tensor_dtype(const std::string& name) const {
 Shape Engine::tensor_shape(const std::string& name) const {
   const ir::ValueInfo* v = find_io(plan_->model.graph, name, nullptr);
   if (v == nullptr) return {};
-  const ir::TypeInfo* t = &v->type;
-  if (!t->has_shape) t = plan_->model.graph.type_of(name);
-  if (t == nullptr || !t->has_shape) return {};
+  const ir::TypeInfo* t = plan_->model.graph.type_of(name);  // inferred, else declared
+  if (t == nullptr || !t->has_shape) t = &v->type;
+  if (!t->has_shape) return {};
   Shape s;
   for (const auto& d : t->dims) s.push_back(d.known() ? d.value : -1);
   return s;

@@ -61,10 +61,12 @@ std::string Node::describe() const {
 const TypeInfo* Graph::type_of(const std::string& value) const {
   for (const ValueInfo& v : inputs)
     if (v.name == value) return &v.type;
+  // Inferred types (value_types) are at least as precise as a graph output's declared type.
+  auto it = value_types.find(value);
+  if (it != value_types.end()) return &it->second;
   for (const ValueInfo& v : outputs)
     if (v.name == value && v.type.kind != TypeInfo::Kind::kUnknown) return &v.type;
-  auto it = value_types.find(value);
-  return it == value_types.end() ? nullptr : &it->second;
+  return nullptr;
 }
 
 }  // namespace kiln::ir

@@ -1,0 +1,170 @@
+// The kiln command line, as a user runs it: exit codes, messages, files written, and bad input.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "onnx/tensor_proto.h"
+#include "test_models.h"
+
+namespace fs = std::filesystem;
+
+namespace kiln {
+namespace {
+
+struct Ran {
+  int exit_code;
+  std::string output;  // stdout and stderr together
+};
+
+Ran kiln(const std::string& args) {
+  std::string cmd = std::string(KILN_CLI) + " " + args + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  std::string out;
+  char buf[4096];
+  while (size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
+  int status = pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+class Cli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("kiln_cli_test_" + std::to_string(::getpid()) + "_" +
+                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::create_directories(dir_);
+    write(path("mlp.onnx"), testing::serialize(testing::mlp_with_shape_chain()));
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  std::string path(const std::string& name) const { return (dir_ / name).string(); }
+  static void write(const std::string& p, const std::string& bytes) {
+    std::ofstream f(p, std::ios::binary);
+    f << bytes;
+  }
+  static std::string read(const std::string& p) {
+    std::ifstream f(p, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(f), {});
+  }
+  void write_input(const std::string& p, Shape shape) {
+    Tensor x(DType::kFloat32, shape);
+    for (int64_t i = 0; i < x.numel(); ++i) x.data<float>()[i] = 0.25f * static_cast<float>(i % 7) - 0.5f;
+    ASSERT_TRUE(onnx_io::write_tensor_file(x, "x", p).ok());
+  }
+  fs::path dir_;
+};
+
+TEST_F(Cli, BuildRunInspect) {
+  Ran b = kiln("build " + path("mlp.onnx") + " -o " + path("mlp.kiln") + " --shapes x:2x4");
+  ASSERT_EQ(b.exit_code, 0) << b.output;
+  ASSERT_TRUE(fs::exists(path("mlp.kiln")));
+  Ran i = kiln("inspect " + path("mlp.kiln"));
+  ASSERT_EQ(i.exit_code, 0) << i.output;
+  EXPECT_NE(i.output.find("x: float32[2,4]"), std::string::npos) << i.output;
+  EXPECT_NE(i.output.find("fc [MatMul]"), std::string::npos) << i.output;
+  EXPECT_NE(i.output.find("weights:"), std::string::npos);
+  write_input(path("x.pb"), {2, 4});
+  Ran r = kiln("run " + path("mlp.kiln") + " --input x=" + path("x.pb") + " --output-dir " + path("out"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("y: float32[2,3]"), std::string::npos) << r.output;
+  EXPECT_TRUE(fs::exists(path("out/y.pb")));
+  EXPECT_TRUE(fs::exists(path("out/y.npy")));
+  // The .npy output reads back as an input, and an ONNX model runs directly too.
+  Ran r2 = kiln("run " + path("mlp.onnx") + " --input x=" + path("x.pb") + " --output-dir " + path("out2"));
+  ASSERT_EQ(r2.exit_code, 0) << r2.output;
+  EXPECT_EQ(read(path("out/y.npy")), read(path("out2/y.npy")));
+}
+
+TEST_F(Cli, HelpOnEverySubcommand) {
+  for (const char* sub : {"build", "run", "check", "inspect", "ops"}) {
+    Ran h = kiln(std::string(sub) + " --help");
+    EXPECT_EQ(h.exit_code, 0) << sub;
+    EXPECT_NE(h.output.find("Usage"), std::string::npos) << sub << ": " << h.output;
+  }
+  EXPECT_NE(kiln("").exit_code, 0);
+  EXPECT_NE(kiln("frobnicate").exit_code, 0);
+}
+
+TEST_F(Cli, BadModelFiles) {
+  Ran missing = kiln("build " + path("nope.onnx") + " -o " + path("x.kiln"));
+  EXPECT_NE(missing.exit_code, 0);
+  EXPECT_NE(missing.output.find("nope.onnx"), std::string::npos) << missing.output;
+  std::string good = read(path("mlp.onnx"));
+  write(path("truncated.onnx"), good.substr(0, good.size() / 2));
+  Ran truncated = kiln("build " + path("truncated.onnx") + " -o " + path("t.kiln"));
+  EXPECT_NE(truncated.exit_code, 0);
+  EXPECT_NE(truncated.output.find("truncated.onnx"), std::string::npos) << truncated.output;
+  EXPECT_FALSE(fs::exists(path("t.kiln")));
+  write(path("empty.onnx"), "");
+  EXPECT_NE(kiln("build " + path("empty.onnx") + " -o " + path("e.kiln")).exit_code, 0);
+}
+
+TEST_F(Cli, BadShapesAndInputs) {
+  Ran bad_name = kiln("build " + path("mlp.onnx") + " -o " + path("m.kiln") + " --shapes y:2x4");
+  EXPECT_NE(bad_name.exit_code, 0);
+  EXPECT_NE(bad_name.output.find("'y'"), std::string::npos) << bad_name.output;
+  Ran bad_syntax = kiln("build " + path("mlp.onnx") + " -o " + path("m.kiln") + " --shapes x:2xq");
+  EXPECT_NE(bad_syntax.exit_code, 0);
+  ASSERT_EQ(kiln("build " + path("mlp.onnx") + " -o " + path("m.kiln") + " --shapes x:2x4").exit_code, 0);
+  write_input(path("wrong.pb"), {3, 4});
+  Ran wrong_shape = kiln("run " + path("m.kiln") + " --input x=" + path("wrong.pb") + " --output-dir " + path("o"));
+  EXPECT_NE(wrong_shape.exit_code, 0);
+  EXPECT_NE(wrong_shape.output.find("input 'x'"), std::string::npos) << wrong_shape.output;
+  Ran wrong_input = kiln("run " + path("m.kiln") + " --input q=" + path("wrong.pb"));
+  EXPECT_NE(wrong_input.exit_code, 0);
+  EXPECT_NE(wrong_input.output.find("'q'"), std::string::npos) << wrong_input.output;
+  Ran no_input = kiln("run " + path("m.kiln"));
+  EXPECT_NE(no_input.exit_code, 0);
+  EXPECT_NE(no_input.output.find("'x'"), std::string::npos) << no_input.output;
+  Ran unreadable = kiln("run " + path("m.kiln") + " --input x=" + path("missing.npy"));
+  EXPECT_NE(unreadable.exit_code, 0);
+  EXPECT_NE(unreadable.output.find("missing.npy"), std::string::npos) << unreadable.output;
+  write(path("garbage.npy"), "\x93NUMPY\x01\x00garbage");
+  EXPECT_NE(kiln("run " + path("m.kiln") + " --input x=" + path("garbage.npy")).exit_code, 0);
+}
+
+TEST_F(Cli, CorruptedEngine) {
+  ASSERT_EQ(kiln("build " + path("mlp.onnx") + " -o " + path("m.kiln")).exit_code, 0);
+  std::string bytes = read(path("m.kiln"));
+  std::string corrupted = bytes;
+  corrupted[corrupted.size() - 10] ^= 0x5a;
+  write(path("corrupted.kiln"), corrupted);
+  Ran c = kiln("inspect " + path("corrupted.kiln"));
+  EXPECT_NE(c.exit_code, 0);
+  EXPECT_NE(c.output.find("corrupted.kiln"), std::string::npos) << c.output;
+  EXPECT_NE(c.output.find("checksum"), std::string::npos) << c.output;
+  write(path("short.kiln"), bytes.substr(0, 40));
+  Ran s = kiln("inspect " + path("short.kiln"));
+  EXPECT_NE(s.exit_code, 0);
+  EXPECT_NE(s.output.find("truncated"), std::string::npos) << s.output;
+}
+
+TEST_F(Cli, CheckReportsPassFailAndSummary) {
+  // A passing test folder made from the model and its own output, and a failing one with a wrong output.
+  fs::create_directories(path("suite/good/test_data_set_0"));
+  fs::create_directories(path("suite/bad/test_data_set_0"));
+  for (const char* t : {"good", "bad"}) write(path(std::string("suite/") + t + "/model.onnx"), read(path("mlp.onnx")));
+  write_input(path("suite/good/test_data_set_0/input_0.pb"), {2, 4});
+  write_input(path("suite/bad/test_data_set_0/input_0.pb"), {2, 4});
+  ASSERT_EQ(kiln("run " + path("mlp.onnx") + " --input x=" + path("suite/good/test_data_set_0/input_0.pb") +
+                 " --output-dir " + path("suite/good/test_data_set_0")).exit_code, 0);
+  fs::rename(path("suite/good/test_data_set_0/y.pb"), path("suite/good/test_data_set_0/output_0.pb"));
+  Tensor wrong(DType::kFloat32, {2, 3});
+  wrong.data<float>()[0] = 42.0f;
+  ASSERT_TRUE(onnx_io::write_tensor_file(wrong, "y", path("suite/bad/test_data_set_0/output_0.pb")).ok());
+  Ran c = kiln("check " + path("suite"));
+  EXPECT_EQ(c.exit_code, 1) << c.output;
+  EXPECT_NE(c.output.find("PASS good"), std::string::npos) << c.output;
+  EXPECT_NE(c.output.find("FAIL bad"), std::string::npos) << c.output;
+  EXPECT_NE(c.output.find("1 passed, 1 failed, 0 skipped"), std::string::npos) << c.output;
+  // Listed as an expected failure, the failing test is skipped; a listed test that passes is an error.
+  write(path("xfail.txt"), "bad: wrong on purpose\n");
+  EXPECT_EQ(kiln("check --expected-failures " + path("xfail.txt") + " " + path("suite")).exit_code, 0);
+  write(path("xfail2.txt"), "bad: wrong on purpose\ngood: claims to fail\n");
+  EXPECT_NE(kiln("check --expected-failures " + path("xfail2.txt") + " " + path("suite")).exit_code, 0);
+  EXPECT_NE(kiln("check " + path("does-not-exist")).exit_code, 0);
+}
+
+}  // namespace
+}  // namespace kiln

@@ -1,0 +1,110 @@
+// Each pass on a small graph, before and after.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "onnx/importer.h"
+#include "passes/passes.h"
+#include "test_models.h"
+
+namespace kiln {
+namespace {
+
+ir::Model import(const onnx::ModelProto& m) {
+  auto model = onnx_io::import_model(testing::serialize(m), ".");
+  EXPECT_TRUE(model.ok()) << model.status().to_string();
+  return std::move(model).value();
+}
+
+std::vector<std::string> op_types(const ir::Model& m) {
+  std::vector<std::string> ops;
+  for (const auto& n : m.graph.nodes) ops.push_back(n.op_type);
+  return ops;
+}
+
+TEST(Passes, InferShapesKeepsSymbolsAndFoldsNothingDynamic) {
+  ir::Model m = import(testing::mlp_with_shape_chain());
+  ASSERT_TRUE(passes::infer_shapes(m).ok());
+  const ir::TypeInfo* act = m.graph.type_of("act");
+  ASSERT_NE(act, nullptr);
+  EXPECT_EQ(act->to_string(), "float32[batch,3]");
+  int folded = -1;
+  ASSERT_TRUE(passes::fold_constants(m, &folded).ok());
+  // The batch dimension is symbolic: Shape cannot fold, and so neither can Gather and Concat.
+  EXPECT_EQ(folded, 0);
+  EXPECT_EQ(op_types(m), (std::vector<std::string>{"MatMul", "Add", "Relu", "Shape", "Gather", "Concat", "Reshape", "Neg"}));
+}
+
+TEST(Passes, StaticInputShapesFoldTheShapeChain) {
+  ir::Model m = import(testing::mlp_with_shape_chain());
+  ASSERT_TRUE(passes::apply_input_shapes(m, {{"x", {6, 4}}}).ok());
+  ASSERT_TRUE(passes::infer_shapes(m).ok());
+  int folded = 0, removed = 0;
+  ASSERT_TRUE(passes::fold_constants(m, &folded).ok());
+  EXPECT_EQ(folded, 3);  // Shape, Gather, Concat
+  ASSERT_TRUE(m.graph.initializers.count("new_shape"));
+  EXPECT_EQ(m.graph.initializers["new_shape"].to_int64_vector(), (std::vector<int64_t>{6, -1}));
+  ASSERT_TRUE(passes::eliminate_dead_nodes(m, &removed).ok());
+  EXPECT_EQ(removed, 1);  // the unused Neg
+  EXPECT_EQ(op_types(m), (std::vector<std::string>{"MatMul", "Add", "Relu", "Reshape"}));
+  // Initializers nothing reads any more are dropped.
+  EXPECT_FALSE(m.graph.initializers.count("zero"));
+  ASSERT_TRUE(passes::infer_shapes(m).ok());
+  EXPECT_EQ(m.graph.type_of("y")->to_string(), "float32[6,3]");
+}
+
+TEST(Passes, FoldsConstantSubgraphsButNotInputsWithDefaults) {
+  onnx::ModelProto p = testing::new_model();
+  auto* g = p.mutable_graph();
+  testing::set_type(g->add_input(), "x", 1, {"2"});
+  testing::set_type(g->add_input(), "scale", 1, {"2"});  // an input with a default value
+  testing::set_type(g->add_output(), "y", 1, {"2"});
+  testing::add_float_initializer(g, "a", {2}, {1, 2});
+  testing::add_float_initializer(g, "scale", {2}, {3, 4});
+  testing::add_node(g, "Exp", {"a"}, {"ea"}, "exp_const");
+  testing::add_node(g, "Mul", {"ea", "scale"}, {"s"}, "mul_default");
+  testing::add_node(g, "Add", {"x", "s"}, {"y"}, "add_input");
+  ir::Model m = import(p);
+  int folded = 0;
+  ASSERT_TRUE(passes::fold_constants(m, &folded).ok());
+  EXPECT_EQ(folded, 1);
+  EXPECT_EQ(op_types(m), (std::vector<std::string>{"Mul", "Add"}));
+  EXPECT_NEAR(m.graph.initializers["ea"].data<float>()[1], std::exp(2.0f), 1e-5);
+}
+
+TEST(Passes, InputShapesAreChecked) {
+  ir::Model m = import(testing::mlp_with_shape_chain());
+  EXPECT_FALSE(passes::apply_input_shapes(m, {{"nope", {1, 4}}}).ok());
+  EXPECT_FALSE(passes::apply_input_shapes(m, {{"x", {1, 4, 1}}}).ok());
+  Status st = passes::apply_input_shapes(m, {{"x", {1, 5}}});
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("dimension 1"), std::string::npos) << st.message();
+}
+
+TEST(Passes, ConvAndPoolShapes) {
+  onnx::ModelProto p = testing::new_model();
+  auto* g = p.mutable_graph();
+  testing::set_type(g->add_input(), "x", 1, {"N", "3", "32", "32"});
+  testing::set_type(g->add_output(), "y", 1, {});
+  std::vector<float> w(8 * 3 * 3 * 3, 0.1f);
+  testing::add_float_initializer(g, "w", {8, 3, 3, 3}, w);
+  auto* conv = testing::add_node(g, "Conv", {"x", "w"}, {"c"}, "conv");
+  auto* strides = conv->add_attribute();
+  strides->set_name("strides");
+  strides->set_type(onnx::AttributeProto::INTS);
+  strides->add_ints(2);
+  strides->add_ints(2);
+  auto* pool = testing::add_node(g, "MaxPool", {"c"}, {"y"}, "pool");
+  auto* k = pool->add_attribute();
+  k->set_name("kernel_shape");
+  k->set_type(onnx::AttributeProto::INTS);
+  k->add_ints(3);
+  k->add_ints(3);
+  ir::Model m = import(p);
+  ASSERT_TRUE(passes::infer_shapes(m).ok());
+  EXPECT_EQ(m.graph.value_types["c"].to_string(), "float32[N,8,15,15]");
+  EXPECT_EQ(m.graph.value_types["y"].to_string(), "float32[N,8,13,13]");
+}
+
+}  // namespace
+}  // namespace kiln
