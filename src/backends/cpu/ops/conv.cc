@@ -278,7 +278,7 @@ Status conv_transpose_kernel(KernelContext& ctx) {
     return ctx.error("strides, dilations and output_padding must have " + std::to_string(nd) + " entries");
   for (size_t d = 0; d < nd; ++d)
     if (strides[d] <= 0 || dil[d] <= 0 || out_pad[d] < 0 || kernel[d] <= 0 || out_pad[d] > (int64_t(1) << 31) ||
-        dil[d] > (int64_t(1) << 31))
+        dil[d] > (int64_t(1) << 31) || strides[d] > (int64_t(1) << 31))
       return ctx.error("strides and dilations must be positive, output_padding non-negative");
   std::vector<int64_t> pads;
   Shape out;
@@ -293,6 +293,7 @@ Status conv_transpose_kernel(KernelContext& ctx) {
     if (want.size() != nd) return ctx.error("output_shape " + shape_to_string(want) + " must have " + std::to_string(nd) + " entries");
     pads.assign(2 * nd, 0);
     for (size_t d = 0; d < nd; ++d) {
+      if (want[d] <= 0 || want[d] > (int64_t(1) << 31)) return ctx.error("output_shape " + shape_to_string(want) + " is invalid");
       int64_t total = full[d] - want[d];
       int64_t half = total >= 0 ? total / 2 : -((-total + 1) / 2);  // floor division, as the reference
       pads[d] = auto_pad == "SAME_UPPER" ? half : total - half;
@@ -369,7 +370,12 @@ Status col2im_kernel(KernelContext& ctx) {
   int64_t kprod = shape_numel(block), L = shape_numel(g.out);
   if (kprod == 0 || x0.dim(1) % kprod != 0) return ctx.error("dim 1 of " + x0.description() + " is not a multiple of prod(block_shape) = " + std::to_string(kprod));
   if (x0.dim(2) != L) return ctx.error("dim 2 of " + x0.description() + " must be the number of blocks " + std::to_string(L));
-  int64_t N = x0.dim(0), C = x0.dim(1) / kprod, img = shape_numel(image);
+  int64_t N = x0.dim(0), C = x0.dim(1) / kprod;
+  double img_elems = 1;
+  for (int64_t v : image) img_elems *= static_cast<double>(v);
+  if (img_elems * static_cast<double>(N * C) > double(int64_t(1) << 32))
+    return ctx.error("image_shape " + shape_to_string(image) + " gives an unreasonably large output");
+  int64_t img = shape_numel(image);
   Shape out_shape = {N, C};
   out_shape.insert(out_shape.end(), image.begin(), image.end());
   Tensor x = widen_to_float32(x0);
@@ -429,7 +435,8 @@ Status deform_conv_kernel(KernelContext& ctx) {
                 for (int dh = 0; dh < 2; ++dh)
                   for (int dw = 0; dw < 2; ++dw) {
                     double hh = h0 + dh, ww = w0 + dw;
-                    if (hh < 0 || hh >= H || ww < 0 || ww >= W) continue;
+                    // Written so that NaN positions (from NaN offsets) are skipped too.
+                    if (!(hh >= 0 && hh < H && ww >= 0 && ww < W)) continue;
                     double wt = (dh ? hpos - h0 : 1 - (hpos - h0)) * (dw ? wpos - w0 : 1 - (wpos - w0));
                     v += wt * plane[static_cast<int64_t>(hh) * W + static_cast<int64_t>(ww)];
                   }

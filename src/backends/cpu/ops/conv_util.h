@@ -53,7 +53,8 @@ inline Status window_geometry(const KernelContext& ctx, const Shape& in_spatial,
     if (g->dilations[d] <= 0) return ctx.error("dilations " + ints_to_string(g->dilations) + " must be positive");
     if (g->pads[d] < 0 || g->pads[nd + d] < 0) return ctx.error("pads " + ints_to_string(g->pads) + " must not be negative");
     // Bound the sizes so that a corrupt attribute cannot overflow the arithmetic below.
-    if (kernel[d] > (int64_t(1) << 31) || g->dilations[d] > (int64_t(1) << 31) || g->pads[d] > (int64_t(1) << 31) ||
+    if (kernel[d] > (int64_t(1) << 31) || g->dilations[d] > (int64_t(1) << 31) || g->strides[d] > (int64_t(1) << 31) ||
+        g->pads[d] > (int64_t(1) << 31) ||
         g->pads[nd + d] > (int64_t(1) << 31))
       return ctx.error("kernel, dilation or pad value is unreasonably large");
   }

@@ -220,14 +220,23 @@ Status max_unpool(KernelContext& ctx) {
                      std::to_string(2 * nd) + " entries");
   Shape inferred = {x0.dim(0), x0.dim(1)};
   for (size_t d = 0; d < nd; ++d) {
+    if (strides[d] <= 0 || kernel[d] <= 0 || strides[d] > (int64_t(1) << 31) || kernel[d] > (int64_t(1) << 31) ||
+        pads[d] < 0 || pads[nd + d] < 0 || pads[d] > (int64_t(1) << 31) || pads[nd + d] > (int64_t(1) << 31))
+      return ctx.error("invalid kernel_shape/strides/pads for input " + x0.description());
     int64_t v = (x0.dim(2 + d) - 1) * strides[d] - (pads[d] + pads[nd + d]) + kernel[d];
-    if (v <= 0 || strides[d] <= 0 || kernel[d] <= 0) return ctx.error("invalid kernel_shape/strides/pads for input " + x0.description());
+    if (v <= 0 || v > (int64_t(1) << 31)) return ctx.error("invalid kernel_shape/strides/pads for input " + x0.description());
     inferred.push_back(v);
   }
+  double inferred_elems = 1;
+  for (int64_t v : inferred) inferred_elems *= static_cast<double>(v);
+  if (inferred_elems > double(int64_t(1) << 32)) return ctx.error("the unpooled shape " + shape_to_string(inferred) + " is unreasonably large");
   Shape out_shape = inferred;
   if (ctx.has_input(2)) {
     out_shape = ctx.input(2).to_int64_vector();
     if (out_shape.size() != inferred.size()) return ctx.error("output_shape " + shape_to_string(out_shape) + " must have rank " + std::to_string(inferred.size()));
+    double elems = 1;
+    for (int64_t v : out_shape) elems *= static_cast<double>(v);
+    if (elems > double(int64_t(1) << 32)) return ctx.error("output_shape " + shape_to_string(out_shape) + " is unreasonably large");
     for (size_t d = 0; d < out_shape.size(); ++d)
       if (out_shape[d] < inferred[d]) return ctx.error("output_shape " + shape_to_string(out_shape) + " is smaller than the inferred shape " + shape_to_string(inferred));
   }
@@ -280,8 +289,13 @@ Status max_roi_pool(KernelContext& ctx) {
   bool ok = dispatch_float(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     for (int64_t r = 0; r < R && st.ok(); ++r) {
-      int64_t b = static_cast<int64_t>(rois.scalar_as_double(r * 5));
+      double bd = rois.scalar_as_double(r * 5);
+      int64_t b = bd >= 0 && bd < static_cast<double>(N) ? static_cast<int64_t>(bd) : -1;
       if (b < 0 || b >= N) { st = ctx.error("roi " + std::to_string(r) + " has batch index " + std::to_string(b) + " out of range"); return; }
+      for (int64_t k = 1; k < 5; ++k) {
+        double v = rois.scalar_as_double(r * 5 + k) * scale;
+        if (!(std::fabs(v) < 1e12)) { st = ctx.error("roi " + std::to_string(r) + " has a non-finite or huge coordinate"); return; }
+      }
       int64_t x1 = std::llround(rois.scalar_as_double(r * 5 + 1) * scale), y1 = std::llround(rois.scalar_as_double(r * 5 + 2) * scale);
       int64_t x2 = std::llround(rois.scalar_as_double(r * 5 + 3) * scale), y2 = std::llround(rois.scalar_as_double(r * 5 + 4) * scale);
       double rh = static_cast<double>(std::max<int64_t>(y2 - y1 + 1, 1)), rw = static_cast<double>(std::max<int64_t>(x2 - x1 + 1, 1));
