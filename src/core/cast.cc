@@ -166,11 +166,22 @@ Result<Tensor> cast_tensor(const Tensor& src, DType to, bool saturate) {
                                dtype_name(to) + ": it is not a number");
       }
       if (is_64bit_int(to)) {
-        // Integers beyond 2^53 would lose digits through double: parse them as integers (a fraction like
-        // "100.5" stops the integer parse, giving 100).
-        if (to == DType::kInt64) out.data<int64_t>()[i] = std::strtoll(s.c_str(), nullptr, 10);
-        else out.data<uint64_t>()[i] = std::strtoull(s.c_str(), nullptr, 10);
-        continue;
+        // Plain integers beyond 2^53 would lose digits through double: parse them as integers. Anything
+        // else ("100.5", "1e5", "inf") goes through double like the other integer types.
+        char* int_end = nullptr;
+        if (to == DType::kInt64) {
+          const long long iv = std::strtoll(s.c_str(), &int_end, 10);
+          if (int_end != s.c_str() && only_spaces(int_end)) {
+            out.data<int64_t>()[i] = iv;
+            continue;
+          }
+        } else {
+          const unsigned long long uv = std::strtoull(s.c_str(), &int_end, 10);
+          if (int_end != s.c_str() && only_spaces(int_end) && s.find('-') == std::string::npos) {
+            out.data<uint64_t>()[i] = uv;
+            continue;
+          }
+        }
       }
       write_from_double(out, i, v, saturate);
     }
