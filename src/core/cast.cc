@@ -229,6 +229,14 @@ Result<Tensor> cast_tensor(const Tensor& src, DType to, bool saturate) {
     }
     return out;
   }
+  if (to == DType::kFloat32 && is_64bit_int(src.dtype())) {
+    // Direct conversion rounds once; going through double would round twice (wrong for some values > 2^53).
+    for (int64_t i = 0; i < n; ++i) {
+      out.data<float>()[i] = src.dtype() == DType::kInt64 ? static_cast<float>(src.data<int64_t>()[i])
+                                                          : static_cast<float>(src.data<uint64_t>()[i]);
+    }
+    return out;
+  }
   for (int64_t i = 0; i < n; ++i) write_from_double(out, i, read_as_double(src, i), saturate);
   return out;
 }
