@@ -96,6 +96,11 @@ TEST(E1Ops, RoiAlignBatchIndexOutOfRange) {
   expect_error(r, "RoiAlign");
 }
 
+TEST(E1Ops, RoiAlignEmptyFeatureMap) {
+  auto r = run_op("RoiAlign", {floats({1, 1, 0, 0}), floats({1, 4}, {0, 0, 1, 1}), ints({1}, {0})}, {}, 16);
+  expect_error(r, "RoiAlign");
+}
+
 TEST(E1Ops, NonMaxSuppressionShapeMismatch) {
   auto r = run_op("NonMaxSuppression", {floats({1, 3, 4}), floats({1, 1, 2})}, {}, 11);
   expect_error(r, "NonMaxSuppression");
