@@ -129,6 +129,10 @@ TEST(MatMulOps, EinsumTermCount) {
   expect_node_error(run_nn_op("Einsum", {floats({2, 3})}, {{"equation", string_attr("ij,jk->ik")}}, 12));
 }
 
+TEST(MatMulOps, EinsumRepeatedOutputLabel) {
+  expect_node_error(run_nn_op("Einsum", {floats({3, 3})}, {{"equation", string_attr("ij->ii")}}, 12));
+}
+
 TEST(MatMulOps, MatMulComputes) {
   NnRun r = run_nn_op("MatMul", {floats({2, 2}, {1, 2, 3, 4}), floats({2, 2}, {5, 6, 7, 8})});
   ASSERT_TRUE(r.status.ok()) << r.status.message();

@@ -309,8 +309,12 @@ Status einsum_kernel(KernelContext& ctx) {
   EinsumTerm out_term;
   if (arrow != std::string::npos) {
     KILN_ASSIGN_OR_RETURN(out_term, parse_term(ctx, eq.substr(arrow + 2), 0, &ellipsis_rank, true));
-    for (int lab : out_term.labels)
+    for (size_t i = 0; i < out_term.labels.size(); ++i) {
+      int lab = out_term.labels[i];
       if (!size_of.count(lab)) return ctx.error("output label does not appear in any input of '" + eq + "'");
+      for (size_t j = 0; j < i; ++j)
+        if (out_term.labels[j] == lab) return ctx.error("output label repeated in '" + eq + "'");
+    }
   } else {
     // Implicit output: the ellipsis axes, then the labels seen exactly once, in alphabetical order.
     std::map<int, int> count;
