@@ -11,9 +11,9 @@
 namespace kiln::cpu {
 namespace {
 
-// Widens every given input; all must share input 0's dtype. Fails on non-float types.
-Status float_inputs(const KernelContext& ctx, std::initializer_list<size_t> required, std::initializer_list<size_t> optional,
-                    std::vector<Tensor>* out) {
+// Widens every present input to float32 (float64 stays); `required` inputs must be present. Fails on
+// non-float types. `out` has at least 3 entries, undefined for absent inputs.
+Status float_inputs(const KernelContext& ctx, std::initializer_list<size_t> required, std::vector<Tensor>* out) {
   out->assign(std::max<size_t>(ctx.num_inputs(), 3), Tensor());
   for (size_t i : required)
     if (!ctx.has_input(i)) return ctx.error("input " + std::to_string(i) + " is required");
@@ -24,7 +24,6 @@ Status float_inputs(const KernelContext& ctx, std::initializer_list<size_t> requ
     Tensor w = widen_to_float32(t);
     (*out)[i] = w;
   }
-  (void)optional;
   return OkStatus();
 }
 
@@ -51,7 +50,7 @@ Status check_channel_param(const KernelContext& ctx, const Tensor& t, int64_t ch
 
 Status batch_norm_kernel(KernelContext& ctx) {
   std::vector<Tensor> in;
-  KILN_RETURN_IF_ERROR(float_inputs(ctx, {0, 1, 2, 3, 4}, {}, &in));
+  KILN_RETURN_IF_ERROR(float_inputs(ctx, {0, 1, 2, 3, 4}, &in));
   const Tensor& x = in[0];
   if (x.rank() < 1) return ctx.error("X must have rank >= 1");
   int64_t N = x.dim(0), C = x.rank() > 1 ? x.dim(1) : 1;
@@ -112,7 +111,7 @@ Status batch_norm_kernel(KernelContext& ctx) {
 
 Status instance_norm_kernel(KernelContext& ctx) {
   std::vector<Tensor> in;
-  KILN_RETURN_IF_ERROR(float_inputs(ctx, {0, 1, 2}, {}, &in));
+  KILN_RETURN_IF_ERROR(float_inputs(ctx, {0, 1, 2}, &in));
   const Tensor& x = in[0];
   if (x.rank() < 3) return ctx.error("input must be [N, C, D1, ...], got " + x.description());
   int64_t N = x.dim(0), C = x.dim(1), spatial = 1;
@@ -143,7 +142,7 @@ Status instance_norm_kernel(KernelContext& ctx) {
 // LayerNormalization and RMSNormalization: statistics over the axes from `axis` to the end.
 Status layer_or_rms_norm(KernelContext& ctx, bool rms) {
   std::vector<Tensor> in;
-  KILN_RETURN_IF_ERROR(float_inputs(ctx, {0, 1}, {2}, &in));
+  KILN_RETURN_IF_ERROR(float_inputs(ctx, {0, 1}, &in));
   const Tensor& x = in[0];
   if (x.rank() < 1) return ctx.error("X must have rank >= 1");
   KILN_ASSIGN_OR_RETURN(int64_t axis, node_axis(ctx, ctx.attr_int("axis", -1), x.rank()));
@@ -208,7 +207,7 @@ Status rms_norm_kernel(KernelContext& ctx) { return layer_or_rms_norm(ctx, true)
 // GroupNormalization: opset 18 has one scale/bias per group, opset 21 one per channel.
 Status group_norm_kernel(KernelContext& ctx) {
   std::vector<Tensor> in;
-  KILN_RETURN_IF_ERROR(float_inputs(ctx, {0, 1, 2}, {}, &in));
+  KILN_RETURN_IF_ERROR(float_inputs(ctx, {0, 1, 2}, &in));
   const Tensor& x = in[0];
   if (x.rank() < 2) return ctx.error("X must be [N, C, ...], got " + x.description());
   if (!ctx.has_attr("num_groups")) return ctx.error("attribute 'num_groups' is required");
@@ -250,7 +249,7 @@ Status group_norm_kernel(KernelContext& ctx) {
 
 Status lrn_kernel(KernelContext& ctx) {
   std::vector<Tensor> in;
-  KILN_RETURN_IF_ERROR(float_inputs(ctx, {0}, {}, &in));
+  KILN_RETURN_IF_ERROR(float_inputs(ctx, {0}, &in));
   const Tensor& x = in[0];
   if (x.rank() < 3) return ctx.error("input must be [N, C, D1, ...], got " + x.description());
   if (!ctx.has_attr("size")) return ctx.error("attribute 'size' is required");
@@ -283,7 +282,7 @@ Status lrn_kernel(KernelContext& ctx) {
 
 Status lp_norm_kernel(KernelContext& ctx) {
   std::vector<Tensor> in;
-  KILN_RETURN_IF_ERROR(float_inputs(ctx, {0}, {}, &in));
+  KILN_RETURN_IF_ERROR(float_inputs(ctx, {0}, &in));
   const Tensor& x = in[0];
   KILN_ASSIGN_OR_RETURN(int64_t axis, node_axis(ctx, ctx.attr_int("axis", -1), x.rank()));
   int64_t p = ctx.attr_int("p", 2);
@@ -312,7 +311,7 @@ Status lp_norm_kernel(KernelContext& ctx) {
 // function body defines it.
 Status mvn_kernel(KernelContext& ctx) {
   std::vector<Tensor> in;
-  KILN_RETURN_IF_ERROR(float_inputs(ctx, {0}, {}, &in));
+  KILN_RETURN_IF_ERROR(float_inputs(ctx, {0}, &in));
   const Tensor& x = in[0];
   int64_t rank = x.rank();
   std::vector<int64_t> axes = ctx.attr_ints("axes", {0, 2, 3});
