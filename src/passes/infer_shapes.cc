@@ -130,6 +130,8 @@ class Inferrer {
       return;
     }
     if (broadcasting.count(op) || comparing.count(op) || op == "Where") {
+      if (opset_ < 7) return;  // legacy broadcast/axis attributes, not numpy rules
+
       std::vector<Dim> dims;
       DType dtype = DType::kUndefined;
       size_t first = op == "Where" ? 1 : 0;

@@ -58,6 +58,12 @@ Status prelu_kernel(KernelContext& ctx) {
     return ctx.error("X and slope must have the same dtype, got " + dtype_name(x.dtype()) + " and " +
                      dtype_name(slope.dtype()));
   }
+  // Before opset 7 a 1-D slope of C values was per channel (axis 1), not numpy-broadcast.
+  if (ctx.opset() < 7 && slope.rank() == 1 && x.rank() >= 2 && slope.dim(0) == x.dim(1) && slope.dim(0) != 1) {
+    Shape per_channel(static_cast<size_t>(x.rank() - 1), 1);
+    per_channel[0] = slope.dim(0);
+    slope = slope.reshaped(per_channel);
+  }
   auto shape = broadcast_shapes(x.shape(), slope.shape());
   if (!shape.ok() || *shape != x.shape()) {
     return ctx.error("slope of shape " + shape_to_string(slope.shape()) + " does not broadcast to X's shape " +
@@ -257,7 +263,7 @@ Status clip_kernel(KernelContext& ctx) {
 void register_activation_ops(ir::OpRegistry& r) {
   r.add("Relu", 6, relu_kernel);
   r.add("LeakyRelu", 6, leaky_relu_kernel);
-  r.add("PRelu", 7, prelu_kernel);
+  r.add("PRelu", 1, prelu_kernel);
   r.add("Elu", 6, elu_kernel);
   r.add("Selu", 6, selu_kernel);
   r.add("Celu", 12, celu_kernel);

@@ -15,6 +15,7 @@ namespace {
 
 using elementwise::broadcast_map;
 using elementwise::is_low_precision_float;
+using elementwise::legacy_broadcast;
 using elementwise::required_input;
 
 template <class T>
@@ -74,7 +75,8 @@ T int_pow(T base, int64_t exp) {
 template <class Op>
 Status same_type_binary(KernelContext& ctx, bool allow_int, bool allow_float, Op op) {
   KILN_ASSIGN_OR_RETURN(Tensor a, required_input(ctx, 0));
-  KILN_ASSIGN_OR_RETURN(Tensor b, required_input(ctx, 1));
+  KILN_ASSIGN_OR_RETURN(Tensor b_in, required_input(ctx, 1));
+  KILN_ASSIGN_OR_RETURN(Tensor b, legacy_broadcast(ctx, a, b_in));
   if (a.dtype() != b.dtype()) {
     return ctx.error("inputs must have the same dtype, got " + dtype_name(a.dtype()) + " and " + dtype_name(b.dtype()));
   }
@@ -185,7 +187,8 @@ Status bitshift_kernel(KernelContext& ctx) {
 // power, cast back to the base type).
 Status pow_kernel(KernelContext& ctx) {
   KILN_ASSIGN_OR_RETURN(Tensor a, required_input(ctx, 0));
-  KILN_ASSIGN_OR_RETURN(Tensor b, required_input(ctx, 1));
+  KILN_ASSIGN_OR_RETURN(Tensor b_in, required_input(ctx, 1));
+  KILN_ASSIGN_OR_RETURN(Tensor b, legacy_broadcast(ctx, a, b_in));
   const DType dtype = a.dtype();
   const bool a_int = dtype_is_integer(dtype) && !dtype_is_sub_byte(dtype);
   const bool b_int = dtype_is_integer(b.dtype()) && !dtype_is_sub_byte(b.dtype());
@@ -318,17 +321,17 @@ Status where_kernel(KernelContext& ctx) {
 }  // namespace
 
 void register_elementwise_binary_ops(ir::OpRegistry& r) {
-  r.add("Add", 7, add_kernel);
-  r.add("Sub", 7, sub_kernel);
-  r.add("Mul", 7, mul_kernel);
-  r.add("Div", 7, div_kernel);
-  r.add("Pow", 7, pow_kernel);
+  r.add("Add", 1, add_kernel);
+  r.add("Sub", 1, sub_kernel);
+  r.add("Mul", 1, mul_kernel);
+  r.add("Div", 1, div_kernel);
+  r.add("Pow", 1, pow_kernel);
   r.add("Mod", 10, mod_kernel);
   r.add("BitShift", 11, bitshift_kernel);
-  r.add("Max", 8, variadic_kernel<Fold::kMax>);
-  r.add("Min", 8, variadic_kernel<Fold::kMin>);
-  r.add("Sum", 8, variadic_kernel<Fold::kSum>);
-  r.add("Mean", 8, variadic_kernel<Fold::kMean>);
+  r.add("Max", 1, variadic_kernel<Fold::kMax>);
+  r.add("Min", 1, variadic_kernel<Fold::kMin>);
+  r.add("Sum", 1, variadic_kernel<Fold::kSum>);
+  r.add("Mean", 1, variadic_kernel<Fold::kMean>);
   r.add("Where", 9, where_kernel);
 }
 

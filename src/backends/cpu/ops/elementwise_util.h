@@ -22,6 +22,28 @@ inline Result<Tensor> required_input(const KernelContext& ctx, size_t i) {
   return ctx.input(i);
 }
 
+// Before opset 7, binary ops did not broadcast like numpy: with broadcast=1, B matched A's dimensions
+// starting at `axis` (default: A's trailing dimensions); without it, shapes had to be equal. Returns B
+// reshaped so that numpy broadcasting gives that meaning.
+inline Result<Tensor> legacy_broadcast(const KernelContext& ctx, const Tensor& a, const Tensor& b) {
+  if (ctx.opset() >= 7) return b;
+  if (ctx.attr_int("broadcast", 0) == 0) {
+    if (a.shape() != b.shape())
+      return ctx.error("inputs of shapes " + shape_to_string(a.shape()) + " and " + shape_to_string(b.shape()) +
+                       " differ and the broadcast attribute is not set (opset " + std::to_string(ctx.opset()) + ")");
+    return b;
+  }
+  if (!ctx.has_attr("axis")) return b;
+  int64_t axis = ctx.attr_int("axis", 0);
+  if (axis < 0) axis += a.rank();
+  if (axis < 0 || axis + b.rank() > a.rank())
+    return ctx.error("axis " + std::to_string(ctx.attr_int("axis", 0)) + " does not place B " +
+                     shape_to_string(b.shape()) + " inside A " + shape_to_string(a.shape()));
+  Shape aligned = b.shape();
+  aligned.resize(static_cast<size_t>(a.rank() - axis), 1);
+  return b.reshaped(aligned);
+}
+
 inline Status unsupported_dtype(const KernelContext& ctx, const Tensor& t, size_t input = 0) {
   return ctx.error("unsupported dtype " + dtype_name(t.dtype()) + " for input " + std::to_string(input));
 }
