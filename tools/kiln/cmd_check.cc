@@ -5,6 +5,7 @@
 #include <iostream>
 #include <map>
 #include <set>
+#include <sstream>
 
 #include "kiln/commands.h"
 #include "kiln/compare.h"
@@ -22,6 +23,7 @@ struct CheckOptions {
   std::vector<std::string> dirs;
   Tolerance tol;
   std::string expected_failures_file;
+  std::string tolerances_file;
   bool quiet = false;
 };
 
@@ -146,7 +148,30 @@ std::map<std::string, std::string> read_expected_failures(const std::string& pat
   return out;
 }
 
+// Reads "test_name rtol atol  # reason" lines: tests whose reference data needs looser bounds.
+bool read_tolerances(const std::string& path, std::map<std::string, Tolerance>* out) {
+  std::ifstream f(path);
+  if (!f) return false;
+  std::string line;
+  while (std::getline(f, line)) {
+    line = line.substr(0, line.find('#'));
+    std::istringstream ss(line);
+    std::string name;
+    Tolerance t;
+    if (!(ss >> name)) continue;
+    if (!(ss >> t.rtol >> t.atol)) return false;
+    (*out)[name] = t;
+  }
+  return true;
+}
+
 int run_check(const CheckOptions& opts) {
+  std::map<std::string, Tolerance> tolerances;
+  if (!opts.tolerances_file.empty() && !read_tolerances(opts.tolerances_file, &tolerances)) {
+    std::cerr << "error: cannot read tolerance list '" << opts.tolerances_file
+              << "' (lines: test_name rtol atol  # reason)\n";
+    return 2;
+  }
   std::map<std::string, std::string> expected_fail;
   if (!opts.expected_failures_file.empty()) {
     bool ok;
@@ -178,7 +203,8 @@ int run_check(const CheckOptions& opts) {
   int passed = 0, failed = 0, skipped = 0, unexpected_pass = 0, expected_failed = 0;
   for (const auto& t : tests) {
     std::string name = t.filename().string();
-    TestOutcome r = run_test(t, opts.tol);
+    auto tol = tolerances.find(name);
+    TestOutcome r = run_test(t, tol == tolerances.end() ? opts.tol : tol->second);
     bool listed = expected_fail.count(name) > 0;
     char buf[96];
     std::snprintf(buf, sizeof buf, " (max abs %.3g, max rel %.3g)", r.max_abs, r.max_rel);
@@ -215,6 +241,8 @@ void add_check_command(CLI::App& app, Action* run) {
   cmd->add_option("--atol", opts->tol.atol, "Absolute tolerance")->capture_default_str();
   cmd->add_option("--expected-failures", opts->expected_failures_file,
                   "File of 'test_name: reason' lines: listed failures are skipped, listed passes are errors");
+  cmd->add_option("--tolerances", opts->tolerances_file,
+                  "File of 'test_name rtol atol  # reason' lines: per-test bounds for reference data that needs them");
   cmd->add_flag("-q,--quiet", opts->quiet, "Print only failures and the summary");
   cmd->callback([opts, run] { *run = [opts] { return run_check(*opts); }; });
 }
