@@ -3,6 +3,7 @@
 #include <chrono>
 #include <thread>
 
+#include "backends/backend.h"
 #include "ir/op_registry.h"
 #include "passes/passes.h"
 
@@ -43,15 +44,28 @@ Result<engine::Plan> build_plan(const ir::Model& model, const engine::BuildSetti
   }
   KILN_RETURN_IF_ERROR(passes::infer_shapes(m));
 
-  // Every node runs on the CPU reference backend for now; the layer list records that choice.
+  // Assign every node to the first backend that supports it (today the CPU, which runs every op of the
+  // op table; the CUDA backend will come first when the target is a GPU).
+  std::vector<std::unique_ptr<backends::Backend>> candidates;
+  candidates.push_back(backends::make_cpu_backend());
   for (const ir::Node& n : m.graph.nodes) {
+    auto opset_it = m.opsets.find(n.domain);
+    int opset = opset_it == m.opsets.end() ? 0 : opset_it->second;
     engine::LayerInfo layer;
     layer.name = n.name;
     layer.op_type = (n.domain.empty() ? "" : n.domain + ".") + n.op_type;
-    const ir::OpSchema* schema = ir::OpRegistry::global().find(n.domain, n.op_type);
-    if (schema == nullptr || schema->cpu_kernel == nullptr)
-      return Unsupported(n.describe() + ": no kernel on any backend");
-    layer.tactic = "cpu.reference." + schema->family;
+    std::string reasons;
+    for (const auto& backend : candidates) {
+      std::string why_not;
+      if (!backend->supports(n, m.graph, opset, &why_not)) {
+        reasons += (reasons.empty() ? "" : "; ") + backend->name() + ": " + why_not;
+        continue;
+      }
+      layer.backend = backend->name();
+      layer.tactic = backend->tactics(n, m.graph, opset).front().name;
+      break;
+    }
+    if (layer.backend.empty() || layer.tactic.empty()) return Unsupported(n.describe() + ": no backend runs it (" + reasons + ")");
     plan.layers.push_back(std::move(layer));
   }
   return plan;

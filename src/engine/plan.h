@@ -24,8 +24,8 @@ struct BuildSettings {
 struct LayerInfo {
   std::string name;     // node name; fused layers list their parts: "conv1 + bn1 + relu1"
   std::string op_type;
-  std::string backend = "cpu";
-  std::string tactic = "cpu.reference";
+  std::string backend;  // which backend runs it: "cpu", later "cuda"
+  std::string tactic;   // the kernel chosen for it
 };
 
 struct Plan {
