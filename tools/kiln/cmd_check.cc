@@ -11,6 +11,8 @@
 #include "kiln/compare.h"
 #include "onnx/importer.h"
 #include "onnx/tensor_proto.h"
+#include <nlohmann/json.hpp>
+
 #include "kiln/kiln.h"
 
 namespace fs = std::filesystem;
@@ -24,6 +26,7 @@ struct CheckOptions {
   Tolerance tol;
   std::string expected_failures_file;
   std::string tolerances_file;
+  std::string json_file;
   bool quiet = false;
 };
 
@@ -201,11 +204,14 @@ int run_check(const CheckOptions& opts) {
     tests.insert(tests.end(), sub.begin(), sub.end());
   }
   int passed = 0, failed = 0, skipped = 0, unexpected_pass = 0, expected_failed = 0;
+  nlohmann::json report = nlohmann::json::array();
   for (const auto& t : tests) {
     std::string name = t.filename().string();
     auto tol = tolerances.find(name);
     TestOutcome r = run_test(t, tol == tolerances.end() ? opts.tol : tol->second);
     bool listed = expected_fail.count(name) > 0;
+    report.push_back({{"test", name}, {"passed", r.passed}, {"expected_failure", listed},
+                      {"max_abs_error", r.max_abs}, {"max_rel_error", r.max_rel}, {"message", r.message}});
     char buf[96];
     std::snprintf(buf, sizeof buf, " (max abs %.3g, max rel %.3g)", r.max_abs, r.max_rel);
     if (r.passed) {
@@ -226,6 +232,16 @@ int run_check(const CheckOptions& opts) {
     }
   }
   std::cout << passed << " passed, " << failed << " failed, " << skipped << " skipped" << std::endl;
+  if (!opts.json_file.empty()) {
+    nlohmann::json doc = {{"passed", passed}, {"failed", failed}, {"skipped", skipped},
+                          {"folders", opts.dirs}, {"tests", report}};
+    std::ofstream out(opts.json_file);
+    out << doc.dump(1) << std::endl;
+    if (!out) {
+      std::cerr << "error: cannot write '" << opts.json_file << "'\n";
+      return 2;
+    }
+  }
   if (unexpected_pass > 0)
     std::cout << unexpected_pass << " listed expected failures passed: update " << opts.expected_failures_file << std::endl;
   return (failed > 0 || unexpected_pass > 0) ? 1 : 0;
@@ -243,6 +259,7 @@ void add_check_command(CLI::App& app, Action* run) {
                   "File of 'test_name: reason' lines: listed failures are skipped, listed passes are errors");
   cmd->add_option("--tolerances", opts->tolerances_file,
                   "File of 'test_name rtol atol  # reason' lines: per-test bounds for reference data that needs them");
+  cmd->add_option("--json", opts->json_file, "Also write every result as JSON to this file");
   cmd->add_flag("-q,--quiet", opts->quiet, "Print only failures and the summary");
   cmd->callback([opts, run] { *run = [opts] { return run_check(*opts); }; });
 }
