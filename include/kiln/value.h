@@ -33,7 +33,6 @@ class Value {
   std::vector<Tensor>& sequence_items() { return sequence_; }
   // Element dtype of a sequence (meaningful even when it is empty).
   DType elem_dtype() const { return elem_dtype_; }
-  // Optional-typed values that hold a sequence keep this flag so OptionalHasElement works on them.
   std::string description() const;
 
  private:
