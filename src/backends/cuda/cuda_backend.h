@@ -1,0 +1,17 @@
+// The CUDA backend (backends::Backend on an NVIDIA GPU): device memory through cudaMalloc, copies through
+// cudaMemcpy, and the ops of the kernels in this folder (kernels.h).
+#pragma once
+
+#include <memory>
+
+#include "backends/backend.h"
+#include "kiln/status.h"
+
+namespace kiln::backends {
+
+// Whether a CUDA device can be used here (a driver and at least one GPU).
+bool cuda_device_available();
+// The CUDA backend on device 0; an error that says why when there is no usable GPU.
+Result<std::unique_ptr<Backend>> make_cuda_backend();
+
+}  // namespace kiln::backends
