@@ -72,7 +72,7 @@ BUILD_OK=false
 CONFIGURE_RC=-1; BUILD_RC=-1
 timeout 90 cmake "${CMAKE_ARGS[@]}" > "$OUT/configure.log" 2>&1; CONFIGURE_RC=$?
 if [[ $CONFIGURE_RC == 0 ]]; then
-  timeout 240 ninja -C build-gpu -j16 > "$OUT/build.log" 2>&1; BUILD_RC=$?
+  timeout 230 ninja -C build-gpu -j16 > "$OUT/build.log" 2>&1; BUILD_RC=$?
   [[ $BUILD_RC == 0 ]] && BUILD_OK=true
 fi
 T_BUILD=$(date +%s)
@@ -89,7 +89,7 @@ fi
 
 CUDA_RC=-1
 if [[ -x $TEST_BIN ]]; then
-  timeout 120 "$TEST_BIN" --gtest_filter='CudaKernels*:CudaBackend*' --gtest_output=json:"$OUT/cuda_tests.json" \
+  timeout 100 "$TEST_BIN" --gtest_filter='CudaKernels*:CudaBackend*' --gtest_output=json:"$OUT/cuda_tests.json" \
     > "$OUT/cuda_tests.log" 2>&1; CUDA_RC=$?
 fi
 T_CUDA=$(date +%s)
@@ -98,7 +98,9 @@ CTEST_RC=-1
 if $BUILD_OK; then
   EXCLUDE=""
   [[ -d $SHARED/onnx-backend-tests ]] || EXCLUDE="conformance_|mnist_demo"
-  (cd build-gpu && timeout 150 ctest -j16 --timeout 100 ${EXCLUDE:+-E "$EXCLUDE"} > "$OUT/ctest.log" 2>&1); CTEST_RC=$?
+  LEFT=$(( 440 - ($(date +%s) - T0) ))  # the whole round fits a 480 s device call
+  (( LEFT < 20 )) && LEFT=20
+  (cd build-gpu && timeout $LEFT ctest -j16 --timeout 100 ${EXCLUDE:+-E "$EXCLUDE"} > "$OUT/ctest.log" 2>&1); CTEST_RC=$?
 fi
 T_END=$(date +%s)
 
