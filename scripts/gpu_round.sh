@@ -100,7 +100,7 @@ if $BUILD_OK; then
   [[ -d $SHARED/onnx-backend-tests ]] || EXCLUDE="conformance_|mnist_demo"
   LEFT=$(( 440 - ($(date +%s) - T0) ))  # the whole round fits a 480 s device call
   (( LEFT < 20 )) && LEFT=20
-  (cd build-gpu && timeout $LEFT ctest -j16 --timeout 100 ${EXCLUDE:+-E "$EXCLUDE"} > "$OUT/ctest.log" 2>&1); CTEST_RC=$?
+  (cd build-gpu && timeout $LEFT ctest -j16 --timeout 100 --output-on-failure ${EXCLUDE:+-E "$EXCLUDE"} > "$OUT/ctest.log" 2>&1); CTEST_RC=$?
 fi
 T_END=$(date +%s)
 
