@@ -99,7 +99,7 @@ class CudaBackend : public Backend {
     void* p = nullptr;
     cudaError_t e = cudaMalloc(&p, bytes == 0 ? 1 : bytes);
     if (e != cudaSuccess) {
-      cudaGetLastError();  // clear the sticky-free error so later calls do not report it
+      cudaGetLastError();  // an out-of-memory error is not sticky: clear it so later launches do not report it
       return cuda_status(e, ("cudaMalloc(" + std::to_string(bytes) + " bytes)").c_str());
     }
     return p;
