@@ -72,6 +72,24 @@ TEST(Passes, FoldsConstantSubgraphsButNotInputsWithDefaults) {
   EXPECT_NEAR(m.graph.initializers["ea"].data<float>()[1], std::exp(2.0f), 1e-5);
 }
 
+TEST(Passes, UnseededTrainingDropoutIsNotFolded) {
+  onnx::ModelProto p = testing::new_model();
+  auto* g = p.mutable_graph();
+  testing::set_type(g->add_output(), "y", 1, {"4"});
+  testing::add_float_initializer(g, "a", {4}, {1, 2, 3, 4});
+  testing::add_float_initializer(g, "ratio", {}, {0.5f});
+  auto* training = g->add_initializer();
+  training->set_name("training");
+  training->set_data_type(9);
+  training->add_int32_data(1);
+  testing::add_node(g, "Dropout", {"a", "ratio", "training"}, {"y"}, "drop");
+  ir::Model m = import(p);
+  int folded = -1;
+  ASSERT_TRUE(passes::fold_constants(m, &folded).ok());
+  EXPECT_EQ(folded, 0);
+  EXPECT_EQ(op_types(m), (std::vector<std::string>{"Dropout"}));
+}
+
 TEST(Passes, InputShapesAreChecked) {
   ir::Model m = import(testing::mlp_with_shape_chain());
   EXPECT_FALSE(passes::apply_input_shapes(m, {{"nope", {1, 4}}}).ok());

@@ -11,6 +11,12 @@ namespace {
 // Folding must not bloat the engine: a result larger than this stays a node.
 constexpr int64_t kMaxFoldedBytes = 16 << 20;
 
+// Dropout in training mode without a seed draws a new mask each run: folding it would freeze one draw.
+bool is_random_at_run_time(const ir::Node& n) {
+  return n.domain.empty() && n.op_type == "Dropout" && n.inputs.size() > 2 && !n.inputs[2].empty() &&
+         n.attr("seed") == nullptr;
+}
+
 bool has_subgraph(const ir::Node& n) {
   for (const auto& [name, a] : n.attributes)
     if (a.g || !a.graphs.empty()) return true;
@@ -59,7 +65,8 @@ Status fold_constants(ir::Model& model, int* folded) {
       ++count;
       continue;
     }
-    bool all_const = schema && schema->cpu_kernel && !schema->nondeterministic && !has_subgraph(n);
+    bool all_const = schema && schema->cpu_kernel && !schema->nondeterministic && !has_subgraph(n) &&
+                     !is_random_at_run_time(n);
     for (const auto& in : n.inputs)
       if (!in.empty() && (!g.initializers.count(in) || graph_inputs.count(in))) all_const = false;
     // Ops that take no inputs fold only when they are Constant-like (no inputs by design).
