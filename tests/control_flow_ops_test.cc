@@ -7,52 +7,22 @@
 #include <vector>
 
 #include "ir/op_registry.h"
+#include "kernel_harness.h"
 
 namespace kiln {
 namespace {
 
-// Runs op `op` on `inputs` (nullptr entries are omitted inputs) with the given attributes and a subgraph
-// runner that echoes its inputs (enough for these tests).
-struct OpRun {
-  Status status;
-  std::vector<Value> outputs;
-};
+using OpRun = testing::OpRun;
+using testing::int_attr;
+using testing::string_attr;
 
+// The subgraph runner echoes its inputs, which is enough for these tests.
 OpRun run_op(const std::string& op, std::vector<Value> inputs, std::map<std::string, ir::Attribute> attrs = {},
-           size_t num_outputs = 1, int opset = 18) {
-  const ir::OpSchema* schema = ir::OpRegistry::global().find("", op);
-  EXPECT_NE(schema, nullptr) << op;
-  OpRun run;
-  if (schema == nullptr) return run;
-  ir::Node node;
-  node.name = "test_node";
-  node.op_type = op;
-  node.attributes = std::move(attrs);
-  std::vector<const Value*> ptrs;
-  for (size_t i = 0; i < inputs.size(); ++i) {
-    node.inputs.push_back(inputs[i].is_none() ? "" : "in" + std::to_string(i));
-    ptrs.push_back(inputs[i].is_none() ? nullptr : &inputs[i]);
-  }
-  for (size_t i = 0; i < num_outputs; ++i) node.outputs.push_back("out" + std::to_string(i));
-  run.outputs.resize(num_outputs);
+             size_t num_outputs = 1, int opset = 18) {
   ir::SubgraphRunner echo = [](const ir::Graph&, std::vector<Value> in) -> Result<std::vector<Value>> { return in; };
-  ir::KernelContext ctx(node, opset, ptrs, &run.outputs, echo);
-  run.status = schema->cpu_kernel(ctx);
-  return run;
+  return testing::run_kernel("", op, std::move(inputs), std::move(attrs), num_outputs, opset, "test_node", echo);
 }
 
-ir::Attribute int_attr(int64_t v) {
-  ir::Attribute a;
-  a.type = ir::Attribute::Type::kInt;
-  a.i = v;
-  return a;
-}
-ir::Attribute string_attr(const std::string& v) {
-  ir::Attribute a;
-  a.type = ir::Attribute::Type::kString;
-  a.s = v;
-  return a;
-}
 ir::Attribute graph_attr(size_t num_inputs, size_t num_outputs) {
   ir::Attribute a;
   a.type = ir::Attribute::Type::kGraph;

@@ -8,56 +8,22 @@
 #include <vector>
 
 #include "ir/op_registry.h"
+#include "kernel_harness.h"
 
 namespace kiln {
 namespace {
 
-struct NnRun {
-  Status status;
-  std::vector<Value> outputs;
-};
+using NnRun = testing::OpRun;
+using testing::ints_attr;
+using testing::int_attr;
+using testing::string_attr;
 
+// Undefined tensors become omitted optional inputs.
 NnRun run_nn_op(const std::string& op, std::vector<Tensor> inputs, std::map<std::string, ir::Attribute> attrs = {},
                 int opset = 18, size_t num_outputs = 1) {
-  const ir::OpSchema* schema = ir::OpRegistry::global().find("", op);
-  EXPECT_NE(schema, nullptr) << op;
-  NnRun run;
-  if (schema == nullptr) return run;
-  ir::Node node;
-  node.name = "nn_node";
-  node.op_type = op;
-  node.attributes = std::move(attrs);
   std::vector<Value> values;
   for (auto& t : inputs) values.push_back(t.defined() ? Value(t) : Value());
-  std::vector<const Value*> ptrs;
-  for (size_t i = 0; i < values.size(); ++i) {
-    node.inputs.push_back(values[i].is_none() ? "" : "in" + std::to_string(i));
-    ptrs.push_back(values[i].is_none() ? nullptr : &values[i]);
-  }
-  for (size_t i = 0; i < num_outputs; ++i) node.outputs.push_back("out" + std::to_string(i));
-  run.outputs.resize(num_outputs);
-  ir::KernelContext ctx(node, opset, ptrs, &run.outputs, ir::SubgraphRunner{});
-  run.status = schema->cpu_kernel(ctx);
-  return run;
-}
-
-ir::Attribute ints_attr(std::vector<int64_t> v) {
-  ir::Attribute a;
-  a.type = ir::Attribute::Type::kInts;
-  a.ints = std::move(v);
-  return a;
-}
-ir::Attribute int_attr(int64_t v) {
-  ir::Attribute a;
-  a.type = ir::Attribute::Type::kInt;
-  a.i = v;
-  return a;
-}
-ir::Attribute string_attr(const std::string& v) {
-  ir::Attribute a;
-  a.type = ir::Attribute::Type::kString;
-  a.s = v;
-  return a;
+  return testing::run_kernel("", op, std::move(values), std::move(attrs), num_outputs, opset, "nn_node");
 }
 
 Tensor floats(Shape shape, std::vector<float> v = {}) {

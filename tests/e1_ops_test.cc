@@ -4,46 +4,19 @@
 
 #include "core/value.h"
 #include "ir/op_registry.h"
+#include "kernel_harness.h"
 
 namespace kiln {
 namespace {
 
-struct Run {
-  Status status;
-  std::vector<Value> outputs;
-};
+using Run = testing::OpRun;
+using testing::int_attr;
+using testing::string_attr;
 
 Run run_op(const std::string& op, std::vector<Value> inputs, std::map<std::string, ir::Attribute> attrs = {},
            int opset = 21, int num_outputs = 1) {
-  const ir::OpSchema* schema = ir::OpRegistry::global().find("", op);
-  EXPECT_NE(schema, nullptr) << op;
-  if (schema == nullptr) return {Internal("no schema"), {}};
-  ir::Node node;
-  node.name = "bad_" + op;
-  node.op_type = op;
-  node.attributes = std::move(attrs);
-  for (size_t i = 0; i < inputs.size(); ++i) node.inputs.push_back("in" + std::to_string(i));
-  for (int i = 0; i < num_outputs; ++i) node.outputs.push_back("out" + std::to_string(i));
-  std::vector<const Value*> in_ptrs;
-  for (const Value& v : inputs) in_ptrs.push_back(&v);
-  Run run;
-  run.outputs.resize(num_outputs);
-  ir::KernelContext ctx(node, opset, in_ptrs, &run.outputs, ir::SubgraphRunner());
-  run.status = schema->cpu_kernel(ctx);
-  return run;
-}
-
-ir::Attribute int_attr(int64_t v) {
-  ir::Attribute a;
-  a.type = ir::Attribute::Type::kInt;
-  a.i = v;
-  return a;
-}
-ir::Attribute str_attr(const std::string& s) {
-  ir::Attribute a;
-  a.type = ir::Attribute::Type::kString;
-  a.s = s;
-  return a;
+  return testing::run_kernel("", op, std::move(inputs), std::move(attrs), static_cast<size_t>(num_outputs), opset,
+                             "bad_" + op);
 }
 
 Tensor floats(Shape shape, std::vector<float> v = {}) {
@@ -72,7 +45,7 @@ TEST(E1Ops, ResizeNegativeScale) {
 
 TEST(E1Ops, ResizeUnknownMode) {
   Value none;
-  auto r = run_op("Resize", {floats({1, 1, 2, 2}), none, floats({4}, {1, 1, 2, 2})}, {{"mode", str_attr("magic")}}, 19);
+  auto r = run_op("Resize", {floats({1, 1, 2, 2}), none, floats({4}, {1, 1, 2, 2})}, {{"mode", string_attr("magic")}}, 19);
   expect_error(r, "Resize");
 }
 

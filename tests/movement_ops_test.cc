@@ -7,48 +7,18 @@
 #include <vector>
 
 #include "ir/op_registry.h"
+#include "kernel_harness.h"
 
 namespace kiln {
 namespace {
 
-struct OpRun {
-  Status status;
-  std::vector<Value> outputs;
-};
+using OpRun = testing::OpRun;
+using testing::int_attr;
+using testing::ints_attr;
 
 OpRun run_op(const std::string& op, std::vector<Value> inputs, std::map<std::string, ir::Attribute> attrs = {},
              size_t num_outputs = 1, int opset = 21) {
-  const ir::OpSchema* schema = ir::OpRegistry::global().find("", op);
-  EXPECT_NE(schema, nullptr) << op;
-  OpRun run;
-  if (schema == nullptr) return run;
-  ir::Node node;
-  node.name = "test_node";
-  node.op_type = op;
-  node.attributes = std::move(attrs);
-  std::vector<const Value*> ptrs;
-  for (size_t i = 0; i < inputs.size(); ++i) {
-    node.inputs.push_back(inputs[i].is_none() ? "" : "in" + std::to_string(i));
-    ptrs.push_back(inputs[i].is_none() ? nullptr : &inputs[i]);
-  }
-  for (size_t i = 0; i < num_outputs; ++i) node.outputs.push_back("out" + std::to_string(i));
-  run.outputs.resize(num_outputs);
-  ir::KernelContext ctx(node, opset, ptrs, &run.outputs, ir::SubgraphRunner());
-  run.status = schema->cpu_kernel(ctx);
-  return run;
-}
-
-ir::Attribute int_attr(int64_t v) {
-  ir::Attribute a;
-  a.type = ir::Attribute::Type::kInt;
-  a.i = v;
-  return a;
-}
-ir::Attribute ints_attr(std::vector<int64_t> v) {
-  ir::Attribute a;
-  a.type = ir::Attribute::Type::kInts;
-  a.ints = std::move(v);
-  return a;
+  return testing::run_kernel("", op, std::move(inputs), std::move(attrs), num_outputs, opset, "test_node");
 }
 
 Tensor floats(Shape shape) {
