@@ -1,0 +1,133 @@
+// The CUDA op table and what every layer shares: handles, attribute access, error conversion.
+#include "backends/cuda/layer.h"
+
+#include "core/cast.h"
+
+namespace kiln::cuda {
+
+bool TensorDesc::is_static() const {
+  if (!has_rank) return false;
+  for (int64_t d : shape)
+    if (d < 0) return false;
+  return true;
+}
+
+Status cuda_status(cudaError_t e, const char* call) {
+  if (e == cudaSuccess) return OkStatus();
+  return Internal(std::string(call) + " failed: " + cudaGetErrorName(e) + ": " + cudaGetErrorString(e));
+}
+
+Status cublas_status(cublasStatus_t s, const char* call) {
+  if (s == CUBLAS_STATUS_SUCCESS) return OkStatus();
+  return Internal(std::string(call) + " failed: cuBLAS status " + std::to_string(static_cast<int>(s)));
+}
+
+Status cudnn_status(cudnnStatus_t s, const char* call) {
+  if (s == CUDNN_STATUS_SUCCESS) return OkStatus();
+  return Internal(std::string(call) + " failed: " + cudnnGetErrorString(s));
+}
+
+Status launch_status(const char* kernel) {
+  cudaError_t e = cudaGetLastError();
+  if (e == cudaSuccess) return OkStatus();
+  return Internal(std::string("launch of ") + kernel + " failed: " + cudaGetErrorName(e) + ": " + cudaGetErrorString(e));
+}
+
+Result<std::unique_ptr<HandleSet>> HandleSet::create(cudaStream_t stream) {
+  std::unique_ptr<HandleSet> hs(new HandleSet());
+  if (stream == nullptr) {
+    KILN_CUDA_TRY(cudaStreamCreateWithFlags(&hs->h_.stream, cudaStreamNonBlocking));
+    hs->own_stream_ = true;
+  } else {
+    hs->h_.stream = stream;
+  }
+  KILN_CUBLAS_TRY(cublasLtCreate(&hs->h_.cublaslt));
+  KILN_CUDNN_TRY(cudnnCreate(&hs->h_.cudnn));
+  KILN_CUDNN_TRY(cudnnSetStream(hs->h_.cudnn, hs->h_.stream));
+  return hs;
+}
+
+HandleSet::~HandleSet() {
+  if (h_.cudnn != nullptr) cudnnDestroy(h_.cudnn);
+  if (h_.cublaslt != nullptr) cublasLtDestroy(h_.cublaslt);
+  if (own_stream_ && h_.stream != nullptr) cudaStreamDestroy(h_.stream);
+}
+
+Status HandleSet::set_stream(cudaStream_t stream) {
+  if (own_stream_ && h_.stream != nullptr) cudaStreamDestroy(h_.stream);
+  own_stream_ = false;
+  h_.stream = stream;
+  KILN_CUDNN_TRY(cudnnSetStream(h_.cudnn, stream));
+  return OkStatus();
+}
+
+int64_t LayerSpec::attr_int(const std::string& name, int64_t fallback) const {
+  const ir::Attribute* a = node->attr(name);
+  return a == nullptr ? fallback : a->i;
+}
+float LayerSpec::attr_float(const std::string& name, float fallback) const {
+  const ir::Attribute* a = node->attr(name);
+  return a == nullptr ? fallback : a->f;
+}
+std::string LayerSpec::attr_string(const std::string& name, const std::string& fallback) const {
+  const ir::Attribute* a = node->attr(name);
+  return a == nullptr ? fallback : a->s;
+}
+std::vector<int64_t> LayerSpec::attr_ints(const std::string& name, std::vector<int64_t> fallback) const {
+  const ir::Attribute* a = node->attr(name);
+  return a == nullptr ? fallback : a->ints;
+}
+bool LayerSpec::has_attr(const std::string& name) const { return node->attr(name) != nullptr; }
+
+bool LayerSpec::constant_ints(size_t i, std::vector<int64_t>* out) const {
+  if (i >= inputs.size() || inputs[i].constant == nullptr) return false;
+  const Tensor& t = *inputs[i].constant;
+  if (t.dtype() != DType::kInt64 && t.dtype() != DType::kInt32) return false;
+  *out = t.to_int64_vector();
+  return true;
+}
+
+bool LayerSpec::constant_floats(size_t i, std::vector<float>* out) const {
+  if (i >= inputs.size() || inputs[i].constant == nullptr) return false;
+  const Tensor& t = *inputs[i].constant;
+  if (t.dtype() != DType::kFloat32 && t.dtype() != DType::kFloat16 && t.dtype() != DType::kBFloat16 &&
+      t.dtype() != DType::kFloat64)
+    return false;
+  Tensor f = t.dtype() == DType::kFloat64 ? *cast_tensor(t, DType::kFloat32) : widen_to_float32(t);
+  out->assign(f.data<float>(), f.data<float>() + f.numel());
+  return true;
+}
+
+void LayerTable::add(LayerKind kind) { kinds_[kind.op_type] = std::move(kind); }
+
+const LayerKind* LayerTable::find(const std::string& op_type) const {
+  auto it = kinds_.find(op_type);
+  return it == kinds_.end() ? nullptr : &it->second;
+}
+
+std::vector<std::string> LayerTable::op_types() const {
+  std::vector<std::string> out;
+  for (const auto& [op, k] : kinds_) out.push_back(op);
+  return out;
+}
+
+const LayerTable& layer_table() {
+  static const LayerTable table = [] {
+    LayerTable t;
+    register_elementwise_layers(t);
+    register_matmul_layers(t);
+    register_conv_layers(t);
+    register_normalization_layers(t);
+    register_softmax_layers(t);
+    register_reduce_layers(t);
+    register_pool_layers(t);
+    register_resize_layers(t);
+    register_pad_layers(t);
+    register_shape_layers(t);
+    register_index_layers(t);
+    return t;
+  }();
+  return table;
+}
+
+}  // namespace kiln::cuda

@@ -1,0 +1,287 @@
+// Runs one CUDA layer from the CUDA op table and its CPU reference kernel (the oracle) on the same inputs,
+// and compares them: the CUDA op tests state only the op, its inputs, attributes and precision. Every
+// tactic the layer lists is run and compared. Outputs are poisoned (NaN / 0x7B bytes) before each run.
+// Without a GPU the tests skip themselves, saying why.
+#pragma once
+#ifdef KILN_HAVE_CUDA
+
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "backends/cuda/cuda_backend.h"
+#include "backends/cuda/layer.h"
+#include "core/cast.h"
+#include "kernel_harness.h"
+
+namespace kiln::testing {
+
+#define KILN_SKIP_WITHOUT_GPU()                                                        \
+  do {                                                                                 \
+    if (!::kiln::backends::cuda_device_available()) GTEST_SKIP() << "no CUDA device"; \
+  } while (0)
+
+inline std::mt19937& cuda_test_rng() {
+  static std::mt19937 gen([] {
+    const unsigned seed = std::random_device{}();
+    std::printf("cuda layer tests: random seed %u\n", seed);
+    return seed;
+  }());
+  return gen;
+}
+
+// Uniform in [lo, hi] with a random sign when `random_sign`; never exactly zero.
+inline Tensor random_float(const Shape& shape, float lo = 0.1f, float hi = 1.0f, bool random_sign = true) {
+  std::uniform_real_distribution<float> dist(lo, hi);
+  std::bernoulli_distribution coin(0.5);
+  Tensor t(DType::kFloat32, shape);
+  for (int64_t i = 0; i < t.numel(); ++i) {
+    float v = dist(cuda_test_rng());
+    if (v == 0.0f) v = 0.5f * (lo + hi) + 0.125f;
+    t.data<float>()[i] = random_sign && coin(cuda_test_rng()) ? -v : v;
+  }
+  return t;
+}
+
+// Integers in [lo, hi] of dtype int32 or int64.
+inline Tensor random_int(DType dtype, const Shape& shape, int64_t lo, int64_t hi) {
+  std::uniform_int_distribution<int64_t> dist(lo, hi);
+  Tensor t(dtype, shape);
+  for (int64_t i = 0; i < t.numel(); ++i) {
+    const int64_t v = dist(cuda_test_rng());
+    if (dtype == DType::kInt32) t.data<int32_t>()[i] = static_cast<int32_t>(v);
+    else t.data<int64_t>()[i] = v;
+  }
+  return t;
+}
+
+inline Tensor ints_tensor(const std::vector<int64_t>& v) {
+  return Tensor::from_vector<int64_t>(DType::kInt64, {static_cast<int64_t>(v.size())}, v);
+}
+
+inline ir::Attribute float_attr_of(float f) {
+  ir::Attribute a;
+  a.type = ir::Attribute::Type::kFloat;
+  a.f = f;
+  return a;
+}
+
+// One CUDA-vs-reference comparison.
+struct LayerCase {
+  std::string op;
+  std::vector<Value> inputs;  // host tensors (float32 for float data); Value::none() for an omitted input
+  std::map<std::string, ir::Attribute> attrs;
+  size_t num_outputs = 1;
+  int opset = 21;
+  std::set<size_t> constant_inputs;  // inputs the layer sees as initializers (their host values)
+  // The precision of the CUDA run: float32 inputs are rounded to it first (the reference computes in
+  // float32 on the rounded values), except those in keep_fp32_inputs (Resize's scales, say).
+  DType precision = DType::kFloat32;
+  std::set<size_t> keep_fp32_inputs;
+  bool allow_tf32 = false;
+  std::string only_tactic;  // "" runs every tactic the layer kind lists
+  double rtol = -1, atol = -1;  // -1: by precision (fp32 1e-5 / 1e-6, tf32 1e-3, fp16 and bf16 1e-2)
+};
+
+namespace detail {
+
+inline const CudaHandles& test_handles() {
+  static std::unique_ptr<HandleSet> hs = [] {
+    auto r = HandleSet::create();
+    EXPECT_TRUE(r.ok()) << r.status().to_string();
+    return r.ok() ? std::move(r).value() : nullptr;
+  }();
+  static CudaHandles none;
+  return hs ? hs->handles() : none;
+}
+
+struct DeviceMem {
+  void* p = nullptr;
+  explicit DeviceMem(size_t bytes) { EXPECT_EQ(cudaMalloc(&p, bytes == 0 ? 1 : bytes), cudaSuccess); }
+  ~DeviceMem() { cudaFree(p); }
+  DeviceMem(const DeviceMem&) = delete;
+  DeviceMem& operator=(const DeviceMem&) = delete;
+};
+
+inline bool is_float_dtype(DType t) { return t == DType::kFloat32 || t == DType::kFloat16 || t == DType::kBFloat16; }
+
+inline void compare(const Tensor& got, const Tensor& want, double rtol, double atol, const std::string& what) {
+  ASSERT_EQ(got.shape(), want.shape()) << what;
+  if (!is_float_dtype(want.dtype())) {
+    ASSERT_EQ(got.dtype(), want.dtype()) << what;
+    const auto g = got.to_int64_vector(), w = want.to_int64_vector();
+    int bad = 0;
+    for (size_t i = 0; i < g.size() && bad < 5; ++i)
+      if (g[i] != w[i]) {
+        ++bad;
+        ADD_FAILURE() << what << ": element " << i << " of " << g.size() << ": got " << g[i] << ", want " << w[i];
+      }
+    return;
+  }
+  const Tensor g = widen_to_float32(got), w = widen_to_float32(want);
+  int bad = 0;
+  for (int64_t i = 0; i < g.numel() && bad < 5; ++i) {
+    const double a = g.data<float>()[i], b = w.data<float>()[i];
+    if (std::isnan(b) && std::isnan(a)) continue;
+    if (std::isinf(a) && std::isinf(b) && (a > 0) == (b > 0)) continue;
+    if (std::isnan(a) || std::isnan(b) || std::fabs(a - b) > rtol * std::fabs(b) + atol) {
+      ++bad;
+      ADD_FAILURE() << what << ": element " << i << " of " << g.numel() << ": got " << a << ", want " << b;
+    }
+  }
+}
+
+}  // namespace detail
+
+// Runs the case's layer with one tactic; outputs come back in the case's precision (or their own dtype).
+inline Result<std::vector<Tensor>> run_cuda_layer(const LayerCase& c, const std::vector<Value>& inputs,
+                                                  const std::vector<Tensor>& reference_outputs,
+                                                  const std::string& tactic) {
+  const cuda::LayerKind* kind = cuda::layer_table().find(c.op);
+  if (kind == nullptr) return Unsupported("no CUDA layer for " + c.op);
+  ir::Node node;
+  node.name = "cuda_" + c.op;
+  node.op_type = c.op;
+  node.attributes = c.attrs;
+  cuda::LayerSpec spec;
+  spec.node = &node;
+  spec.opset = c.opset;
+  spec.allow_tf32 = c.allow_tf32;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    node.inputs.push_back(inputs[i].is_none() ? "" : "in" + std::to_string(i));
+    cuda::TensorDesc d;
+    if (!inputs[i].is_none()) {
+      d.dtype = inputs[i].tensor().dtype();
+      d.has_rank = true;
+      d.shape = inputs[i].tensor().shape();
+      if (c.constant_inputs.count(i)) d.constant = &inputs[i].tensor();
+    }
+    spec.inputs.push_back(d);
+  }
+  for (size_t i = 0; i < reference_outputs.size(); ++i) {
+    node.outputs.push_back("out" + std::to_string(i));
+    cuda::TensorDesc d;
+    d.dtype = reference_outputs[i].dtype() == DType::kFloat32 ? c.precision : reference_outputs[i].dtype();
+    d.has_rank = true;
+    d.shape = reference_outputs[i].shape();
+    spec.outputs.push_back(d);
+  }
+  if (std::string why = kind->check(spec); !why.empty()) return Unsupported("check refused: " + why);
+  const cuda::CudaHandles& h = detail::test_handles();
+
+  std::vector<std::unique_ptr<detail::DeviceMem>> mem;
+  std::vector<cuda::DeviceTensor> ins, outs;
+  for (const Value& v : inputs) {
+    cuda::DeviceTensor t;
+    if (!v.is_none()) {
+      const Tensor& host = v.tensor();
+      mem.push_back(std::make_unique<detail::DeviceMem>(host.nbytes()));
+      EXPECT_EQ(cudaMemcpy(mem.back()->p, host.raw_data(), host.nbytes(), cudaMemcpyHostToDevice), cudaSuccess);
+      t = cuda::DeviceTensor{mem.back()->p, host.dtype(), host.shape()};
+    }
+    ins.push_back(t);
+  }
+  for (const auto& d : spec.outputs) {
+    const size_t bytes = static_cast<size_t>(shape_numel(d.shape)) * dtype_size(d.dtype);
+    mem.push_back(std::make_unique<detail::DeviceMem>(bytes));
+    const int pattern = detail::is_float_dtype(d.dtype) ? 0xFF : 0x7B;
+    EXPECT_EQ(cudaMemset(mem.back()->p, pattern, bytes), cudaSuccess);
+    outs.push_back(cuda::DeviceTensor{mem.back()->p, d.dtype, d.shape});
+  }
+
+  if (kind->output_is_view_of_input0) {
+    // No kernel: the executor aliases the memory; here the view is copied so that the test sees it.
+    EXPECT_EQ(outs[0].nbytes(), ins[0].nbytes());
+    EXPECT_EQ(cudaMemcpy(outs[0].data, ins[0].data, ins[0].nbytes(), cudaMemcpyDeviceToDevice), cudaSuccess);
+  } else {
+    KILN_ASSIGN_OR_RETURN(auto layer, kind->create(spec, tactic, h));
+    std::unique_ptr<detail::DeviceMem> ws;
+    if (layer->workspace_bytes() > 0) ws = std::make_unique<detail::DeviceMem>(layer->workspace_bytes());
+    KILN_RETURN_IF_ERROR(layer->run(ins, outs, ws ? ws->p : nullptr, h));
+    KILN_CUDA_TRY(cudaStreamSynchronize(h.stream));
+  }
+  std::vector<Tensor> result;
+  for (const auto& o : outs) {
+    Tensor t(o.dtype, o.shape);
+    KILN_CUDA_TRY(cudaMemcpy(t.raw_data(), o.data, o.nbytes(), cudaMemcpyDeviceToHost));
+    result.push_back(std::move(t));
+  }
+  return result;
+}
+
+// Runs the reference and every tactic (or c.only_tactic) and compares each output.
+inline void expect_layer_matches_reference(const LayerCase& c) {
+  // Round float32 inputs to the case's precision, so that reference and layer see the same values.
+  std::vector<Value> cuda_inputs, ref_inputs;
+  for (size_t i = 0; i < c.inputs.size(); ++i) {
+    const Value& v = c.inputs[i];
+    if (v.is_none() || v.tensor().dtype() != DType::kFloat32 || c.precision == DType::kFloat32 ||
+        c.keep_fp32_inputs.count(i)) {
+      cuda_inputs.push_back(v);
+      ref_inputs.push_back(v);
+      continue;
+    }
+    auto low = cast_tensor(v.tensor(), c.precision);
+    ASSERT_TRUE(low.ok()) << low.status().to_string();
+    cuda_inputs.emplace_back(*low);
+    ref_inputs.emplace_back(widen_to_float32(*low));
+  }
+  OpRun ref = run_kernel("", c.op, ref_inputs, c.attrs, c.num_outputs, c.opset, "reference");
+  ASSERT_TRUE(ref.status.ok()) << ref.status.to_string();
+  std::vector<Tensor> want;
+  for (const Value& v : ref.outputs) want.push_back(v.tensor());
+
+  const cuda::LayerKind* kind = cuda::layer_table().find(c.op);
+  ASSERT_NE(kind, nullptr) << "no CUDA layer for " << c.op;
+  std::vector<std::string> tactics{c.only_tactic};
+  if (c.only_tactic.empty()) {
+    // The layer kind's own list, from a spec of the case's shapes (no handles needed to list them).
+    ir::Node node;
+    node.op_type = c.op;
+    node.attributes = c.attrs;
+    cuda::LayerSpec spec;
+    spec.node = &node;
+    spec.opset = c.opset;
+    spec.allow_tf32 = c.allow_tf32;
+    for (size_t i = 0; i < cuda_inputs.size(); ++i) {
+      cuda::TensorDesc d;
+      if (!cuda_inputs[i].is_none()) {
+        d.dtype = cuda_inputs[i].tensor().dtype();
+        d.has_rank = true;
+        d.shape = cuda_inputs[i].tensor().shape();
+        if (c.constant_inputs.count(i)) d.constant = &cuda_inputs[i].tensor();
+      }
+      spec.inputs.push_back(d);
+    }
+    for (const Tensor& w : want) {
+      cuda::TensorDesc d;
+      d.dtype = w.dtype() == DType::kFloat32 ? c.precision : w.dtype();
+      d.has_rank = true;
+      d.shape = w.shape();
+      spec.outputs.push_back(d);
+    }
+    tactics = kind->tactics ? kind->tactics(spec) : std::vector<std::string>{"default"};
+    ASSERT_FALSE(tactics.empty()) << c.op << ": the layer lists no tactic";
+  }
+  const bool low = c.precision != DType::kFloat32;
+  const double rtol = c.rtol >= 0 ? c.rtol : low ? 1e-2 : c.allow_tf32 ? 1e-3 : 1e-5;
+  const double atol = c.atol >= 0 ? c.atol : low ? 1e-2 : c.allow_tf32 ? 1e-3 : 1e-6;
+  for (const std::string& tactic : tactics) {
+    auto got = run_cuda_layer(c, cuda_inputs, want, tactic);
+    ASSERT_TRUE(got.ok()) << c.op << " tactic " << tactic << ": " << got.status().to_string();
+    ASSERT_EQ(got->size(), want.size());
+    for (size_t i = 0; i < want.size(); ++i)
+      detail::compare((*got)[i], want[i], rtol, atol,
+                      c.op + " tactic " + tactic + " output " + std::to_string(i) + " (" + dtype_name(c.precision) + ")");
+  }
+}
+
+}  // namespace kiln::testing
+
+#endif  // KILN_HAVE_CUDA
