@@ -91,13 +91,13 @@ struct LayerCase {
 
 namespace detail {
 
-inline const CudaHandles& test_handles() {
-  static std::unique_ptr<HandleSet> hs = [] {
-    auto r = HandleSet::create();
+inline const cuda::CudaHandles& test_handles() {
+  static std::unique_ptr<cuda::HandleSet> hs = [] {
+    auto r = cuda::HandleSet::create();
     EXPECT_TRUE(r.ok()) << r.status().to_string();
     return r.ok() ? std::move(r).value() : nullptr;
   }();
-  static CudaHandles none;
+  static cuda::CudaHandles none;
   return hs ? hs->handles() : none;
 }
 

@@ -17,17 +17,38 @@ class BuilderConfig {
   // Fixes an input's shape for the build (its dynamic dimensions become static).
   void set_input_shape(const std::string& name, Shape shape) { input_shapes_[name] = std::move(shape); }
   const std::map<std::string, Shape>& input_shapes() const { return input_shapes_; }
-  // "auto" (the default: the GPU where there is one, else the CPU) or "cpu".
+  // "auto" (the default: the GPU where there is one, else the CPU), "cuda" (an error without a GPU) or "cpu".
   void set_device(std::string device) { device_ = std::move(device); }
   const std::string& device() const { return device_; }
   // 0: no optimization; 3 (default): all passes.
   void set_opt_level(int level) { opt_level_ = level; }
   int opt_level() const { return opt_level_; }
 
+  // Precision. TF32 for float32 GEMMs and convolutions is on by default, as in TensorRT; fp16 / bf16 let
+  // the builder run layers in that type where the GPU has a kernel for it.
+  void set_tf32(bool on) { tf32_ = on; }
+  bool tf32() const { return tf32_; }
+  void set_fp16(bool on) { fp16_ = on; }
+  bool fp16() const { return fp16_; }
+  void set_bf16(bool on) { bf16_ = on; }
+  bool bf16() const { return bf16_; }
+  // Pins a layer (a node name of the model) to "fp32", "fp16" or "bf16": always honored, or the build fails.
+  void set_layer_precision(const std::string& layer, std::string precision) { layer_precisions_[layer] = std::move(precision); }
+  const std::map<std::string, std::string>& layer_precisions() const { return layer_precisions_; }
+  // Any layer that falls back from the GPU to the CPU makes the build fail.
+  void set_strict_gpu(bool on) { strict_gpu_ = on; }
+  bool strict_gpu() const { return strict_gpu_; }
+  // A timing cache file, read before and written after tactic timing (created when missing).
+  void set_timing_cache(std::string path) { timing_cache_ = std::move(path); }
+  const std::string& timing_cache() const { return timing_cache_; }
+
  private:
   std::map<std::string, Shape> input_shapes_;
   std::string device_ = "auto";
   int opt_level_ = 3;
+  bool tf32_ = true, fp16_ = false, bf16_ = false, strict_gpu_ = false;
+  std::map<std::string, std::string> layer_precisions_;
+  std::string timing_cache_;
 };
 
 class Builder {

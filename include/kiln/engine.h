@@ -68,6 +68,20 @@ class ExecutionContext {
   // Runs on named input values (tensors, sequences, optionals) and returns the outputs in graph order.
   Result<std::vector<Value>> execute_values(const std::map<std::string, Value>& inputs);
 
+  // GPU engines: capture the GPU work of a run into a CUDA graph once and replay it (lower launch cost).
+  // Takes effect at the next run; ignored on the CPU.
+  void set_cuda_graph(bool on);
+  // GPU engines: the times of the last run, from CUDA events (milliseconds; zero on the CPU).
+  struct RunTimes {
+    double h2d_ms = 0, compute_ms = 0, d2h_ms = 0;
+  };
+  RunTimes last_run_times() const;
+  // GPU engines: runs the computation again on the inputs of the last run, without copying inputs or
+  // outputs (what `kiln bench --no-data-transfers` times). Fails if nothing ran yet.
+  Status execute_compute_only();
+  // GPU engines: the bytes of this context's activation arena (after the first run), else 0.
+  size_t activation_bytes() const;
+
   // After execute(): an output's shape (or an input's, as set).
   Shape tensor_shape(const std::string& name) const;
   // After execute(): the output tensor (owned by the context until the next execute()).
@@ -78,6 +92,9 @@ class ExecutionContext {
   std::map<std::string, Shape> input_shapes_;
   std::map<std::string, void*> addresses_;
   std::map<std::string, Tensor> outputs_;
+  struct DeviceState;  // the GPU program of a CUDA engine (api/engine.cc)
+  std::unique_ptr<DeviceState> device_;
+  bool cuda_graph_ = false;
 };
 
 }  // namespace kiln

@@ -1,5 +1,6 @@
 #include <cstring>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include "builder/build_plan.h"
@@ -7,12 +8,29 @@
 #include "kiln/kiln.h"
 #include "onnx/tensor_proto.h"
 #include "runtime/executor.h"
+#ifdef KILN_HAVE_CUDA
+#include "backends/cuda/cuda_backend.h"
+#include "backends/cuda/cuda_program.h"
+#endif
 
 namespace kiln {
 
 struct Engine::State {
   runtime::PreparedGraph graph;
   std::vector<std::string> io_names;  // inputs, then outputs
+#ifdef KILN_HAVE_CUDA
+  // GPU engines: where each node runs, and the weights in device memory, shared by every context.
+  std::map<std::string, cuda::NodePlacement> placement;
+  std::shared_ptr<const cuda::DeviceWeights> weights;
+#endif
+};
+
+struct ExecutionContext::DeviceState {
+#ifdef KILN_HAVE_CUDA
+  std::unique_ptr<cuda::CudaProgram> program;
+  bool cuda_graph = false;
+  std::map<std::string, Value> last_inputs;
+#endif
 };
 
 Engine::~Engine() = default;
@@ -22,9 +40,34 @@ Result<std::shared_ptr<Engine>> Engine::create(engine::Plan plan) {
   e->plan_ = std::make_unique<engine::Plan>(std::move(plan));
   KILN_ASSIGN_OR_RETURN(runtime::PreparedGraph pg,
                         runtime::PreparedGraph::prepare(e->plan_->model.graph, e->plan_->model.opsets));
-  e->state_ = std::make_unique<State>(State{std::move(pg), {}});
+  e->state_ = std::make_unique<State>();
+  e->state_->graph = std::move(pg);
   for (const auto& in : e->plan_->model.graph.inputs) e->state_->io_names.push_back(in.name);
   for (const auto& out : e->plan_->model.graph.outputs) e->state_->io_names.push_back(out.name);
+  if (e->plan_->target_backend == "cuda") {
+#ifdef KILN_HAVE_CUDA
+    auto gpu = backends::make_cuda_backend();
+    if (!gpu.ok())
+      return Unsupported("the engine targets " + e->plan_->target_device + ", and this machine has no usable GPU (" +
+                         gpu.status().message() + "): rebuild it with --device cpu");
+    if ((*gpu)->device_name() != e->plan_->target_device)
+      return InvalidEngine("the engine was built for " + e->plan_->target_device + ", this GPU is " +
+                           (*gpu)->device_name() + ": rebuild it here with kiln build");
+    const ir::Graph& g = e->plan_->model.graph;
+    std::set<std::string> device_weights;
+    for (size_t i = 0; i < g.nodes.size() && i < e->plan_->layers.size(); ++i) {
+      const engine::LayerInfo& l = e->plan_->layers[i];
+      e->state_->placement[g.nodes[i].name] = cuda::NodePlacement{l.backend, l.tactic, l.precision == "tf32"};
+      if (l.backend == "cuda")
+        for (const auto& in : g.nodes[i].inputs)
+          if (g.initializers.count(in)) device_weights.insert(in);
+    }
+    KILN_ASSIGN_OR_RETURN(e->state_->weights, cuda::DeviceWeights::upload(g, device_weights));
+#else
+    return Unsupported("the engine targets " + e->plan_->target_device +
+                       ", and this Kiln was built without the CUDA backend: rebuild the engine with --device cpu");
+#endif
+  }
   return e;
 }
 
@@ -101,20 +144,42 @@ std::string Engine::inspect() const {
   os << "\nlayers (" << plan_->layers.size() << "):\n";
   for (size_t i = 0; i < plan_->layers.size(); ++i) {
     const engine::LayerInfo& l = plan_->layers[i];
-    os << "  #" << i << " " << l.name << " [" << l.op_type << "] backend=" << l.backend << " kernel=" << l.tactic << "\n";
+    os << "  #" << i << " " << l.name << " [" << l.op_type << "] backend=" << l.backend << " kernel=" << l.tactic;
+    if (!l.precision.empty() && l.backend != "cpu") os << " precision=" << l.precision;
+    if (l.time_ms >= 0) os << " time=" << l.time_ms << "ms";
+    if (!l.fallback_reason.empty()) os << " (not on the GPU: " << l.fallback_reason << ")";
+    os << "\n";
   }
   size_t weight_bytes = 0;
   for (const auto& [name, t] : g.initializers) weight_bytes += t.nbytes();
-  // Activation memory: the peak of live intermediate tensors, where their shapes are known statically.
-  int64_t known = 0, unknown = 0;
-  for (const auto& n : g.nodes)
-    for (const auto& o : n.outputs) {
+  // Activation memory: the peak of live intermediate tensors (a dead tensor's memory is reused), where
+  // shapes are known statically; the GPU arena of a context comes close to it.
+  std::map<std::string, size_t> last_use;
+  for (size_t i = 0; i < g.nodes.size(); ++i)
+    for (const auto& in : g.nodes[i].inputs) last_use[in] = i;
+  for (const auto& o : g.outputs) last_use[o.name] = g.nodes.size();
+  int64_t live = 0, peak = 0, unknown = 0;
+  std::map<std::string, int64_t> live_bytes;
+  for (size_t i = 0; i < g.nodes.size(); ++i) {
+    for (const auto& o : g.nodes[i].outputs) {
       const ir::TypeInfo* t = g.type_of(o);
-      if (t && t->is_static()) known += shape_numel(t->static_shape()) * static_cast<int64_t>(dtype_size(t->dtype));
-      else ++unknown;
+      if (o.empty()) continue;
+      if (!t || !t->is_static()) {
+        ++unknown;
+        continue;
+      }
+      live_bytes[o] = shape_numel(t->static_shape()) * static_cast<int64_t>(dtype_size(t->dtype));
+      live += live_bytes[o];
     }
+    peak = std::max(peak, live);
+    for (const auto& in : g.nodes[i].inputs)
+      if (auto it = live_bytes.find(in); it != live_bytes.end() && last_use[in] == i) {
+        live -= it->second;
+        live_bytes.erase(it);
+      }
+  }
   os << "\nmemory:\n  weights: " << weight_bytes << " bytes in " << g.initializers.size() << " tensors\n";
-  os << "  activations: " << known << " bytes (sum of statically shaped intermediate tensors";
+  os << "  activations: " << peak << " bytes at peak (live intermediate tensors";
   if (unknown) os << "; " << unknown << " more with shapes known only at run time";
   os << ")\n";
   return os.str();
@@ -122,7 +187,8 @@ std::string Engine::inspect() const {
 
 // ---- ExecutionContext ----
 
-ExecutionContext::ExecutionContext(std::shared_ptr<Engine> engine) : engine_(std::move(engine)) {}
+ExecutionContext::ExecutionContext(std::shared_ptr<Engine> engine)
+    : engine_(std::move(engine)), device_(std::make_unique<DeviceState>()) {}
 ExecutionContext::~ExecutionContext() = default;
 
 namespace {
@@ -200,7 +266,59 @@ Result<std::vector<Value>> ExecutionContext::execute_values(const std::map<std::
   for (const auto& in : g.inputs)
     if (!inputs.count(in.name) && !g.initializers.count(in.name) && in.type.kind != ir::TypeInfo::Kind::kOptional)
       return InvalidArgument("input '" + in.name + "' (" + in.type.to_string() + ") was not given");
-  return engine_->state_->graph.run(inputs);
+  if (engine_->plan_->target_backend != "cuda") return engine_->state_->graph.run(inputs);
+#ifdef KILN_HAVE_CUDA
+  // The GPU program is planned for the input shapes; a change of shapes (or of --cuda-graph) re-plans it.
+  std::map<std::string, Shape> shapes;
+  for (const auto& [name, v] : inputs)
+    if (v.is_tensor()) shapes[name] = v.tensor().shape();
+  DeviceState& d = *device_;
+  if (!d.program || d.program->input_shapes() != shapes || d.cuda_graph != cuda_graph_) {
+    d.program.reset();
+    static Logger quiet(Severity::kWarning);
+    cuda::ProgramOptions options;
+    options.cuda_graph = cuda_graph_;
+    KILN_ASSIGN_OR_RETURN(d.program, cuda::CudaProgram::create(engine_->plan_->model, engine_->state_->placement,
+                                                                engine_->state_->weights, shapes, options, &quiet));
+    d.cuda_graph = cuda_graph_;
+  }
+  d.last_inputs = inputs;
+  return d.program->run(inputs);
+#else
+  return Internal("a CUDA engine in a Kiln without the CUDA backend");
+#endif
+}
+
+void ExecutionContext::set_cuda_graph(bool on) { cuda_graph_ = on; }
+
+ExecutionContext::RunTimes ExecutionContext::last_run_times() const {
+  RunTimes t;
+#ifdef KILN_HAVE_CUDA
+  if (device_->program) {
+    const cuda::RunTimes r = device_->program->last_run_times();
+    t.h2d_ms = r.h2d_ms;
+    t.compute_ms = r.compute_ms;
+    t.d2h_ms = r.d2h_ms;
+  }
+#endif
+  return t;
+}
+
+Status ExecutionContext::execute_compute_only() {
+#ifdef KILN_HAVE_CUDA
+  if (device_->program) {
+    KILN_RETURN_IF_ERROR(device_->program->launch());
+    return device_->program->synchronize();
+  }
+#endif
+  return InvalidArgument("execute_compute_only: run the context once first (a GPU engine only)");
+}
+
+size_t ExecutionContext::activation_bytes() const {
+#ifdef KILN_HAVE_CUDA
+  if (device_->program) return device_->program->activation_bytes() + device_->program->workspace_bytes();
+#endif
+  return 0;
 }
 
 Result<std::map<std::string, Tensor>> ExecutionContext::execute(const std::map<std::string, Tensor>& inputs) {
@@ -234,10 +352,14 @@ const Tensor* ExecutionContext::output(const std::string& name) const {
 Result<std::shared_ptr<Engine>> Builder::build_engine(const NetworkDefinition& network, const BuilderConfig& config) {
   if (network.empty()) return InvalidArgument("the network is empty: parse a model into it first");
   engine::BuildSettings settings;
-  settings.device = config.device() == "auto" ? "cpu" : config.device();
-  if (settings.device == "cuda")
-    return Unsupported("--device cuda: this Kiln was built without the CUDA backend, or no GPU is present");
+  settings.device = config.device();
   settings.input_shapes = config.input_shapes();
+  settings.tf32 = config.tf32();
+  settings.fp16 = config.fp16();
+  settings.bf16 = config.bf16();
+  settings.layer_precisions = config.layer_precisions();
+  settings.strict_gpu = config.strict_gpu();
+  settings.timing_cache = config.timing_cache();
   settings.opt_level = config.opt_level();
   if (settings.opt_level < 0 || settings.opt_level > 3)
     return InvalidArgument("opt level must be 0 to 3, got " + std::to_string(settings.opt_level));
@@ -255,9 +377,9 @@ Result<std::shared_ptr<Engine>> Runtime::deserialize_engine(const void* data, si
   if (data == nullptr || size == 0) return InvalidEngine("the engine data is empty");
   KILN_ASSIGN_OR_RETURN(engine::Plan plan,
                         engine::deserialize_plan(std::string(static_cast<const char*>(data), size)));
-  if (plan.target_backend != "cpu")
+  if (plan.target_backend != "cpu" && plan.target_backend != "cuda")
     return InvalidEngine("the engine targets '" + plan.target_backend + " (" + plan.target_device +
-                         ")', which this machine does not have: rebuild it here with kiln build");
+                         ")', which this Kiln does not know: rebuild it here with kiln build");
   return Engine::create(std::move(plan));
 }
 

@@ -19,6 +19,13 @@ struct Tactic {
   std::string name;
 };
 
+// A tactic's time at the build shapes; ms -1 when it could not run (then `error` says why).
+struct TacticTime {
+  std::string tactic;
+  double ms = -1;
+  std::string error;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -30,6 +37,14 @@ class Backend {
   virtual bool supports(const ir::Node& node, const ir::Graph& graph, int opset, std::string* why_not) const = 0;
   // The kernels that can run `node`, best guess first; the builder times them where it can.
   virtual std::vector<Tactic> tactics(const ir::Node& node, const ir::Graph& graph, int opset) const = 0;
+
+  // Whether `node`, which this backend supports, may compute in float16/bfloat16 (--fp16, --bf16).
+  virtual bool can_lower_precision(const ir::Node& node) const { return false; }
+  // Times each tactic of `node` at its static build shapes on the device (the builder picks the fastest).
+  virtual Result<std::vector<TacticTime>> time_tactics(const ir::Node& node, const ir::Graph& graph, int opset,
+                                                       bool allow_tf32, const std::vector<std::string>& tactics) {
+    return Unsupported(name() + " backend does not time tactics");
+  }
 
   // Device memory. The CPU backend's is host memory.
   virtual Result<void*> allocate(size_t bytes) = 0;

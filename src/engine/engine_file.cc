@@ -70,10 +70,13 @@ json meta_json(const Plan& plan, uint64_t weight_bytes) {
   j["target"] = {{"backend", plan.target_backend}, {"device", plan.target_device}};
   json shapes = json::object();
   for (const auto& [name, shape] : plan.settings.input_shapes) shapes[name] = shape;
-  j["build"] = {{"device", plan.settings.device}, {"input_shapes", shapes}, {"opt_level", plan.settings.opt_level}};
+  j["build"] = {{"device", plan.settings.device}, {"input_shapes", shapes}, {"opt_level", plan.settings.opt_level},
+                {"tf32", plan.settings.tf32}, {"fp16", plan.settings.fp16}, {"bf16", plan.settings.bf16},
+                {"layer_precisions", plan.settings.layer_precisions}};
   json layers = json::array();
   for (const auto& l : plan.layers)
-    layers.push_back({{"name", l.name}, {"op_type", l.op_type}, {"backend", l.backend}, {"tactic", l.tactic}});
+    layers.push_back({{"name", l.name}, {"op_type", l.op_type}, {"backend", l.backend}, {"tactic", l.tactic},
+                      {"precision", l.precision}, {"fallback_reason", l.fallback_reason}, {"time_ms", l.time_ms}});
   j["layers"] = layers;
   json inputs = json::array(), outputs = json::array();
   for (const auto& v : plan.model.graph.inputs) inputs.push_back({{"name", v.name}, {"type", type_json(v.type)}});
@@ -193,6 +196,21 @@ Status plan_from_meta(const json& j, Plan* plan) {
       plan->settings.input_shapes[name] = std::move(s);
     }
   }
+  // Precision settings (absent in engines of the first CUDA-less builds: the defaults then hold).
+  for (const char* key : {"tf32", "fp16", "bf16"}) {
+    if (!b.contains(key)) continue;
+    if (!b[key].is_boolean()) return invalid(std::string("META: \"build.") + key + "\" is not a boolean");
+  }
+  plan->settings.tf32 = b.value("tf32", true);
+  plan->settings.fp16 = b.value("fp16", false);
+  plan->settings.bf16 = b.value("bf16", false);
+  if (b.contains("layer_precisions")) {
+    if (!b["layer_precisions"].is_object()) return invalid("META: \"build.layer_precisions\" is not an object");
+    for (const auto& [name, p] : b["layer_precisions"].items()) {
+      if (!p.is_string()) return invalid("META: the precision of layer '" + name + "' is not a string");
+      plan->settings.layer_precisions[name] = p.get<std::string>();
+    }
+  }
   if (!j.contains("layers") || !j["layers"].is_array()) return invalid("META: \"layers\" is missing or not an array");
   for (const auto& l : j["layers"]) {
     LayerInfo li;
@@ -200,6 +218,16 @@ Status plan_from_meta(const json& j, Plan* plan) {
     KILN_ASSIGN_OR_RETURN(li.op_type, string_at(l, "op_type"));
     KILN_ASSIGN_OR_RETURN(li.backend, string_at(l, "backend"));
     KILN_ASSIGN_OR_RETURN(li.tactic, string_at(l, "tactic"));
+    if (l.contains("precision")) {
+      KILN_ASSIGN_OR_RETURN(li.precision, string_at(l, "precision"));
+    }
+    if (l.contains("fallback_reason")) {
+      KILN_ASSIGN_OR_RETURN(li.fallback_reason, string_at(l, "fallback_reason"));
+    }
+    if (l.contains("time_ms")) {
+      if (!l["time_ms"].is_number()) return invalid("META: the time of layer '" + li.name + "' is not a number");
+      li.time_ms = l["time_ms"].get<double>();
+    }
     plan->layers.push_back(std::move(li));
   }
   return OkStatus();

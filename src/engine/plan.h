@@ -15,17 +15,27 @@ namespace kiln::engine {
 constexpr uint32_t kFormatVersion = 1;
 
 struct BuildSettings {
-  std::string device = "cpu";                    // what the engine targets: "cpu" (later "cuda")
+  std::string device = "cpu";                    // what the engine targets: "cpu" or "cuda" ("auto" is resolved)
   std::map<std::string, Shape> input_shapes;     // --shapes given at build time (fixed input shapes)
   int opt_level = 3;
+  bool tf32 = true;   // float32 GEMMs and convolutions may use TF32 tensor cores (as in TensorRT)
+  bool fp16 = false;  // the builder may run layers in float16 where a tactic exists
+  bool bf16 = false;  // ... or in bfloat16
+  std::map<std::string, std::string> layer_precisions;  // node name -> "fp32", "fp16" or "bf16": always honored
+  // Build-only (not stored in the engine):
+  bool strict_gpu = false;    // a layer falling back to the CPU is an error
+  std::string timing_cache;   // file of tactic timings to read and update
 };
 
 // How one layer (node of the optimized graph) runs.
 struct LayerInfo {
   std::string name;     // node name; fused layers list their parts: "conv1 + bn1 + relu1"
   std::string op_type;
-  std::string backend;  // which backend runs it: "cpu", later "cuda"
+  std::string backend;  // which backend runs it: "cpu" or "cuda"
   std::string tactic;   // the kernel chosen for it
+  std::string precision;        // "fp32", "tf32", "fp16", "bf16" (of its float math); empty where none applies
+  std::string fallback_reason;  // on the CPU in a GPU engine: why the GPU does not run it
+  double time_ms = -1;          // the chosen tactic's time when it was timed at build, else -1
 };
 
 struct Plan {

@@ -1,7 +1,9 @@
 // Graph passes: each a rewrite of an ir::Model, one per file (DESIGN.md principle 6).
 #pragma once
 
+#include <functional>
 #include <map>
+#include <set>
 #include <string>
 
 #include "ir/graph.h"
@@ -18,5 +20,12 @@ Status infer_shapes(ir::Model& model);
 Status fold_constants(ir::Model& model, int* folded = nullptr);
 // Removes nodes whose outputs nothing uses, and initializers nothing reads.
 Status eliminate_dead_nodes(ir::Model& model, int* removed = nullptr);
+
+// Runs the nodes that `lower` accepts in `low` (float16 or bfloat16): their float32 inputs are converted
+// (initializers once, computed values by an inserted Cast), their float32 outputs become `low`, and a Cast
+// back to float32 is inserted where a node that stays in float32, or a graph output, reads the value. The
+// names of the lowered nodes are added to *lowered.
+Status lower_precision(ir::Model& model, DType low, const std::function<bool(const ir::Node&)>& lower,
+                       std::set<std::string>* lowered = nullptr);
 
 }  // namespace kiln::passes

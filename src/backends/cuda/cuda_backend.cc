@@ -6,30 +6,15 @@
 
 #include <string>
 
-#include "backends/cuda/kernels.h"
+#include "backends/cuda/layer.h"
+#include "backends/cuda/tactic_timer.h"
 
 namespace kiln::backends {
 
 namespace {
 
-Status cuda_status(cudaError_t e, const char* call) {
-  if (e == cudaSuccess) return OkStatus();
-  return Internal(std::string(call) + " failed: " + cudaGetErrorName(e) + ": " + cudaGetErrorString(e));
-}
-#define KILN_CUDA_RETURN_IF_ERROR(call) KILN_RETURN_IF_ERROR(cuda_status((call), #call))
-
-DType input_dtype(const ir::Node& node, const ir::Graph& graph, size_t i) {
-  if (i >= node.inputs.size() || node.inputs[i].empty()) return DType::kUndefined;
-  const ir::TypeInfo* t = graph.type_of(node.inputs[i]);
-  return t == nullptr ? DType::kUndefined : t->dtype;
-}
-
-bool float_type(DType t) { return t == DType::kFloat32 || t == DType::kFloat16 || t == DType::kBFloat16; }
-
-bool fail(std::string* why_not, std::string message) {
-  if (why_not) *why_not = std::move(message);
-  return false;
-}
+using cuda::cuda_status;
+#define KILN_CUDA_RETURN_IF_ERROR(call) KILN_CUDA_TRY(call)
 
 class CudaBackend : public Backend {
  public:
@@ -39,59 +24,55 @@ class CudaBackend : public Backend {
   std::string device_name() const override { return device_name_; }
 
   bool supports(const ir::Node& node, const ir::Graph& graph, int opset, std::string* why_not) const override {
+    auto fail = [&](std::string m) {
+      if (why_not) *why_not = std::move(m);
+      return false;
+    };
     if (!node.domain.empty() && node.domain != "ai.onnx")
-      return fail(why_not, "no CUDA kernel for domain '" + node.domain + "'");
-    const std::string& op = node.op_type;
-    const DType dt = input_dtype(node, graph, 0);
-    cuda::UnaryOp u;
-    cuda::BinaryOp b;
-    if (op == "Cast") {
-      const ir::Attribute* to = node.attr("to");
-      if (to == nullptr) return fail(why_not, "Cast without 'to'");
-      const DType target = static_cast<DType>(to->i);
-      if (!cuda::cast_supports(dt, target))
-        return fail(why_not, "CUDA Cast from " + dtype_name(dt) + " to " + dtype_name(target) + " is not implemented");
-      return true;
-    }
-    if (op == "Where") {
-      if (input_dtype(node, graph, 0) != DType::kBool) return fail(why_not, "CUDA Where needs a bool condition");
-      const DType xt = input_dtype(node, graph, 1);
-      if (!float_type(xt) || input_dtype(node, graph, 2) != xt)
-        return fail(why_not, "CUDA Where supports float32, float16 and bfloat16 values, got " + dtype_name(xt));
-      return true;
-    }
-    if (op != "GeluTanh" && cuda::unary_op_from_name(op.c_str(), &u)) {
-      if (!float_type(dt)) return fail(why_not, "CUDA " + op + " supports float32, float16 and bfloat16, got " + dtype_name(dt));
-      if (op == "Gelu") {
-        const ir::Attribute* a = node.attr("approximate");
-        if (a != nullptr && a->s != "none" && a->s != "tanh")
-          return fail(why_not, "CUDA Gelu: approximate '" + a->s + "'");
-      }
-      if (op == "Clip") {
-        for (size_t i = 1; i < node.inputs.size(); ++i) {
-          if (node.inputs[i].empty()) continue;
-          if (graph.initializers.count(node.inputs[i]) == 0)
-            return fail(why_not, "CUDA Clip needs constant min and max");
-        }
-      }
-      return true;
-    }
-    if (cuda::binary_op_from_name(op.c_str(), &b)) {
-      if (node.inputs.size() != 2)
-        return fail(why_not, "CUDA " + op + " takes exactly two inputs, got " + std::to_string(node.inputs.size()));
-      if (opset < 7) return fail(why_not, "CUDA " + op + ": opset " + std::to_string(opset) + " broadcasting (axis) is not implemented");
-      const DType bt = input_dtype(node, graph, 1);
-      if (!float_type(dt) || bt != dt)
-        return fail(why_not, "CUDA " + op + " supports float32, float16 and bfloat16 (both inputs alike), got " +
-                                 dtype_name(dt) + " and " + dtype_name(bt));
-      return true;
-    }
-    return fail(why_not, "no CUDA kernel for " + op);
+      return fail("no CUDA kernel for domain '" + node.domain + "'");
+    const cuda::LayerKind* kind = cuda::layer_table().find(node.op_type);
+    if (kind == nullptr) return fail("no CUDA kernel for " + node.op_type);
+    cuda::LayerSpec spec = make_spec(node, graph, opset);
+    for (size_t i = 0; i < node.inputs.size(); ++i)
+      if (!node.inputs[i].empty() && !spec.inputs[i].present())
+        return fail("the type of input '" + node.inputs[i] + "' is not known");
+    for (size_t i = 0; i < node.outputs.size(); ++i)
+      if (!node.outputs[i].empty() && !spec.outputs[i].present())
+        return fail("the type of output '" + node.outputs[i] + "' is not known");
+    std::string why = kind->check(spec);
+    if (!why.empty()) return fail(why);
+    return true;
   }
 
   std::vector<Tactic> tactics(const ir::Node& node, const ir::Graph& graph, int opset) const override {
     if (!supports(node, graph, opset, nullptr)) return {};
-    return {Tactic{"cuda.elementwise." + node.op_type}};
+    const cuda::LayerKind* kind = cuda::layer_table().find(node.op_type);
+    if (kind->output_is_view_of_input0) return {Tactic{"cuda.view"}};
+    std::vector<Tactic> out;
+    if (kind->tactics) {
+      for (auto& name : kind->tactics(make_spec(node, graph, opset))) out.push_back(Tactic{name});
+    }
+    if (out.empty()) out.push_back(Tactic{"default"});
+    return out;
+  }
+
+  bool can_lower_precision(const ir::Node& node) const override {
+    const cuda::LayerKind* kind = cuda::layer_table().find(node.op_type);
+    return kind != nullptr && kind->lowers_to_fp16;
+  }
+
+  Result<std::vector<TacticTime>> time_tactics(const ir::Node& node, const ir::Graph& graph, int opset,
+                                               bool allow_tf32, const std::vector<std::string>& tactics) override {
+    return cuda::time_tactics(node, graph, opset, allow_tf32, tactics);
+  }
+
+  static cuda::LayerSpec make_spec(const ir::Node& node, const ir::Graph& graph, int opset) {
+    cuda::LayerSpec spec;
+    spec.node = &node;
+    spec.opset = opset;
+    for (const auto& in : node.inputs) spec.inputs.push_back(cuda::describe_value(graph, in));
+    for (const auto& out : node.outputs) spec.outputs.push_back(cuda::describe_value(graph, out));
+    return spec;
   }
 
   Result<void*> allocate(size_t bytes) override {

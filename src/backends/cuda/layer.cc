@@ -12,6 +12,24 @@ bool TensorDesc::is_static() const {
   return true;
 }
 
+TensorDesc describe_value(const ir::Graph& g, const std::string& name) {
+  TensorDesc d;
+  if (name.empty()) return d;
+  if (auto it = g.initializers.find(name); it != g.initializers.end()) {
+    d.dtype = it->second.dtype();
+    d.has_rank = true;
+    d.shape = it->second.shape();
+    d.constant = &it->second;
+    return d;
+  }
+  const ir::TypeInfo* t = g.type_of(name);
+  if (t == nullptr || t->kind != ir::TypeInfo::Kind::kTensor) return d;
+  d.dtype = t->dtype;
+  d.has_rank = t->has_shape;
+  for (const auto& dim : t->dims) d.shape.push_back(dim.known() ? dim.value : -1);
+  return d;
+}
+
 Status cuda_status(cudaError_t e, const char* call) {
   if (e == cudaSuccess) return OkStatus();
   return Internal(std::string(call) + " failed: " + cudaGetErrorName(e) + ": " + cudaGetErrorString(e));

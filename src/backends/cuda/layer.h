@@ -38,6 +38,9 @@ struct TensorDesc {
   bool is_static() const;  // rank known and every dim >= 0
 };
 
+// The TensorDesc of a value of a graph: its inferred type, and its value where it is an initializer.
+TensorDesc describe_value(const ir::Graph& graph, const std::string& name);
+
 // A tensor in device memory at run time.
 struct DeviceTensor {
   void* data = nullptr;  // nullptr for an omitted optional input or output

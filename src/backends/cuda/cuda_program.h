@@ -1,0 +1,86 @@
+// Running an engine's graph on the GPU. A CudaProgram is one execution context's executable form of the
+// graph at concrete input shapes: every node assigned to CUDA becomes a layer of the CUDA op table; nodes
+// the GPU cannot run (or whose shapes are only known from data) run on the CPU reference kernels, with
+// explicit copies between the two; device tensors live in one arena planned by liveness; weights are the
+// engine's, uploaded once (DeviceWeights) and shared by every context. No cudaMalloc happens during a run.
+//
+// This header names no CUDA type, so that the runtime and the API can use it without the CUDA headers.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "core/value.h"
+#include "ir/graph.h"
+#include "kiln/logger.h"
+#include "kiln/status.h"
+
+namespace kiln::cuda {
+
+// An engine's initializers in device memory (those that CUDA layers read), shared by all its contexts.
+class DeviceWeights {
+ public:
+  static Result<std::shared_ptr<DeviceWeights>> upload(const ir::Graph& graph, const std::set<std::string>& names);
+  ~DeviceWeights();
+  const void* find(const std::string& name) const;
+  size_t bytes() const { return bytes_; }
+
+ private:
+  DeviceWeights() = default;
+  std::map<std::string, void*> ptrs_;
+  size_t bytes_ = 0;
+};
+
+// How a node of the engine's graph runs, from the plan (by node name).
+struct NodePlacement {
+  std::string backend;    // "cuda" or "cpu"
+  std::string tactic;
+  bool allow_tf32 = true;
+};
+
+struct ProgramOptions {
+  bool cuda_graph = false;  // capture the GPU launches once and replay them (only when no CPU step sits between)
+  void* stream = nullptr;   // a cudaStream_t to run on; nullptr: the program's own stream
+};
+
+// Times of the last run, from CUDA events on the stream (milliseconds).
+struct RunTimes {
+  float h2d_ms = 0, compute_ms = 0, d2h_ms = 0;
+};
+
+class CudaProgram {
+ public:
+  static Result<std::unique_ptr<CudaProgram>> create(const ir::Model& model,
+                                                     const std::map<std::string, NodePlacement>& placement,
+                                                     std::shared_ptr<const DeviceWeights> weights,
+                                                     const std::map<std::string, Shape>& input_shapes,
+                                                     const ProgramOptions& options, Logger* logger);
+  ~CudaProgram();
+
+  const std::map<std::string, Shape>& input_shapes() const;
+  // Host inputs in, host outputs out (graph order); the copies go through pinned buffers.
+  Result<std::vector<Value>> run(const std::map<std::string, Value>& inputs);
+  // For benchmarks: the pieces of run() without host-side waits. upload() copies host inputs to the
+  // device, launch() enqueues the computation, download() the outputs, synchronize() waits.
+  Status upload(const std::map<std::string, Value>& inputs);
+  Status launch();
+  Status download();
+  Status synchronize();
+  RunTimes last_run_times() const;
+
+  size_t activation_bytes() const;  // the arena
+  size_t workspace_bytes() const;
+  int gpu_steps() const;
+  int cpu_steps() const;
+  bool uses_cuda_graph() const;
+
+ private:
+  CudaProgram();
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace kiln::cuda

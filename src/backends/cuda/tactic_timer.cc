@@ -1,0 +1,140 @@
+// Tactic timing on the GPU (tactic_timer.h).
+#include "backends/cuda/tactic_timer.h"
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <random>
+
+#include "backends/cuda/layer.h"
+#include "core/cast.h"
+
+namespace kiln::cuda {
+
+namespace {
+
+struct DeviceBuffer {
+  void* p = nullptr;
+  ~DeviceBuffer() {
+    if (p) cudaFree(p);
+  }
+};
+
+}  // namespace
+
+Result<std::vector<backends::TacticTime>> time_tactics(const ir::Node& node, const ir::Graph& graph, int opset,
+                                             bool allow_tf32, const std::vector<std::string>& tactics) {
+  const LayerKind* kind = layer_table().find(node.op_type);
+  if (kind == nullptr) return Unsupported(node.describe() + ": no CUDA layer to time");
+  static std::unique_ptr<HandleSet> handles;  // one set for the builds of this process
+  if (!handles) {
+    KILN_ASSIGN_OR_RETURN(handles, HandleSet::create());
+  }
+  const CudaHandles& h = handles->handles();
+
+  LayerSpec spec;
+  spec.node = &node;
+  spec.opset = opset;
+  spec.allow_tf32 = allow_tf32;
+  for (const auto& in : node.inputs) spec.inputs.push_back(describe_value(graph, in));
+  for (const auto& out : node.outputs) spec.outputs.push_back(describe_value(graph, out));
+
+  // Inputs: constants as they are, float data random in [-1, 1] (a fixed seed: timings do not depend on
+  // it, and the build stays deterministic), anything else zeros (valid indices for Gather and the like).
+  std::vector<std::unique_ptr<DeviceBuffer>> mem;
+  std::vector<DeviceTensor> ins, outs;
+  std::mt19937 gen(1234);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  for (size_t i = 0; i < spec.inputs.size(); ++i) {
+    const TensorDesc& d = spec.inputs[i];
+    if (!d.present()) {
+      ins.emplace_back();
+      continue;
+    }
+    if (!d.is_static()) return Unsupported(node.describe() + ": shapes not static, nothing to time");
+    Tensor host;
+    if (d.constant != nullptr) {
+      host = *d.constant;
+    } else if (d.dtype == DType::kFloat32 || d.dtype == DType::kFloat16 || d.dtype == DType::kBFloat16) {
+      Tensor f(DType::kFloat32, d.shape);
+      for (int64_t k = 0; k < f.numel(); ++k) f.data<float>()[k] = dist(gen);
+      KILN_ASSIGN_OR_RETURN(host, cast_tensor(f, d.dtype));
+    } else {
+      host = Tensor(d.dtype, d.shape);
+    }
+    mem.push_back(std::make_unique<DeviceBuffer>());
+    KILN_CUDA_TRY(cudaMalloc(&mem.back()->p, std::max<size_t>(host.nbytes(), 1)));
+    KILN_CUDA_TRY(cudaMemcpy(mem.back()->p, host.raw_data(), host.nbytes(), cudaMemcpyHostToDevice));
+    ins.push_back(DeviceTensor{mem.back()->p, d.dtype, d.shape});
+  }
+  for (const TensorDesc& d : spec.outputs) {
+    if (!d.present()) {
+      outs.emplace_back();
+      continue;
+    }
+    if (!d.is_static()) return Unsupported(node.describe() + ": shapes not static, nothing to time");
+    mem.push_back(std::make_unique<DeviceBuffer>());
+    const size_t bytes = static_cast<size_t>(shape_numel(d.shape)) * dtype_size(d.dtype);
+    KILN_CUDA_TRY(cudaMalloc(&mem.back()->p, std::max<size_t>(bytes, 1)));
+    outs.push_back(DeviceTensor{mem.back()->p, d.dtype, d.shape});
+  }
+
+  cudaEvent_t start, stop;
+  KILN_CUDA_TRY(cudaEventCreate(&start));
+  KILN_CUDA_TRY(cudaEventCreate(&stop));
+  std::vector<backends::TacticTime> result;
+  for (const std::string& tactic : tactics) {
+    backends::TacticTime t{tactic, -1, ""};
+    auto layer = kind->create(spec, tactic, h);
+    if (!layer.ok()) {
+      t.error = layer.status().message();
+      result.push_back(t);
+      continue;
+    }
+    DeviceBuffer ws;
+    const size_t ws_bytes = (*layer)->workspace_bytes();
+    if (ws_bytes > 0 && cudaMalloc(&ws.p, ws_bytes) != cudaSuccess) {
+      cudaGetLastError();
+      ws.p = nullptr;
+      t.error = "workspace of " + std::to_string(ws_bytes) + " bytes does not fit";
+      result.push_back(t);
+      continue;
+    }
+    // Warm up, then the median of 5 rounds of `reps` runs each, reps sized to ~1 ms per round.
+    Status st = OkStatus();
+    for (int i = 0; i < 3 && st.ok(); ++i) st = (*layer)->run(ins, outs, ws.p, h);
+    if (st.ok()) st = cuda_status(cudaStreamSynchronize(h.stream), "cudaStreamSynchronize");
+    if (!st.ok()) {
+      cudaGetLastError();
+      t.error = st.message();
+      result.push_back(t);
+      continue;
+    }
+    float once = 0;
+    cudaEventRecord(start, h.stream);
+    (void)(*layer)->run(ins, outs, ws.p, h);
+    cudaEventRecord(stop, h.stream);
+    cudaEventSynchronize(stop);
+    cudaEventElapsedTime(&once, start, stop);
+    const int reps = std::clamp(static_cast<int>(1.0f / std::max(once, 1e-3f)), 1, 100);
+    std::vector<float> rounds;
+    for (int r = 0; r < 5; ++r) {
+      cudaEventRecord(start, h.stream);
+      for (int i = 0; i < reps; ++i) (void)(*layer)->run(ins, outs, ws.p, h);
+      cudaEventRecord(stop, h.stream);
+      cudaEventSynchronize(stop);
+      float ms = 0;
+      cudaEventElapsedTime(&ms, start, stop);
+      rounds.push_back(ms / reps);
+    }
+    std::sort(rounds.begin(), rounds.end());
+    t.ms = rounds[rounds.size() / 2];
+    result.push_back(t);
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  KILN_CUDA_TRY(cudaGetLastError());
+  return result;
+}
+
+}  // namespace kiln::cuda
