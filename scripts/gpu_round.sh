@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole GPU round, on the device machine (../shared/DEVICE.md): configure and build Kiln with the CUDA
 # backend in build-gpu, run the CUDA kernel tests against the CPU reference and the whole ctest, and write
-# a JSON summary and the logs under $OUT.
+# a JSON summary and the logs under $OUT. With GPU_ROUND_MODELS=quick or full it then runs bench/gpu_models.py
+# (ResNet-50 and BERT-base: Kiln against PyTorch eager, CUDA graphs and torch.compile), into $OUT/models.
 #
 # The device machine has cmake, ninja, nvcc and g++ but maybe not every library Kiln builds against; run
 # scripts/gpu_round.sh --stage-deps on the development machine first: it copies this machine's protobuf
@@ -89,7 +90,7 @@ fi
 
 CUDA_RC=-1
 if [[ -x $TEST_BIN ]]; then
-  timeout 100 "$TEST_BIN" --gtest_filter='CudaKernels*:CudaBackend*' --gtest_output=json:"$OUT/cuda_tests.json" \
+  timeout 150 "$TEST_BIN" --gtest_filter='Cuda*:*Cuda*' --gtest_output=json:"$OUT/cuda_tests.json" \
     > "$OUT/cuda_tests.log" 2>&1; CUDA_RC=$?
 fi
 T_CUDA=$(date +%s)
@@ -98,11 +99,22 @@ CTEST_RC=-1
 if $BUILD_OK; then
   EXCLUDE=""
   [[ -d $SHARED/onnx-backend-tests ]] || EXCLUDE="conformance_|mnist_demo"
-  LEFT=$(( 440 - ($(date +%s) - T0) ))  # the whole round fits a 480 s device call
+  BUDGET=${GPU_ROUND_CTEST_BUDGET:-440}
+  LEFT=$(( BUDGET - ($(date +%s) - T0) ))  # the whole round fits one device call
   (( LEFT < 20 )) && LEFT=20
-  (cd build-gpu && timeout $LEFT ctest -j16 --timeout 100 --output-on-failure ${EXCLUDE:+-E "$EXCLUDE"} > "$OUT/ctest.log" 2>&1); CTEST_RC=$?
+  (cd build-gpu && timeout $LEFT ctest -j8 --timeout 300 --output-on-failure ${EXCLUDE:+-E "$EXCLUDE"} > "$OUT/ctest.log" 2>&1); CTEST_RC=$?
+  # The node conformance suite through the CUDA backend, with its per-test results.
+  (cd build-gpu && timeout 200 ./kiln check -q --device cuda --json "$OUT/conformance_node_cuda.json" \
+      --expected-failures ../tests/conformance/expected_failures.txt --tolerances ../tests/conformance/tolerances.txt \
+      "$SHARED/onnx-backend-tests/node" > "$OUT/conformance_node_cuda.log" 2>&1)
 fi
 T_END=$(date +%s)
+if $BUILD_OK && [[ "${GPU_ROUND_MODELS:-0}" != 0 ]]; then
+  QUICK=""; [[ $GPU_ROUND_MODELS == quick ]] && QUICK=--quick
+  timeout ${GPU_ROUND_MODELS_TIMEOUT:-300} $PY bench/gpu_models.py --kiln build-gpu/kiln --out "$OUT/models" $QUICK \
+    > "$OUT/models.log" 2>&1
+  rm -f "$OUT"/models/*.onnx "$OUT"/models/*.onnx.data
+fi
 
 $PY - "$OUT" <<PYEOF
 import json, re, sys, os
@@ -139,8 +151,19 @@ try:
   s["ctest_failed"] = re.findall(r"^\s*\d+ - (\S+) \(", log, re.M)[:50]
 except Exception:
   pass
+try:
+  log = open(os.path.join(out, "conformance_node_cuda.log")).read().splitlines()
+  s["conformance_node_cuda"] = {"summary": [l for l in log if "passed" in l][-2:], "failures": [l for l in log if l.startswith("FAIL")][:60]}
+except Exception:
+  pass
+try:
+  s["models"] = json.load(open(os.path.join(out, "models", "models.json")))
+except Exception as e:
+  s["models_error"] = str(e)
 json.dump(s, open(os.path.join(out, "summary.json"), "w"), indent=2)
-print(json.dumps({k: v for k, v in s.items() if k != "cuda_tests"}, indent=2))
+print(json.dumps({k: v for k, v in s.items() if k not in ("cuda_tests", "models")}, indent=2))
+for r in s.get("models", {}).get("rows", []):
+  print("model", json.dumps({k: v for k, v in r.items()}))
 ct = s.get("cuda_tests", {})
 print("cuda tests:", ct.get("tests"), "failures:", ct.get("failures"))
 for t in ct.get("list", []):

@@ -74,6 +74,7 @@ class ExecutionContext {
   // GPU engines: the times of the last run, from CUDA events (milliseconds; zero on the CPU).
   struct RunTimes {
     double h2d_ms = 0, compute_ms = 0, d2h_ms = 0;
+    double enqueue_ms = 0;  // host time to enqueue the whole run (before waiting for it)
   };
   RunTimes last_run_times() const;
   // GPU engines: runs the computation again on the inputs of the last run, without copying inputs or

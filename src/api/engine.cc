@@ -299,6 +299,7 @@ ExecutionContext::RunTimes ExecutionContext::last_run_times() const {
     t.h2d_ms = r.h2d_ms;
     t.compute_ms = r.compute_ms;
     t.d2h_ms = r.d2h_ms;
+    t.enqueue_ms = r.enqueue_ms;
   }
 #endif
   return t;

@@ -9,21 +9,16 @@ namespace kiln::tools {
 
 namespace {
 struct BuildOptions {
-  std::string model, output, shapes, device = "auto";
-  int opt_level = 3;
+  std::string model, output;
+  BuildFlags flags;
   bool verbose = false;
 };
 
 int run_build(const BuildOptions& o) {
   Logger logger(o.verbose ? Severity::kInfo : Severity::kWarning);
-  BuilderConfig config;
-  config.set_device(o.device);
-  config.set_opt_level(o.opt_level);
-  if (!o.shapes.empty()) {
-    auto shapes = parse_shapes(o.shapes);
-    if (!shapes.ok()) return report(shapes.status());
-    for (const auto& [name, s] : *shapes) config.set_input_shape(name, s);
-  }
+  auto config_or = make_builder_config(o.flags);
+  if (!config_or.ok()) return report(config_or.status());
+  const BuilderConfig& config = *config_or;
   NetworkDefinition network;
   OnnxParser parser(network, logger);
   if (Status st = parser.parse_from_file(o.model); !st.ok()) {
@@ -56,9 +51,7 @@ void add_build_command(CLI::App& app, Action* run) {
   CLI::App* cmd = app.add_subcommand("build", "Build an optimized engine (.kiln) from an ONNX model");
   cmd->add_option("model", o->model, "The ONNX model")->required();
   cmd->add_option("-o,--output", o->output, "Where to write the engine")->required();
-  cmd->add_option("--shapes", o->shapes, "Fixed input shapes: name:1x3x224x224,...");
-  cmd->add_option("--device", o->device, "auto (GPU where present, else CPU) or cpu")->capture_default_str();
-  cmd->add_option("--opt-level", o->opt_level, "Optimization level 0-3")->capture_default_str()->check(CLI::Range(0, 3));
+  add_build_flags(cmd, &o->flags);
   cmd->add_flag("-v,--verbose", o->verbose, "Print what the optimizer did");
   cmd->callback([o, run] { *run = [o] { return run_build(*o); }; });
 }

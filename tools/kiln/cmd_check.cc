@@ -23,6 +23,7 @@ namespace {
 
 struct CheckOptions {
   std::vector<std::string> dirs;
+  std::string device = "auto";
   Tolerance tol;
   std::string expected_failures_file;
   std::string tolerances_file;
@@ -62,7 +63,7 @@ struct TestOutcome {
 };
 
 // Runs one test folder through import, preparation and execution; every data set must match.
-TestOutcome run_test(const fs::path& dir, const Tolerance& tol) {
+TestOutcome run_test(const fs::path& dir, const Tolerance& tol, const std::string& device) {
   TestOutcome out;
   // The same path as a user's: parse, build, serialize, load, run.
   Logger logger(Severity::kError);
@@ -74,7 +75,9 @@ TestOutcome run_test(const fs::path& dir, const Tolerance& tol) {
     return out;
   }
   Builder builder(logger);
-  auto plan = builder.build_serialized_network(network, BuilderConfig());
+  BuilderConfig config;
+  config.set_device(device);
+  auto plan = builder.build_serialized_network(network, config);
   if (!plan.ok()) {
     out.message = plan.status().to_string();
     return out;
@@ -208,7 +211,7 @@ int run_check(const CheckOptions& opts) {
   for (const auto& t : tests) {
     std::string name = t.filename().string();
     auto tol = tolerances.find(name);
-    TestOutcome r = run_test(t, tol == tolerances.end() ? opts.tol : tol->second);
+    TestOutcome r = run_test(t, tol == tolerances.end() ? opts.tol : tol->second, opts.device);
     bool listed = expected_fail.count(name) > 0;
     report.push_back({{"test", name}, {"passed", r.passed}, {"expected_failure", listed},
                       {"max_abs_error", r.max_abs}, {"max_rel_error", r.max_rel}, {"message", r.message}});
@@ -261,6 +264,9 @@ void add_check_command(CLI::App& app, Action* run) {
                   "File of 'test_name rtol atol  # reason' lines: per-test bounds for reference data that needs them");
   cmd->add_option("--json", opts->json_file, "Also write every result as JSON to this file");
   cmd->add_flag("-q,--quiet", opts->quiet, "Print only failures and the summary");
+  cmd->add_option("--device", opts->device, "auto (the GPU where there is one, else the CPU), cuda or cpu")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "cuda", "cpu"}));
   cmd->callback([opts, run] { *run = [opts] { return run_check(*opts); }; });
 }
 

@@ -13,7 +13,9 @@ namespace kiln::tools {
 
 namespace {
 struct RunOptions {
-  std::string model, output_dir = ".", shapes;
+  std::string model, output_dir = ".";
+  BuildFlags flags;
+  bool cuda_graph = false;
   std::vector<std::string> inputs;  // NAME=FILE
 };
 
@@ -59,12 +61,8 @@ std::string safe_file_name(std::string name) {
 
 int run_run(const RunOptions& o) {
   Logger logger(Severity::kWarning);
-  BuilderConfig config;
-  if (!o.shapes.empty()) {
-    auto shapes = parse_shapes(o.shapes);
-    if (!shapes.ok()) return report(shapes.status());
-    for (const auto& [name, s] : *shapes) config.set_input_shape(name, s);
-  }
+  auto config = make_builder_config(o.flags);
+  if (!config.ok()) return report(config.status());
   std::map<std::string, Tensor> feeds;
   for (const auto& spec : o.inputs) {
     size_t eq = spec.find('=');
@@ -73,9 +71,10 @@ int run_run(const RunOptions& o) {
     if (!t.ok()) return report(t.status());
     feeds[spec.substr(0, eq)] = std::move(t).value();
   }
-  auto engine = load_or_build(o.model, config, logger);
+  auto engine = load_or_build(o.model, *config, logger);
   if (!engine.ok()) return report(engine.status());
   auto context = (*engine)->create_execution_context();
+  context->set_cuda_graph(o.cuda_graph);
   auto outputs = context->execute(feeds);
   if (!outputs.ok()) return report(outputs.status());
   std::error_code ec;
@@ -101,7 +100,8 @@ void add_run_command(CLI::App& app, Action* run) {
   cmd->add_option("model", o->model, "A .kiln engine or an ONNX model")->required();
   cmd->add_option("-i,--input", o->inputs, "NAME=FILE (.npy or TensorProto .pb), once per input");
   cmd->add_option("--output-dir", o->output_dir, "Where to write each output as NAME.pb and NAME.npy")->capture_default_str();
-  cmd->add_option("--shapes", o->shapes, "Input shapes to build with, when MODEL is ONNX: name:1x3x224x224,...");
+  add_build_flags(cmd, &o->flags);  // when MODEL is ONNX
+  cmd->add_flag("--cuda-graph", o->cuda_graph, "Capture the GPU work into a CUDA graph and replay it");
   cmd->callback([o, run] { *run = [o] { return run_run(*o); }; });
 }
 

@@ -13,5 +13,6 @@ void add_build_command(CLI::App& app, Action* run);
 void add_run_command(CLI::App& app, Action* run);
 void add_inspect_command(CLI::App& app, Action* run);
 void add_ops_command(CLI::App& app, Action* run);
+void add_bench_command(CLI::App& app, Action* run);
 
 }  // namespace kiln::tools

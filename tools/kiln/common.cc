@@ -28,6 +28,46 @@ Result<std::map<std::string, Shape>> parse_shapes(const std::string& text) {
   return out;
 }
 
+void add_build_flags(CLI::App* cmd, BuildFlags* f) {
+  cmd->add_option("--shapes", f->shapes, "Fixed input shapes: name:1x3x224x224,...");
+  cmd->add_option("--device", f->device, "auto (the GPU where there is one, else the CPU), cuda or cpu")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "cuda", "cpu"}));
+  cmd->add_option("--opt-level", f->opt_level, "Optimization level 0-3")->capture_default_str()->check(CLI::Range(0, 3));
+  cmd->add_flag("--fp16", f->fp16, "Let the builder run layers in float16 where the GPU has a kernel");
+  cmd->add_flag("--bf16", f->bf16, "Let the builder run layers in bfloat16 where the GPU has a kernel");
+  cmd->add_flag("--no-tf32", f->no_tf32, "Keep float32 GEMMs and convolutions off TF32 tensor cores");
+  cmd->add_option("--layer-precision", f->layer_precisions,
+                  "NAME:fp32|fp16|bf16, pins a layer's precision (always honored); repeatable");
+  cmd->add_flag("--strict-gpu", f->strict_gpu, "Fail the build if any layer would fall back to the CPU");
+  cmd->add_option("--timing-cache", f->timing_cache, "Tactic timing cache file (read, then updated)");
+}
+
+Result<BuilderConfig> make_builder_config(const BuildFlags& f) {
+  BuilderConfig config;
+  config.set_device(f.device);
+  config.set_opt_level(f.opt_level);
+  config.set_fp16(f.fp16);
+  config.set_bf16(f.bf16);
+  config.set_tf32(!f.no_tf32);
+  config.set_strict_gpu(f.strict_gpu);
+  config.set_timing_cache(f.timing_cache);
+  for (const auto& lp : f.layer_precisions) {
+    const size_t colon = lp.rfind(':');
+    if (colon == std::string::npos || colon == 0 || colon + 1 == lp.size())
+      return InvalidArgument("--layer-precision '" + lp + "' is not NAME:fp32|fp16|bf16");
+    const std::string p = lp.substr(colon + 1);
+    if (p != "fp32" && p != "fp16" && p != "bf16")
+      return InvalidArgument("--layer-precision '" + lp + "': precision '" + p + "' is not fp32, fp16 or bf16");
+    config.set_layer_precision(lp.substr(0, colon), p);
+  }
+  if (!f.shapes.empty()) {
+    KILN_ASSIGN_OR_RETURN(auto shapes, parse_shapes(f.shapes));
+    for (const auto& [name, s] : shapes) config.set_input_shape(name, s);
+  }
+  return config;
+}
+
 Result<std::shared_ptr<Engine>> load_or_build(const std::string& path, const BuilderConfig& config, Logger& logger) {
   std::ifstream f(path, std::ios::binary);
   if (!f) return IoError("cannot open '" + path + "'");

@@ -5,9 +5,24 @@
 #include <memory>
 #include <string>
 
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
 #include "kiln/kiln.h"
 
 namespace kiln::tools {
+
+// The build options every command that may build an engine takes (build, run, check, bench).
+struct BuildFlags {
+  std::string shapes, device = "auto", timing_cache;
+  int opt_level = 3;
+  bool fp16 = false, bf16 = false, no_tf32 = false, strict_gpu = false;
+  std::vector<std::string> layer_precisions;  // NAME:PRECISION
+};
+void add_build_flags(CLI::App* cmd, BuildFlags* flags);
+// The BuilderConfig the flags describe; an error names the flag that is wrong.
+Result<BuilderConfig> make_builder_config(const BuildFlags& flags);
 
 // Parses "input:1x3x224x224,mask:1x128" (names may contain ':' only before the last one).
 Result<std::map<std::string, Shape>> parse_shapes(const std::string& text);

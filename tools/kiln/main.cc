@@ -1,4 +1,4 @@
-// kiln: build, run, check and inspect engines from the command line.
+// kiln: build, run, check, inspect and benchmark engines from the command line.
 #include <iostream>
 
 #include "kiln/commands.h"
@@ -12,6 +12,7 @@ int main(int argc, char** argv) {
   kiln::tools::add_check_command(app, &action);
   kiln::tools::add_inspect_command(app, &action);
   kiln::tools::add_ops_command(app, &action);
+  kiln::tools::add_bench_command(app, &action);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

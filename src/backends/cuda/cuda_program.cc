@@ -13,6 +13,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 
 #include "backends/cuda/layer.h"
@@ -91,7 +92,7 @@ struct CudaProgram::Impl {
   ir::Model model;
   std::map<std::string, Shape> input_shapes;
   std::shared_ptr<const DeviceWeights> weights;
-  std::unique_ptr<HandleSet> handles;
+  std::shared_ptr<HandleSet> handles;
   ProgramOptions options;
   Logger* logger = nullptr;
 
@@ -111,6 +112,7 @@ struct CudaProgram::Impl {
   cudaGraphExec_t graph_exec = nullptr;
   bool graph_capturable = false;
   int gpu_steps = 0, cpu_steps = 0;
+  double enqueue_ms = 0;
 
   ~Impl() {
     if (graph_exec) cudaGraphExecDestroy(graph_exec);
@@ -468,7 +470,11 @@ Result<std::unique_ptr<CudaProgram>> CudaProgram::create(const ir::Model& model,
   m.weights = std::move(weights);
   m.options = options;
   m.logger = logger;
-  KILN_ASSIGN_OR_RETURN(m.handles, HandleSet::create(static_cast<cudaStream_t>(options.stream)));
+  if (options.stream != nullptr) {
+    KILN_ASSIGN_OR_RETURN(m.handles, HandleSet::create(static_cast<cudaStream_t>(options.stream)));
+  } else {
+    KILN_ASSIGN_OR_RETURN(m.handles, HandleSet::acquire());
+  }
   KILN_RETURN_IF_ERROR(m.specialize(model));
   KILN_RETURN_IF_ERROR(m.plan_steps(placement));
   KILN_RETURN_IF_ERROR(m.plan_memory());
@@ -543,9 +549,11 @@ Status CudaProgram::synchronize() {
 }
 
 Result<std::vector<Value>> CudaProgram::run(const std::map<std::string, Value>& inputs) {
+  const auto t0 = std::chrono::steady_clock::now();
   KILN_RETURN_IF_ERROR(upload(inputs));
   KILN_RETURN_IF_ERROR(launch());
   KILN_RETURN_IF_ERROR(download());
+  impl_->enqueue_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   KILN_RETURN_IF_ERROR(synchronize());
   Impl& m = *impl_;
   std::vector<Value> results;
@@ -569,6 +577,7 @@ Result<std::vector<Value>> CudaProgram::run(const std::map<std::string, Value>& 
 
 RunTimes CudaProgram::last_run_times() const {
   RunTimes t;
+  t.enqueue_ms = impl_->enqueue_ms;
   cudaEventElapsedTime(&t.h2d_ms, impl_->events[0], impl_->events[1]);
   cudaEventElapsedTime(&t.compute_ms, impl_->events[2], impl_->events[3]);
   cudaEventElapsedTime(&t.d2h_ms, impl_->events[3], impl_->events[4]);

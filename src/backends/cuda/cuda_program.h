@@ -49,6 +49,7 @@ struct ProgramOptions {
 // Times of the last run, from CUDA events on the stream (milliseconds).
 struct RunTimes {
   float h2d_ms = 0, compute_ms = 0, d2h_ms = 0;
+  double enqueue_ms = 0;  // host time from the start of upload() to the return of download()
 };
 
 class CudaProgram {

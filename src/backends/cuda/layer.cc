@@ -1,6 +1,8 @@
 // The CUDA op table and what every layer shares: handles, attribute access, error conversion.
 #include "backends/cuda/layer.h"
 
+#include <mutex>
+
 #include "core/cast.h"
 
 namespace kiln::cuda {
@@ -63,6 +65,26 @@ Result<std::unique_ptr<HandleSet>> HandleSet::create(cudaStream_t stream) {
   KILN_CUDNN_TRY(cudnnCreate(&hs->h_.cudnn));
   KILN_CUDNN_TRY(cudnnSetStream(hs->h_.cudnn, hs->h_.stream));
   return hs;
+}
+
+Result<std::shared_ptr<HandleSet>> HandleSet::acquire() {
+  static std::mutex mu;
+  static std::vector<std::unique_ptr<HandleSet>>* pool = new std::vector<std::unique_ptr<HandleSet>>();  // never freed: outlives every owner
+  std::unique_ptr<HandleSet> hs;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    if (!pool->empty()) {
+      hs = std::move(pool->back());
+      pool->pop_back();
+    }
+  }
+  if (!hs) {
+    KILN_ASSIGN_OR_RETURN(hs, create());
+  }
+  return std::shared_ptr<HandleSet>(hs.release(), [](HandleSet* h) {
+    std::lock_guard<std::mutex> lock(mu);
+    pool->push_back(std::unique_ptr<HandleSet>(h));
+  });
 }
 
 HandleSet::~HandleSet() {

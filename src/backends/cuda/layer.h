@@ -61,6 +61,9 @@ struct CudaHandles {
 class HandleSet {
  public:
   static Result<std::unique_ptr<HandleSet>> create(cudaStream_t stream = nullptr);
+  // A set with its own stream from a process-wide pool (creating cuDNN and cuBLASLt handles costs tens of
+  // milliseconds; contexts come and go): it returns to the pool when the last owner lets go.
+  static Result<std::shared_ptr<HandleSet>> acquire();
   ~HandleSet();
   const CudaHandles& handles() const { return h_; }
   Status set_stream(cudaStream_t stream);  // rebinds cuDNN to another stream (cuBLASLt takes it per call)
