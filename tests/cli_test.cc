@@ -14,6 +14,19 @@ namespace fs = std::filesystem;
 namespace kiln {
 namespace {
 
+// Whether `kiln build --device cuda` can work here: a GPU and the CUDA backend.
+bool cuda_usable() {
+  static const bool usable = [] {
+    FILE* p = popen("nvidia-smi -L 2>/dev/null", "r");
+    if (p == nullptr) return false;
+    char buf[256];
+    const bool any = fgets(buf, sizeof buf, p) != nullptr;
+    pclose(p);
+    return any;
+  }();
+  return usable;
+}
+
 struct Ran {
   int exit_code;
   std::string output;  // stdout and stderr together
@@ -164,6 +177,59 @@ TEST_F(Cli, CheckReportsPassFailAndSummary) {
   write(path("xfail2.txt"), "bad: wrong on purpose\ngood: claims to fail\n");
   EXPECT_NE(kiln("check --expected-failures " + path("xfail2.txt") + " " + path("suite")).exit_code, 0);
   EXPECT_NE(kiln("check " + path("does-not-exist")).exit_code, 0);
+}
+
+TEST_F(Cli, DeviceAndPrecisionFlags) {
+  // --device cuda on a machine without a usable GPU fails and says why; auto falls back to the CPU.
+  if (!cuda_usable()) {
+    Ran c = kiln("build " + path("mlp.onnx") + " -o " + path("c.kiln") + " --device cuda");
+    EXPECT_EQ(c.exit_code, 1) << c.output;
+    EXPECT_NE(c.output.find("--device cuda"), std::string::npos) << c.output;
+    EXPECT_FALSE(fs::exists(path("c.kiln")));
+    Ran a = kiln("build " + path("mlp.onnx") + " -o " + path("a.kiln") + " --shapes x:2x4 --fp16");
+    EXPECT_EQ(a.exit_code, 0) << a.output;
+    EXPECT_NE(a.output.find("targets the CPU"), std::string::npos) << a.output;  // --fp16 has nothing to lower
+  }
+  Ran bad = kiln("build " + path("mlp.onnx") + " -o " + path("b.kiln") + " --layer-precision fc:fp64");
+  EXPECT_EQ(bad.exit_code, 1) << bad.output;
+  EXPECT_NE(bad.output.find("'fp64' is not fp32, fp16 or bf16"), std::string::npos) << bad.output;
+  Ran unknown = kiln("build " + path("mlp.onnx") + " -o " + path("b.kiln") + " --layer-precision nosuch:fp32");
+  EXPECT_EQ(unknown.exit_code, 1) << unknown.output;
+  EXPECT_NE(unknown.output.find("no layer named 'nosuch'"), std::string::npos) << unknown.output;
+  Ran both = kiln("build " + path("mlp.onnx") + " -o " + path("b.kiln") + " --fp16 --bf16");
+  EXPECT_EQ(both.exit_code, 1) << both.output;
+  Ran dev = kiln("build " + path("mlp.onnx") + " -o " + path("b.kiln") + " --device tpu");
+  EXPECT_NE(dev.exit_code, 0) << dev.output;
+  EXPECT_FALSE(fs::exists(path("b.kiln")));
+}
+
+TEST_F(Cli, BenchOnTheCpuWritesJson) {
+  Ran b = kiln("bench " + path("mlp.onnx") + " --device cpu --shapes x:2x4 --iterations 20 --duration 0 --warmup 0 "
+               "--streams 2 --json " + path("bench.json"));
+  ASSERT_EQ(b.exit_code, 0) << b.output;
+  EXPECT_NE(b.output.find("throughput:"), std::string::npos) << b.output;
+  EXPECT_NE(b.output.find("p99"), std::string::npos) << b.output;
+  const std::string j = read(path("bench.json"));
+  for (const char* key : {"\"throughput_qps\"", "\"latency_ms\"", "\"median\"", "\"p95\"", "\"enqueue_ms\""})
+    EXPECT_NE(j.find(key), std::string::npos) << key << " in " << j;
+  EXPECT_NE(j.find("\"iterations\": 40"), std::string::npos) << j;  // 20 on each of 2 streams
+  // Dynamic input without --shapes: a clear error.
+  Ran dyn = kiln("bench " + path("mlp.onnx") + " --device cpu --duration 0");
+  EXPECT_EQ(dyn.exit_code, 1) << dyn.output;
+  EXPECT_NE(dyn.output.find("give it with --shapes x:"), std::string::npos) << dyn.output;
+  Ran zero = kiln("bench " + path("mlp.onnx") + " --device cpu --shapes x:2x4 --streams 0");
+  EXPECT_EQ(zero.exit_code, 1) << zero.output;
+}
+
+TEST_F(Cli, TimingCacheErrorsNameTheFile) {
+  write(path("cache.json"), "{not json");
+  Ran r = kiln("build " + path("mlp.onnx") + " -o " + path("t.kiln") + " --shapes x:2x4 --timing-cache " + path("cache.json"));
+  if (cuda_usable()) {
+    EXPECT_EQ(r.exit_code, 1) << r.output;
+    EXPECT_NE(r.output.find("cache.json"), std::string::npos) << r.output;
+  } else {
+    EXPECT_EQ(r.exit_code, 0) << r.output;  // a CPU build times nothing and reads no cache
+  }
 }
 
 }  // namespace

@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <set>
 
 #include "onnx/importer.h"
 #include "passes/passes.h"
@@ -122,6 +123,33 @@ TEST(Passes, ConvAndPoolShapes) {
   ASSERT_TRUE(passes::infer_shapes(m).ok());
   EXPECT_EQ(m.graph.value_types["c"].to_string(), "float32[N,8,15,15]");
   EXPECT_EQ(m.graph.value_types["y"].to_string(), "float32[N,8,13,13]");
+}
+
+TEST(Passes, LowerPrecisionConvertsOncePerValueAndCastsBackAtTheEdges) {
+  ir::Model m = import(testing::mlp_with_shape_chain());
+  ASSERT_TRUE(passes::apply_input_shapes(m, {{"x", {6, 4}}}).ok());
+  ASSERT_TRUE(passes::infer_shapes(m).ok());
+  ASSERT_TRUE(passes::fold_constants(m).ok());
+  ASSERT_TRUE(passes::eliminate_dead_nodes(m).ok());
+  ASSERT_TRUE(passes::infer_shapes(m).ok());
+  // Before: MatMul, Add, Relu, Reshape, all float32. Lower MatMul, Add and Reshape; keep Relu in float32.
+  std::set<std::string> lowered;
+  auto lower = [](const ir::Node& n) { return n.op_type != "Relu"; };
+  ASSERT_TRUE(passes::lower_precision(m, DType::kFloat16, lower, &lowered).ok());
+  EXPECT_EQ(lowered, (std::set<std::string>{"fc", "bias", "reshape"}));
+  // After: x is cast down once; the weights are converted at build time (no Cast); Relu reads a float32
+  // copy and Reshape a float16 one; the graph output y is cast back, keeping its name and type.
+  EXPECT_EQ(op_types(m), (std::vector<std::string>{"Cast", "MatMul", "Add", "Cast", "Relu", "Cast", "Reshape", "Cast"}));
+  EXPECT_EQ(m.graph.initializers.at("w__fp16").dtype(), DType::kFloat16);
+  EXPECT_EQ(m.graph.initializers.at("b__fp16").dtype(), DType::kFloat16);
+  EXPECT_EQ(m.graph.type_of("xwb__fp16")->to_string(), "float16[6,3]");
+  EXPECT_EQ(m.graph.type_of("y")->to_string(), "float32[6,3]");
+  EXPECT_EQ(m.graph.nodes.back().outputs[0], "y");
+  // Nothing to lower: a graph without float32 values is left alone.
+  int removed = 0;
+  ASSERT_TRUE(passes::eliminate_dead_nodes(m, &removed).ok());
+  EXPECT_EQ(removed, 0);
+  EXPECT_FALSE(passes::lower_precision(m, DType::kInt8, lower).ok());
 }
 
 }  // namespace

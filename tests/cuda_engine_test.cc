@@ -1,0 +1,247 @@
+// CUDA engines end to end, against the same model on the CPU reference: layer assignment and fallback
+// with explicit copies, precisions (fp32, tf32, fp16, bf16, pins), CUDA graphs, several contexts on
+// threads, the timing cache, and --strict-gpu. Skipped, saying why, where there is no GPU.
+#ifdef KILN_HAVE_CUDA
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <random>
+#include <thread>
+
+#include "backends/cuda/cuda_backend.h"
+#include "core/cast.h"
+#include "engine/plan.h"
+#include "kiln/kiln.h"
+#include "test_models.h"
+
+namespace kiln {
+namespace {
+
+#define SKIP_WITHOUT_GPU()                                                                  \
+  do {                                                                                      \
+    if (!backends::cuda_device_available()) GTEST_SKIP() << "no CUDA device";               \
+  } while (0)
+
+class Quiet : public Logger {
+ public:
+  void log(Severity, const std::string&) override {}
+};
+
+Result<std::shared_ptr<Engine>> build(const onnx::ModelProto& m, BuilderConfig config) {
+  Quiet logger;
+  const std::string bytes = testing::serialize(m);
+  NetworkDefinition network;
+  OnnxParser parser(network, logger);
+  KILN_RETURN_IF_ERROR(parser.parse(bytes.data(), bytes.size()));
+  Builder builder(logger);
+  KILN_ASSIGN_OR_RETURN(auto plan, builder.build_serialized_network(network, config));
+  Runtime runtime(logger);
+  return runtime.deserialize_engine(plan.data(), plan.size());
+}
+
+Tensor random_input(const Shape& shape, unsigned seed) {
+  std::mt19937 gen(seed);
+  std::uniform_real_distribution<float> d(-1.0f, 1.0f);
+  Tensor t(DType::kFloat32, shape);
+  for (int64_t i = 0; i < t.numel(); ++i) {
+    float v = d(gen);
+    t.data<float>()[i] = v == 0.0f ? 0.375f : v;
+  }
+  return t;
+}
+
+void expect_close(const Tensor& got, const Tensor& want, double rtol, double atol) {
+  ASSERT_EQ(got.shape(), want.shape());
+  const Tensor g = widen_to_float32(got), w = widen_to_float32(want);
+  int bad = 0;
+  for (int64_t i = 0; i < g.numel() && bad < 5; ++i) {
+    const double a = g.data<float>()[i], b = w.data<float>()[i];
+    if (!(std::fabs(a - b) <= rtol * std::fabs(b) + atol)) {
+      ++bad;
+      ADD_FAILURE() << "element " << i << ": got " << a << ", want " << b;
+    }
+  }
+}
+
+// A small CNN head with a tail the GPU does not run (TopK's k computed at run time goes to the CPU when
+// k is not constant; here NonZero, whose output shape comes from the data): Conv, Relu, GlobalAveragePool,
+// Flatten, Gemm, Softmax, then NonZero of (softmax > 0.1) on the CPU, then Cast and ReduceSum back on the GPU.
+onnx::ModelProto cnn_with_cpu_tail() {
+  onnx::ModelProto m = testing::new_model(17);
+  auto* g = m.mutable_graph();
+  testing::set_type(g->add_input(), "x", 1, {"2", "3", "8", "8"});
+  testing::set_type(g->add_output(), "probs", 1, {"2", "5"});
+  testing::set_type(g->add_output(), "count", 7, {});
+  std::mt19937 gen(3);
+  std::uniform_real_distribution<float> d(-0.5f, 0.5f);
+  auto init = [&](const std::string& name, std::vector<int64_t> dims) {
+    int64_t n = 1;
+    for (auto v : dims) n *= v;
+    std::vector<float> vals(n);
+    for (auto& v : vals) v = d(gen);
+    testing::add_float_initializer(g, name, dims, vals);
+  };
+  init("w", {4, 3, 3, 3});
+  init("b", {4});
+  init("fw", {4, 5});
+  init("fb", {5});
+  testing::add_float_initializer(g, "threshold", {}, {0.1f});
+  auto* conv = testing::add_node(g, "Conv", {"x", "w", "b"}, {"c"}, "conv");
+  auto* pads = conv->add_attribute();
+  pads->set_name("pads");
+  pads->set_type(onnx::AttributeProto::INTS);
+  for (int i = 0; i < 4; ++i) pads->add_ints(1);
+  testing::add_node(g, "Relu", {"c"}, {"r"}, "relu");
+  testing::add_node(g, "GlobalAveragePool", {"r"}, {"p"}, "pool");
+  testing::add_node(g, "Flatten", {"p"}, {"f"}, "flatten");
+  testing::add_node(g, "Gemm", {"f", "fw", "fb"}, {"logits"}, "fc");
+  testing::add_node(g, "Softmax", {"logits"}, {"probs"}, "softmax");
+  testing::add_node(g, "Greater", {"probs", "threshold"}, {"big"}, "greater");
+  testing::add_node(g, "NonZero", {"big"}, {"where"}, "nonzero");
+  testing::add_node(g, "Size", {"where"}, {"count"}, "size");
+  return m;
+}
+
+BuilderConfig on(const std::string& device) {
+  BuilderConfig c;
+  c.set_device(device);
+  return c;
+}
+
+TEST(CudaEngine, MatchesTheCpuWithExplicitFallback) {
+  SKIP_WITHOUT_GPU();
+  auto cpu = build(cnn_with_cpu_tail(), on("cpu"));
+  ASSERT_TRUE(cpu.ok()) << cpu.status().to_string();
+  BuilderConfig cfg = on("cuda");
+  cfg.set_tf32(false);
+  auto gpu = build(cnn_with_cpu_tail(), cfg);
+  ASSERT_TRUE(gpu.ok()) << gpu.status().to_string();
+  const engine::Plan& plan = (*gpu)->plan();
+  EXPECT_EQ(plan.target_backend, "cuda");
+  int on_gpu = 0;
+  for (const auto& l : plan.layers) {
+    if (l.backend == "cuda") ++on_gpu;
+    else EXPECT_FALSE(l.fallback_reason.empty()) << l.name;
+  }
+  EXPECT_GE(on_gpu, 5);
+  const std::string text = (*gpu)->inspect();
+  EXPECT_NE(text.find("backend=cuda"), std::string::npos) << text;
+  EXPECT_NE(text.find("not on the GPU"), std::string::npos) << text;
+  for (unsigned seed : {1u, 2u, 3u}) {
+    const Tensor x = random_input({2, 3, 8, 8}, seed);
+    auto want = (*cpu)->create_execution_context()->execute({{"x", x}});
+    ASSERT_TRUE(want.ok()) << want.status().to_string();
+    auto ctx = (*gpu)->create_execution_context();
+    auto got = ctx->execute({{"x", x}});
+    ASSERT_TRUE(got.ok()) << got.status().to_string();
+    expect_close(got->at("probs"), want->at("probs"), 1e-5, 1e-6);
+    EXPECT_EQ(got->at("count").to_int64_vector(), want->at("count").to_int64_vector());
+    EXPECT_GT(ctx->activation_bytes(), 0u);
+  }
+}
+
+TEST(CudaEngine, StrictGpuRefusesFallback) {
+  SKIP_WITHOUT_GPU();
+  BuilderConfig cfg = on("cuda");
+  cfg.set_strict_gpu(true);
+  auto gpu = build(cnn_with_cpu_tail(), cfg);
+  ASSERT_FALSE(gpu.ok());
+  EXPECT_NE(gpu.status().message().find("--strict-gpu"), std::string::npos) << gpu.status().to_string();
+  EXPECT_NE(gpu.status().message().find("nonzero"), std::string::npos) << gpu.status().to_string();
+}
+
+TEST(CudaEngine, PrecisionsAndPins) {
+  SKIP_WITHOUT_GPU();
+  auto cpu = build(cnn_with_cpu_tail(), on("cpu"));
+  ASSERT_TRUE(cpu.ok());
+  const Tensor x = random_input({2, 3, 8, 8}, 9);
+  auto want = (*cpu)->create_execution_context()->execute({{"x", x}});
+  ASSERT_TRUE(want.ok());
+  struct Case {
+    const char* name;
+    bool tf32, fp16, bf16;
+    double tol;
+  } cases[] = {{"tf32", true, false, false, 1e-3}, {"fp16", true, true, false, 1e-2}, {"bf16", true, false, true, 2e-2}};
+  for (const Case& c : cases) {
+    BuilderConfig cfg = on("cuda");
+    cfg.set_tf32(c.tf32);
+    cfg.set_fp16(c.fp16);
+    cfg.set_bf16(c.bf16);
+    cfg.set_layer_precision("fc", "fp32");  // a pin is honored whatever the global setting
+    auto gpu = build(cnn_with_cpu_tail(), cfg);
+    ASSERT_TRUE(gpu.ok()) << c.name << ": " << gpu.status().to_string();
+    for (const auto& l : (*gpu)->plan().layers) {
+      if (l.name == "fc") EXPECT_EQ(l.precision, "fp32") << c.name;
+      if (l.name == "conv" && (c.fp16 || c.bf16)) EXPECT_EQ(l.precision, c.fp16 ? "fp16" : "bf16") << c.name;
+    }
+    auto got = (*gpu)->create_execution_context()->execute({{"x", x}});
+    ASSERT_TRUE(got.ok()) << c.name << ": " << got.status().to_string();
+    EXPECT_EQ(got->at("probs").dtype(), DType::kFloat32) << "graph outputs keep their type";
+    expect_close(got->at("probs"), want->at("probs"), c.tol, c.tol);
+  }
+}
+
+TEST(CudaEngine, CudaGraphAndManyContexts) {
+  SKIP_WITHOUT_GPU();
+  // Without the CPU tail the whole graph is on the GPU and can be captured.
+  onnx::ModelProto m = cnn_with_cpu_tail();
+  auto* g = m.mutable_graph();
+  g->mutable_node()->DeleteSubrange(g->node_size() - 3, 3);
+  g->mutable_output()->DeleteSubrange(1, 1);
+  auto cpu = build(m, on("cpu"));
+  auto gpu = build(m, on("cuda"));
+  ASSERT_TRUE(cpu.ok() && gpu.ok());
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&, t] {
+      auto ctx = (*gpu)->create_execution_context();
+      auto ref = (*cpu)->create_execution_context();
+      ctx->set_cuda_graph(t % 2 == 0);
+      for (int i = 0; i < 5; ++i) {
+        const Tensor x = random_input({2, 3, 8, 8}, 100 * t + i);
+        auto want = ref->execute({{"x", x}});
+        auto got = ctx->execute({{"x", x}});
+        if (!want.ok() || !got.ok()) {
+          ++failures;
+          continue;
+        }
+        const Tensor& a = got->at("probs");
+        const Tensor& b = want->at("probs");
+        for (int64_t k = 0; k < a.numel(); ++k)
+          if (std::fabs(a.data<float>()[k] - b.data<float>()[k]) > 1e-3) {
+            ++failures;
+            break;
+          }
+      }
+    });
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(failures.load(), 0);
+}
+
+TEST(CudaEngine, TimingCacheMakesRebuildsIdentical) {
+  SKIP_WITHOUT_GPU();
+  const std::string cache = (std::filesystem::temp_directory_path() / ("kiln_tc_" + std::to_string(::getpid()) + ".json")).string();
+  std::remove(cache.c_str());
+  BuilderConfig cfg = on("cuda");
+  cfg.set_timing_cache(cache);
+  cfg.set_fp16(true);
+  auto first = build(cnn_with_cpu_tail(), cfg);
+  ASSERT_TRUE(first.ok()) << first.status().to_string();
+  ASSERT_TRUE(std::filesystem::exists(cache));
+  auto second = build(cnn_with_cpu_tail(), cfg);
+  ASSERT_TRUE(second.ok());
+  ASSERT_EQ((*first)->plan().layers.size(), (*second)->plan().layers.size());
+  for (size_t i = 0; i < (*first)->plan().layers.size(); ++i)
+    EXPECT_EQ((*first)->plan().layers[i].tactic, (*second)->plan().layers[i].tactic) << (*first)->plan().layers[i].name;
+  std::remove(cache.c_str());
+}
+
+}  // namespace
+}  // namespace kiln
+
+#endif  // KILN_HAVE_CUDA
