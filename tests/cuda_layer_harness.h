@@ -92,10 +92,11 @@ struct LayerCase {
 namespace detail {
 
 inline const cuda::CudaHandles& test_handles() {
-  static std::unique_ptr<cuda::HandleSet> hs = [] {
+  // Never destroyed: at exit the CUDA runtime may already be gone.
+  static cuda::HandleSet* hs = [] {
     auto r = cuda::HandleSet::create();
     EXPECT_TRUE(r.ok()) << r.status().to_string();
-    return r.ok() ? std::move(r).value() : nullptr;
+    return r.ok() ? std::move(r).value().release() : nullptr;
   }();
   static cuda::CudaHandles none;
   return hs ? hs->handles() : none;
@@ -195,6 +196,9 @@ inline Result<std::vector<Tensor>> run_cuda_layer(const LayerCase& c, const std:
     outs.push_back(cuda::DeviceTensor{mem.back()->p, d.dtype, d.shape});
   }
 
+  // The copies and memsets above ran on the legacy default stream, which the layer's non-blocking stream
+  // does not wait for: finish them first.
+  KILN_CUDA_TRY(cudaDeviceSynchronize());
   if (kind->output_is_view_of_input0) {
     // No kernel: the executor aliases the memory; here the view is copied so that the test sees it.
     EXPECT_EQ(outs[0].nbytes(), ins[0].nbytes());

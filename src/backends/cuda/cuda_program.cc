@@ -50,6 +50,7 @@ Result<std::shared_ptr<DeviceWeights>> DeviceWeights::upload(const ir::Graph& gr
     w->bytes_ += t.nbytes();
     KILN_CUDA_TRY(cudaMemcpy(p, t.raw_data(), t.nbytes(), cudaMemcpyHostToDevice));
   }
+  KILN_CUDA_TRY(cudaDeviceSynchronize());  // a pageable copy may return before its DMA lands
   return w;
 }
 
@@ -87,6 +88,7 @@ struct CudaProgram::Impl {
     std::vector<int> in_slots, out_slots;  // kGpu: per node input/output (-1 when omitted)
     int slot = -1;                          // kUpload / kDownload
     std::vector<DeviceTensor> ins, outs;    // kGpu, resolved once the arena exists
+    std::vector<std::string> outer_constants;  // kCpu: initializers its subgraphs read from the outer scope
   };
 
   ir::Model model;
@@ -144,7 +146,8 @@ struct CudaProgram::Impl {
   void use(int s, int step) {
     s = root_of(s);
     if (slots[s].kind != Slot::Kind::kArena) return;
-    if (slots[s].first < 0) slots[s].first = step;
+    // Uses arrive out of order (graph inputs are marked live from step 0 after the steps are walked).
+    slots[s].first = slots[s].first < 0 ? step : std::min(slots[s].first, step);
     slots[s].last = std::max(slots[s].last, step);
   }
 
@@ -288,6 +291,9 @@ Status CudaProgram::Impl::plan_steps(const std::map<std::string, NodePlacement>&
     Step st;
     st.kind = StepKind::kCpu;
     st.node = &n;
+    for (const auto& r : reads)
+      if (g.initializers.count(r) && std::find(n.inputs.begin(), n.inputs.end(), r) == n.inputs.end())
+        st.outer_constants.push_back(r);
     st.schema = ir::OpRegistry::global().find(n.domain, n.op_type);
     if (st.schema == nullptr || st.schema->cpu_kernel == nullptr)
       return Unsupported(n.describe() + ": no CPU kernel for this op");
@@ -416,6 +422,8 @@ Status CudaProgram::Impl::run_steps() {
       }
       case StepKind::kCpu: {
         const ir::Node& node = *st.node;
+        for (const auto& name : st.outer_constants)
+          if (!host.count(name)) host[name] = Value(model.graph.initializers.at(name));
         std::vector<const Value*> ins;
         for (const auto& name : node.inputs) {
           if (name.empty()) {
@@ -478,6 +486,9 @@ Result<std::unique_ptr<CudaProgram>> CudaProgram::create(const ir::Model& model,
   KILN_RETURN_IF_ERROR(m.specialize(model));
   KILN_RETURN_IF_ERROR(m.plan_steps(placement));
   KILN_RETURN_IF_ERROR(m.plan_memory());
+  // Layers and constants were set up with synchronous copies on the legacy default stream, which our
+  // non-blocking stream does not wait for; a pageable cudaMemcpy may return before its DMA lands.
+  KILN_CUDA_TRY(cudaDeviceSynchronize());
   if (options.cuda_graph && !m.graph_capturable)
     m.log(Severity::kWarning, "CUDA graph not used: " + std::to_string(m.cpu_steps) +
                                   " layers run on the CPU between GPU layers");
@@ -510,6 +521,7 @@ Status CudaProgram::upload(const std::map<std::string, Value>& inputs) {
 
 Status CudaProgram::launch() {
   Impl& m = *impl_;
+  const auto t0 = std::chrono::steady_clock::now();
   KILN_CUDA_TRY(cudaEventRecord(m.events[2], m.stream()));
   if (m.options.cuda_graph && m.graph_capturable) {
     if (m.graph_exec == nullptr) {
@@ -528,6 +540,8 @@ Status CudaProgram::launch() {
     KILN_RETURN_IF_ERROR(m.run_steps());
   }
   KILN_CUDA_TRY(cudaEventRecord(m.events[3], m.stream()));
+  // Enqueue time of a launch on its own (run() overwrites it with the whole run's).
+  m.enqueue_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   return OkStatus();
 }
 

@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <mutex>
 #include <random>
 
 #include "backends/cuda/layer.h"
@@ -26,11 +27,15 @@ Result<std::vector<backends::TacticTime>> time_tactics(const ir::Node& node, con
                                              bool allow_tf32, const std::vector<std::string>& tactics) {
   const LayerKind* kind = layer_table().find(node.op_type);
   if (kind == nullptr) return Unsupported(node.describe() + ": no CUDA layer to time");
-  static std::unique_ptr<HandleSet> handles;  // one set for the builds of this process
-  if (!handles) {
-    KILN_ASSIGN_OR_RETURN(handles, HandleSet::create());
+  // Handles from the process-wide pool, kept for the builds of this process (never destroyed at exit,
+  // when the CUDA runtime may already be gone).
+  static std::mutex* mu = new std::mutex();  // one timing at a time: the handles are not thread-safe, and
+  std::lock_guard<std::mutex> lock(*mu);       // concurrent timings would disturb each other anyway
+  static std::shared_ptr<HandleSet>* handles = new std::shared_ptr<HandleSet>();
+  if (!*handles) {
+    KILN_ASSIGN_OR_RETURN(*handles, HandleSet::acquire());
   }
-  const CudaHandles& h = handles->handles();
+  const CudaHandles& h = (*handles)->handles();
 
   LayerSpec spec;
   spec.node = &node;
@@ -79,6 +84,7 @@ Result<std::vector<backends::TacticTime>> time_tactics(const ir::Node& node, con
     outs.push_back(DeviceTensor{mem.back()->p, d.dtype, d.shape});
   }
 
+  KILN_CUDA_TRY(cudaDeviceSynchronize());  // the uploads above ran on the legacy default stream
   cudaEvent_t start, stop;
   KILN_CUDA_TRY(cudaEventCreate(&start));
   KILN_CUDA_TRY(cudaEventCreate(&stop));
