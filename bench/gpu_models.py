@@ -76,6 +76,8 @@ def kiln_bench(kiln, onnx_path, shapes, cuda_graph, out_json, extra=()):
            "--duration", "1", "--json", out_json, *extra]
     if cuda_graph:
         cmd.append("--cuda-graph")
+    else:
+        cmd.append("--profile")  # where the time goes, layer by layer (printed; in the JSON too)
     t0 = time.time()
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
     r = {"cmd": " ".join(cmd), "rc": p.returncode, "wall_s": round(time.time() - t0, 1),
@@ -85,6 +87,9 @@ def kiln_bench(kiln, onnx_path, shapes, cuda_graph, out_json, extra=()):
         r["median_ms"] = j["gpu_compute_ms"]["median"] if "gpu_compute_ms" in j else j["latency_ms"]["median"]
         r["latency_median_ms"] = j["latency_ms"]["median"]
         r["activation_bytes"] = j.get("activation_bytes")
+        prof = p.stdout[p.stdout.find("profile ("):] if "profile (" in p.stdout else ""
+        if prof:
+            r["profile_top"] = prof.splitlines()[:12]
     return r
 
 

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <random>
+#include <set>
 #include <thread>
 
 #include "backends/cuda/cuda_backend.h"
@@ -142,6 +143,16 @@ TEST(CudaEngine, MatchesTheCpuWithExplicitFallback) {
     EXPECT_EQ(got->at("count").to_int64_vector(), want->at("count").to_int64_vector());
     EXPECT_GT(ctx->activation_bytes(), 0u);
   }
+  // A profiled run times every step, GPU layers, CPU layers and the copies between them.
+  auto ctx = (*gpu)->create_execution_context();
+  ctx->set_profiling(true);
+  ASSERT_TRUE(ctx->execute({{"x", random_input({2, 3, 8, 8}, 4)}}).ok());
+  std::set<std::string> where;
+  for (const auto& t : ctx->last_layer_times()) {
+    where.insert(t.where);
+    EXPECT_GE(t.ms, 0.0) << t.layer;
+  }
+  EXPECT_EQ(where, (std::set<std::string>{"cuda", "cpu", "download"}));
 }
 
 TEST(CudaEngine, StrictGpuRefusesFallback) {

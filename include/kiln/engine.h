@@ -80,6 +80,14 @@ class ExecutionContext {
   // GPU engines: runs the computation again on the inputs of the last run, without copying inputs or
   // outputs (what `kiln bench --no-data-transfers` times). Fails if nothing ran yet.
   Status execute_compute_only();
+  // GPU engines: time every step of the next runs (CUDA events around each layer; no CUDA graph), and
+  // the times of the last run, in execution order (empty on the CPU or without profiling).
+  struct LayerTime {
+    std::string layer, op_type, where;  // where: "cuda", "cpu", "upload" or "download"
+    double ms = 0;
+  };
+  void set_profiling(bool on);
+  std::vector<LayerTime> last_layer_times() const;
   // GPU engines: the bytes of this context's activation arena (after the first run), else 0.
   size_t activation_bytes() const;
 
@@ -96,6 +104,7 @@ class ExecutionContext {
   struct DeviceState;  // the GPU program of a CUDA engine (api/engine.cc)
   std::unique_ptr<DeviceState> device_;
   bool cuda_graph_ = false;
+  bool profiling_ = false;
 };
 
 }  // namespace kiln

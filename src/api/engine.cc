@@ -282,6 +282,7 @@ Result<std::vector<Value>> ExecutionContext::execute_values(const std::map<std::
                                                                 engine_->state_->weights, shapes, options, &quiet));
     d.cuda_graph = cuda_graph_;
   }
+  d.program->set_profiling(profiling_);
   d.last_inputs = inputs;
   return d.program->run(inputs);
 #else
@@ -290,6 +291,22 @@ Result<std::vector<Value>> ExecutionContext::execute_values(const std::map<std::
 }
 
 void ExecutionContext::set_cuda_graph(bool on) { cuda_graph_ = on; }
+
+void ExecutionContext::set_profiling(bool on) {
+  profiling_ = on;
+#ifdef KILN_HAVE_CUDA
+  if (device_->program) device_->program->set_profiling(on);
+#endif
+}
+
+std::vector<ExecutionContext::LayerTime> ExecutionContext::last_layer_times() const {
+  std::vector<LayerTime> out;
+#ifdef KILN_HAVE_CUDA
+  if (device_->program)
+    for (const auto& t : device_->program->last_profile()) out.push_back(LayerTime{t.layer, t.op_type, t.where, t.ms});
+#endif
+  return out;
+}
 
 ExecutionContext::RunTimes ExecutionContext::last_run_times() const {
   RunTimes t;

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <fstream>
 #include <iomanip>
+#include <map>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -29,7 +30,7 @@ struct BenchOptions {
   int iterations = 10;
   double duration_s = 3.0;
   double warmup_ms = 200;
-  bool cuda_graph = false, no_data_transfers = false;
+  bool cuda_graph = false, no_data_transfers = false, profile = false;
   int streams = 1;
 };
 
@@ -184,6 +185,33 @@ int run_bench(const BenchOptions& o) {
   if (gpu)
     std::cout << line("H2D", j["h2d_ms"]) << "\n" << line("GPU compute", j["gpu_compute_ms"]) << "\n"
               << line("D2H", j["d2h_ms"]) << "\n";
+  if (o.profile && gpu) {
+    // One more run, each layer timed: the layers and op types that take the time.
+    contexts[0]->set_profiling(true);
+    auto r = contexts[0]->execute(*feeds);
+    if (!r.ok()) return report(r.status());
+    const auto times = contexts[0]->last_layer_times();
+    contexts[0]->set_profiling(false);
+    std::map<std::string, std::pair<double, int>> by_op;
+    double total = 0;
+    json layers = json::array();
+    for (const auto& t : times) {
+      auto& e = by_op[t.where == "cuda" || t.where == "cpu" ? t.op_type + " (" + t.where + ")" : t.where];
+      e.first += t.ms;
+      e.second += 1;
+      total += t.ms;
+      layers.push_back({{"layer", t.layer}, {"op_type", t.op_type}, {"where", t.where}, {"ms", t.ms}});
+    }
+    std::vector<std::pair<double, std::string>> ranked;
+    for (const auto& [op, e] : by_op) ranked.push_back({e.first, op});
+    std::sort(ranked.rbegin(), ranked.rend());
+    std::cout << "profile (one run, each layer timed; " << std::setprecision(4) << total << " ms in all):\n";
+    for (const auto& [ms, op] : ranked)
+      std::cout << "  " << std::setw(28) << std::left << op << std::right << std::setw(4) << by_op[op].second
+                << " layers " << std::setw(9) << ms << " ms " << std::setw(5) << std::setprecision(3)
+                << 100.0 * ms / std::max(total, 1e-9) << "%\n" << std::setprecision(4);
+    j["profile"] = layers;
+  }
   if (!o.json_file.empty()) {
     std::ofstream out(o.json_file);
     out << j.dump(2) << "\n";
@@ -204,6 +232,7 @@ void add_bench_command(CLI::App& app, Action* run) {
   cmd->add_option("--warmup", o->warmup_ms, "Warm up for this many milliseconds first")->capture_default_str();
   cmd->add_flag("--cuda-graph", o->cuda_graph, "Capture the GPU work into a CUDA graph and replay it");
   cmd->add_flag("--no-data-transfers", o->no_data_transfers, "Time the computation only, inputs already on the GPU");
+  cmd->add_flag("--profile", o->profile, "After the timed runs, time each layer of one run (GPU engines)");
   cmd->add_option("--streams", o->streams, "Contexts running at once, each on its own stream and thread")->capture_default_str();
   cmd->add_option("--json", o->json_file, "Also write the results as JSON to this file");
   cmd->callback([o, run] { *run = [o] { return run_bench(*o); }; });

@@ -115,8 +115,12 @@ struct CudaProgram::Impl {
   bool graph_capturable = false;
   int gpu_steps = 0, cpu_steps = 0;
   double enqueue_ms = 0;
+  bool profiling = false;
+  std::vector<cudaEvent_t> step_events;  // two per step while profiling
+  std::vector<double> cpu_step_ms;       // host time per step (CPU steps) while profiling
 
   ~Impl() {
+    for (cudaEvent_t e : step_events) cudaEventDestroy(e);
     if (graph_exec) cudaGraphExecDestroy(graph_exec);
     for (cudaEvent_t e : events)
       if (e) cudaEventDestroy(e);
@@ -159,6 +163,7 @@ struct CudaProgram::Impl {
   Status plan_steps(const std::map<std::string, NodePlacement>& placement);
   Status plan_memory();
   Status run_steps();
+  Status run_step(Step& st, const CudaHandles& h, runtime::Scope& scope);
 };
 
 Status CudaProgram::Impl::specialize(const ir::Model& engine_model) {
@@ -392,7 +397,21 @@ Status CudaProgram::Impl::plan_memory() {
 Status CudaProgram::Impl::run_steps() {
   const CudaHandles& h = handles->handles();
   runtime::Scope scope{&host, nullptr};
-  for (Step& st : steps) {
+  for (size_t i = 0; i < steps.size(); ++i) {
+    Step& st = steps[i];
+    const auto host_start = std::chrono::steady_clock::now();
+    if (profiling) KILN_CUDA_TRY(cudaEventRecord(step_events[2 * i], h.stream));
+    KILN_RETURN_IF_ERROR(run_step(st, h, scope));
+    if (profiling) {
+      KILN_CUDA_TRY(cudaEventRecord(step_events[2 * i + 1], h.stream));
+      cpu_step_ms[i] = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - host_start).count();
+    }
+  }
+  return OkStatus();
+}
+
+Status CudaProgram::Impl::run_step(Step& st, const CudaHandles& h, runtime::Scope& scope) {
+  {
     switch (st.kind) {
       case StepKind::kGpu: {
         Status s = st.layer->run(st.ins, st.outs, workspace, h);
@@ -523,7 +542,7 @@ Status CudaProgram::launch() {
   Impl& m = *impl_;
   const auto t0 = std::chrono::steady_clock::now();
   KILN_CUDA_TRY(cudaEventRecord(m.events[2], m.stream()));
-  if (m.options.cuda_graph && m.graph_capturable) {
+  if (m.options.cuda_graph && m.graph_capturable && !m.profiling) {
     if (m.graph_exec == nullptr) {
       cudaGraph_t graph = nullptr;
       KILN_CUDA_TRY(cudaStreamBeginCapture(m.stream(), cudaStreamCaptureModeThreadLocal));
@@ -603,6 +622,49 @@ size_t CudaProgram::activation_bytes() const { return impl_->arena_bytes; }
 size_t CudaProgram::workspace_bytes() const { return impl_->workspace_bytes; }
 int CudaProgram::gpu_steps() const { return impl_->gpu_steps; }
 int CudaProgram::cpu_steps() const { return impl_->cpu_steps; }
+void CudaProgram::set_profiling(bool on) {
+  Impl& m = *impl_;
+  m.profiling = on;
+  if (on && m.step_events.empty()) {
+    m.step_events.resize(2 * m.steps.size());
+    for (cudaEvent_t& e : m.step_events) cudaEventCreate(&e);
+    m.cpu_step_ms.assign(m.steps.size(), 0.0);
+  }
+}
+
+std::vector<StepTime> CudaProgram::last_profile() const {
+  const Impl& m = *impl_;
+  std::vector<StepTime> out;
+  if (!m.profiling) return out;
+  cudaEventSynchronize(m.step_events.back());
+  for (size_t i = 0; i < m.steps.size(); ++i) {
+    const Impl::Step& st = m.steps[i];
+    StepTime t;
+    if (st.node != nullptr) {
+      t.layer = st.node->name;
+      t.op_type = st.node->op_type;
+    } else {
+      t.layer = m.slots[st.slot].name;
+    }
+    switch (st.kind) {
+      case Impl::StepKind::kGpu: case Impl::StepKind::kView: t.where = "cuda"; break;
+      case Impl::StepKind::kCpu: t.where = "cpu"; break;
+      case Impl::StepKind::kUpload: t.where = "upload"; break;
+      case Impl::StepKind::kDownload: t.where = "download"; break;
+    }
+    if (st.kind == Impl::StepKind::kCpu) {
+      t.ms = m.cpu_step_ms[i];
+    } else {
+      float ms = 0;
+      cudaEventElapsedTime(&ms, m.step_events[2 * i], m.step_events[2 * i + 1]);
+      t.ms = ms;
+    }
+    out.push_back(std::move(t));
+  }
+  cudaGetLastError();
+  return out;
+}
+
 bool CudaProgram::uses_cuda_graph() const { return impl_->options.cuda_graph && impl_->graph_capturable; }
 
 }  // namespace kiln::cuda

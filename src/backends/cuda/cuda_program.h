@@ -52,6 +52,14 @@ struct RunTimes {
   double enqueue_ms = 0;  // host time from the start of upload() to the return of download()
 };
 
+// One step's time in a profiled run.
+struct StepTime {
+  std::string layer;    // node name
+  std::string op_type;
+  std::string where;    // "cuda", "cpu", "upload", "download"
+  double ms = 0;        // GPU time (CUDA events) for GPU steps and copies, host time for CPU steps
+};
+
 class CudaProgram {
  public:
   static Result<std::unique_ptr<CudaProgram>> create(const ir::Model& model,
@@ -77,6 +85,10 @@ class CudaProgram {
   int gpu_steps() const;
   int cpu_steps() const;
   bool uses_cuda_graph() const;
+  // With profiling on, runs time every step (CUDA events around each GPU step; no CUDA graph) and
+  // last_profile() returns the times of the last run, in step order.
+  void set_profiling(bool on);
+  std::vector<StepTime> last_profile() const;
 
  private:
   CudaProgram();
