@@ -16,13 +16,6 @@
 #include <vector>
 
 #include "backends/cuda/layer.h"
-
-// cuda_layer_harness.h (as of 4d06d91) names CudaHandles and HandleSet without their namespace.
-namespace kiln::testing {
-using cuda::CudaHandles;
-using cuda::HandleSet;
-}  // namespace kiln::testing
-
 #include "cuda_layer_harness.h"
 
 namespace kiln::testing {
@@ -30,36 +23,7 @@ namespace {
 
 using Attrs = std::map<std::string, ir::Attribute>;
 
-const DType kAllTypes[] = {DType::kFloat32, DType::kFloat16, DType::kBFloat16, DType::kInt64,
-                           DType::kInt32,   DType::kInt8,    DType::kBool,     DType::kFloat64};
-
-bool via_precision(DType t) { return t == DType::kFloat32 || t == DType::kFloat16 || t == DType::kBFloat16; }
-
-Tensor data_of(DType t, const Shape& shape) {
-  if (via_precision(t)) return random_float(shape, 0.1f, 4.0f);
-  if (t == DType::kBool) {
-    Tensor b(DType::kBool, shape);
-    std::bernoulli_distribution coin(0.5);
-    for (int64_t i = 0; i < b.numel(); ++i) b.data<bool>()[i] = coin(cuda_test_rng());
-    return b;
-  }
-  Tensor i = random_int(DType::kInt64, shape, t == DType::kInt8 ? -120 : -100000, t == DType::kInt8 ? 120 : 100000);
-  auto c = cast_tensor(i, t);
-  EXPECT_TRUE(c.ok());
-  return c.ok() ? *c : i;
-}
-
-LayerCase make_case(const std::string& op, std::vector<Value> inputs, Attrs attrs, DType t, int opset = 21) {
-  LayerCase c;
-  c.op = op;
-  c.inputs = std::move(inputs);
-  c.attrs = std::move(attrs);
-  c.opset = opset;
-  if (via_precision(t)) c.precision = t;
-  return c;
-}
-
-std::string what(DType t, const Shape& s) { return dtype_name(t) + shape_to_string(s); }
+// kAllTypes, via_precision, data_of, make_case and what: cuda_layer_harness.h.
 
 // ---------------------------------------------------------------------------------------------------------
 // Concat
@@ -260,32 +224,7 @@ TEST(CudaIndexOps, RangeFloatAndIntTypes) {
 // ---------------------------------------------------------------------------------------------------------
 // check(): what the layers refuse, and what they accept with unknown dims. No GPU.
 
-cuda::TensorDesc desc(DType t, Shape shape, const Tensor* constant = nullptr, bool has_rank = true) {
-  cuda::TensorDesc d;
-  d.dtype = t;
-  d.has_rank = has_rank;
-  d.shape = std::move(shape);
-  d.constant = constant;
-  return d;
-}
-
-std::string check_of(const std::string& op, std::vector<cuda::TensorDesc> ins, std::vector<cuda::TensorDesc> outs,
-                     Attrs attrs = {}, int opset = 21) {
-  const cuda::LayerKind* kind = cuda::layer_table().find(op);
-  if (kind == nullptr) return "<no CUDA layer for " + op + ">";
-  ir::Node node;
-  node.name = "n";
-  node.op_type = op;
-  node.attributes = std::move(attrs);
-  for (const auto& d : ins) node.inputs.push_back(d.present() ? "x" : "");
-  for (const auto& d : outs) node.outputs.push_back(d.present() ? "y" : "");
-  cuda::LayerSpec spec;
-  spec.node = &node;
-  spec.opset = opset;
-  spec.inputs = std::move(ins);
-  spec.outputs = std::move(outs);
-  return kind->check(spec);
-}
+// desc and check_of: cuda_layer_harness.h.
 
 void expect_refused(const std::string& why, const std::string& part) {
   EXPECT_NE(why.find(part), std::string::npos) << "wanted \"" << part << "\" in \"" << why << "\"";

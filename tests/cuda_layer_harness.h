@@ -8,8 +8,11 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <map>
+#include <memory>
 #include <random>
 #include <set>
 #include <string>
@@ -284,6 +287,104 @@ inline void expect_layer_matches_reference(const LayerCase& c) {
       detail::compare((*got)[i], want[i], rtol, atol,
                       c.op + " tactic " + tactic + " output " + std::to_string(i) + " (" + dtype_name(c.precision) + ")");
   }
+}
+
+// Times op's layer ("default" tactic) for spec on h.stream, as the bandwidth tests do: 25 runs, the median of
+// the last 20 in ms (in *median_ms). A failed step fails the test: call it in ASSERT_NO_FATAL_FAILURE.
+inline void time_layer_ms(const std::string& op, const cuda::LayerSpec& spec,
+                          const std::vector<cuda::DeviceTensor>& ins, const std::vector<cuda::DeviceTensor>& outs,
+                          const cuda::CudaHandles& h, double* median_ms) {
+  const cuda::LayerKind* kind = cuda::layer_table().find(op);
+  ASSERT_NE(kind, nullptr);
+  ASSERT_EQ(kind->check(spec), "");
+  auto layer = kind->create(spec, "default", h);
+  ASSERT_TRUE(layer.ok()) << layer.status().to_string();
+  std::unique_ptr<detail::DeviceMem> ws;
+  if ((*layer)->workspace_bytes() > 0) ws = std::make_unique<detail::DeviceMem>((*layer)->workspace_bytes());
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0);
+  cudaEventCreate(&e1);
+  std::vector<float> ms;
+  for (int it = 0; it < 25; ++it) {
+    cudaEventRecord(e0, h.stream);
+    ASSERT_TRUE((*layer)->run(ins, outs, ws ? ws->p : nullptr, h).ok());
+    cudaEventRecord(e1, h.stream);
+    ASSERT_EQ(cudaEventSynchronize(e1), cudaSuccess);
+    float t = 0;
+    cudaEventElapsedTime(&t, e0, e1);
+    if (it >= 5) ms.push_back(t);
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  std::sort(ms.begin(), ms.end());
+  *median_ms = ms[ms.size() / 2];
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// What the data-movement tests (cuda_index_ops_test.cc, cuda_shape_ops_test.cc) share
+
+// The dtypes the data-movement tests run: the float ones through the harness's precision.
+inline constexpr DType kAllTypes[] = {DType::kFloat32, DType::kFloat16, DType::kBFloat16, DType::kInt64,
+                                      DType::kInt32,   DType::kInt8,    DType::kBool,     DType::kFloat64};
+
+inline bool via_precision(DType t) { return t == DType::kFloat32 || t == DType::kFloat16 || t == DType::kBFloat16; }
+
+// Random data of dtype t (float32 for the float types that go through the precision).
+inline Tensor data_of(DType t, const Shape& shape) {
+  if (via_precision(t)) return random_float(shape, 0.1f, 4.0f);
+  if (t == DType::kBool) {
+    Tensor b(DType::kBool, shape);
+    std::bernoulli_distribution coin(0.5);
+    for (int64_t i = 0; i < b.numel(); ++i) b.data<bool>()[i] = coin(cuda_test_rng());
+    return b;
+  }
+  Tensor i = random_int(DType::kInt64, shape, t == DType::kInt8 ? -120 : -100000, t == DType::kInt8 ? 120 : 100000);
+  auto c = cast_tensor(i, t);
+  EXPECT_TRUE(c.ok());
+  return c.ok() ? *c : i;
+}
+
+inline LayerCase make_case(const std::string& op, std::vector<Value> inputs, std::map<std::string, ir::Attribute> attrs,
+                           DType t, int opset = 21) {
+  LayerCase c;
+  c.op = op;
+  c.inputs = std::move(inputs);
+  c.attrs = std::move(attrs);
+  c.opset = opset;
+  if (via_precision(t)) c.precision = t;
+  return c;
+}
+
+inline std::string what(DType t, const Shape& s) { return dtype_name(t) + shape_to_string(s); }
+
+// A tensor as check() sees it.
+inline cuda::TensorDesc desc(DType t, Shape shape, const Tensor* constant = nullptr, bool has_rank = true) {
+  cuda::TensorDesc d;
+  d.dtype = t;
+  d.has_rank = has_rank;
+  d.shape = std::move(shape);
+  d.constant = constant;
+  return d;
+}
+
+// What check() of op says ("" when it accepts) for a node with these inputs, outputs and attributes.
+inline std::string check_of(const std::string& op, std::vector<cuda::TensorDesc> ins,
+                            std::vector<cuda::TensorDesc> outs, std::map<std::string, ir::Attribute> attrs = {},
+                            int opset = 21) {
+  const cuda::LayerKind* kind = cuda::layer_table().find(op);
+  if (kind == nullptr) return "<no CUDA layer for " + op + ">";
+  ir::Node node;
+  node.name = "n";
+  node.op_type = op;
+  node.attributes = std::move(attrs);
+  for (const auto& d : ins) node.inputs.push_back(d.present() ? "x" : "");
+  for (const auto& d : outs) node.outputs.push_back(d.present() ? "y" : "");
+  cuda::LayerSpec spec;
+  spec.node = &node;
+  spec.opset = opset;
+  spec.inputs = std::move(ins);
+  spec.outputs = std::move(outs);
+  return kind->check(spec);
 }
 
 }  // namespace kiln::testing

@@ -15,13 +15,6 @@
 
 #include "backends/cuda/layer.h"
 #include "backends/cuda/matmul.h"
-
-// cuda_layer_harness.h (as of 4d06d91) names CudaHandles and HandleSet without their namespace.
-namespace kiln::testing {
-using cuda::CudaHandles;
-using cuda::HandleSet;
-}  // namespace kiln::testing
-
 #include "cuda_layer_harness.h"
 
 namespace kiln::testing {

@@ -407,30 +407,8 @@ TEST(CudaNormalization, BandwidthReport) {
     spec.outputs.push_back(spec.inputs[0]);
     mem.push_back(std::make_unique<detail::DeviceMem>(ins[0].nbytes()));
     outs.push_back(cuda::DeviceTensor{mem.back()->p, c.dtype, c.x});
-    const cuda::LayerKind* kind = cuda::layer_table().find(op);
-    ASSERT_NE(kind, nullptr);
-    ASSERT_EQ(kind->check(spec), "");
-    auto layer = kind->create(spec, "default", h);
-    ASSERT_TRUE(layer.ok()) << layer.status().to_string();
-    std::unique_ptr<detail::DeviceMem> ws;
-    if ((*layer)->workspace_bytes() > 0) ws = std::make_unique<detail::DeviceMem>((*layer)->workspace_bytes());
-    cudaEvent_t e0, e1;
-    cudaEventCreate(&e0);
-    cudaEventCreate(&e1);
-    std::vector<float> ms;
-    for (int it = 0; it < 25; ++it) {
-      cudaEventRecord(e0, h.stream);
-      ASSERT_TRUE((*layer)->run(ins, outs, ws ? ws->p : nullptr, h).ok());
-      cudaEventRecord(e1, h.stream);
-      ASSERT_EQ(cudaEventSynchronize(e1), cudaSuccess);
-      float t = 0;
-      cudaEventElapsedTime(&t, e0, e1);
-      if (it >= 5) ms.push_back(t);
-    }
-    cudaEventDestroy(e0);
-    cudaEventDestroy(e1);
-    std::sort(ms.begin(), ms.end());
-    const double med = ms[ms.size() / 2];
+    double med = 0;
+    ASSERT_NO_FATAL_FAILURE(time_layer_ms(op, spec, ins, outs, h, &med));
     const double bytes = 2.0 * static_cast<double>(ins[0].nbytes());
     std::printf("bandwidth %-38s %8.3f ms  %7.1f GB/s\n", c.name, med, bytes / (med * 1e-3) / 1e9);
   }

@@ -222,30 +222,8 @@ TEST(CudaSoftmax, BandwidthReport) {
     detail::DeviceMem dx(host.nbytes()), dy(host.nbytes());
     ASSERT_EQ(cudaMemcpy(dx.p, host.raw_data(), host.nbytes(), cudaMemcpyHostToDevice), cudaSuccess);
     const std::vector<cuda::DeviceTensor> ins = {{dx.p, c.dtype, c.x}}, outs = {{dy.p, c.dtype, c.x}};
-    const cuda::LayerKind* kind = cuda::layer_table().find("Softmax");
-    ASSERT_NE(kind, nullptr);
-    ASSERT_EQ(kind->check(spec), "");
-    auto layer = kind->create(spec, "default", h);
-    ASSERT_TRUE(layer.ok()) << layer.status().to_string();
-    std::unique_ptr<detail::DeviceMem> ws;
-    if ((*layer)->workspace_bytes() > 0) ws = std::make_unique<detail::DeviceMem>((*layer)->workspace_bytes());
-    cudaEvent_t e0, e1;
-    cudaEventCreate(&e0);
-    cudaEventCreate(&e1);
-    std::vector<float> ms;
-    for (int it = 0; it < 25; ++it) {
-      cudaEventRecord(e0, h.stream);
-      ASSERT_TRUE((*layer)->run(ins, outs, ws ? ws->p : nullptr, h).ok());
-      cudaEventRecord(e1, h.stream);
-      ASSERT_EQ(cudaEventSynchronize(e1), cudaSuccess);
-      float t = 0;
-      cudaEventElapsedTime(&t, e0, e1);
-      if (it >= 5) ms.push_back(t);
-    }
-    cudaEventDestroy(e0);
-    cudaEventDestroy(e1);
-    std::sort(ms.begin(), ms.end());
-    const double med = ms[ms.size() / 2];
+    double med = 0;
+    ASSERT_NO_FATAL_FAILURE(time_layer_ms("Softmax", spec, ins, outs, h, &med));
     std::printf("bandwidth %-38s %8.3f ms  %7.1f GB/s\n", c.name, med, 2.0 * host.nbytes() / (med * 1e-3) / 1e9);
   }
 }

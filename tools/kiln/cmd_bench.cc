@@ -92,6 +92,7 @@ int run_bench(const BenchOptions& o) {
   if (!feeds.ok()) return report(feeds.status());
   const bool gpu = (*engine)->plan().target_backend == "cuda";
   if (o.no_data_transfers && !gpu) std::cerr << "note: --no-data-transfers has no effect on a CPU engine\n";
+  if (o.profile && !gpu) std::cerr << "note: --profile times the layers of GPU engines only\n";
 
   // One context per stream, each on its own thread; every context runs once before the clock starts.
   std::vector<std::unique_ptr<ExecutionContext>> contexts;

@@ -9,75 +9,22 @@
 #include <string>
 #include <type_traits>
 
+#include "backends/cuda/device_common.cuh"
 #include "backends/cuda/kernels.h"
 
 namespace kiln::cuda {
 namespace {
 
-constexpr int kThreads = 256;
 constexpr int kMaxRank = 8;
 
-template <class T>
-struct Tag {
-  using type = T;
-};
-
-template <class T>
-__device__ __forceinline__ float to_f(T v) {
-  if constexpr (std::is_same_v<T, __half>) return __half2float(v);
-  else if constexpr (std::is_same_v<T, __nv_bfloat16>) return __bfloat162float(v);
-  else return static_cast<float>(v);
-}
-template <class T>
-__device__ __forceinline__ T from_f(float v) {
-  if constexpr (std::is_same_v<T, __half>) return __float2half_rn(v);
-  else if constexpr (std::is_same_v<T, __nv_bfloat16>) return __float2bfloat16_rn(v);
-  else return static_cast<T>(v);
-}
-
-// 16 bytes of T, loaded and stored as one vector access.
-template <class T>
-struct alignas(16) Pack {
-  static constexpr int kN = 16 / sizeof(T);
-  T v[kN];
-};
-
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
-
-int sm_count() {
-  static int count = [] {
-    int dev = 0, n = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
-      n = 132;
-    return n > 0 ? n : 132;
-  }();
-  return count;
-}
-
-// Blocks for a grid-stride loop over `items`: enough to fill every SM several times, no more.
-unsigned grid_for(int64_t items) {
-  int64_t blocks = (items + kThreads - 1) / kThreads;
-  const int64_t cap = static_cast<int64_t>(sm_count()) * 16;
-  if (blocks > cap) blocks = cap;
-  return static_cast<unsigned>(blocks < 1 ? 1 : blocks);
-}
-
-Status launch_status(const char* kernel) {
+// Not the shared launch_status (layer.cc, "launch of X failed: ..."): the elementwise kernels' errors have
+// always read "CUDA kernel X: ...", and are kept so.
+Status kernel_status(const char* kernel) {
   cudaError_t e = cudaGetLastError();
   if (e == cudaSuccess) return OkStatus();
   return Internal(std::string("CUDA kernel ") + kernel + ": " + cudaGetErrorName(e) + ": " + cudaGetErrorString(e));
 }
 
-// Calls f(Tag<T>{}) with the device type of a float dtype.
-template <class F>
-bool dispatch_float(DType dtype, F&& f) {
-  switch (dtype) {
-    case DType::kFloat32: f(Tag<float>{}); return true;
-    case DType::kFloat16: f(Tag<__half>{}); return true;
-    case DType::kBFloat16: f(Tag<__nv_bfloat16>{}); return true;
-    default: return false;
-  }
-}
 template <class F>
 bool dispatch_cast_type(DType dtype, F&& f) {
   switch (dtype) {
@@ -424,7 +371,7 @@ Status launch_unary(UnaryOp op, DType dtype, const void* x, void* y, int64_t n, 
     launch_unary_dispatch<T>(op, x, y, n, params, stream);
   });
   if (!ok) return Unsupported(std::string("CUDA ") + unary_op_name(op) + ": dtype " + dtype_name(dtype));
-  return launch_status(unary_op_name(op));
+  return kernel_status(unary_op_name(op));
 }
 
 bool binary_op_from_name(const char* op_type, BinaryOp* op) {
@@ -467,7 +414,7 @@ Status launch_binary(BinaryOp op, DType dtype, const void* a, const Shape& a_sha
     }
   });
   if (!ok) return Unsupported(std::string("CUDA ") + binary_op_name(op) + ": dtype " + dtype_name(dtype));
-  return launch_status(binary_op_name(op));
+  return kernel_status(binary_op_name(op));
 }
 
 Status launch_where(DType dtype, const void* cond, const Shape& cond_shape, const void* x, const Shape& x_shape,
@@ -488,7 +435,7 @@ Status launch_where(DType dtype, const void* cond, const Shape& cond_shape, cons
                                                            static_cast<const T*>(y), static_cast<T*>(out), n, bc);
   });
   if (!ok) return Unsupported("CUDA Where: dtype " + dtype_name(dtype));
-  return launch_status("Where");
+  return kernel_status("Where");
 }
 
 bool cast_supports(DType from, DType to) {
@@ -510,7 +457,7 @@ Status launch_cast(DType from, const void* x, DType to, void* y, int64_t n, cuda
       cast_kernel<F, T><<<grid_for(n), kThreads, 0, stream>>>(static_cast<const F*>(x), static_cast<T*>(y), n);
     });
   });
-  return launch_status("Cast");
+  return kernel_status("Cast");
 }
 
 }  // namespace kiln::cuda

@@ -7,25 +7,11 @@
 #include <string>
 #include <type_traits>
 
+#include "backends/cuda/device_common.cuh"
 #include "backends/cuda/matmul_helpers.h"
 
 namespace kiln::cuda {
 namespace {
-
-constexpr int kThreads = 256;
-
-template <class T>
-__device__ __forceinline__ float to_f(T v) {
-  if constexpr (std::is_same_v<T, __half>) return __half2float(v);
-  else if constexpr (std::is_same_v<T, __nv_bfloat16>) return __bfloat162float(v);
-  else return static_cast<float>(v);
-}
-template <class T>
-__device__ __forceinline__ T from_f(float v) {
-  if constexpr (std::is_same_v<T, __half>) return __float2half_rn(v);
-  else if constexpr (std::is_same_v<T, __nv_bfloat16>) return __float2bfloat16_rn(v);
-  else return static_cast<T>(v);
-}
 
 template <class T, PrefillAct ACT>
 __global__ void prefill_kernel(const T* __restrict__ c, int64_t c_rs, int64_t c_cs, float c_scale,
@@ -52,18 +38,10 @@ Status launch_typed(const void* c, int64_t c_rs, int64_t c_cs, float c_scale, co
                     void* out, int64_t rows, int64_t cols, cudaStream_t stream) {
   const int64_t n = rows * cols;
   if (n <= 0) return OkStatus();
-  static const int sms = [] {
-    int dev = 0, count = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
-      count = 132;
-    return count > 0 ? count : 132;
-  }();
-  int64_t blocks = (n + kThreads - 1) / kThreads;
-  if (blocks > static_cast<int64_t>(sms) * 16) blocks = static_cast<int64_t>(sms) * 16;
   const T* cp = static_cast<const T*>(c);
   const T* bp = static_cast<const T*>(bias);
   T* op = static_cast<T*>(out);
-  const unsigned grid = static_cast<unsigned>(blocks);
+  const unsigned grid = grid_for(n);
   switch (act) {
     case PrefillAct::kNone:
       prefill_kernel<T, PrefillAct::kNone><<<grid, kThreads, 0, stream>>>(cp, c_rs, c_cs, c_scale, bp, op, rows, cols);
@@ -75,9 +53,7 @@ Status launch_typed(const void* c, int64_t c_rs, int64_t c_cs, float c_scale, co
       prefill_kernel<T, PrefillAct::kGeluTanh><<<grid, kThreads, 0, stream>>>(cp, c_rs, c_cs, c_scale, bp, op, rows, cols);
       break;
   }
-  const cudaError_t e = cudaGetLastError();
-  if (e == cudaSuccess) return OkStatus();
-  return Internal(std::string("launch of matmul_prefill failed: ") + cudaGetErrorName(e) + ": " + cudaGetErrorString(e));
+  return launch_status("matmul_prefill");  // "launch of matmul_prefill failed: ..."
 }
 
 }  // namespace

@@ -24,56 +24,19 @@
 #include <type_traits>
 #include <vector>
 
+#include "backends/cuda/device_common.cuh"
 #include "backends/cuda/layer.h"
+#include "backends/cuda/row_ops.cuh"
 
 namespace kiln::cuda {
 namespace {
 
 constexpr int kMaxParamRank = 8;
-constexpr int64_t kGroupMaxLen = 1024;    // rows up to this long: a group of lanes per row
-constexpr int64_t kBlockMaxLen = 16384;   // up to this long: a block per row (16 elements a thread at most)
-constexpr int64_t kSplitMinLen = 4096;    // rows longer than this are split when there are too few of them
 
-template <class T>
-struct Tag {
-  using type = T;
-};
-
-template <class T>
-__device__ __forceinline__ float to_f(T v) {
-  if constexpr (std::is_same_v<T, __half>) return __half2float(v);
-  else if constexpr (std::is_same_v<T, __nv_bfloat16>) return __bfloat162float(v);
-  else return static_cast<float>(v);
-}
-template <class T>
-__device__ __forceinline__ T from_f(float v) {
-  if constexpr (std::is_same_v<T, __half>) return __float2half_rn(v);
-  else if constexpr (std::is_same_v<T, __nv_bfloat16>) return __float2bfloat16_rn(v);
-  else return static_cast<T>(v);
-}
-
-template <class T, int N>
-struct alignas(sizeof(T) * N) Vec {
-  T v[N];
-};
-
-template <class T, int VEC>
-__device__ __forceinline__ void load_vec(const T* p, float (&out)[VEC]) {
-  const Vec<T, VEC> v = *reinterpret_cast<const Vec<T, VEC>*>(p);
-#pragma unroll
-  for (int j = 0; j < VEC; ++j) out[j] = to_f(v.v[j]);
-}
 template <class T, int VEC>
 __device__ __forceinline__ void unpack(const Vec<T, VEC>& v, float (&out)[VEC]) {
 #pragma unroll
   for (int j = 0; j < VEC; ++j) out[j] = to_f(v.v[j]);
-}
-template <class T, int VEC>
-__device__ __forceinline__ void store_vec(T* p, const float (&in)[VEC]) {
-  Vec<T, VEC> v;
-#pragma unroll
-  for (int j = 0; j < VEC; ++j) v.v[j] = from_f<T>(in[j]);
-  *reinterpret_cast<Vec<T, VEC>*>(p) = v;
 }
 
 // A value of any float type (parameters may differ in type from X: BatchNormalization-15's T1 and T2).
@@ -97,60 +60,6 @@ __device__ __forceinline__ void store_any(void* p, int64_t i, DType t, float v) 
   }
 }
 
-__device__ __forceinline__ float lanes_sum(float v, int width) {
-  for (int o = width >> 1; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
-// The sum over the threads of one row: `width` aligned lanes of a warp, or (width 0) the whole block, whose
-// size is a multiple of 32. Every thread gets the sum; every thread of the block must call it.
-__device__ __forceinline__ float row_sum(float v, int width, float* sh) {
-  if (width > 0) return lanes_sum(v, width);
-  v = lanes_sum(v, 32);
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  __syncthreads();  // sh may still be read by a previous call
-  if (lane == 0) sh[warp] = v;
-  __syncthreads();
-  v = lane < static_cast<int>(blockDim.x >> 5) ? sh[lane] : 0.0f;
-  return lanes_sum(v, 32);
-}
-
-int sm_count() {
-  static int count = [] {
-    int dev = 0, n = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
-      n = 132;
-    return n > 0 ? n : 132;
-  }();
-  return count;
-}
-
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-int pow2_ceil(int64_t v) {
-  int p = 1;
-  while (p < v) p <<= 1;
-  return p;
-}
-// The vectors a thread holds, rounded up to one of the instantiated counts (3 and 6 fit rows of 768).
-int nv_ceil(int64_t v) {
-  for (int n : {1, 2, 3, 4, 6, 8, 16})
-    if (n >= v) return n;
-  return 32;
-}
-size_t align256(size_t n) { return (n + 255) & ~size_t{255}; }
-bool is_kernel_dtype(DType t) { return t == DType::kFloat32 || t == DType::kFloat16 || t == DType::kBFloat16; }
-
-template <class F>
-bool dispatch_float(DType dtype, F&& f) {
-  switch (dtype) {
-    case DType::kFloat32: f(Tag<float>{}); return true;
-    case DType::kFloat16: f(Tag<__half>{}); return true;
-    case DType::kBFloat16: f(Tag<__nv_bfloat16>{}); return true;
-    default: return false;
-  }
-}
 // 16 bytes of T: the vector width of the aligned paths.
 int vec_width(DType t) { return t == DType::kFloat32 ? 4 : 8; }
 
@@ -352,7 +261,7 @@ __global__ void __launch_bounds__(VEC * NV > 16 ? 256 : 1024)
       for (int j = 0; j < VEC; ++j) s += f[j];
     }
   }
-  s = row_sum(s, width, sh);
+  s = row_reduce<SumOp>(s, width, sh);
   const float mean = len > 0 ? s / len : 0.0f;
   float q = 0.0f;
 #pragma unroll
@@ -365,7 +274,7 @@ __global__ void __launch_bounds__(VEC * NV > 16 ? 256 : 1024)
       for (int j = 0; j < VEC; ++j) q += (f[j] - mean) * (f[j] - mean);
     }
   }
-  q = row_sum(q, width, sh);
+  q = row_reduce<SumOp>(q, width, sh);
   const float inv = 1.0f / sqrtf((len > 0 ? q / len : 0.0f) + p.eps);
   if (!valid) return;
   if (t == 0) store_stats(p, row, mean, inv);
@@ -397,7 +306,7 @@ __global__ void row_partial_kernel(const T* __restrict__ x, RowNorm p) {
 #pragma unroll
     for (int j = 0; j < VEC; ++j) s += v[j];
   }
-  s = row_sum(s, 0, sh);
+  s = row_reduce<SumOp>(s, 0, sh);
   const int n = end - begin;
   const float m = n > 0 ? s / n : 0.0f;
   // Deviations from the chunk's own mean: the chunk is still in L1/L2.
@@ -408,7 +317,7 @@ __global__ void row_partial_kernel(const T* __restrict__ x, RowNorm p) {
 #pragma unroll
     for (int j = 0; j < VEC; ++j) q += (v[j] - m) * (v[j] - m);
   }
-  q = row_sum(q, 0, sh);
+  q = row_reduce<SumOp>(q, 0, sh);
   if (threadIdx.x == 0) p.partials[blockIdx.x] = make_float2(m, q);
 }
 
@@ -459,52 +368,6 @@ __global__ void row_norm_split_kernel(const T* __restrict__ x, T* __restrict__ y
   }
 }
 
-enum class RowPath { kGroup, kBlock, kSplit };
-struct RowPlan {
-  RowPath path = RowPath::kGroup;
-  int width = 32;  // kGroup: lanes per row
-  int threads = 256;
-  int nv = 1;  // vectors a thread (kGroup, kBlock)
-  int64_t blocks = 1;
-};
-
-RowPlan plan_rows(int64_t rows, int64_t len, int vec, bool split, int chunks) {
-  RowPlan p;
-  const int64_t nvec = std::max<int64_t>(len / vec, 1);
-  if (len <= kGroupMaxLen) {
-    p.path = RowPath::kGroup;
-    p.width = std::min(32, pow2_ceil(nvec));
-    p.nv = nv_ceil(ceil_div(nvec, p.width));
-    p.threads = 256;
-    p.blocks = ceil_div(rows * p.width, p.threads);
-  } else if (!split) {
-    const int per = std::max(1, 16 / vec);
-    p.path = RowPath::kBlock;
-    p.threads = std::clamp(pow2_ceil(ceil_div(nvec, per)), 128, 1024);
-    p.nv = nv_ceil(ceil_div(nvec, p.threads));
-    p.blocks = rows;
-  } else {
-    p.path = RowPath::kSplit;
-    p.threads = 256;
-    p.blocks = rows * chunks;
-  }
-  return p;
-}
-
-// Whether rows take the split path (see the file comment), and its chunks. Chunk lengths are multiples of
-// 8, so that both vector widths see whole vectors.
-bool plan_chunks(int64_t rows, int64_t len, int* chunks, int* chunk_len) {
-  *chunks = 1;
-  *chunk_len = static_cast<int>(len);
-  if (len <= kGroupMaxLen || (len <= kBlockMaxLen && (len <= kSplitMinLen || rows >= sm_count()))) return false;
-  const int64_t want = std::max(ceil_div(len, 32768), std::min(ceil_div(4 * sm_count(), std::max<int64_t>(rows, 1)),
-                                                               ceil_div(len, 2048)));
-  const int64_t cl = ceil_div(ceil_div(len, want), 8) * 8;
-  *chunk_len = static_cast<int>(cl);
-  *chunks = static_cast<int>(ceil_div(len, cl));
-  return true;
-}
-
 template <class T, int VEC>
 void launch_row_norm_vec(const RowPlan& plan, const T* x, T* y, const RowNorm& p, cudaStream_t s) {
   const unsigned blocks = static_cast<unsigned>(plan.blocks);
@@ -536,7 +399,7 @@ std::string check_float_input(const LayerSpec& spec, size_t i, const char* name,
   if (i >= spec.inputs.size() || !spec.inputs[i].present())
     return required ? op_prefix(spec) + "input " + name + " is required" : "";
   const DType t = spec.inputs[i].dtype;
-  if (kernel_type ? !is_kernel_dtype(t) : !is_param_dtype(t))
+  if (kernel_type ? !is_float_dtype(t) : !is_param_dtype(t))
     return op_prefix(spec) + name + " of type " + dtype_name(t) + " is not supported (" +
            (kernel_type ? "float32, float16 and bfloat16" : "float32, float16, bfloat16 and float64") + " are)";
   return "";

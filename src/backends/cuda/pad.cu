@@ -15,29 +15,14 @@
 #include <string>
 #include <vector>
 
+#include "backends/cuda/device_common.cuh"
 #include "backends/cuda/layer.h"
 #include "core/cast.h"
 
 namespace kiln::cuda {
 namespace {
 
-constexpr int kThreads = 256;
 constexpr int kMaxDims = 8;
-
-template <class T>
-struct Tag {
-  using type = T;
-};
-
-int sm_count() {
-  static int count = [] {
-    int dev = 0, n = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
-      n = 132;
-    return n > 0 ? n : 132;
-  }();
-  return count;
-}
 
 enum class PadMode { kConstant, kReflect, kEdge, kWrap };
 
@@ -121,19 +106,6 @@ __global__ void pad_kernel(const U* __restrict__ x, U* __restrict__ y, I inner, 
   const I step = static_cast<I>(gridDim.y) * blockDim.y;
   for (I p = static_cast<I>(blockIdx.y) * blockDim.y + threadIdx.y; p < planes; p += step)
     y[p * inner + out_i] = outside ? fill : x[p * in_plane + src];
-}
-
-// Threads of a block: x over inner positions (a warp multiple, at most the block), y over planes.
-dim3 block_for(int64_t inner) {
-  const int bx = static_cast<int>(std::min<int64_t>(kThreads, (inner + 31) / 32 * 32));
-  return dim3(static_cast<unsigned>(bx), static_cast<unsigned>(kThreads / bx));
-}
-dim3 grid_for_planes(int64_t inner, int64_t planes, dim3 block) {
-  const int64_t gx = (inner + block.x - 1) / block.x;
-  const int64_t want = static_cast<int64_t>(sm_count()) * 16;
-  int64_t gy = std::max<int64_t>(1, (want + gx - 1) / gx);
-  gy = std::min<int64_t>({gy, (planes + block.y - 1) / block.y, 65535});
-  return dim3(static_cast<unsigned>(gx), static_cast<unsigned>(std::max<int64_t>(gy, 1)));
 }
 
 struct DimPlan {

@@ -22,31 +22,13 @@
 #include <type_traits>
 #include <vector>
 
+#include "backends/cuda/device_common.cuh"
 #include "backends/cuda/layer.h"
 
 namespace kiln::cuda {
 namespace {
 
-constexpr int kThreads = 256;
 constexpr int kMaxSpatial = 3;
-
-template <class T>
-struct Tag {
-  using type = T;
-};
-
-template <class T>
-__device__ __forceinline__ float to_f(T v) {
-  if constexpr (std::is_same_v<T, __half>) return __half2float(v);
-  else if constexpr (std::is_same_v<T, __nv_bfloat16>) return __bfloat162float(v);
-  else return static_cast<float>(v);
-}
-template <class T>
-__device__ __forceinline__ T from_f(float v) {
-  if constexpr (std::is_same_v<T, __half>) return __float2half_rn(v);
-  else if constexpr (std::is_same_v<T, __nv_bfloat16>) return __float2bfloat16_rn(v);
-  else return static_cast<T>(v);
-}
 
 template <class T>
 constexpr bool kIsFloat = std::is_same_v<T, float> || std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>;
@@ -74,37 +56,10 @@ __device__ __forceinline__ T max_store(MaxAcc<T> v) {
   else return v;
 }
 
-int sm_count() {
-  static int count = [] {
-    int dev = 0, n = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
-      n = 132;
-    return n > 0 ? n : 132;
-  }();
-  return count;
-}
-
-unsigned grid_for(int64_t items, int threads = kThreads) {
-  int64_t blocks = (items + threads - 1) / threads;
-  const int64_t cap = static_cast<int64_t>(sm_count()) * 16;
-  if (blocks > cap) blocks = cap;
-  return static_cast<unsigned>(blocks < 1 ? 1 : blocks);
-}
-
-bool float_type(DType t) { return t == DType::kFloat32 || t == DType::kFloat16 || t == DType::kBFloat16; }
 bool max_pool_type(DType t) {
-  return float_type(t) || t == DType::kInt8 || t == DType::kUInt8 || t == DType::kInt32 || t == DType::kInt64;
+  return is_float_dtype(t) || t == DType::kInt8 || t == DType::kUInt8 || t == DType::kInt32 || t == DType::kInt64;
 }
 
-template <class F>
-bool dispatch_float(DType dtype, F&& f) {
-  switch (dtype) {
-    case DType::kFloat32: f(Tag<float>{}); return true;
-    case DType::kFloat16: f(Tag<__half>{}); return true;
-    case DType::kBFloat16: f(Tag<__nv_bfloat16>{}); return true;
-    default: return false;
-  }
-}
 template <class F>
 bool dispatch_max_pool(DType dtype, F&& f) {
   switch (dtype) {
@@ -150,20 +105,6 @@ __device__ __forceinline__ Taps taps_of(int o, int d, const PoolGeom& g) {
     t.counted = min(K, (limit + dil - 1) / dil);
   }
   return t;
-}
-
-// Threads of a block: x over the spatial output positions (a warp multiple, at most the block), y over planes.
-dim3 block_for(int64_t positions) {
-  int bx = static_cast<int>(std::min<int64_t>(kThreads, (positions + 31) / 32 * 32));
-  return dim3(static_cast<unsigned>(bx), static_cast<unsigned>(kThreads / bx));
-}
-// Blocks along y (planes): enough for the whole GPU several times over, each thread looping over the rest.
-dim3 grid_for_planes(int64_t positions, int64_t planes, dim3 block) {
-  const int64_t gx = (positions + block.x - 1) / block.x;
-  const int64_t want = static_cast<int64_t>(sm_count()) * 16;
-  int64_t gy = std::max<int64_t>(1, (want + gx - 1) / gx);
-  gy = std::min<int64_t>({gy, (planes + block.y - 1) / block.y, 65535});
-  return dim3(static_cast<unsigned>(gx), static_cast<unsigned>(std::max<int64_t>(gy, 1)));
 }
 
 constexpr int kPlanesAtOnce = 4;
@@ -379,7 +320,7 @@ std::string check_window_pool(const LayerSpec& spec) {
   const bool is_max = op == "MaxPool";
   if (spec.inputs.empty() || !spec.inputs[0].present()) return "CUDA " + op + " needs input X";
   const DType dt = spec.inputs[0].dtype;
-  if (is_max ? !max_pool_type(dt) : !float_type(dt))
+  if (is_max ? !max_pool_type(dt) : !is_float_dtype(dt))
     return "CUDA " + op + " supports float32, float16, bfloat16" + (is_max ? ", int8, uint8, int32 and int64" : "") +
            ", got " + dtype_name(dt);
   if (!spec.has_attr("kernel_shape")) return "CUDA " + op + " needs attribute kernel_shape";
@@ -467,12 +408,6 @@ __global__ void global_pool_warp_kernel(const T* __restrict__ x, T* __restrict__
   }
 }
 
-template <class T>
-struct alignas(16) Pack {
-  static constexpr int kN = 16 / sizeof(T);
-  T v[kN];
-};
-
 // One block per plane; 16-byte loads when every plane starts 16-byte aligned.
 template <class T, bool MAX>
 __global__ void global_pool_block_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t planes, int64_t size,
@@ -552,7 +487,7 @@ std::string check_global_pool(const LayerSpec& spec) {
   const std::string& op = spec.node->op_type;
   if (spec.inputs.empty() || !spec.inputs[0].present()) return "CUDA " + op + " needs input X";
   const DType dt = spec.inputs[0].dtype;
-  if (!float_type(dt)) return "CUDA " + op + " supports float32, float16 and bfloat16, got " + dtype_name(dt);
+  if (!is_float_dtype(dt)) return "CUDA " + op + " supports float32, float16 and bfloat16, got " + dtype_name(dt);
   if (spec.inputs[0].has_rank && spec.inputs[0].shape.size() < 2)
     return "CUDA " + op + " needs an input of rank >= 2 ([N, C, ...]), got rank " +
            std::to_string(spec.inputs[0].shape.size());

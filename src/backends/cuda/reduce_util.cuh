@@ -1,5 +1,6 @@
-// What the reduction layers (reduce.cu) and the sort and scan layers (sort_scan.cu) share: element
-// conversions, the reference's comparison order, launch helpers, and the checks' small pieces.
+// What the reduction layers (reduce.cu) and the sort and scan layers (sort_scan.cu) share beyond
+// device_common.cuh (element conversions, vector packs, grid sizing): the reference's comparison order, warp
+// shuffles, their grid cap, and the checks' small pieces.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -9,6 +10,7 @@
 #include <string>
 #include <type_traits>
 
+#include "backends/cuda/device_common.cuh"
 #include "backends/cuda/layer.h"
 
 namespace kiln::cuda {
@@ -16,26 +18,6 @@ namespace kiln::cuda {
 void register_sort_scan_layers(LayerTable& table);  // sort_scan.cu: CumSum, TopK
 
 namespace {
-
-constexpr int kThreads = 256;
-
-template <class T>
-struct Tag {
-  using type = T;
-};
-
-template <class T>
-__device__ __forceinline__ float to_f(T v) {
-  if constexpr (std::is_same_v<T, __half>) return __half2float(v);
-  else if constexpr (std::is_same_v<T, __nv_bfloat16>) return __bfloat162float(v);
-  else return static_cast<float>(v);
-}
-template <class T>
-__device__ __forceinline__ T from_f(float v) {
-  if constexpr (std::is_same_v<T, __half>) return __float2half_rn(v);
-  else if constexpr (std::is_same_v<T, __nv_bfloat16>) return __float2bfloat16_rn(v);
-  else return static_cast<T>(v);
-}
 
 template <class T>
 constexpr bool kIsInt = std::is_same_v<T, int32_t> || std::is_same_v<T, int64_t>;
@@ -77,47 +59,15 @@ __device__ __forceinline__ int64_t shfl_idx(int64_t v, int l) {
   return static_cast<int64_t>(__shfl_sync(0xffffffffu, static_cast<long long>(v), l));
 }
 
-// N elements of T loaded and stored as one access of N * sizeof(T) bytes.
-template <class T, int N>
-struct alignas(N * sizeof(T)) Vec {
-  static constexpr int kN = N;
-  T v[N];
-};
-template <class T>
-using Pack = Vec<T, 16 / sizeof(T)>;  // 16 bytes
-
-inline bool aligned_to(const void* p, size_t bytes) { return (reinterpret_cast<uintptr_t>(p) % bytes) == 0; }
-
-inline int sm_count() {
-  static int count = [] {
-    int dev = 0, n = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
-      n = 132;
-    return n > 0 ? n : 132;
-  }();
-  return count;
-}
-
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+// int64_t, unlike row_ops.cuh's int pow2_ceil (row widths and block sizes), which no file includes with this one.
 inline int64_t pow2_ceil(int64_t v) {
   int64_t p = 1;
   while (p < v) p <<= 1;
   return p;
 }
-inline unsigned grid_of(int64_t blocks) {
-  const int64_t cap = static_cast<int64_t>(sm_count()) * 32;
-  return static_cast<unsigned>(blocks < 1 ? 1 : (blocks > cap ? cap : blocks));
-}
+// Reductions and scans cap their grids at 32 blocks an SM, twice grid_for's 16.
+inline unsigned grid_of(int64_t blocks) { return capped_grid(blocks, 32); }
 
-template <class F>
-bool dispatch_float(DType dtype, F&& f) {
-  switch (dtype) {
-    case DType::kFloat32: f(Tag<float>{}); return true;
-    case DType::kFloat16: f(Tag<__half>{}); return true;
-    case DType::kBFloat16: f(Tag<__nv_bfloat16>{}); return true;
-    default: return false;
-  }
-}
 template <class F>
 bool dispatch_numeric(DType dtype, F&& f) {
   switch (dtype) {
@@ -127,7 +77,6 @@ bool dispatch_numeric(DType dtype, F&& f) {
   }
 }
 
-inline bool is_float_dtype(DType t) { return t == DType::kFloat32 || t == DType::kFloat16 || t == DType::kBFloat16; }
 inline bool is_numeric_dtype(DType t) { return is_float_dtype(t) || t == DType::kInt32 || t == DType::kInt64; }
 
 inline std::string prefix(const LayerSpec& spec) { return "CUDA " + spec.node->op_type + ": "; }

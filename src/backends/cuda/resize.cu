@@ -21,46 +21,17 @@
 #include <type_traits>
 #include <vector>
 
+#include "backends/cuda/device_common.cuh"
 #include "backends/cuda/layer.h"
 #include "core/cast.h"
 
 namespace kiln::cuda {
 namespace {
 
-constexpr int kThreads = 256;
 constexpr int kMaxDims = 8;
 constexpr int kMaxLinearAxes = 4;  // 16 taps per output element
 constexpr int64_t kMaxResizeElements = int64_t{1} << 30;  // the reference's bound
 
-template <class T>
-struct Tag {
-  using type = T;
-};
-
-template <class T>
-__device__ __forceinline__ float to_f(T v) {
-  if constexpr (std::is_same_v<T, __half>) return __half2float(v);
-  else if constexpr (std::is_same_v<T, __nv_bfloat16>) return __bfloat162float(v);
-  else return static_cast<float>(v);
-}
-template <class T>
-__device__ __forceinline__ T from_f(float v) {
-  if constexpr (std::is_same_v<T, __half>) return __float2half_rn(v);
-  else if constexpr (std::is_same_v<T, __nv_bfloat16>) return __float2bfloat16_rn(v);
-  else return static_cast<T>(v);
-}
-
-int sm_count() {
-  static int count = [] {
-    int dev = 0, n = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
-      n = 132;
-    return n > 0 ? n : 132;
-  }();
-  return count;
-}
-
-bool float_type(DType t) { return t == DType::kFloat32 || t == DType::kFloat16 || t == DType::kBFloat16; }
 // Nearest moves elements: any numeric type the reference resizes (it refuses bool and strings).
 bool nearest_type(DType t) {
   switch (t) {
@@ -147,7 +118,7 @@ std::string check_resize(const LayerSpec& spec) {
   ResizeParams p;
   if (std::string why = parse_params(spec, &p); !why.empty()) return why;
   const DType dt = spec.inputs[0].dtype;
-  if (p.mode == Mode::kLinear && !float_type(dt))
+  if (p.mode == Mode::kLinear && !is_float_dtype(dt))
     return op + ": mode linear supports float32, float16 and bfloat16, got " + dtype_name(dt);
   if (!nearest_type(dt)) return op + ": dtype " + dtype_name(dt) + " is not supported";
   if (spec.outputs.empty()) return op + " needs output Y";
@@ -524,20 +495,6 @@ __global__ void resize_linear_kernel(const T* __restrict__ x, T* __restrict__ y,
       if (w[m] != 0.0f) acc += w[m] * to_f(xp[off[m]]);  // zero weights read nothing, as the reference skips them
     y[p * inner + out_i] = from_f<T>(extrapolate ? extrapolation : acc);
   }
-}
-
-// Threads of a block: x over inner positions (a warp multiple, at most the block), y over planes.
-dim3 block_for(int64_t inner) {
-  const int bx = static_cast<int>(std::min<int64_t>(kThreads, (inner + 31) / 32 * 32));
-  return dim3(static_cast<unsigned>(bx), static_cast<unsigned>(kThreads / bx));
-}
-// Blocks along y: enough for the whole GPU several times over; each thread loops over the rest of the planes.
-dim3 grid_for_planes(int64_t inner, int64_t planes, dim3 block) {
-  const int64_t gx = (inner + block.x - 1) / block.x;
-  const int64_t want = static_cast<int64_t>(sm_count()) * 16;
-  int64_t gy = std::max<int64_t>(1, (want + gx - 1) / gx);
-  gy = std::min<int64_t>({gy, (planes + block.y - 1) / block.y, 65535});
-  return dim3(static_cast<unsigned>(gx), static_cast<unsigned>(std::max<int64_t>(gy, 1)));
 }
 
 // ---------------------------------------------------------------------------------------------------------

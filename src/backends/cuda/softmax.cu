@@ -25,80 +25,12 @@
 #include <type_traits>
 #include <vector>
 
+#include "backends/cuda/device_common.cuh"
 #include "backends/cuda/layer.h"
+#include "backends/cuda/row_ops.cuh"
 
 namespace kiln::cuda {
 namespace {
-
-constexpr int64_t kGroupMaxLen = 1024;
-constexpr int64_t kBlockMaxLen = 16384;
-constexpr int64_t kSplitMinLen = 4096;
-
-template <class T>
-struct Tag {
-  using type = T;
-};
-
-template <class T>
-__device__ __forceinline__ float to_f(T v) {
-  if constexpr (std::is_same_v<T, __half>) return __half2float(v);
-  else if constexpr (std::is_same_v<T, __nv_bfloat16>) return __bfloat162float(v);
-  else return static_cast<float>(v);
-}
-template <class T>
-__device__ __forceinline__ T from_f(float v) {
-  if constexpr (std::is_same_v<T, __half>) return __float2half_rn(v);
-  else if constexpr (std::is_same_v<T, __nv_bfloat16>) return __float2bfloat16_rn(v);
-  else return static_cast<T>(v);
-}
-
-template <class T, int N>
-struct alignas(sizeof(T) * N) Vec {
-  T v[N];
-};
-
-template <class T, int VEC>
-__device__ __forceinline__ void load_vec(const T* p, float (&out)[VEC]) {
-  const Vec<T, VEC> v = *reinterpret_cast<const Vec<T, VEC>*>(p);
-#pragma unroll
-  for (int j = 0; j < VEC; ++j) out[j] = to_f(v.v[j]);
-}
-template <class T, int VEC>
-__device__ __forceinline__ void store_vec(T* p, const float (&in)[VEC]) {
-  Vec<T, VEC> v;
-#pragma unroll
-  for (int j = 0; j < VEC; ++j) v.v[j] = from_f<T>(in[j]);
-  *reinterpret_cast<Vec<T, VEC>*>(p) = v;
-}
-
-struct SumOp {
-  __device__ float operator()(float a, float b) const { return a + b; }
-  static constexpr float kIdentity = 0.0f;
-};
-struct MaxOp {
-  __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
-  static constexpr float kIdentity = -INFINITY;
-};
-
-template <class Op>
-__device__ __forceinline__ float lanes_reduce(float v, int width) {
-  for (int o = width >> 1; o > 0; o >>= 1) v = Op()(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-
-// Reduces over the threads of one row: `width` aligned lanes of a warp, or (width 0) the whole block, whose
-// size is a multiple of 32. Every thread gets the result; every thread of the block must call it.
-template <class Op>
-__device__ __forceinline__ float row_reduce(float v, int width, float* sh) {
-  if (width > 0) return lanes_reduce<Op>(v, width);
-  v = lanes_reduce<Op>(v, 32);
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  __syncthreads();  // sh may still be read by a previous call
-  if (lane == 0) sh[warp] = v;
-  __syncthreads();
-  v = lane < static_cast<int>(blockDim.x >> 5) ? sh[lane] : Op::kIdentity;
-  return lanes_reduce<Op>(v, 32);
-}
 
 // The reference's shift: the max, or 0 when the max is infinite.
 __device__ __forceinline__ float shift_of(float m) { return isinf(m) ? 0.0f : m; }
@@ -110,42 +42,6 @@ __device__ __forceinline__ float exp_shifted(float x, float m) { return __expf(x
 // The output for x, given the row's shift m and sum s (of exp(x - m)).
 __device__ __forceinline__ float softmax_out(float x, float m, float inv_s, float log_s, bool log) {
   return log ? (x - m) - log_s : exp_shifted(x, m) * inv_s;
-}
-
-int sm_count() {
-  static int count = [] {
-    int dev = 0, n = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
-      n = 132;
-    return n > 0 ? n : 132;
-  }();
-  return count;
-}
-
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-int pow2_ceil(int64_t v) {
-  int p = 1;
-  while (p < v) p <<= 1;
-  return p;
-}
-// The vectors a thread holds, rounded up to one of the instantiated counts (3 and 6 fit rows of 768).
-int nv_ceil(int64_t v) {
-  for (int n : {1, 2, 3, 4, 6, 8, 16})
-    if (n >= v) return n;
-  return 32;
-}
-size_t align256(size_t n) { return (n + 255) & ~size_t{255}; }
-
-template <class F>
-bool dispatch_float(DType dtype, F&& f) {
-  switch (dtype) {
-    case DType::kFloat32: f(Tag<float>{}); return true;
-    case DType::kFloat16: f(Tag<__half>{}); return true;
-    case DType::kBFloat16: f(Tag<__nv_bfloat16>{}); return true;
-    default: return false;
-  }
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -286,52 +182,6 @@ __global__ void softmax_split_kernel(const T* __restrict__ x, T* __restrict__ y,
     for (int j = 0; j < VEC; ++j) v[j] = softmax_out(v[j], m, inv_s, log_s, p.log);
     store_vec<T, VEC>(yr + e, v);
   }
-}
-
-enum class RowPath { kGroup, kBlock, kSplit };
-struct RowPlan {
-  RowPath path = RowPath::kGroup;
-  int width = 32;  // kGroup: lanes per row
-  int threads = 256;
-  int nv = 1;  // vectors a thread (kGroup, kBlock)
-  int64_t blocks = 1;
-};
-
-RowPlan plan_rows(int64_t rows, int64_t len, int vec, bool split, int chunks) {
-  RowPlan p;
-  const int64_t nvec = std::max<int64_t>(len / vec, 1);
-  if (len <= kGroupMaxLen) {
-    p.path = RowPath::kGroup;
-    p.width = std::min(32, pow2_ceil(nvec));
-    p.nv = nv_ceil(ceil_div(nvec, p.width));
-    p.threads = 256;
-    p.blocks = ceil_div(rows * p.width, p.threads);
-  } else if (!split) {
-    const int per = std::max(1, 16 / vec);
-    p.path = RowPath::kBlock;
-    p.threads = std::clamp(pow2_ceil(ceil_div(nvec, per)), 128, 1024);
-    p.nv = nv_ceil(ceil_div(nvec, p.threads));
-    p.blocks = rows;
-  } else {
-    p.path = RowPath::kSplit;
-    p.threads = 256;
-    p.blocks = rows * chunks;
-  }
-  return p;
-}
-
-// Whether rows take the split path (see the file comment), and its chunks. Chunk lengths are multiples of
-// 8, so that both vector widths see whole vectors.
-bool plan_chunks(int64_t rows, int64_t len, int* chunks, int* chunk_len) {
-  *chunks = 1;
-  *chunk_len = static_cast<int>(len);
-  if (len <= kGroupMaxLen || (len <= kBlockMaxLen && (len <= kSplitMinLen || rows >= sm_count()))) return false;
-  const int64_t want = std::max(ceil_div(len, 32768), std::min(ceil_div(4 * sm_count(), std::max<int64_t>(rows, 1)),
-                                                               ceil_div(len, 2048)));
-  const int64_t cl = ceil_div(ceil_div(len, want), 8) * 8;
-  *chunk_len = static_cast<int>(cl);
-  *chunks = static_cast<int>(ceil_div(len, cl));
-  return true;
 }
 
 template <class T, int VEC>
