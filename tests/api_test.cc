@@ -233,5 +233,24 @@ TEST(Api, CorruptedEngineIsRefused) {
   EXPECT_FALSE(runtime.deserialize_engine(nullptr, 0).ok());
 }
 
+TEST(Api, EnqueueAndProfilingOnACpuEngine) {
+  BuilderConfig config;
+  config.set_device("cpu");
+  config.set_input_shape("x", {2, 4});
+  auto engine = build(testing::serialize(testing::mlp_with_shape_chain()), config);
+  ASSERT_NE(engine, nullptr);
+  auto ctx = engine->create_execution_context();
+  Status st = ctx->enqueue(nullptr);
+  EXPECT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("targets the CPU"), std::string::npos) << st.to_string();
+  EXPECT_FALSE(ctx->set_device_address("nosuch", &st).ok());
+  ctx->set_profiling(true);
+  Tensor x(DType::kFloat32, {2, 4});
+  ASSERT_TRUE(ctx->execute({{"x", x}}).ok());
+  EXPECT_TRUE(ctx->last_layer_times().empty());  // layer times are a GPU engine's
+  EXPECT_FALSE(ctx->execute_compute_only().ok());
+  EXPECT_EQ(ctx->activation_bytes(), 0u);
+}
+
 }  // namespace
 }  // namespace kiln

@@ -3,6 +3,7 @@
 // threads, the timing cache, and --strict-gpu. Skipped, saying why, where there is no GPU.
 #ifdef KILN_HAVE_CUDA
 
+#include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -253,6 +254,48 @@ TEST(CudaEngine, GraphInputsReadLateKeepTheirOwnMemory) {
   auto got = (*gpu)->create_execution_context()->execute({{"a", a}, {"b", b}});
   ASSERT_TRUE(want.ok() && got.ok());
   expect_close(got->at("y"), want->at("y"), 1e-5, 1e-6);
+}
+
+// TensorRT-style enqueue: device buffers bound by name, the caller's stream, no wait inside.
+TEST(CudaEngine, EnqueueOnDeviceBuffersAndTheCallersStream) {
+  SKIP_WITHOUT_GPU();
+  onnx::ModelProto m = cnn_with_cpu_tail();
+  auto* g = m.mutable_graph();
+  g->mutable_node()->DeleteSubrange(g->node_size() - 3, 3);
+  g->mutable_output()->DeleteSubrange(1, 1);
+  auto cpu = build(m, on("cpu"));
+  auto gpu = build(m, on("cuda"));
+  ASSERT_TRUE(cpu.ok() && gpu.ok());
+  const Tensor x = random_input({2, 3, 8, 8}, 21);
+  auto want = (*cpu)->create_execution_context()->execute({{"x", x}});
+  ASSERT_TRUE(want.ok());
+  void *dx = nullptr, *dy = nullptr;
+  ASSERT_EQ(cudaMalloc(&dx, x.nbytes()), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&dy, 2 * 5 * sizeof(float)), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(dx, x.raw_data(), x.nbytes(), cudaMemcpyHostToDevice), cudaSuccess);
+  cudaStream_t stream;
+  ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
+  auto ctx = (*gpu)->create_execution_context();
+  EXPECT_FALSE(ctx->enqueue(stream).ok()) << "no addresses bound yet";
+  ASSERT_TRUE(ctx->set_device_address("x", dx).ok());
+  ASSERT_TRUE(ctx->set_device_address("probs", dy).ok());
+  EXPECT_FALSE(ctx->set_device_address("nosuch", dy).ok());
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(ctx->enqueue(stream).ok());
+  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  Tensor y(DType::kFloat32, {2, 5});
+  ASSERT_EQ(cudaMemcpy(y.raw_data(), dy, y.nbytes(), cudaMemcpyDeviceToHost), cudaSuccess);
+  expect_close(y, want->at("probs"), 1e-3, 1e-4);
+  // An engine with a CPU layer cannot be enqueued on device buffers alone: a clear error.
+  auto mixed = build(cnn_with_cpu_tail(), on("cuda"));
+  ASSERT_TRUE(mixed.ok());
+  auto mctx = (*mixed)->create_execution_context();
+  ASSERT_TRUE(mctx->set_device_address("x", dx).ok());
+  Status st = mctx->enqueue(stream);
+  EXPECT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("run on the CPU"), std::string::npos) << st.to_string();
+  cudaStreamDestroy(stream);
+  cudaFree(dx);
+  cudaFree(dy);
 }
 
 TEST(CudaEngine, TimingCacheMakesRebuildsIdentical) {

@@ -68,6 +68,11 @@ class ExecutionContext {
   // Runs on named input values (tensors, sequences, optionals) and returns the outputs in graph order.
   Result<std::vector<Value>> execute_values(const std::map<std::string, Value>& inputs);
 
+  // GPU engines, TensorRT's enqueue: runs on the caller's CUDA stream (a cudaStream_t; nullptr: the
+  // context's own) with every input and output bound by set_device_address, and returns without waiting for
+  // the GPU. Input shapes come from set_input_shape (or are static). Every layer must be on the GPU.
+  Status set_device_address(const std::string& name, void* device_ptr);
+  Status enqueue(void* cuda_stream);
   // GPU engines: capture the GPU work of a run into a CUDA graph once and replay it (lower launch cost).
   // Takes effect at the next run; ignored on the CPU.
   void set_cuda_graph(bool on);
@@ -100,8 +105,10 @@ class ExecutionContext {
   std::shared_ptr<Engine> engine_;
   std::map<std::string, Shape> input_shapes_;
   std::map<std::string, void*> addresses_;
+  std::map<std::string, void*> device_addresses_;
   std::map<std::string, Tensor> outputs_;
   struct DeviceState;  // the GPU program of a CUDA engine (api/engine.cc)
+  Status prepare_device_program(const std::map<std::string, Shape>& shapes, void* stream);
   std::unique_ptr<DeviceState> device_;
   bool cuda_graph_ = false;
   bool profiling_ = false;

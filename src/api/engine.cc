@@ -29,6 +29,7 @@ struct ExecutionContext::DeviceState {
 #ifdef KILN_HAVE_CUDA
   std::unique_ptr<cuda::CudaProgram> program;
   bool cuda_graph = false;
+  void* stream = nullptr;  // the stream the program was planned on
   std::map<std::string, Value> last_inputs;
 #endif
 };
@@ -273,18 +274,61 @@ Result<std::vector<Value>> ExecutionContext::execute_values(const std::map<std::
   for (const auto& [name, v] : inputs)
     if (v.is_tensor()) shapes[name] = v.tensor().shape();
   DeviceState& d = *device_;
-  if (!d.program || d.program->input_shapes() != shapes || d.cuda_graph != cuda_graph_) {
+  KILN_RETURN_IF_ERROR(prepare_device_program(shapes, nullptr));
+  d.program->set_profiling(profiling_);
+  d.last_inputs = inputs;
+  return d.program->run(inputs);
+#else
+  return Internal("a CUDA engine in a Kiln without the CUDA backend");
+#endif
+}
+
+Status ExecutionContext::prepare_device_program(const std::map<std::string, Shape>& shapes, void* stream) {
+#ifdef KILN_HAVE_CUDA
+  DeviceState& d = *device_;
+  if (!d.program || d.program->input_shapes() != shapes || d.cuda_graph != cuda_graph_ || d.stream != stream) {
     d.program.reset();
     static Logger quiet(Severity::kWarning);
     cuda::ProgramOptions options;
     options.cuda_graph = cuda_graph_;
+    options.stream = stream;
     KILN_ASSIGN_OR_RETURN(d.program, cuda::CudaProgram::create(engine_->plan_->model, engine_->state_->placement,
                                                                 engine_->state_->weights, shapes, options, &quiet));
     d.cuda_graph = cuda_graph_;
+    d.stream = stream;
   }
-  d.program->set_profiling(profiling_);
-  d.last_inputs = inputs;
-  return d.program->run(inputs);
+  return OkStatus();
+#else
+  return Unsupported("this Kiln was built without the CUDA backend");
+#endif
+}
+
+Status ExecutionContext::set_device_address(const std::string& name, void* device_ptr) {
+  if (engine_->tensor_io_mode(name) == TensorIOMode::kNone)
+    return NotFound("'" + name + "' is not an input or output of the engine");
+  if (device_ptr == nullptr) return InvalidArgument("tensor '" + name + "': device address is null");
+  device_addresses_[name] = device_ptr;
+  return OkStatus();
+}
+
+Status ExecutionContext::enqueue(void* cuda_stream) {
+  if (engine_->plan_->target_backend != "cuda")
+    return Unsupported("enqueue: the engine targets the CPU; use execute()");
+#ifdef KILN_HAVE_CUDA
+  const ir::Graph& g = engine_->plan_->model.graph;
+  std::map<std::string, Shape> shapes;
+  std::map<std::string, const void*> ins;
+  std::map<std::string, void*> outs;
+  for (const auto& in : g.inputs) {
+    if (auto s = input_shapes_.find(in.name); s != input_shapes_.end()) shapes[in.name] = s->second;
+    else if (in.type.is_static()) shapes[in.name] = in.type.static_shape();
+    else return InvalidArgument("input '" + in.name + "' has dynamic shape " + in.type.to_string() + ": call set_input_shape first");
+    if (auto a = device_addresses_.find(in.name); a != device_addresses_.end()) ins[in.name] = a->second;
+  }
+  for (const auto& out : g.outputs)
+    if (auto a = device_addresses_.find(out.name); a != device_addresses_.end()) outs[out.name] = a->second;
+  KILN_RETURN_IF_ERROR(prepare_device_program(shapes, cuda_stream));
+  return device_->program->enqueue_device(ins, outs);
 #else
   return Internal("a CUDA engine in a Kiln without the CUDA backend");
 #endif

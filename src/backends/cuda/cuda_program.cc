@@ -581,6 +581,46 @@ Status CudaProgram::synchronize() {
   return OkStatus();
 }
 
+Status CudaProgram::enqueue_device(const std::map<std::string, const void*>& inputs,
+                                   const std::map<std::string, void*>& outputs) {
+  Impl& m = *impl_;
+  if (m.cpu_steps > 0)
+    return Unsupported("enqueue on device buffers needs every layer on the GPU, and " + std::to_string(m.cpu_steps) +
+                       " run on the CPU: use execute()");
+  for (const auto& in : m.model.graph.inputs) {
+    auto slot = m.slot_of.find(in.name);
+    if (slot == m.slot_of.end()) continue;  // no GPU layer reads it
+    auto it = inputs.find(in.name);
+    if (it == inputs.end() || it->second == nullptr)
+      return InvalidArgument("input '" + in.name + "' has no device address: call set_tensor_address");
+    const Impl::Slot& s = m.slots[slot->second];
+    KILN_CUDA_TRY(cudaMemcpyAsync(s.ptr, it->second, s.bytes, cudaMemcpyDeviceToDevice, m.stream()));
+  }
+  KILN_RETURN_IF_ERROR(launch());
+  for (const auto& out : m.model.graph.outputs) {
+    auto it = outputs.find(out.name);
+    if (it == outputs.end() || it->second == nullptr)
+      return InvalidArgument("output '" + out.name + "' has no device address: call set_tensor_address");
+    if (auto slot = m.slot_of.find(out.name); slot != m.slot_of.end()) {
+      const Impl::Slot& s = m.slots[slot->second];
+      KILN_CUDA_TRY(cudaMemcpyAsync(it->second, s.ptr, s.bytes, cudaMemcpyDeviceToDevice, m.stream()));
+    } else if (auto w = m.model.graph.initializers.find(out.name); w != m.model.graph.initializers.end()) {
+      KILN_CUDA_TRY(cudaMemcpyAsync(it->second, w->second.raw_data(), w->second.nbytes(), cudaMemcpyHostToDevice, m.stream()));
+    } else {
+      return Internal("graph output '" + out.name + "' is not on the device");
+    }
+  }
+  return OkStatus();
+}
+
+Shape CudaProgram::planned_shape(const std::string& name) const {
+  auto it = impl_->slot_of.find(name);
+  if (it != impl_->slot_of.end()) return impl_->slots[it->second].shape;
+  auto w = impl_->model.graph.initializers.find(name);
+  if (w != impl_->model.graph.initializers.end()) return w->second.shape();
+  return {};
+}
+
 Result<std::vector<Value>> CudaProgram::run(const std::map<std::string, Value>& inputs) {
   const auto t0 = std::chrono::steady_clock::now();
   KILN_RETURN_IF_ERROR(upload(inputs));

@@ -43,7 +43,7 @@ struct NodePlacement {
 
 struct ProgramOptions {
   bool cuda_graph = false;  // capture the GPU launches once and replay them (only when no CPU step sits between)
-  void* stream = nullptr;   // a cudaStream_t to run on; nullptr: the program's own stream
+  void* stream = nullptr;   // a cudaStream_t to run on (the caller's); nullptr: a stream of the program's own
 };
 
 // Times of the last run, from CUDA events on the stream (milliseconds).
@@ -78,6 +78,12 @@ class CudaProgram {
   Status launch();
   Status download();
   Status synchronize();
+  // Device inputs in, device outputs out, on the program's stream, without waiting: copies each input
+  // from `inputs` (device pointers, at the planned shapes) into the arena, launches, copies each output to
+  // `outputs`. Only for programs with every layer on the GPU.
+  Status enqueue_device(const std::map<std::string, const void*>& inputs, const std::map<std::string, void*>& outputs);
+  // The shape planned for a graph input or output, empty for another name.
+  Shape planned_shape(const std::string& name) const;
   RunTimes last_run_times() const;
 
   size_t activation_bytes() const;  // the arena
