@@ -141,24 +141,19 @@ inline void compare(const Tensor& got, const Tensor& want, double rtol, double a
   }
 }
 
-}  // namespace detail
-
-// Runs the case's layer with one tactic; outputs come back in the case's precision (or their own dtype).
-inline Result<std::vector<Tensor>> run_cuda_layer(const LayerCase& c, const std::vector<Value>& inputs,
-                                                  const std::vector<Tensor>& reference_outputs,
-                                                  const std::string& tactic) {
-  const cuda::LayerKind* kind = cuda::layer_table().find(c.op);
-  if (kind == nullptr) return Unsupported("no CUDA layer for " + c.op);
-  ir::Node node;
-  node.name = "cuda_" + c.op;
-  node.op_type = c.op;
-  node.attributes = c.attrs;
+// The node and spec of a case: its inputs as given (the constant ones with their values), its outputs
+// shaped as the reference's, in the case's precision where the reference gives float32.
+inline cuda::LayerSpec case_spec(const LayerCase& c, const std::vector<Value>& inputs,
+                                 const std::vector<Tensor>& reference_outputs, ir::Node* node) {
+  node->name = "cuda_" + c.op;
+  node->op_type = c.op;
+  node->attributes = c.attrs;
   cuda::LayerSpec spec;
-  spec.node = &node;
+  spec.node = node;
   spec.opset = c.opset;
   spec.allow_tf32 = c.allow_tf32;
   for (size_t i = 0; i < inputs.size(); ++i) {
-    node.inputs.push_back(inputs[i].is_none() ? "" : "in" + std::to_string(i));
+    node->inputs.push_back(inputs[i].is_none() ? "" : "in" + std::to_string(i));
     cuda::TensorDesc d;
     if (!inputs[i].is_none()) {
       d.dtype = inputs[i].tensor().dtype();
@@ -169,13 +164,26 @@ inline Result<std::vector<Tensor>> run_cuda_layer(const LayerCase& c, const std:
     spec.inputs.push_back(d);
   }
   for (size_t i = 0; i < reference_outputs.size(); ++i) {
-    node.outputs.push_back("out" + std::to_string(i));
+    node->outputs.push_back("out" + std::to_string(i));
     cuda::TensorDesc d;
     d.dtype = reference_outputs[i].dtype() == DType::kFloat32 ? c.precision : reference_outputs[i].dtype();
     d.has_rank = true;
     d.shape = reference_outputs[i].shape();
     spec.outputs.push_back(d);
   }
+  return spec;
+}
+
+}  // namespace detail
+
+// Runs the case's layer with one tactic; outputs come back in the case's precision (or their own dtype).
+inline Result<std::vector<Tensor>> run_cuda_layer(const LayerCase& c, const std::vector<Value>& inputs,
+                                                  const std::vector<Tensor>& reference_outputs,
+                                                  const std::string& tactic) {
+  const cuda::LayerKind* kind = cuda::layer_table().find(c.op);
+  if (kind == nullptr) return Unsupported("no CUDA layer for " + c.op);
+  ir::Node node;
+  const cuda::LayerSpec spec = detail::case_spec(c, inputs, reference_outputs, &node);
   if (std::string why = kind->check(spec); !why.empty()) return Unsupported("check refused: " + why);
   const cuda::CudaHandles& h = detail::test_handles();
 
@@ -250,29 +258,7 @@ inline void expect_layer_matches_reference(const LayerCase& c) {
   if (c.only_tactic.empty()) {
     // The layer kind's own list, from a spec of the case's shapes (no handles needed to list them).
     ir::Node node;
-    node.op_type = c.op;
-    node.attributes = c.attrs;
-    cuda::LayerSpec spec;
-    spec.node = &node;
-    spec.opset = c.opset;
-    spec.allow_tf32 = c.allow_tf32;
-    for (size_t i = 0; i < cuda_inputs.size(); ++i) {
-      cuda::TensorDesc d;
-      if (!cuda_inputs[i].is_none()) {
-        d.dtype = cuda_inputs[i].tensor().dtype();
-        d.has_rank = true;
-        d.shape = cuda_inputs[i].tensor().shape();
-        if (c.constant_inputs.count(i)) d.constant = &cuda_inputs[i].tensor();
-      }
-      spec.inputs.push_back(d);
-    }
-    for (const Tensor& w : want) {
-      cuda::TensorDesc d;
-      d.dtype = w.dtype() == DType::kFloat32 ? c.precision : w.dtype();
-      d.has_rank = true;
-      d.shape = w.shape();
-      spec.outputs.push_back(d);
-    }
+    const cuda::LayerSpec spec = detail::case_spec(c, cuda_inputs, want, &node);
     tactics = kind->tactics ? kind->tactics(spec) : std::vector<std::string>{"default"};
     ASSERT_FALSE(tactics.empty()) << c.op << ": the layer lists no tactic";
   }

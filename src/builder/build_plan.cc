@@ -200,16 +200,19 @@ Result<engine::Plan> build_plan(const ir::Model& model, const engine::BuildSetti
     if (!settings.timing_cache.empty()) {
       KILN_ASSIGN_OR_RETURN(cache, TimingCache::load(settings.timing_cache));
     }
-    std::vector<size_t> to_time;
+    std::vector<std::pair<size_t, std::vector<std::string>>> to_time;  // layer, its candidate tactics
     for (size_t i = 0; i < m.graph.nodes.size(); ++i) {
       if (plan.layers[i].backend != gpu->name()) continue;
-      if (gpu->tactics(m.graph.nodes[i], m.graph, opset_of(m, m.graph.nodes[i])).size() > 1) to_time.push_back(i);
+      std::vector<std::string> names;
+      for (const auto& t : gpu->tactics(m.graph.nodes[i], m.graph, opset_of(m, m.graph.nodes[i]))) names.push_back(t.name);
+      if (names.size() > 1) to_time.emplace_back(i, std::move(names));
     }
     Progress progress(static_cast<int>(to_time.size()), to_time.size() > 8);
     int timed = 0, cached = 0;
     for (size_t k = 0; k < to_time.size(); ++k) {
-      const ir::Node& n = m.graph.nodes[to_time[k]];
-      engine::LayerInfo& layer = plan.layers[to_time[k]];
+      const auto& [index, names] = to_time[k];
+      const ir::Node& n = m.graph.nodes[index];
+      engine::LayerInfo& layer = plan.layers[index];
       const int opset = opset_of(m, n);
       const bool tf32 = layer.precision == "tf32";
       const std::string key = problem_key(n, m.graph, opset, tf32, gpu->device_name());
@@ -220,8 +223,6 @@ Result<engine::Plan> build_plan(const ir::Model& model, const engine::BuildSetti
         progress.update(static_cast<int>(k + 1));
         continue;
       }
-      std::vector<std::string> names;
-      for (const auto& t : gpu->tactics(n, m.graph, opset)) names.push_back(t.name);
       auto times = gpu->time_tactics(n, m.graph, opset, tf32, names);
       if (!times.ok()) {
         logger.log(Severity::kInfo, n.describe() + ": tactics not timed (" + times.status().message() + ")");

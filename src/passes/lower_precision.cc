@@ -68,14 +68,7 @@ Status lower_precision(ir::Model& model, DType low, const std::function<bool(con
         if (is_fp32(n.inputs[i]) && !input_stays_fp32(n, i)) lowers = true;
     }
     if (!lowers) {
-      std::set<std::string> reads(n.inputs.begin(), n.inputs.end());
-      for (const auto& [an, a] : n.attributes) {
-        if (a.g)
-          for (const auto& v : runtime::free_variables(*a.g)) reads.insert(v);
-        for (const auto& sg : a.graphs)
-          for (const auto& v : runtime::free_variables(*sg)) reads.insert(v);
-      }
-      for (const auto& r : reads) need_fp32(r);
+      for (const auto& r : runtime::node_reads(n)) need_fp32(r);
       out.push_back(std::move(n));
       continue;
     }

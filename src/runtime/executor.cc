@@ -40,7 +40,8 @@ void collect_free(const ir::Graph& g, std::set<std::string>* out) {
     if (!defined.count(o.name)) out->insert(o.name);
 }
 
-// Every value a node reads, directly or from inside its subgraphs.
+}  // namespace
+
 std::vector<std::string> node_reads(const ir::Node& n) {
   std::set<std::string> reads;
   for (const auto& in : n.inputs)
@@ -52,12 +53,32 @@ std::vector<std::string> node_reads(const ir::Node& n) {
   return {reads.begin(), reads.end()};
 }
 
-}  // namespace
-
 std::vector<std::string> free_variables(const ir::Graph& g) {
   std::set<std::string> out;
   collect_free(g, &out);
   return {out.begin(), out.end()};
+}
+
+Status run_cpu_node(const ir::Node& node, const ir::OpSchema& schema, int opset, const ir::OpsetMap& opsets,
+                    std::vector<const Value*> inputs, std::vector<Value>* outputs, const Scope* scope) {
+  // Subgraphs see the enclosing values by name.
+  ir::SubgraphRunner runner = [&opsets, scope](const ir::Graph& g, std::vector<Value> sub_inputs)
+      -> Result<std::vector<Value>> {
+    KILN_ASSIGN_OR_RETURN(PreparedGraph sub, PreparedGraph::prepare(g, opsets));
+    return sub.run_positional(std::move(sub_inputs), scope);
+  };
+  ir::KernelContext ctx(node, opset, std::move(inputs), outputs, runner);
+  Status st;
+  try {
+    st = schema.cpu_kernel(ctx);
+  } catch (const std::bad_alloc&) {
+    st = OutOfRange(node.describe() + ": out of memory (the shapes involved are too large)");
+  } catch (const std::exception& e) {
+    st = Internal(node.describe() + ": " + e.what());
+  }
+  if (st.ok() && !ctx.attr_error().empty()) st = InvalidModel(node.describe() + ": " + ctx.attr_error());
+  if (!st.ok() && st.message().find(node.describe()) == std::string::npos) st = st.with_context(node.describe());
+  return st;
 }
 
 Result<PreparedGraph> PreparedGraph::prepare(const ir::Graph& graph, const ir::OpsetMap& opsets) {
@@ -110,26 +131,7 @@ Result<std::vector<Value>> PreparedGraph::run(const std::map<std::string, Value>
       ins.push_back(v);
     }
     std::vector<Value> outs(node.outputs.size());
-    // Subgraphs see this graph's values (and the enclosing ones) by name.
-    ir::SubgraphRunner runner = [this, &scope](const ir::Graph& g, std::vector<Value> sub_inputs)
-        -> Result<std::vector<Value>> {
-      KILN_ASSIGN_OR_RETURN(PreparedGraph sub, PreparedGraph::prepare(g, *opsets_));
-      return sub.run_positional(std::move(sub_inputs), &scope);
-    };
-    ir::KernelContext ctx(node, step.opset, std::move(ins), &outs, runner);
-    Status st;
-    try {
-      st = step.schema->cpu_kernel(ctx);
-    } catch (const std::bad_alloc&) {
-      st = OutOfRange(node.describe() + ": out of memory (the shapes involved are too large)");
-    } catch (const std::exception& e) {
-      st = Internal(node.describe() + ": " + e.what());
-    }
-    if (st.ok() && !ctx.attr_error().empty()) st = InvalidModel(node.describe() + ": " + ctx.attr_error());
-    if (!st.ok()) {
-      if (st.message().find(node.describe()) == std::string::npos) st = st.with_context(node.describe());
-      return st;
-    }
+    KILN_RETURN_IF_ERROR(run_cpu_node(node, *step.schema, step.opset, *opsets_, std::move(ins), &outs, &scope));
     for (size_t i = 0; i < node.outputs.size(); ++i) {
       if (node.outputs[i].empty()) continue;
       env[node.outputs[i]] = std::move(outs[i]);

@@ -46,5 +46,13 @@ class PreparedGraph {
 
 // Names a graph reads that it does not define itself (inputs of nested subgraphs included).
 std::vector<std::string> free_variables(const ir::Graph& g);
+// Every value a node reads, directly or from inside its subgraphs.
+std::vector<std::string> node_reads(const ir::Node& n);
+
+// Runs one node's CPU reference kernel on `inputs` (nullptr for an omitted one) into *outputs, which holds
+// one Value per node output; its subgraphs see the values of `scope`. Every error names the node, and an
+// exception (out of memory, say) becomes a Status.
+Status run_cpu_node(const ir::Node& node, const ir::OpSchema& schema, int opset, const ir::OpsetMap& opsets,
+                    std::vector<const Value*> inputs, std::vector<Value>* outputs, const Scope* scope);
 
 }  // namespace kiln::runtime

@@ -32,7 +32,7 @@ class CudaBackend : public Backend {
       return fail("no CUDA kernel for domain '" + node.domain + "'");
     const cuda::LayerKind* kind = cuda::layer_table().find(node.op_type);
     if (kind == nullptr) return fail("no CUDA kernel for " + node.op_type);
-    cuda::LayerSpec spec = make_spec(node, graph, opset);
+    cuda::LayerSpec spec = cuda::make_layer_spec(node, graph, opset);
     for (size_t i = 0; i < node.inputs.size(); ++i)
       if (!node.inputs[i].empty() && !spec.inputs[i].present())
         return fail("the type of input '" + node.inputs[i] + "' is not known");
@@ -47,7 +47,7 @@ class CudaBackend : public Backend {
     if (kind->output_is_view_of_input0) return {Tactic{"cuda.view"}};
     std::vector<Tactic> out;
     if (kind->tactics) {
-      for (auto& name : kind->tactics(make_spec(node, graph, opset))) out.push_back(Tactic{name});
+      for (auto& name : kind->tactics(cuda::make_layer_spec(node, graph, opset))) out.push_back(Tactic{name});
     }
     if (out.empty()) out.push_back(Tactic{"default"});
     return out;
@@ -61,15 +61,6 @@ class CudaBackend : public Backend {
   Result<std::vector<TacticTime>> time_tactics(const ir::Node& node, const ir::Graph& graph, int opset,
                                                bool allow_tf32, const std::vector<std::string>& tactics) override {
     return cuda::time_tactics(node, graph, opset, allow_tf32, tactics);
-  }
-
-  static cuda::LayerSpec make_spec(const ir::Node& node, const ir::Graph& graph, int opset) {
-    cuda::LayerSpec spec;
-    spec.node = &node;
-    spec.opset = opset;
-    for (const auto& in : node.inputs) spec.inputs.push_back(cuda::describe_value(graph, in));
-    for (const auto& out : node.outputs) spec.outputs.push_back(cuda::describe_value(graph, out));
-    return spec;
   }
 
   Result<void*> allocate(size_t bytes) override {

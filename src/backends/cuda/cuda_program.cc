@@ -220,12 +220,8 @@ Status CudaProgram::Impl::plan_steps(const std::map<std::string, NodePlacement>&
     std::string why_cpu;
     if (p != nullptr && p->backend == "cuda") {
       kind = layer_table().find(n.domain.empty() || n.domain == "ai.onnx" ? n.op_type : "");
-      spec.node = &n;
       auto o = model.opsets.find(n.domain);
-      spec.opset = o == model.opsets.end() ? 0 : o->second;
-      spec.allow_tf32 = p->allow_tf32;
-      for (const auto& in : n.inputs) spec.inputs.push_back(describe_value(g, in));
-      for (const auto& out : n.outputs) spec.outputs.push_back(describe_value(g, out));
+      spec = make_layer_spec(n, g, o == model.opsets.end() ? 0 : o->second, p->allow_tf32);
       for (size_t i = 0; i < spec.inputs.size() && why_cpu.empty(); ++i)
         if (!n.inputs[i].empty() && !spec.inputs[i].is_static())
           why_cpu = "input '" + n.inputs[i] + "' has a shape known only from data";
@@ -277,14 +273,7 @@ Status CudaProgram::Impl::plan_steps(const std::map<std::string, NodePlacement>&
     }
 
     // A CPU step: every value it reads (its subgraphs' outer-scope reads too) must be on the host.
-    std::set<std::string> reads(n.inputs.begin(), n.inputs.end());
-    for (const auto& [an, a] : n.attributes) {
-      std::vector<const ir::Graph*> subs;
-      if (a.g) subs.push_back(a.g.get());
-      for (const auto& sg : a.graphs) subs.push_back(sg.get());
-      for (const ir::Graph* sg : subs)
-        for (const auto& v : runtime::free_variables(*sg)) reads.insert(v);
-    }
+    const std::vector<std::string> reads = runtime::node_reads(n);
     for (const auto& r : reads) {
       if (r.empty() || !on_device.count(r) || !on_device[r] || downloaded.count(r)) continue;
       Step down;
@@ -459,21 +448,7 @@ Status CudaProgram::Impl::run_step(Step& st, const CudaHandles& h, runtime::Scop
           ins.push_back(&it->second);
         }
         std::vector<Value> outs(node.outputs.size());
-        const ir::OpsetMap& opsets = model.opsets;
-        ir::SubgraphRunner runner = [&opsets, &scope](const ir::Graph& sg, std::vector<Value> sub_inputs)
-            -> Result<std::vector<Value>> {
-          KILN_ASSIGN_OR_RETURN(runtime::PreparedGraph sub, runtime::PreparedGraph::prepare(sg, opsets));
-          return sub.run_positional(std::move(sub_inputs), &scope);
-        };
-        ir::KernelContext ctx(node, st.opset, std::move(ins), &outs, runner);
-        Status s;
-        try {
-          s = st.schema->cpu_kernel(ctx);
-        } catch (const std::exception& e) {
-          s = Internal(e.what());
-        }
-        if (s.ok() && !ctx.attr_error().empty()) s = InvalidModel(ctx.attr_error());
-        if (!s.ok()) return s.message().find(node.describe()) == std::string::npos ? s.with_context(node.describe()) : s;
+        KILN_RETURN_IF_ERROR(runtime::run_cpu_node(node, *st.schema, st.opset, model.opsets, std::move(ins), &outs, &scope));
         for (size_t i = 0; i < node.outputs.size(); ++i)
           if (!node.outputs[i].empty()) host[node.outputs[i]] = std::move(outs[i]);
         break;

@@ -16,6 +16,7 @@
 
 #include "backends/cuda/data_movement.cuh"
 #include "backends/cuda/layer.h"
+#include "core/slice_range.h"
 
 namespace kiln::cuda {
 namespace {
@@ -393,19 +394,7 @@ Result<std::unique_ptr<Layer>> create_slice(const LayerSpec& spec, const std::st
     const int64_t dim = in[a], s = steps[i];
     if (s == 0) return InvalidArgument("CUDA Slice: steps must not be 0");
     int64_t st = starts[i], en = ends[i];
-    if (st < 0) st += dim;
-    if (en < 0) en += dim;
-    // Clamped as ONNX says (and the CPU reference does): [0, dim] for positive steps, [-1, dim-1] for negative.
-    if (s > 0) {
-      st = std::clamp<int64_t>(st, 0, dim);
-      en = std::clamp<int64_t>(en, 0, dim);
-    } else {
-      st = std::clamp<int64_t>(st, -1, dim - 1);
-      en = std::clamp<int64_t>(en, -1, dim - 1);
-    }
-    int64_t len = 0;
-    if (s > 0 && en > st) len = 1 + (en - st - 1) / s;
-    if (s < 0 && st > en) len = 1 + (st - en - 1) / (s == INT64_MIN ? INT64_MAX : -s);
+    const int64_t len = slice_range(dim, s, &st, &en);  // as the CPU reference does
     out[a] = len;
     begin[a] = st;
     // A step past the dim only ever takes one element; clamping keeps stride * step far from overflow.

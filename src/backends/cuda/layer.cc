@@ -32,6 +32,16 @@ TensorDesc describe_value(const ir::Graph& g, const std::string& name) {
   return d;
 }
 
+LayerSpec make_layer_spec(const ir::Node& node, const ir::Graph& graph, int opset, bool allow_tf32) {
+  LayerSpec spec;
+  spec.node = &node;
+  spec.opset = opset;
+  spec.allow_tf32 = allow_tf32;
+  for (const auto& in : node.inputs) spec.inputs.push_back(describe_value(graph, in));
+  for (const auto& out : node.outputs) spec.outputs.push_back(describe_value(graph, out));
+  return spec;
+}
+
 Status cuda_status(cudaError_t e, const char* call) {
   if (e == cudaSuccess) return OkStatus();
   return Internal(std::string(call) + " failed: " + cudaGetErrorName(e) + ": " + cudaGetErrorString(e));

@@ -92,6 +92,9 @@ struct LayerSpec {
   bool constant_floats(size_t i, std::vector<float>* out) const;
 };
 
+// The spec of a node of `graph` (its value types, and the values of constant inputs).
+LayerSpec make_layer_spec(const ir::Node& node, const ir::Graph& graph, int opset, bool allow_tf32 = true);
+
 class Layer {
  public:
   virtual ~Layer() = default;

@@ -37,12 +37,7 @@ Result<std::vector<backends::TacticTime>> time_tactics(const ir::Node& node, con
   }
   const CudaHandles& h = (*handles)->handles();
 
-  LayerSpec spec;
-  spec.node = &node;
-  spec.opset = opset;
-  spec.allow_tf32 = allow_tf32;
-  for (const auto& in : node.inputs) spec.inputs.push_back(describe_value(graph, in));
-  for (const auto& out : node.outputs) spec.outputs.push_back(describe_value(graph, out));
+  const LayerSpec spec = make_layer_spec(node, graph, opset, allow_tf32);
 
   // Inputs: constants as they are, float data random in [-1, 1] (a fixed seed: timings do not depend on
   // it, and the build stays deterministic), anything else zeros (valid indices for Gather and the like).

@@ -5,6 +5,7 @@
 
 #include "backends/cpu/kernel_util.h"
 #include "backends/cpu/ops/movement_util.h"
+#include "core/slice_range.h"
 
 namespace kiln::cpu {
 namespace {
@@ -178,20 +179,7 @@ Status slice_kernel(KernelContext& ctx) {
     const int64_t a = axes[i], dim = x.dim(a), s = steps[i];
     if (s == 0) return ctx.error("steps must not be 0");
     int64_t st = starts[i], en = ends[i];
-    if (st < 0) st += dim;
-    if (en < 0) en += dim;
-    // Clamp as ONNX says: [0, dim] for positive steps, [-1, dim-1] for negative ones.
-    if (s > 0) {
-      st = std::clamp<int64_t>(st, 0, dim);
-      en = std::clamp<int64_t>(en, 0, dim);
-    } else {
-      st = std::clamp<int64_t>(st, -1, dim - 1);
-      en = std::clamp<int64_t>(en, -1, dim - 1);
-    }
-    // Written so that huge steps (INT64_MAX) cannot overflow.
-    int64_t len = 0;
-    if (s > 0 && en > st) len = 1 + (en - st - 1) / s;
-    if (s < 0 && st > en) len = 1 + (st - en - 1) / (s == INT64_MIN ? INT64_MAX : -s);
+    const int64_t len = slice_range(dim, s, &st, &en);
     out_shape[a] = len;
     begin[a] = st;
     step[a] = s;
