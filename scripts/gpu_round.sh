@@ -176,8 +176,9 @@ for r in s.get("models", {}).get("rows", []):
 print("models_error", s.get("models_error"))
 PYEOF
 # At most 8 files come back from the device: keep the JSON, pack the logs.
-(cd "$OUT" && tar czf logs.tgz --exclude=logs.tgz --exclude=summary.json --exclude=cuda_tests.json \
-   --exclude=models.json --exclude=conformance_node_cuda.json . && \
+# (The archive is written outside $OUT first: tar refuses a directory that changes while it reads it.)
+(cd "$OUT" && tar czf /tmp/gpu_round_logs.tgz --exclude=summary.json --exclude=cuda_tests.json \
+   --exclude=models.json --exclude=conformance_node_cuda.json . ; mv /tmp/gpu_round_logs.tgz logs.tgz && \
  find . -mindepth 1 -not -name logs.tgz -not -name summary.json -not -name cuda_tests.json -not -name models.json \
    -not -name conformance_node_cuda.json -delete)
 exit 0

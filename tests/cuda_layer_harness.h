@@ -78,6 +78,7 @@ inline ir::Attribute float_attr_of(float f) {
 // One CUDA-vs-reference comparison.
 struct LayerCase {
   std::string op;
+  std::string domain;  // "" for the default domain; "kiln" for the optimizer's fused ops
   std::vector<Value> inputs;  // host tensors (float32 for float data); Value::none() for an omitted input
   std::map<std::string, ir::Attribute> attrs;
   size_t num_outputs = 1;
@@ -147,6 +148,7 @@ inline cuda::LayerSpec case_spec(const LayerCase& c, const std::vector<Value>& i
                                  const std::vector<Tensor>& reference_outputs, ir::Node* node) {
   node->name = "cuda_" + c.op;
   node->op_type = c.op;
+  node->domain = c.domain;
   node->attributes = c.attrs;
   cuda::LayerSpec spec;
   spec.node = node;
@@ -180,7 +182,7 @@ inline cuda::LayerSpec case_spec(const LayerCase& c, const std::vector<Value>& i
 inline Result<std::vector<Tensor>> run_cuda_layer(const LayerCase& c, const std::vector<Value>& inputs,
                                                   const std::vector<Tensor>& reference_outputs,
                                                   const std::string& tactic) {
-  const cuda::LayerKind* kind = cuda::layer_table().find(c.op);
+  const cuda::LayerKind* kind = cuda::layer_table().find(c.domain.empty() ? c.op : c.domain + "." + c.op);
   if (kind == nullptr) return Unsupported("no CUDA layer for " + c.op);
   ir::Node node;
   const cuda::LayerSpec spec = detail::case_spec(c, inputs, reference_outputs, &node);
@@ -247,12 +249,12 @@ inline void expect_layer_matches_reference(const LayerCase& c) {
     cuda_inputs.emplace_back(*low);
     ref_inputs.emplace_back(widen_to_float32(*low));
   }
-  OpRun ref = run_kernel("", c.op, ref_inputs, c.attrs, c.num_outputs, c.opset, "reference");
+  OpRun ref = run_kernel(c.domain, c.op, ref_inputs, c.attrs, c.num_outputs, c.opset, "reference");
   ASSERT_TRUE(ref.status.ok()) << ref.status.to_string();
   std::vector<Tensor> want;
   for (const Value& v : ref.outputs) want.push_back(v.tensor());
 
-  const cuda::LayerKind* kind = cuda::layer_table().find(c.op);
+  const cuda::LayerKind* kind = cuda::layer_table().find(c.domain.empty() ? c.op : c.domain + "." + c.op);
   ASSERT_NE(kind, nullptr) << "no CUDA layer for " << c.op;
   std::vector<std::string> tactics{c.only_tactic};
   if (c.only_tactic.empty()) {

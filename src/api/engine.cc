@@ -149,6 +149,13 @@ std::string Engine::inspect() const {
     if (!l.precision.empty() && l.backend != "cpu") os << " precision=" << l.precision;
     if (l.time_ms >= 0) os << " time=" << l.time_ms << "ms";
     if (!l.fallback_reason.empty()) os << " (not on the GPU: " << l.fallback_reason << ")";
+    if (i < g.nodes.size()) {  // what the layer makes, as the build inferred it
+      os << " ->";
+      for (const auto& o : g.nodes[i].outputs) {
+        const ir::TypeInfo* t = o.empty() ? nullptr : g.type_of(o);
+        os << " " << (t ? t->to_string() : std::string("unknown"));
+      }
+    }
     os << "\n";
   }
   size_t weight_bytes = 0;

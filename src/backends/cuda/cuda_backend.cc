@@ -30,7 +30,7 @@ class CudaBackend : public Backend {
     };
     if (!node.domain.empty() && node.domain != "ai.onnx")
       return fail("no CUDA kernel for domain '" + node.domain + "'");
-    const cuda::LayerKind* kind = cuda::layer_table().find(node.op_type);
+    const cuda::LayerKind* kind = cuda::layer_table().find_for(node);
     if (kind == nullptr) return fail("no CUDA kernel for " + node.op_type);
     cuda::LayerSpec spec = cuda::make_layer_spec(node, graph, opset);
     for (size_t i = 0; i < node.inputs.size(); ++i)
@@ -43,7 +43,7 @@ class CudaBackend : public Backend {
 
   std::vector<Tactic> tactics(const ir::Node& node, const ir::Graph& graph, int opset) const override {
     if (!supports(node, graph, opset, nullptr)) return {};
-    const cuda::LayerKind* kind = cuda::layer_table().find(node.op_type);
+    const cuda::LayerKind* kind = cuda::layer_table().find_for(node);
     if (kind->output_is_view_of_input0) return {Tactic{"cuda.view"}};
     std::vector<Tactic> out;
     if (kind->tactics) {
@@ -54,7 +54,7 @@ class CudaBackend : public Backend {
   }
 
   bool can_lower_precision(const ir::Node& node) const override {
-    const cuda::LayerKind* kind = cuda::layer_table().find(node.op_type);
+    const cuda::LayerKind* kind = cuda::layer_table().find_for(node);
     return kind != nullptr && kind->lowers_to_fp16;
   }
 

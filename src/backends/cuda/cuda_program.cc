@@ -219,7 +219,7 @@ Status CudaProgram::Impl::plan_steps(const std::map<std::string, NodePlacement>&
     LayerSpec spec;
     std::string why_cpu;
     if (p != nullptr && p->backend == "cuda") {
-      kind = layer_table().find(n.domain.empty() || n.domain == "ai.onnx" ? n.op_type : "");
+      kind = layer_table().find_for(n);
       auto o = model.opsets.find(n.domain);
       spec = make_layer_spec(n, g, o == model.opsets.end() ? 0 : o->second, p->allow_tf32);
       for (size_t i = 0; i < spec.inputs.size() && why_cpu.empty(); ++i)
@@ -619,7 +619,13 @@ Result<std::vector<Value>> CudaProgram::run(const std::map<std::string, Value>& 
       return Internal("graph output '" + out.name + "' was not computed");
     }
   }
-  m.host.clear();
+  // Keep only the graph inputs: a compute-only launch (kiln bench --no-data-transfers) reruns the CPU steps
+  // on the inputs of the last run.
+  for (auto it = m.host.begin(); it != m.host.end();) {
+    bool is_input = false;
+    for (const auto& in : m.model.graph.inputs) is_input = is_input || in.name == it->first;
+    it = is_input ? std::next(it) : m.host.erase(it);
+  }
   return results;
 }
 

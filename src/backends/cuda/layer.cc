@@ -155,6 +155,10 @@ const LayerKind* LayerTable::find(const std::string& op_type) const {
   return it == kinds_.end() ? nullptr : &it->second;
 }
 
+const LayerKind* LayerTable::find_for(const ir::Node& node) const {
+  return find(node.domain.empty() || node.domain == "ai.onnx" ? node.op_type : node.domain + "." + node.op_type);
+}
+
 std::vector<std::string> LayerTable::op_types() const {
   std::vector<std::string> out;
   for (const auto& [op, k] : kinds_) out.push_back(op);

@@ -106,7 +106,9 @@ class Layer {
 };
 
 struct LayerKind {
-  std::string op_type;  // of the default ONNX domain
+  // The default ONNX domain's op type ("Conv"), or "domain.OpType" for another domain ("kiln.FusedConv",
+  // the fused ops the optimizer's passes make).
+  std::string op_type;
   // "" when a layer can run the node as described; otherwise why not (shown in the build report).
   std::function<std::string(const LayerSpec&)> check;
   // The kernels that could run it, the best guess first; empty function: one tactic, "default".
@@ -124,6 +126,8 @@ class LayerTable {
  public:
   void add(LayerKind kind);
   const LayerKind* find(const std::string& op_type) const;
+  // The kind for a node: its op type in the default domain ("" or "ai.onnx"), "domain.OpType" otherwise.
+  const LayerKind* find_for(const ir::Node& node) const;
   std::vector<std::string> op_types() const;
 
  private:

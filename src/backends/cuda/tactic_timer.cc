@@ -25,7 +25,7 @@ struct DeviceBuffer {
 
 Result<std::vector<backends::TacticTime>> time_tactics(const ir::Node& node, const ir::Graph& graph, int opset,
                                              bool allow_tf32, const std::vector<std::string>& tactics) {
-  const LayerKind* kind = layer_table().find(node.op_type);
+  const LayerKind* kind = layer_table().find_for(node);
   if (kind == nullptr) return Unsupported(node.describe() + ": no CUDA layer to time");
   // Handles from the process-wide pool, kept for the builds of this process (never destroyed at exit,
   // when the CUDA runtime may already be gone).
