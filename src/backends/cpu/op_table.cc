@@ -14,10 +14,12 @@ void register_indexing_ops(ir::OpRegistry& r);
 void register_sort_scan_ops(ir::OpRegistry& r);
 void register_generator_ops(ir::OpRegistry& r);
 void register_conv_ops(ir::OpRegistry& r);
+void register_fused_conv_ops(ir::OpRegistry& r);
 void register_pool_ops(ir::OpRegistry& r);
 void register_normalization_ops(ir::OpRegistry& r);
 void register_softmax_ops(ir::OpRegistry& r);
 void register_matmul_ops(ir::OpRegistry& r);
+void register_fused_matmul_ops(ir::OpRegistry& r);
 void register_reduce_ops(ir::OpRegistry& r);
 void register_control_flow_ops(ir::OpRegistry& r);
 void register_sequence_ops(ir::OpRegistry& r);
@@ -53,10 +55,12 @@ void register_all_ops(OpRegistry& r) {
       {"sort_scan", cpu::register_sort_scan_ops},
       {"generator", cpu::register_generator_ops},
       {"conv", cpu::register_conv_ops},
+      {"fused_conv", cpu::register_fused_conv_ops},
       {"pool", cpu::register_pool_ops},
       {"normalization", cpu::register_normalization_ops},
       {"softmax", cpu::register_softmax_ops},
       {"matmul", cpu::register_matmul_ops},
+      {"fused_matmul", cpu::register_fused_matmul_ops},
       {"reduce", cpu::register_reduce_ops},
       {"control_flow", cpu::register_control_flow_ops},
       {"sequence", cpu::register_sequence_ops},

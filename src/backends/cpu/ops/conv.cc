@@ -137,31 +137,38 @@ void conv_forward(const ConvSetup& s, const T* x, const T* w, T* y) {
   }
 }
 
-Status conv_kernel(KernelContext& ctx) {
-  if (!ctx.has_input(0) || !ctx.has_input(1)) return ctx.error("inputs X and W are required");
-  const Tensor& x0 = ctx.input(0);
-  const Tensor& w0 = ctx.input(1);
+}  // namespace
+
+Result<Tensor> conv_reference(const KernelContext& ctx, const Tensor& x0, const Tensor& w0, const Tensor* b) {
   if (x0.dtype() != w0.dtype()) return ctx.error("X and W must have the same dtype, got " + x0.description() + " and " + w0.description());
   KILN_ASSIGN_OR_RETURN(ConvSetup s, conv_setup(ctx, x0, w0));
-  if (ctx.has_input(2) && (ctx.input(2).numel() != s.M || ctx.input(2).rank() != 1))
-    return ctx.error("B must be a 1-D tensor of " + std::to_string(s.M) + " output channels, got " + ctx.input(2).description());
+  if (b != nullptr && (b->numel() != s.M || b->rank() != 1))
+    return ctx.error("B must be a 1-D tensor of " + std::to_string(s.M) + " output channels, got " + b->description());
   Tensor x = widen_to_float32(x0), w = widen_to_float32(w0);
   Tensor y(x.dtype(), s.out_shape);
   bool ok = dispatch_float(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     conv_forward<T>(s, x.data<T>(), w.data<T>(), y.data<T>());
-    if (ctx.has_input(2)) {
+    if (b != nullptr) {
       int64_t out_size = shape_numel(s.g.out);
       T* yd = y.data<T>();
       for (int64_t n = 0; n < s.N; ++n)
         for (int64_t m = 0; m < s.M; ++m) {
-          T b = static_cast<T>(ctx.input(2).scalar_as_double(m));
-          for (int64_t i = 0; i < out_size; ++i) yd[(n * s.M + m) * out_size + i] += b;
+          T bias = static_cast<T>(b->scalar_as_double(m));
+          for (int64_t i = 0; i < out_size; ++i) yd[(n * s.M + m) * out_size + i] += bias;
         }
     }
   });
   if (!ok) return ctx.unsupported("dtype " + dtype_name(x0.dtype()) + " is not supported");
-  ctx.set_output(0, narrow_back(y, x0.dtype()));
+  return y;
+}
+
+namespace {
+
+Status conv_kernel(KernelContext& ctx) {
+  if (!ctx.has_input(0) || !ctx.has_input(1)) return ctx.error("inputs X and W are required");
+  KILN_ASSIGN_OR_RETURN(Tensor y, conv_reference(ctx, ctx.input(0), ctx.input(1), ctx.has_input(2) ? &ctx.input(2) : nullptr));
+  ctx.set_output(0, narrow_back(y, ctx.input(0).dtype()));
   return OkStatus();
 }
 

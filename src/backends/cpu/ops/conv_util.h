@@ -89,4 +89,9 @@ inline Status window_geometry(const KernelContext& ctx, const Shape& in_spatial,
   return check_output_size(ctx, *g);
 }
 
+// ONNX Conv of x [N, C, D...] and w [M, C/group, k...] plus the optional bias b [M], with the attributes of
+// ctx's node (group, strides, pads, ...): the reference of Conv, also run by the fused kiln.FusedConv. The
+// result is computed and returned in float32 for float16/bfloat16 inputs (the caller narrows it back).
+Result<Tensor> conv_reference(const KernelContext& ctx, const Tensor& x, const Tensor& w, const Tensor* b);
+
 }  // namespace kiln::cpu

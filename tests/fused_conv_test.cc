@@ -1,0 +1,223 @@
+// The CPU reference of kiln.FusedConv (src/backends/cpu/ops/fused_conv.cc) against the ONNX ops it replaces,
+// Conv (+ Add) (+ Relu), run through their own reference kernels on fresh random inputs; channels-last
+// cases move X, W and Z with ONNX Transpose and Y back, so the layout code is checked by another op. Then
+// the bad inputs, each an error naming the node.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/cast.h"
+#include "kernel_harness.h"
+
+namespace kiln::testing {
+namespace {
+
+using Attrs = std::map<std::string, ir::Attribute>;
+
+std::mt19937& rng() {
+  static std::mt19937 gen([] {
+    const unsigned seed = std::random_device{}();
+    std::printf("fused conv tests: random seed %u\n", seed);
+    return seed;
+  }());
+  return gen;
+}
+
+// Uniform in [-1, 1] without zeros, in float32, rounded to `dtype` when it is a half type.
+Tensor random_tensor(const Shape& shape, DType dtype = DType::kFloat32) {
+  std::uniform_real_distribution<float> dist(0.05f, 1.0f);
+  std::bernoulli_distribution coin(0.5);
+  Tensor t(DType::kFloat32, shape);
+  for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = coin(rng()) ? -dist(rng()) : dist(rng());
+  if (dtype == DType::kFloat32) return t;
+  auto low = cast_tensor(t, dtype);
+  EXPECT_TRUE(low.ok());
+  return *low;
+}
+
+Tensor run_one(const std::string& domain, const std::string& op, std::vector<Value> inputs, Attrs attrs = {}) {
+  OpRun r = run_kernel(domain, op, std::move(inputs), std::move(attrs), 1, 18, "ref_" + op);
+  EXPECT_TRUE(r.status.ok()) << r.status.to_string();
+  return r.status.ok() ? r.outputs[0].tensor() : Tensor();
+}
+
+// [N, C, S...] -> [N, S..., C] (to_last) or back, with ONNX Transpose.
+Tensor transpose_channels(const Tensor& t, bool to_last) {
+  const int64_t r = static_cast<int64_t>(t.rank());
+  std::vector<int64_t> perm = {0};
+  if (to_last) {
+    for (int64_t i = 2; i < r; ++i) perm.push_back(i);
+    perm.push_back(1);
+  } else {
+    perm.push_back(r - 1);
+    for (int64_t i = 1; i + 1 < r; ++i) perm.push_back(i);
+  }
+  return run_one("", "Transpose", {Value(t)}, {{"perm", ints_attr(perm)}});
+}
+
+struct FusedCase {
+  Shape x, w;  // ONNX layout: X [N, C, D...], W [M, C/group, k...]
+  Attrs conv;  // Conv's attributes
+  bool bias = false, residual = false, relu = false, channels_last = false;
+  DType dtype = DType::kFloat32;
+};
+
+void expect_fused_matches_unfused(const FusedCase& c) {
+  SCOPED_TRACE("X " + shape_to_string(c.x) + " W " + shape_to_string(c.w) + (c.bias ? " +B" : "") +
+               (c.residual ? " +Z" : "") + (c.relu ? " Relu" : "") + (c.channels_last ? " NHWC " : " NCHW ") +
+               dtype_name(c.dtype));
+  const Tensor x = random_tensor(c.x, c.dtype), w = random_tensor(c.w, c.dtype);
+  const Tensor b = c.bias ? random_tensor({c.w[0]}, c.dtype) : Tensor();
+
+  // The unfused ops, in float32 on the (rounded) inputs: the fused op rounds once, at the end.
+  std::vector<Value> conv_in = {Value(widen_to_float32(x)), Value(widen_to_float32(w))};
+  if (c.bias) conv_in.emplace_back(widen_to_float32(b));
+  Tensor want = run_one("", "Conv", conv_in, c.conv);
+  ASSERT_TRUE(want.defined());
+  const Tensor z = c.residual ? random_tensor(want.shape(), c.dtype) : Tensor();
+  if (c.residual) want = run_one("", "Add", {Value(want), Value(widen_to_float32(z))});
+  if (c.relu) want = run_one("", "Relu", {Value(want)});
+  if (c.dtype != DType::kFloat32) want = narrow_from_float32(want, c.dtype);
+
+  Attrs attrs = c.conv;
+  attrs["activation"] = string_attr(c.relu ? "Relu" : "");
+  attrs["channels_last"] = int_attr(c.channels_last ? 1 : 0);
+  auto layout = [&](const Tensor& t) { return c.channels_last ? transpose_channels(t, true) : t; };
+  std::vector<Value> in = {Value(layout(x)), Value(layout(w)), c.bias ? Value(b) : Value(),
+                           c.residual ? Value(layout(z)) : Value()};
+  OpRun r = run_kernel("kiln", "FusedConv", in, attrs, 1, 1, "fused");
+  ASSERT_TRUE(r.status.ok()) << r.status.to_string();
+  Tensor got = r.outputs[0].tensor();
+  ASSERT_EQ(got.dtype(), c.dtype);
+  if (c.channels_last) {
+    ASSERT_EQ(got.shape(), layout(want).shape());
+    got = transpose_channels(got, false);
+  }
+  ASSERT_EQ(got.shape(), want.shape());
+  // The same float32 operations in the same order: equal, up to a last-bit difference at most.
+  const Tensor g = widen_to_float32(got), e = widen_to_float32(want);
+  int bad = 0;
+  for (int64_t i = 0; i < g.numel() && bad < 5; ++i) {
+    const float a = g.data<float>()[i], v = e.data<float>()[i];
+    if (std::fabs(a - v) > 1e-6f * std::fabs(v) + 1e-7f) {
+      ++bad;
+      ADD_FAILURE() << "element " << i << ": got " << a << ", want " << v;
+    }
+  }
+}
+
+// Every combination of bias, residual and activation, in both layouts, for one convolution.
+void expect_all_epilogues(FusedCase c) {
+  for (bool channels_last : {false, true})
+    for (int mask = 0; mask < 8; ++mask) {
+      c.channels_last = channels_last;
+      c.bias = mask & 1;
+      c.residual = mask & 2;
+      c.relu = mask & 4;
+      expect_fused_matches_unfused(c);
+    }
+}
+
+TEST(FusedConvOps, Pointwise) { expect_all_epilogues({{2, 8, 5, 6}, {16, 8, 1, 1}, {}}); }
+
+TEST(FusedConvOps, ThreeByThreePadded) {
+  expect_all_epilogues({{1, 8, 7, 7}, {8, 8, 3, 3}, {{"pads", ints_attr({1, 1, 1, 1})}}});
+}
+
+TEST(FusedConvOps, StridedAsymmetricPads) {
+  expect_all_epilogues({{2, 3, 9, 8}, {4, 3, 3, 2}, {{"strides", ints_attr({2, 2})}, {"pads", ints_attr({1, 0, 2, 1})}}});
+}
+
+TEST(FusedConvOps, Groups) {
+  expect_all_epilogues({{1, 6, 6, 6}, {9, 2, 3, 3}, {{"group", int_attr(3)}, {"pads", ints_attr({1, 1, 1, 1})}}});
+  expect_all_epilogues({{2, 4, 5, 5}, {4, 1, 3, 3}, {{"group", int_attr(4)}, {"strides", ints_attr({2, 1})}}});  // depthwise
+}
+
+TEST(FusedConvOps, DilationsAndAutoPad) {
+  expect_all_epilogues({{1, 4, 9, 9}, {6, 4, 3, 3}, {{"dilations", ints_attr({2, 1})}, {"auto_pad", string_attr("SAME_UPPER")}}});
+  expect_all_epilogues({{1, 2, 8, 7}, {3, 2, 2, 3}, {{"strides", ints_attr({2, 2})}, {"auto_pad", string_attr("SAME_LOWER")}}});
+}
+
+TEST(FusedConvOps, OneAndThreeSpatialDims) {
+  expect_all_epilogues({{2, 4, 11}, {6, 4, 3}, {{"pads", ints_attr({1, 2})}, {"kernel_shape", ints_attr({3})}}});
+  expect_all_epilogues({{1, 2, 4, 5, 3}, {4, 2, 2, 3, 1}, {{"strides", ints_attr({1, 2, 1})}}});
+}
+
+TEST(FusedConvOps, HalfTypesRoundOnce) {
+  for (DType t : {DType::kFloat16, DType::kBFloat16}) {
+    FusedCase c{{1, 8, 6, 6}, {8, 8, 3, 3}, {{"pads", ints_attr({1, 1, 1, 1})}}};
+    c.dtype = t;
+    expect_all_epilogues(c);
+  }
+}
+
+TEST(FusedConvOps, NoAttributesMeansConvDefaults) {
+  // Absent activation and channels_last: a plain Conv.
+  const Tensor x = random_tensor({1, 3, 5, 5}), w = random_tensor({2, 3, 3, 3});
+  OpRun r = run_kernel("kiln", "FusedConv", {Value(x), Value(w)}, {}, 1, 1, "fused");
+  ASSERT_TRUE(r.status.ok()) << r.status.to_string();
+  const Tensor want = run_one("", "Conv", {Value(x), Value(w)});
+  ASSERT_EQ(r.outputs[0].tensor().shape(), want.shape());
+  for (int64_t i = 0; i < want.numel(); ++i) EXPECT_EQ(r.outputs[0].tensor().data<float>()[i], want.data<float>()[i]);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Bad input.
+
+void expect_error(std::vector<Value> in, Attrs attrs, const std::string& words) {
+  OpRun r = run_kernel("kiln", "FusedConv", std::move(in), std::move(attrs), 1, 1, "bad_fused_conv");
+  ASSERT_FALSE(r.status.ok());
+  EXPECT_NE(r.status.message().find("bad_fused_conv"), std::string::npos) << r.status.message();
+  EXPECT_NE(r.status.message().find(words), std::string::npos) << r.status.message();
+}
+
+TEST(FusedConvOps, BadActivation) {
+  expect_error({Value(random_tensor({1, 2, 4, 4})), Value(random_tensor({2, 2, 3, 3}))}, {{"activation", string_attr("Gelu")}},
+               "activation 'Gelu'");
+}
+
+TEST(FusedConvOps, BadChannelsLast) {
+  expect_error({Value(random_tensor({1, 2, 4, 4})), Value(random_tensor({2, 2, 3, 3}))}, {{"channels_last", int_attr(2)}},
+               "channels_last 2");
+}
+
+TEST(FusedConvOps, ResidualShapeMustBeYs) {
+  const Value x(random_tensor({1, 2, 4, 4})), w(random_tensor({3, 2, 3, 3}));
+  expect_error({x, w, Value(), Value(random_tensor({1, 3, 4, 4}))}, {}, "Z float32[1,3,4,4] must have Y's shape [1,3,2,2]");
+  // In NHWC, an NCHW-shaped Z is wrong.
+  expect_error({Value(random_tensor({1, 4, 4, 2})), Value(random_tensor({3, 3, 3, 2})), Value(), Value(random_tensor({1, 3, 2, 2}))},
+               {{"channels_last", int_attr(1)}}, "must have Y's shape [1,2,2,3]");
+}
+
+TEST(FusedConvOps, BiasSizeMustBeM) {
+  expect_error({Value(random_tensor({1, 2, 4, 4})), Value(random_tensor({3, 2, 3, 3})), Value(random_tensor({2}))}, {},
+               "B must be a 1-D tensor of 3");
+}
+
+TEST(FusedConvOps, Ranks) {
+  expect_error({Value(random_tensor({2, 4})), Value(random_tensor({2, 4}))}, {}, "X must be");
+  expect_error({Value(random_tensor({1, 2, 4, 4})), Value(random_tensor({2, 2, 3}))}, {}, "must have X's rank");
+}
+
+TEST(FusedConvOps, ChannelsLastChannelMismatch) {
+  // NHWC X with 4 channels, KRSC W expecting 3.
+  expect_error({Value(random_tensor({1, 5, 5, 4})), Value(random_tensor({2, 3, 3, 3}))}, {{"channels_last", int_attr(1)}},
+               "input channels");
+}
+
+TEST(FusedConvOps, DtypesMustMatch) {
+  const Value x(random_tensor({1, 2, 4, 4})), w(random_tensor({3, 2, 3, 3}));
+  expect_error({x, w, Value(random_tensor({3}, DType::kFloat16))}, {}, "B ");
+  expect_error({x, w, Value(), Value(random_tensor({1, 3, 2, 2}, DType::kFloat16))}, {}, "Z ");
+  expect_error({x, Value(random_tensor({3, 2, 3, 3}, DType::kFloat16))}, {}, "same dtype");
+}
+
+TEST(FusedConvOps, MissingWeights) { expect_error({Value(random_tensor({1, 2, 4, 4}))}, {}, "required"); }
+
+}  // namespace
+}  // namespace kiln::testing
