@@ -57,8 +57,8 @@ class Inferrer {
 
   void run() {
     for (const ir::Node& n : g_.nodes) {
-      if (!n.domain.empty()) continue;
-      infer(n);
+      if (n.domain == "kiln") infer_kiln(n);
+      else if (n.domain.empty()) infer(n);
     }
   }
 
@@ -183,18 +183,7 @@ class Inferrer {
       for (int64_t i = 2; i < rank; ++i) out.push_back(Dim::of(1));
       return set(n, 0, tensor_type(x->dtype, out));
     }
-    if (op == "MatMul") {
-      const TypeInfo* y = type(n.inputs[1]);
-      if (!y || !y->has_shape || d.empty() || y->dims.empty()) return;
-      std::vector<Dim> a = d, b = y->dims;
-      bool a1 = a.size() == 1, b1 = b.size() == 1;
-      if (a1) a.insert(a.begin(), Dim::of(1));
-      if (b1) b.push_back(Dim::of(1));
-      std::vector<Dim> batch = broadcast(std::vector<Dim>(a.begin(), a.end() - 2), std::vector<Dim>(b.begin(), b.end() - 2));
-      if (!a1) batch.push_back(a[a.size() - 2]);
-      if (!b1) batch.push_back(b.back());
-      return set(n, 0, tensor_type(x->dtype, batch));
-    }
+    if (op == "MatMul") return infer_matmul(n, *x);
     if (op == "Gemm") {
       const TypeInfo* y = type(n.inputs[1]);
       if (!y || !y->has_shape || rank != 2 || y->dims.size() != 2) return;
@@ -323,6 +312,29 @@ class Inferrer {
       }
       return set(n, 0, tensor_type(arg ? DType::kInt64 : x->dtype, out));
     }
+  }
+
+  // The optimizer's ops (domain "kiln", ops_spec): their outputs have X's dtype.
+  void infer_kiln(const ir::Node& n) {
+    const TypeInfo* x = n.inputs.empty() ? nullptr : type(n.inputs[0]);
+    if (!x) return;
+    if (n.op_type == "Gelu") return set(n, 0, *x);
+    if (n.op_type == "FusedMatMul" && x->has_shape) return infer_matmul(n, *x);  // the bias keeps MatMul's shape
+  }
+
+  // numpy matmul: broadcast batch dims, then [M, K] x [K, N]; a 1-D operand loses its dim.
+  void infer_matmul(const ir::Node& n, const TypeInfo& x) {
+    const std::vector<Dim>& d = x.dims;
+    const TypeInfo* y = n.inputs.size() > 1 ? type(n.inputs[1]) : nullptr;
+    if (!y || !y->has_shape || d.empty() || y->dims.empty()) return;
+    std::vector<Dim> a = d, b = y->dims;
+    bool a1 = a.size() == 1, b1 = b.size() == 1;
+    if (a1) a.insert(a.begin(), Dim::of(1));
+    if (b1) b.push_back(Dim::of(1));
+    std::vector<Dim> batch = broadcast(std::vector<Dim>(a.begin(), a.end() - 2), std::vector<Dim>(b.begin(), b.end() - 2));
+    if (!a1) batch.push_back(a[a.size() - 2]);
+    if (!b1) batch.push_back(b.back());
+    set(n, 0, tensor_type(x.dtype, batch));
   }
 
   Dim product(const std::vector<Dim>& d, int64_t from, int64_t to) {

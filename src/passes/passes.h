@@ -28,4 +28,15 @@ Status eliminate_dead_nodes(ir::Model& model, int* removed = nullptr);
 Status lower_precision(ir::Model& model, DType low, const std::function<bool(const ir::Node&)>& lower,
                        std::set<std::string>* lowered = nullptr);
 
+// Finds GELU written out as elementwise ops (exporters for opsets < 20: 0.5 * x * (1 + Erf(x / sqrt(2))), and
+// the tanh form 0.5 * x * (1 + Tanh(sqrt(2/pi) * (x + 0.044715 * x^3)))) and replaces each with one kiln.Gelu
+// (approximate "none" / "tanh"); the pattern's intermediate values must have no other reader. Sets
+// model.opsets["kiln"]. The number found goes to *found.
+Status recognize_gelu(ir::Model& model, int* found = nullptr);
+// MatMul(A, W) -> Add(., bias) [-> Relu | Gelu(approximate "tanh")] becomes one kiln.FusedMatMul when each
+// link is its predecessor's sole reader and bias is a float initializer of shape [N] or [1, N], N = W's last
+// dim (a [1, N] one is stored again as [N]). Run after infer_shapes (W's shape, A's rank) and after
+// recognize_gelu. The number of fused nodes goes to *fused.
+Status fuse_matmul_bias(ir::Model& model, int* fused = nullptr);
+
 }  // namespace kiln::passes

@@ -170,6 +170,7 @@ const LayerTable& layer_table() {
     LayerTable t;
     register_elementwise_layers(t);
     register_matmul_layers(t);
+    register_fused_matmul_layers(t);
     register_conv_layers(t);
     register_normalization_layers(t);
     register_softmax_layers(t);

@@ -140,6 +140,7 @@ const LayerTable& layer_table();
 // One per op family file.
 void register_elementwise_layers(LayerTable& table);  // elementwise_layers.cc: unary, binary, Where, Cast
 void register_matmul_layers(LayerTable& table);  // matmul.cc: MatMul and Gemm through cuBLASLt
+void register_fused_matmul_layers(LayerTable& table);  // fused_matmul.cc: kiln.FusedMatMul, kiln.Gelu (after the elementwise layers)
 void register_conv_layers(LayerTable& table);  // conv.cc: Conv and ConvTranspose through cuDNN
 void register_normalization_layers(LayerTable& table);  // normalization.cu: BatchNormalization, InstanceNormalization, LayerNormalization, GroupNormalization
 void register_softmax_layers(LayerTable& table);  // softmax.cu: Softmax and LogSoftmax

@@ -327,7 +327,9 @@ std::vector<std::string> matmul_tactics() {
 std::string check_matmul_layer(const LayerSpec& spec, MatmulEpilogue epilogue) {
   const std::string& op = spec.node->op_type;
   const std::string who = "CUDA " + op + ": ";
-  if (op != "MatMul" && op != "Gemm") return "CUDA cuBLASLt layer: op " + op + " is not MatMul or Gemm";
+  // kiln.FusedMatMul (fused_matmul.cc) is a MatMul whose input 2 is the epilogue's bias.
+  if (op != "MatMul" && op != "Gemm" && op != "FusedMatMul")
+    return "CUDA cuBLASLt layer: op " + op + " is not MatMul or Gemm (or kiln.FusedMatMul)";
   const bool gemm = op == "Gemm";
   const size_t bias_index = gemm ? 3 : 2;
   const size_t max_inputs = matmul_epilogue_has_bias(epilogue) ? bias_index + 1 : (gemm ? 3 : 2);

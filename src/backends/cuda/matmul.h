@@ -22,7 +22,8 @@ enum class MatmulEpilogue { kNone, kRelu, kGelu, kBias, kBiasRelu, kBiasGelu };
 const char* matmul_epilogue_name(MatmulEpilogue e);  // "none", "relu", "gelu", "bias", "bias_relu", "bias_gelu"
 bool matmul_epilogue_has_bias(MatmulEpilogue e);
 
-// "" when a MatMul or Gemm node (spec.node->op_type) with this epilogue can run; otherwise why not.
+// "" when a MatMul or Gemm node (spec.node->op_type) with this epilogue can run; otherwise why not. A
+// kiln.FusedMatMul node is read as a MatMul (its bias is input 2).
 std::string check_matmul_layer(const LayerSpec& spec, MatmulEpilogue epilogue);
 // The tactic names: "cuda.cublaslt.h0" .. "cuda.cublaslt.h3", indices into cuBLASLt's heuristic list for the
 // problem (create() says Unsupported when the heuristic offers fewer).

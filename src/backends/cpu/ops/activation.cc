@@ -8,6 +8,7 @@
 
 #include "backends/cpu/kernel_util.h"
 #include "backends/cpu/ops/elementwise_util.h"
+#include "backends/cpu/ops/fused_matmul.h"
 
 namespace kiln::cpu {
 namespace {
@@ -179,24 +180,17 @@ Status shrink_kernel(KernelContext& ctx) {
   });
 }
 
+}  // namespace
+
 Status gelu_kernel(KernelContext& ctx) {
-  KILN_ASSIGN_OR_RETURN(Tensor x, required_input(ctx, 0));
+  KILN_ASSIGN_OR_RETURN(Tensor x, elementwise::required_input(ctx, 0));
   const std::string approximate = ctx.attr_string("approximate", "none");
-  if (approximate == "none") {
-    return map_float(ctx, x, [](auto v) -> decltype(v) {
-      using T = decltype(v);
-      return T(0.5) * v * (T(1) + std::erf(v / std::sqrt(T(2))));
-    });
-  }
-  if (approximate == "tanh") {
-    return map_float(ctx, x, [](auto v) -> decltype(v) {
-      using T = decltype(v);
-      const T k = std::sqrt(T(2) / T(3.14159265358979323846));
-      return T(0.5) * v * (T(1) + std::tanh(k * (v + T(0.044715) * v * v * v)));
-    });
-  }
+  if (approximate == "none") return elementwise::map_float(ctx, x, [](auto v) { return gelu_erf(v); });
+  if (approximate == "tanh") return elementwise::map_float(ctx, x, [](auto v) { return gelu_tanh(v); });
   return ctx.error("approximate must be 'none' or 'tanh', got '" + approximate + "'");
 }
+
+namespace {
 
 Status mish_kernel(KernelContext& ctx) {
   KILN_ASSIGN_OR_RETURN(Tensor x, required_input(ctx, 0));

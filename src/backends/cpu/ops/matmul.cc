@@ -5,6 +5,7 @@
 #include <type_traits>
 
 #include "backends/cpu/kernel_util.h"
+#include "backends/cpu/ops/fused_matmul.h"
 #include "backends/cpu/ops/gemm_util.h"
 #include "core/float_formats.h"
 
@@ -105,10 +106,9 @@ Result<MatMulPlan> plan_matmul(const KernelContext& ctx, const Shape& a_in, cons
   return p;
 }
 
-Status matmul_kernel(KernelContext& ctx) {
-  if (!ctx.has_input(0) || !ctx.has_input(1)) return ctx.error("inputs A and B are required");
-  const Tensor& a0 = ctx.input(0);
-  const Tensor& b0 = ctx.input(1);
+}  // namespace
+
+Result<Tensor> matmul_product(const KernelContext& ctx, const Tensor& a0, const Tensor& b0) {
   if (a0.dtype() != b0.dtype()) return ctx.error("A and B must have the same dtype, got " + a0.description() + " and " + b0.description());
   KILN_ASSIGN_OR_RETURN(MatMulPlan p, plan_matmul(ctx, a0.shape(), b0.shape()));
   Tensor a = widen_to_float32(a0), b = widen_to_float32(b0);
@@ -121,7 +121,15 @@ Status matmul_kernel(KernelContext& ctx) {
     }
   });
   if (!ok) return ctx.unsupported("dtype " + dtype_name(a0.dtype()) + " is not supported");
-  ctx.set_output(0, narrow_back(y, a0.dtype()));
+  return y;
+}
+
+namespace {
+
+Status matmul_kernel(KernelContext& ctx) {
+  if (!ctx.has_input(0) || !ctx.has_input(1)) return ctx.error("inputs A and B are required");
+  KILN_ASSIGN_OR_RETURN(Tensor y, matmul_product(ctx, ctx.input(0), ctx.input(1)));
+  ctx.set_output(0, narrow_back(y, ctx.input(0).dtype()));
   return OkStatus();
 }
 

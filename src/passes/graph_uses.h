@@ -1,0 +1,71 @@
+// What the fusion passes ask of a graph before absorbing a node into a fused one: who reads a value (a link
+// of a fused chain may vanish only when the chain is its sole reader and it is no graph output), and the
+// value of a scalar constant operand (GELU's 0.5 and sqrt(2), a bias).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "ir/graph.h"
+#include "runtime/executor.h"
+
+namespace kiln::passes {
+
+class GraphReaders {
+ public:
+  explicit GraphReaders(const ir::Graph& g) {
+    for (size_t k = 0; k < g.nodes.size(); ++k)
+      for (const auto& v : runtime::node_reads(g.nodes[k])) readers_[v].push_back(k);  // subgraph reads too
+    for (const auto& o : g.outputs) graph_outputs_.insert(o.name);
+  }
+  // The one node that reads `value`; -1 when none or several do, or the value is a graph output.
+  long sole_reader(const std::string& value) const {
+    if (value.empty() || graph_outputs_.count(value)) return -1;
+    auto it = readers_.find(value);
+    return it != readers_.end() && it->second.size() == 1 ? static_cast<long>(it->second[0]) : -1;
+  }
+
+ private:
+  std::map<std::string, std::vector<size_t>> readers_;
+  std::set<std::string> graph_outputs_;
+};
+
+// The constant tensor `name` holds: an initializer that is not a graph input (an input with a default
+// can be overridden at run time), or the value of a Constant node; nullptr otherwise.
+inline const Tensor* constant_value(const ir::Graph& g, const std::string& name) {
+  if (name.empty()) return nullptr;
+  for (const auto& in : g.inputs)
+    if (in.name == name) return nullptr;
+  if (auto it = g.initializers.find(name); it != g.initializers.end()) return &it->second;
+  for (const auto& n : g.nodes) {
+    if (n.outputs.size() != 1 || n.outputs[0] != name) continue;
+    const ir::Attribute* v = n.attr("value");
+    if (n.domain.empty() && n.op_type == "Constant" && v != nullptr && v->type == ir::Attribute::Type::kTensor) return &v->t;
+    return nullptr;
+  }
+  return nullptr;
+}
+
+// The rank of a value when known, else -1.
+inline int64_t known_rank(const ir::Graph& g, const std::string& name) {
+  if (auto it = g.initializers.find(name); it != g.initializers.end()) return it->second.rank();
+  const ir::TypeInfo* t = g.type_of(name);
+  return t != nullptr && t->kind == ir::TypeInfo::Kind::kTensor && t->has_shape ? static_cast<int64_t>(t->dims.size()) : -1;
+}
+
+// Whether `name` is a float constant of one element within 1e-4 (relative to max(1, |want|)) of `want`
+// that, broadcast against an operand of rank `other_rank` (-1: unknown), leaves that operand's shape as it
+// is: rank 0, or rank 1 against an operand known to be at least 1-D.
+inline bool is_scalar_near(const ir::Graph& g, const std::string& name, double want, int64_t other_rank) {
+  const Tensor* t = constant_value(g, name);
+  if (t == nullptr || !dtype_is_float(t->dtype()) || t->numel() != 1 || t->rank() > 1) return false;
+  if (t->rank() == 1 && other_rank < 1) return false;
+  const double v = t->scalar_as_double(0);
+  return std::fabs(v - want) <= 1e-4 * std::max(1.0, std::fabs(want));
+}
+
+}  // namespace kiln::passes

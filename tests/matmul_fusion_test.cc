@@ -1,0 +1,557 @@
+// kiln.FusedMatMul and kiln.Gelu (src/backends/cpu/ops/fused_matmul.cc) against their ONNX decompositions, and
+// the passes that make them (recognize_gelu, fuse_matmul_bias): the graph after each pass, and its outputs
+// before and after through the CPU executor on random inputs; the graphs that must stay as they are.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <functional>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/cast.h"
+#include "kernel_harness.h"
+#include "passes/passes.h"
+#include "runtime/executor.h"
+
+namespace kiln::testing {
+namespace {
+
+std::mt19937& rng() {
+  static std::mt19937 gen(20261123);
+  return gen;
+}
+
+// Uniform in [-2, 2], never zero.
+Tensor random_tensor(const Shape& shape, DType dtype = DType::kFloat32) {
+  std::uniform_real_distribution<float> dist(-2.0f, 2.0f);
+  Tensor t(DType::kFloat32, shape);
+  for (int64_t i = 0; i < t.numel(); ++i) {
+    float v = dist(rng());
+    t.data<float>()[i] = v == 0.0f ? 0.375f : v;
+  }
+  return dtype == DType::kFloat32 ? t : cast_tensor(t, dtype).value();
+}
+
+void expect_close(const Tensor& got, const Tensor& want, double tol, const std::string& what) {
+  ASSERT_EQ(got.shape(), want.shape()) << what;
+  ASSERT_EQ(got.dtype(), want.dtype()) << what;
+  const Tensor g = widen_to_float32(got), w = widen_to_float32(want);
+  int bad = 0;
+  for (int64_t i = 0; i < g.numel() && bad < 5; ++i) {
+    const double a = g.data<float>()[i], b = w.data<float>()[i];
+    if (!(std::fabs(a - b) <= tol * (1.0 + std::fabs(b)))) {
+      ++bad;
+      ADD_FAILURE() << what << ": element " << i << ": got " << a << ", want " << b;
+    }
+  }
+}
+
+Tensor run_ok(const std::string& domain, const std::string& op, std::vector<Value> inputs,
+              std::map<std::string, ir::Attribute> attrs = {}, int opset = 17) {
+  OpRun r = run_kernel(domain, op, std::move(inputs), std::move(attrs), 1, opset, "n_" + op);
+  EXPECT_TRUE(r.status.ok()) << r.status.to_string();
+  return r.status.ok() ? r.outputs[0].tensor() : Tensor();
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The ops
+
+// MatMul -> Add(bias) -> activation through the ONNX references, in the inputs' dtype at each step.
+Tensor decomposed_fused_matmul(const Tensor& a, const Tensor& b, const Tensor& bias, const std::string& act) {
+  Tensor y = run_ok("", "Add", {run_ok("", "MatMul", {a, b}), bias});
+  if (act == "Relu") y = run_ok("", "Relu", {y});
+  if (act == "GeluTanh") y = run_ok("", "Gelu", {y}, {{"approximate", string_attr("tanh")}}, 20);
+  return y;
+}
+
+TEST(FusedMatMulOp, MatchesDecompositionForEachActivationAndShape) {
+  const std::vector<std::pair<Shape, Shape>> shapes{
+      {{5, 8}, {8, 6}}, {{2, 3, 8}, {8, 6}}, {{2, 3, 8}, {2, 8, 6}}, {{8}, {8, 6}}, {{3, 1, 4, 8}, {2, 8, 6}}};
+  for (const auto& [as, bs] : shapes) {
+    for (const char* act : {"", "Relu", "GeluTanh"}) {
+      SCOPED_TRACE(shape_to_string(as) + " x " + shape_to_string(bs) + " " + act);
+      const Tensor a = random_tensor(as), b = random_tensor(bs), bias = random_tensor({bs.back()});
+      const Tensor got = run_ok("kiln", "FusedMatMul", {a, b, bias}, {{"activation", string_attr(act)}}, 1);
+      expect_close(got, decomposed_fused_matmul(a, b, bias, act), 1e-5, "float32");
+    }
+  }
+}
+
+TEST(FusedMatMulOp, HalfTypesComputeInFloat32AndRoundOnce) {
+  for (DType t : {DType::kFloat16, DType::kBFloat16}) {
+    SCOPED_TRACE(dtype_name(t));
+    const Tensor a = random_tensor({2, 4, 16}, t), b = random_tensor({16, 8}, t), bias = random_tensor({8}, t);
+    const Tensor got = run_ok("kiln", "FusedMatMul", {a, b, bias}, {{"activation", string_attr("GeluTanh")}}, 1);
+    // The float32 computation on the same (rounded) values, rounded once: what the fused op promises.
+    const Tensor exact = run_ok("kiln", "FusedMatMul", {widen_to_float32(a), widen_to_float32(b), widen_to_float32(bias)},
+                                {{"activation", string_attr("GeluTanh")}}, 1);
+    expect_close(got, narrow_from_float32(exact, t), 0.0, "rounded once");
+    expect_close(got, decomposed_fused_matmul(a, b, bias, "GeluTanh"), t == DType::kFloat16 ? 1e-2 : 5e-2, "decomposition");
+  }
+}
+
+TEST(FusedMatMulOp, ClearErrorsNamingTheNode) {
+  const Tensor a = random_tensor({3, 4}), b = random_tensor({4, 5});
+  auto expect_error = [](std::vector<Value> in, std::map<std::string, ir::Attribute> attrs, const std::string& part) {
+    OpRun r = run_kernel("kiln", "FusedMatMul", std::move(in), std::move(attrs), 1, 1, "fc7");
+    ASSERT_FALSE(r.status.ok()) << part;
+    EXPECT_NE(r.status.message().find("fc7"), std::string::npos) << r.status.to_string();
+    EXPECT_NE(r.status.message().find(part), std::string::npos) << r.status.to_string();
+  };
+  expect_error({a, b, random_tensor({5})}, {{"activation", string_attr("Gelu")}}, "activation must be");
+  expect_error({a, b, random_tensor({4})}, {}, "bias must be 1-D of B's last dim 5");
+  expect_error({a, b, random_tensor({1, 5})}, {}, "bias must be 1-D");
+  expect_error({a, b}, {}, "inputs A, B and bias are required");
+  expect_error({a, random_tensor({4}), random_tensor({1})}, {}, "B must have rank >= 2");
+  expect_error({a, b, random_tensor({5}, DType::kFloat16)}, {}, "bias must have A's dtype");
+  expect_error({a, random_tensor({3, 5}), random_tensor({5})}, {}, "inner dimensions differ");
+  Tensor ints(DType::kInt32, {3, 4});
+  expect_error({ints, ints, ints}, {}, "float");
+}
+
+TEST(KilnGeluOp, IsOnnxGeluAtAnyOpset) {
+  const Tensor x = random_tensor({4, 33});
+  for (const char* form : {"none", "tanh"}) {
+    const Tensor want = run_ok("", "Gelu", {x}, {{"approximate", string_attr(form)}}, 20);
+    const Tensor got = run_ok("kiln", "Gelu", {x}, {{"approximate", string_attr(form)}}, 1);
+    expect_close(got, want, 0.0, form);
+  }
+  // The erf form is what the decomposition torch exports at opset 17 computes.
+  Tensor d = run_ok("", "Div", {x, Tensor::from_vector<float>(DType::kFloat32, {}, {1.4142135f})});
+  d = run_ok("", "Add", {run_ok("", "Erf", {d}), Tensor::from_vector<float>(DType::kFloat32, {}, {1.0f})});
+  d = run_ok("", "Mul", {run_ok("", "Mul", {x, d}), Tensor::from_vector<float>(DType::kFloat32, {}, {0.5f})});
+  expect_close(run_ok("kiln", "Gelu", {x}, {}, 1), d, 1e-6, "decomposed erf form");
+  OpRun bad = run_kernel("kiln", "Gelu", {x}, {{"approximate", string_attr("fast")}}, 1, 1, "gelu3");
+  ASSERT_FALSE(bad.status.ok());
+  EXPECT_NE(bad.status.message().find("gelu3"), std::string::npos);
+  EXPECT_NE(bad.status.message().find("approximate must be"), std::string::npos);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The passes, on graphs built in code
+
+struct Builder {
+  ir::Model m;
+  std::map<std::string, Tensor> feeds;
+  explicit Builder(int opset = 17) {
+    m.ir_version = 8;
+    m.opsets[""] = opset;
+  }
+  void input(const std::string& name, const Shape& shape) {
+    ir::ValueInfo v;
+    v.name = name;
+    v.type.kind = ir::TypeInfo::Kind::kTensor;
+    v.type.dtype = DType::kFloat32;
+    v.type.has_shape = true;
+    for (int64_t d : shape) v.type.dims.push_back(ir::Dim::of(d));
+    m.graph.inputs.push_back(v);
+    feeds[name] = random_tensor(shape);
+  }
+  void output(const std::string& name) { m.graph.outputs.push_back(ir::ValueInfo{name, {}}); }
+  void weight(const std::string& name, const Shape& shape) { m.graph.initializers[name] = random_tensor(shape); }
+  void scalar(const std::string& name, float v) {
+    m.graph.initializers[name] = Tensor::from_vector<float>(DType::kFloat32, {}, {v});
+  }
+  ir::Node& node(const std::string& op, std::vector<std::string> ins, std::vector<std::string> outs,
+                 const std::string& name, const std::string& domain = "") {
+    ir::Node n;
+    n.op_type = op;
+    n.domain = domain;
+    n.name = name;
+    n.inputs = std::move(ins);
+    n.outputs = std::move(outs);
+    n.index = static_cast<int>(m.graph.nodes.size());
+    m.graph.nodes.push_back(std::move(n));
+    return m.graph.nodes.back();
+  }
+  void attr(ir::Node& n, const std::string& name, const std::string& s) { n.attributes[name] = string_attr(s); }
+
+  std::vector<Tensor> run() const {
+    auto g = runtime::PreparedGraph::prepare(m.graph, m.opsets);
+    EXPECT_TRUE(g.ok()) << g.status().to_string();
+    if (!g.ok()) return {};
+    std::map<std::string, Value> in;
+    for (const auto& [k, v] : feeds) in[k] = v;
+    auto out = g->run(in);
+    EXPECT_TRUE(out.ok()) << out.status().to_string();
+    std::vector<Tensor> r;
+    if (out.ok())
+      for (const Value& v : *out) r.push_back(v.tensor());
+    return r;
+  }
+};
+
+std::vector<std::string> ops(const ir::Model& m) {
+  std::vector<std::string> r;
+  for (const auto& n : m.graph.nodes) r.push_back(n.domain.empty() ? n.op_type : n.domain + "." + n.op_type);
+  return r;
+}
+
+const ir::Node* find_op(const ir::Model& m, const std::string& op) {
+  for (const auto& n : m.graph.nodes)
+    if (n.op_type == op) return &n;
+  return nullptr;
+}
+
+std::string attr_s(const ir::Node& n, const std::string& name) {
+  const ir::Attribute* a = n.attr(name);
+  return a ? a->s : "<absent>";
+}
+
+// Runs recognize_gelu then fuse_matmul_bias (as the builder does, after shape inference), comparing the
+// graph's outputs before and after.
+void optimize_and_compare(Builder& b, int* gelus, int* fused, double tol = 1e-5) {
+  ASSERT_TRUE(passes::infer_shapes(b.m).ok());
+  const std::vector<Tensor> before = b.run();
+  ASSERT_TRUE(passes::recognize_gelu(b.m, gelus).ok());
+  ASSERT_TRUE(passes::infer_shapes(b.m).ok());
+  ASSERT_TRUE(passes::fuse_matmul_bias(b.m, fused).ok());
+  ASSERT_TRUE(passes::infer_shapes(b.m).ok());
+  const std::vector<Tensor> after = b.run();
+  ASSERT_EQ(before.size(), after.size());
+  for (size_t i = 0; i < before.size(); ++i) expect_close(after[i], before[i], tol, "output " + std::to_string(i));
+}
+
+// torch's GELU at opset 17: Div(x, sqrt 2) -> Erf -> Add(1) -> Mul(x, .) -> Mul(., 0.5).
+void torch_erf_gelu(Builder& b, const std::string& x, const std::string& y, const std::string& p) {
+  b.scalar(p + "sqrt2", 1.4142135f);
+  b.scalar(p + "one", 1.0f);
+  b.scalar(p + "half", 0.5f);
+  b.node("Div", {x, p + "sqrt2"}, {p + "d"}, p + "div");
+  b.node("Erf", {p + "d"}, {p + "e"}, p + "erf");
+  b.node("Add", {p + "e", p + "one"}, {p + "s"}, p + "add");
+  b.node("Mul", {x, p + "s"}, {p + "xs"}, p + "mul");
+  b.node("Mul", {p + "xs", p + "half"}, {y}, p + "mul_1");
+}
+
+TEST(FuseMatMulBias, MatMulAddBecomesOneNodeNamedAfterBoth) {
+  Builder b;
+  b.input("x", {2, 3, 8});
+  b.weight("w", {8, 16});
+  b.weight("bias", {16});
+  b.node("MatMul", {"x", "w"}, {"xw"}, "fc");
+  b.node("Add", {"xw", "bias"}, {"y"}, "fc_bias");
+  b.output("y");
+  int gelus = -1, fused = -1;
+  optimize_and_compare(b, &gelus, &fused);
+  EXPECT_EQ(gelus, 0);
+  EXPECT_EQ(fused, 1);
+  EXPECT_EQ(ops(b.m), (std::vector<std::string>{"kiln.FusedMatMul"}));
+  const ir::Node& f = b.m.graph.nodes[0];
+  EXPECT_EQ(f.name, "fc + fc_bias");
+  EXPECT_EQ(f.inputs, (std::vector<std::string>{"x", "w", "bias"}));
+  EXPECT_EQ(f.outputs, (std::vector<std::string>{"y"}));
+  EXPECT_EQ(attr_s(f, "activation"), "");
+  EXPECT_EQ(b.m.opsets["kiln"], 1);
+  ASSERT_NE(b.m.graph.type_of("y"), nullptr);
+  EXPECT_EQ(b.m.graph.type_of("y")->to_string(), "float32[2,3,16]");
+}
+
+TEST(FuseMatMulBias, BiasFirstRowBiasAndRelu) {
+  Builder b;
+  b.input("x", {5, 8});
+  b.weight("w", {8, 4});
+  b.weight("bias", {1, 4});
+  b.node("MatMul", {"x", "w"}, {"xw"}, "fc");
+  b.node("Add", {"bias", "xw"}, {"s"}, "add");
+  b.node("Relu", {"s"}, {"y"}, "relu");
+  b.output("y");
+  int gelus = 0, fused = 0;
+  optimize_and_compare(b, &gelus, &fused);
+  EXPECT_EQ(fused, 1);
+  ASSERT_EQ(ops(b.m), (std::vector<std::string>{"kiln.FusedMatMul"}));
+  const ir::Node& f = b.m.graph.nodes[0];
+  EXPECT_EQ(f.name, "fc + add + relu");
+  EXPECT_EQ(attr_s(f, "activation"), "Relu");
+  // The [1, N] bias is stored again as [N] (the op's bias is 1-D).
+  ASSERT_TRUE(b.m.graph.initializers.count(f.inputs[2]));
+  EXPECT_EQ(b.m.graph.initializers.at(f.inputs[2]).shape(), (Shape{4}));
+}
+
+TEST(FuseMatMulBias, AbsorbsTanhGeluButNotTheExactOne) {
+  for (const char* form : {"tanh", "none"}) {
+    SCOPED_TRACE(form);
+    Builder b(20);
+    b.input("x", {6, 8});
+    b.weight("w", {8, 12});
+    b.weight("bias", {12});
+    b.node("MatMul", {"x", "w"}, {"xw"}, "fc");
+    b.node("Add", {"xw", "bias"}, {"s"}, "add");
+    b.attr(b.node("Gelu", {"s"}, {"y"}, "gelu"), "approximate", form);
+    b.output("y");
+    int gelus = 0, fused = 0;
+    optimize_and_compare(b, &gelus, &fused);
+    EXPECT_EQ(fused, 1);
+    if (std::string(form) == "tanh") {
+      ASSERT_EQ(ops(b.m), (std::vector<std::string>{"kiln.FusedMatMul"}));
+      EXPECT_EQ(attr_s(b.m.graph.nodes[0], "activation"), "GeluTanh");
+      EXPECT_EQ(b.m.graph.nodes[0].name, "fc + add + gelu");
+    } else {
+      // cuBLASLt has no exact GELU epilogue: the Gelu stays a node of its own.
+      EXPECT_EQ(ops(b.m), (std::vector<std::string>{"kiln.FusedMatMul", "Gelu"}));
+      EXPECT_EQ(attr_s(b.m.graph.nodes[0], "activation"), "");
+    }
+  }
+}
+
+TEST(FuseMatMulBias, LeavesWhatMustNotFuse) {
+  struct Case {
+    const char* why;
+    std::function<void(Builder&)> build;
+  };
+  const std::vector<Case> cases{
+      {"product read twice",
+       [](Builder& b) {
+         b.node("Add", {"xw", "bias"}, {"y"}, "add");
+         b.node("Neg", {"xw"}, {"z"}, "neg");
+         b.output("z");
+       }},
+      {"product is a graph output",
+       [](Builder& b) {
+         b.node("Add", {"xw", "bias"}, {"y"}, "add");
+         b.output("xw");
+       }},
+      {"bias is a graph input",
+       [](Builder& b) {
+         b.input("b_in", {16});
+         b.node("Add", {"xw", "b_in"}, {"y"}, "add");
+       }},
+      {"bias over rows, not columns",
+       [](Builder& b) {
+         b.weight("col", {5, 1});
+         b.node("Add", {"xw", "col"}, {"y"}, "add");
+       }},
+      {"bias of the whole product",
+       [](Builder& b) {
+         b.weight("full", {5, 16});
+         b.node("Add", {"xw", "full"}, {"y"}, "add");
+       }},
+      {"Sub, not Add",
+       [](Builder& b) { b.node("Sub", {"xw", "bias"}, {"y"}, "sub"); }},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.why);
+    Builder b;
+    b.input("x", {5, 8});
+    b.weight("w", {8, 16});
+    b.weight("bias", {16});
+    b.node("MatMul", {"x", "w"}, {"xw"}, "fc");
+    c.build(b);
+    b.output("y");
+    const std::vector<std::string> before = ops(b.m);
+    int gelus = 0, fused = -1;
+    optimize_and_compare(b, &gelus, &fused);
+    EXPECT_EQ(fused, 0);
+    EXPECT_EQ(ops(b.m), before);
+    EXPECT_FALSE(b.m.opsets.count("kiln"));
+  }
+  // A 1-D W: the product loses N, and a [N] bias would broadcast over something else.
+  Builder v;
+  v.input("x", {5, 8});
+  v.weight("w", {8});
+  v.weight("bias", {8});
+  v.node("MatMul", {"x", "w"}, {"xw"}, "fc");
+  v.node("Add", {"xw", "bias"}, {"y"}, "add");
+  v.output("y");
+  ASSERT_TRUE(passes::infer_shapes(v.m).ok());
+  int fused = -1;
+  ASSERT_TRUE(passes::fuse_matmul_bias(v.m, &fused).ok());
+  EXPECT_EQ(fused, 0);
+}
+
+TEST(FuseMatMulBias, ActivationReadTwiceStaysOut) {
+  Builder b;
+  b.input("x", {5, 8});
+  b.weight("w", {8, 16});
+  b.weight("bias", {16});
+  b.node("MatMul", {"x", "w"}, {"xw"}, "fc");
+  b.node("Add", {"xw", "bias"}, {"s"}, "add");
+  b.node("Relu", {"s"}, {"y"}, "relu");
+  b.node("Neg", {"s"}, {"z"}, "neg");  // the pre-activation sum is needed too
+  b.output("y");
+  b.output("z");
+  int gelus = 0, fused = 0;
+  optimize_and_compare(b, &gelus, &fused);
+  EXPECT_EQ(fused, 1);
+  EXPECT_EQ(ops(b.m), (std::vector<std::string>{"kiln.FusedMatMul", "Relu", "Neg"}));
+  EXPECT_EQ(attr_s(b.m.graph.nodes[0], "activation"), "");
+}
+
+TEST(RecognizeGelu, TorchErfFormBecomesKilnGelu) {
+  Builder b;
+  b.input("x", {3, 40});
+  torch_erf_gelu(b, "x", "y", "g/");
+  b.output("y");
+  int gelus = 0, fused = 0;
+  optimize_and_compare(b, &gelus, &fused);
+  EXPECT_EQ(gelus, 1);
+  ASSERT_EQ(ops(b.m), (std::vector<std::string>{"kiln.Gelu"}));
+  const ir::Node& g = b.m.graph.nodes[0];
+  EXPECT_EQ(g.name, "g/div + g/erf + g/add + g/mul + g/mul_1");
+  EXPECT_EQ(g.inputs, (std::vector<std::string>{"x"}));
+  EXPECT_EQ(g.outputs, (std::vector<std::string>{"y"}));
+  EXPECT_EQ(attr_s(g, "approximate"), "none");
+  EXPECT_EQ(b.m.opsets["kiln"], 1);
+  EXPECT_EQ(b.m.graph.type_of("y")->to_string(), "float32[3,40]");
+}
+
+TEST(RecognizeGelu, OtherExporterVariants) {
+  // Mul by 1/sqrt(2) (operands commuted), and each association of 0.5 * x * s.
+  for (int variant = 0; variant < 3; ++variant) {
+    SCOPED_TRACE(variant);
+    Builder b;
+    b.input("x", {2, 3, 16});
+    b.scalar("r", 0.70710678f);
+    b.scalar("one", 1.0f);
+    b.scalar("half", 0.5f);
+    b.node("Mul", {"r", "x"}, {"d"}, "scale");
+    b.node("Erf", {"d"}, {"e"}, "erf");
+    b.node("Add", {"one", "e"}, {"s"}, "plus1");
+    if (variant == 0) {  // (x * 0.5) * s, the half computed first
+      b.node("Mul", {"half", "x"}, {"h"}, "halve");
+      b.node("Mul", {"s", "h"}, {"y"}, "prod");
+    } else if (variant == 1) {  // x * (s * 0.5)
+      b.node("Mul", {"s", "half"}, {"sh"}, "halve");
+      b.node("Mul", {"x", "sh"}, {"y"}, "prod");
+    } else {  // (s * x) * 0.5
+      b.node("Mul", {"s", "x"}, {"sx"}, "prod");
+      b.node("Mul", {"half", "sx"}, {"y"}, "halve");
+    }
+    b.output("y");
+    int gelus = 0, fused = 0;
+    optimize_and_compare(b, &gelus, &fused);
+    EXPECT_EQ(gelus, 1);
+    ASSERT_EQ(ops(b.m), (std::vector<std::string>{"kiln.Gelu"}));
+    EXPECT_EQ(attr_s(b.m.graph.nodes[0], "approximate"), "none");
+  }
+}
+
+TEST(RecognizeGelu, TanhFormWithPowOrProducts) {
+  for (bool pow : {true, false}) {
+    SCOPED_TRACE(pow ? "Pow" : "x*x*x");
+    Builder b;
+    b.input("x", {4, 24});
+    b.scalar("three", 3.0f);
+    b.scalar("c", 0.044715f);
+    b.scalar("k", 0.7978845608f);
+    b.scalar("one", 1.0f);
+    b.scalar("half", 0.5f);
+    if (pow) {
+      b.node("Pow", {"x", "three"}, {"x3"}, "cube");
+    } else {
+      b.node("Mul", {"x", "x"}, {"x2"}, "square");
+      b.node("Mul", {"x", "x2"}, {"x3"}, "cube");
+    }
+    b.node("Mul", {"x3", "c"}, {"cx3"}, "mul_c");
+    b.node("Add", {"x", "cx3"}, {"inner"}, "add_x");
+    b.node("Mul", {"k", "inner"}, {"u"}, "mul_k");
+    b.node("Tanh", {"u"}, {"t"}, "tanh");
+    b.node("Add", {"t", "one"}, {"s"}, "plus1");
+    b.node("Mul", {"x", "half"}, {"h"}, "halve");
+    b.node("Mul", {"h", "s"}, {"y"}, "prod");
+    b.output("y");
+    int gelus = 0, fused = 0;
+    optimize_and_compare(b, &gelus, &fused);
+    EXPECT_EQ(gelus, 1);
+    ASSERT_EQ(ops(b.m), (std::vector<std::string>{"kiln.Gelu"}));
+    EXPECT_EQ(attr_s(b.m.graph.nodes[0], "approximate"), "tanh");
+  }
+}
+
+TEST(RecognizeGelu, LeavesLookalikes) {
+  struct Case {
+    const char* why;
+    std::function<void(Builder&)> change;
+  };
+  const std::vector<Case> cases{
+      {"erf value read elsewhere", [](Builder& b) { b.output("g/e"); }},
+      {"Div by 1.5",
+       [](Builder& b) { b.m.graph.initializers["g/sqrt2"] = Tensor::from_vector<float>(DType::kFloat32, {}, {1.5f}); }},
+      {"Mul by 0.25",
+       [](Builder& b) { b.m.graph.initializers["g/half"] = Tensor::from_vector<float>(DType::kFloat32, {}, {0.25f}); }},
+      {"Add of 2",
+       [](Builder& b) { b.m.graph.initializers["g/one"] = Tensor::from_vector<float>(DType::kFloat32, {}, {2.0f}); }},
+      {"the half not a constant",
+       [](Builder& b) {
+         b.m.graph.initializers.erase("g/half");
+         b.input("g/half", {});
+       }},
+      {"Mul by another value than x",
+       [](Builder& b) {
+         b.input("other", {3, 40});
+         b.m.graph.nodes[3].inputs[0] = "other";
+       }},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.why);
+    Builder b;
+    b.input("x", {3, 40});
+    torch_erf_gelu(b, "x", "y", "g/");
+    b.output("y");
+    c.change(b);
+    const std::vector<std::string> before = ops(b.m);
+    int gelus = -1, fused = 0;
+    optimize_and_compare(b, &gelus, &fused);
+    EXPECT_EQ(gelus, 0);
+    EXPECT_EQ(ops(b.m), before);
+  }
+}
+
+// BERT's feed-forward block as torch exports it at opset 17: Linear -> GELU (erf, decomposed) -> Linear.
+TEST(MatMulFusionPasses, BertFeedForwardBlock) {
+  Builder b;
+  b.input("h", {2, 16, 32});
+  b.weight("w1", {32, 64});
+  b.weight("b1", {64});
+  b.weight("w2", {64, 32});
+  b.weight("b2", {32});
+  b.node("MatMul", {"h", "w1"}, {"h1"}, "/intermediate/dense/MatMul");
+  b.node("Add", {"b1", "h1"}, {"h1b"}, "/intermediate/dense/Add");
+  torch_erf_gelu(b, "h1b", "act", "/intermediate/act/");
+  b.node("MatMul", {"act", "w2"}, {"h2"}, "/output/dense/MatMul");
+  b.node("Add", {"b2", "h2"}, {"y"}, "/output/dense/Add");
+  b.output("y");
+  int gelus = 0, fused = 0;
+  optimize_and_compare(b, &gelus, &fused);
+  EXPECT_EQ(gelus, 1);
+  EXPECT_EQ(fused, 2);
+  EXPECT_EQ(ops(b.m), (std::vector<std::string>{"kiln.FusedMatMul", "kiln.Gelu", "kiln.FusedMatMul"}));
+  EXPECT_EQ(b.m.graph.nodes[0].name, "/intermediate/dense/MatMul + /intermediate/dense/Add");
+  EXPECT_EQ(attr_s(b.m.graph.nodes[0], "activation"), "");  // the exact GELU stays out of the epilogue
+}
+
+// The tanh GELU, recognized first, then folded into the GEMM's epilogue.
+TEST(MatMulFusionPasses, DecomposedTanhGeluEndsInTheEpilogue) {
+  Builder b;
+  b.input("x", {8, 16});
+  b.weight("w", {16, 24});
+  b.weight("bias", {24});
+  b.scalar("three", 3.0f);
+  b.scalar("c", 0.044715f);
+  b.scalar("k", 0.7978846f);
+  b.scalar("one", 1.0f);
+  b.scalar("half", 0.5f);
+  b.node("MatMul", {"x", "w"}, {"xw"}, "fc");
+  b.node("Add", {"xw", "bias"}, {"v"}, "fc_add");
+  b.node("Pow", {"v", "three"}, {"v3"}, "cube");
+  b.node("Mul", {"c", "v3"}, {"cv3"}, "mul_c");
+  b.node("Add", {"cv3", "v"}, {"inner"}, "add_v");
+  b.node("Mul", {"inner", "k"}, {"u"}, "mul_k");
+  b.node("Tanh", {"u"}, {"t"}, "tanh");
+  b.node("Add", {"one", "t"}, {"s"}, "plus1");
+  b.node("Mul", {"v", "s"}, {"vs"}, "prod");
+  b.node("Mul", {"vs", "half"}, {"y"}, "halve");
+  b.output("y");
+  int gelus = 0, fused = 0;
+  optimize_and_compare(b, &gelus, &fused);
+  EXPECT_EQ(gelus, 1);
+  EXPECT_EQ(fused, 1);
+  ASSERT_EQ(ops(b.m), (std::vector<std::string>{"kiln.FusedMatMul"}));
+  EXPECT_EQ(attr_s(b.m.graph.nodes[0], "activation"), "GeluTanh");
+  EXPECT_EQ(b.m.graph.nodes[0].name, "fc + fc_add + cube + mul_c + add_v + mul_k + tanh + plus1 + prod + halve");
+}
+
+}  // namespace
+}  // namespace kiln::testing
