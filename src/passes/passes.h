@@ -39,4 +39,22 @@ Status recognize_gelu(ir::Model& model, int* found = nullptr);
 // recognize_gelu. The number of fused nodes goes to *fused.
 Status fuse_matmul_bias(ir::Model& model, int* fused = nullptr);
 
+// Fuses each ONNX Conv with what follows it into one kiln.FusedConv: an Add of a residual of exactly the
+// conv output's static shape, then a Relu; each link must be the sole reader of the value before it, and
+// not a graph output. A Conv with nothing to absorb stays a Conv. The fused node takes the last absorbed
+// node's place and output and is named "conv + add + relu". The number of fused nodes goes to *fused.
+Status fuse_conv_activation(ir::Model& model, int* fused = nullptr);
+// Makes each 2-D Conv or kiln.FusedConv (channels_last 0) that `eligible` accepts, and whose weights are an
+// initializer, a kiln.FusedConv with channels_last = 1: its weights transposed now to a new initializer
+// [M, kH, kW, C/group], its X and Z read through Transpose [0,2,3,1] and its output put back through
+// Transpose [0,3,1,2], so the graph computes the same. Then transposes that undo one another are
+// bypassed and dropped, so no transpose is left between consecutive channels-last convs. The old weights
+// stay for eliminate_dead_nodes. The number of converted convs goes to *converted. `eligible` is asked
+// about every conv before the graph changes.
+Status convert_conv_layout(ir::Model& model, const std::function<bool(const ir::Node&)>& eligible,
+                           int* converted = nullptr);
+// Whether a conv's data suits cuDNN's channels-last tensor-core kernels: float16 or bfloat16 input, weights
+// an initializer, input and output channels multiples of 8. (The builder adds: the target is CUDA.)
+bool conv_suits_channels_last(const ir::Graph& g, const ir::Node& n);
+
 }  // namespace kiln::passes

@@ -1,0 +1,257 @@
+// Channels-last convolutions: cuDNN's tensor-core kernels for float16/bfloat16 want NHWC activations and
+// KRSC weights; fed NCHW, they transpose on every call. This pass turns eligible 2-D convolutions into
+// kiln.FusedConv with channels_last = 1: the weights are transposed once here, at build time, and the
+// activations by Transpose nodes around the conv. Back-to-back transposes that undo each other are then
+// bypassed, so a chain of NHWC convolutions keeps its activations in NHWC from the first to the last.
+#include <cstring>
+#include <map>
+#include <set>
+
+#include "passes/passes.h"
+#include "runtime/executor.h"
+
+namespace kiln::passes {
+
+namespace {
+
+const std::vector<int64_t> kToNhwc = {0, 2, 3, 1};
+const std::vector<int64_t> kToNchw = {0, 3, 1, 2};
+
+bool is_nchw_conv(const ir::Node& n) {
+  if (n.domain.empty() && n.op_type == "Conv") return true;
+  if (n.domain != "kiln" || n.op_type != "FusedConv") return false;
+  const ir::Attribute* cl = n.attr("channels_last");
+  return cl == nullptr || cl->i == 0;
+}
+
+bool rank4(const ir::TypeInfo* t) {
+  return t != nullptr && t->kind == ir::TypeInfo::Kind::kTensor && t->has_shape && t->dims.size() == 4 &&
+         t->dtype != DType::kUndefined;
+}
+
+ir::TypeInfo permuted(const ir::TypeInfo& t, const std::vector<int64_t>& perm) {
+  ir::TypeInfo p = t;
+  for (size_t i = 0; i < perm.size(); ++i) p.dims[i] = t.dims[perm[i]];
+  return p;
+}
+
+// A Transpose's permutation (absent: the dims reversed, as ONNX says).
+std::vector<int64_t> perm_of(const ir::Node& n, size_t rank) {
+  if (const ir::Attribute* a = n.attr("perm"); a != nullptr && !a->ints.empty()) return a->ints;
+  std::vector<int64_t> p(rank);
+  for (size_t i = 0; i < rank; ++i) p[i] = static_cast<int64_t>(rank - 1 - i);
+  return p;
+}
+
+// [M, C/group, kH, kW] -> [M, kH, kW, C/group], element by element of any size.
+Tensor weights_to_krsc(const Tensor& w) {
+  const int64_t m = w.dim(0), c = w.dim(1), kh = w.dim(2), kw = w.dim(3);
+  Tensor out(w.dtype(), {m, kh, kw, c});
+  const size_t es = dtype_size(w.dtype());
+  const auto* src = static_cast<const unsigned char*>(w.raw_data());
+  auto* dst = static_cast<unsigned char*>(out.raw_data());
+  for (int64_t o = 0; o < m; ++o)
+    for (int64_t ci = 0; ci < c; ++ci)
+      for (int64_t r = 0; r < kh * kw; ++r) {
+        const int64_t from = (o * c + ci) * kh * kw + r, to = (o * kh * kw + r) * c + ci;
+        std::memcpy(dst + to * es, src + from * es, es);
+      }
+  return out;
+}
+
+class LayoutConverter {
+ public:
+  explicit LayoutConverter(ir::Graph& g) : g_(g) {
+    for (const auto& v : g.inputs) names_.insert(v.name);
+    for (const auto& v : g.outputs) names_.insert(v.name);
+    for (const auto& [name, t] : g.initializers) names_.insert(name);
+    for (const auto& n : g.nodes)
+      for (const auto& o : n.outputs) names_.insert(o);
+  }
+
+  // Converts the eligible convolutions; returns how many. Checks them all before changing anything, so
+  // that an error leaves the model as it was.
+  Result<int> convert(const std::function<bool(const ir::Node&)>& eligible) {
+    std::vector<bool> chosen(g_.nodes.size(), false);
+    for (size_t k = 0; k < g_.nodes.size(); ++k) {
+      const ir::Node& n = g_.nodes[k];
+      if (!is_nchw_conv(n) || n.inputs.size() < 2 || n.outputs.size() != 1 || !eligible(n)) continue;
+      const ir::TypeInfo* x = g_.type_of(n.inputs[0]);
+      const std::string z = n.inputs.size() > 3 ? n.inputs[3] : "";
+      auto w = g_.initializers.find(n.inputs[1]);
+      // A 2-D convolution whose weights are known now, with the types the inserted transposes must carry.
+      if (!rank4(x) || w == g_.initializers.end() || w->second.dtype() == DType::kString) continue;
+      if (w->second.rank() != 4)
+        return InvalidArgument(n.describe() + ": weight '" + w->first + "' " + w->second.description() +
+                               " does not fit the 4-D input " + x->to_string());
+      if (!rank4(g_.type_of(n.outputs[0])) || (!z.empty() && !rank4(g_.type_of(z)))) continue;
+      chosen[k] = true;
+    }
+    int converted = 0;
+    std::vector<ir::Node> out;
+    out.reserve(g_.nodes.size());
+    for (size_t k = 0; k < g_.nodes.size(); ++k) {
+      ir::Node& n = g_.nodes[k];
+      if (!chosen[k]) {
+        out.push_back(std::move(n));
+        continue;
+      }
+      const ir::TypeInfo y = *g_.type_of(n.outputs[0]);
+      const std::string z = n.inputs.size() > 3 ? n.inputs[3] : "";
+      n.inputs[0] = to_nhwc(n.inputs[0], n.index, &out);
+      n.inputs[1] = krsc_weights(n.inputs[1]);
+      if (!z.empty()) n.inputs[3] = to_nhwc(z, n.index, &out);
+      if (n.domain.empty()) {  // a plain Conv: no epilogue
+        n.domain = "kiln";
+        n.op_type = "FusedConv";
+        n.attributes["activation"].type = ir::Attribute::Type::kString;
+        n.attributes["activation"].s = "";
+      }
+      n.attributes["channels_last"].type = ir::Attribute::Type::kInt;
+      n.attributes["channels_last"].i = 1;
+      // The conv now writes an NHWC twin; the original name keeps its NCHW value through a Transpose back,
+      // so every other reader (and a graph output) is unchanged.
+      const std::string nchw = n.outputs[0];
+      const std::string nhwc = fresh(nchw + "__nhwc");
+      g_.value_types[nhwc] = permuted(y, kToNhwc);
+      n.outputs[0] = nhwc;
+      const int index = n.index;
+      out.push_back(std::move(n));
+      out.push_back(transpose(nchw + "__to_nchw", nhwc, nchw, kToNchw, index));
+      ++converted;
+    }
+    g_.nodes = std::move(out);
+    return converted;
+  }
+
+ private:
+  std::string fresh(const std::string& base) {
+    std::string name = base;
+    for (int i = 1; names_.count(name); ++i) name = base + "_" + std::to_string(i);
+    names_.insert(name);
+    return name;
+  }
+
+  ir::Node transpose(const std::string& name, const std::string& in, const std::string& out,
+                     const std::vector<int64_t>& perm, int index) {
+    ir::Node t;
+    t.name = name;
+    t.index = index;  // the conv's, for error messages
+    t.op_type = "Transpose";
+    t.inputs = {in};
+    t.outputs = {out};
+    t.attributes["perm"].type = ir::Attribute::Type::kInts;
+    t.attributes["perm"].ints = perm;
+    return t;
+  }
+
+  // The NHWC twin of an NCHW value, made once however many convolutions read it.
+  std::string to_nhwc(const std::string& value, int index, std::vector<ir::Node>* out) {
+    if (auto it = nhwc_.find(value); it != nhwc_.end()) return it->second;
+    const std::string twin = fresh(value + "__nhwc");
+    g_.value_types[twin] = permuted(*g_.type_of(value), kToNhwc);
+    out->push_back(transpose(value + "__to_nhwc", value, twin, kToNhwc, index));
+    return nhwc_[value] = twin;
+  }
+
+  // The KRSC copy of a weight initializer (the NCHW one stays for eliminate_dead_nodes to drop if unread).
+  std::string krsc_weights(const std::string& w) {
+    if (auto it = krsc_.find(w); it != krsc_.end()) return it->second;
+    const std::string name = fresh(w + "__krsc");
+    g_.initializers[name] = weights_to_krsc(g_.initializers.at(w));
+    return krsc_[w] = name;
+  }
+
+  ir::Graph& g_;
+  std::set<std::string> names_;
+  std::map<std::string, std::string> nhwc_, krsc_;
+};
+
+// Bypasses every Transpose that undoes the Transpose it reads (its readers read that one's input instead),
+// then drops the transposes nobody reads any more.
+void cancel_transpose_pairs(ir::Graph& g) {
+  std::map<std::string, const ir::Node*> producer;
+  std::set<std::string> graph_outputs;
+  for (const auto& o : g.outputs) graph_outputs.insert(o.name);
+  std::map<std::string, std::string> bypass;  // value -> the value it equals
+  std::set<std::string> involved;             // outputs of the transposes of the pairs found
+  for (const ir::Node& n : g.nodes) {
+    for (const auto& o : n.outputs) producer[o] = &n;
+    if (!n.domain.empty() || n.op_type != "Transpose" || n.inputs.size() != 1 || n.outputs.size() != 1 ||
+        graph_outputs.count(n.outputs[0]))
+      continue;
+    auto p = producer.find(n.inputs[0]);
+    if (p == producer.end()) continue;
+    const ir::Node& first = *p->second;
+    if (!first.domain.empty() || first.op_type != "Transpose" || first.inputs.size() != 1) continue;
+    const ir::TypeInfo* mid = g.type_of(n.inputs[0]);
+    if (mid == nullptr || !mid->has_shape) continue;
+    const size_t rank = mid->dims.size();
+    std::vector<int64_t> p1 = perm_of(first, rank), p2 = perm_of(n, rank);
+    if (p1.size() != rank || p2.size() != rank) continue;
+    bool identity = true;  // out[i] = mid[p2[i]] = in[p1[p2[i]]]
+    for (size_t i = 0; i < rank; ++i)
+      if (p2[i] < 0 || p2[i] >= static_cast<int64_t>(rank) || p1[p2[i]] != static_cast<int64_t>(i)) identity = false;
+    if (!identity) continue;
+    const std::string& source = first.inputs[0];
+    bypass[n.outputs[0]] = bypass.count(source) ? bypass[source] : source;
+    involved.insert(n.outputs[0]);
+    involved.insert(first.outputs[0]);
+  }
+  if (bypass.empty()) return;
+  // Subgraphs read outer values by name: a value one of them reads keeps its Transpose.
+  std::set<std::string> read_inside;
+  for (const ir::Node& n : g.nodes)
+    for (const auto& [an, a] : n.attributes) {
+      if (a.g)
+        for (const auto& v : runtime::free_variables(*a.g)) read_inside.insert(v);
+      for (const auto& sg : a.graphs)
+        for (const auto& v : runtime::free_variables(*sg)) read_inside.insert(v);
+    }
+  for (ir::Node& n : g.nodes)
+    for (auto& in : n.inputs)
+      if (auto b = bypass.find(in); b != bypass.end() && !read_inside.count(in)) in = b->second;
+
+  // Drop those of them nobody reads now, last first, so that a chain of them goes in one sweep.
+  std::map<std::string, int> reads;
+  for (const auto& o : graph_outputs) ++reads[o];
+  for (const ir::Node& n : g.nodes)
+    for (const auto& v : runtime::node_reads(n)) ++reads[v];
+  std::vector<bool> keep(g.nodes.size(), true);
+  for (size_t k = g.nodes.size(); k-- > 0;) {
+    const ir::Node& n = g.nodes[k];
+    if (n.outputs.size() != 1 || !involved.count(n.outputs[0]) || reads[n.outputs[0]] > 0) continue;
+    keep[k] = false;
+    for (const auto& v : runtime::node_reads(n)) --reads[v];
+    g.value_types.erase(n.outputs[0]);
+  }
+  std::vector<ir::Node> kept;
+  for (size_t k = 0; k < g.nodes.size(); ++k)
+    if (keep[k]) kept.push_back(std::move(g.nodes[k]));
+  g.nodes = std::move(kept);
+}
+
+}  // namespace
+
+bool conv_suits_channels_last(const ir::Graph& g, const ir::Node& n) {
+  if (n.inputs.size() < 2) return false;
+  const ir::TypeInfo* x = g.type_of(n.inputs[0]);
+  auto w = g.initializers.find(n.inputs[1]);
+  if (x == nullptr || (x->dtype != DType::kFloat16 && x->dtype != DType::kBFloat16) || w == g.initializers.end() ||
+      w->second.rank() != 4)
+    return false;
+  const ir::Attribute* group = n.attr("group");
+  const int64_t m = w->second.dim(0), c = w->second.dim(1) * (group ? group->i : 1);
+  return m % 8 == 0 && c % 8 == 0;
+}
+
+Status convert_conv_layout(ir::Model& model, const std::function<bool(const ir::Node&)>& eligible, int* converted) {
+  KILN_ASSIGN_OR_RETURN(int n, LayoutConverter(model.graph).convert(eligible));
+  if (converted) *converted = n;
+  if (n == 0) return OkStatus();
+  model.opsets["kiln"] = 1;
+  cancel_transpose_pairs(model.graph);
+  return OkStatus();
+}
+
+}  // namespace kiln::passes

@@ -1,0 +1,398 @@
+// The conv passes: fuse_conv_activation (Conv -> Add -> Relu into kiln.FusedConv) and convert_conv_layout
+// (channels-last convs with the transposes between them cancelled). Each test checks the graph after the
+// pass and that it computes what it did before, on the CPU reference, with fresh random inputs.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "ir/op_registry.h"
+#include "onnx/importer.h"
+#include "passes/passes.h"
+#include "runtime/executor.h"
+#include "test_models.h"
+
+namespace kiln {
+namespace {
+
+std::mt19937& rng() {
+  static std::mt19937 gen(20240611);
+  return gen;
+}
+
+std::vector<float> random_values(int64_t n) {
+  std::uniform_real_distribution<float> d(-1.0f, 1.0f);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (auto& x : v) x = d(rng());
+  return v;
+}
+
+void set_ints(onnx::NodeProto* n, const std::string& name, const std::vector<int64_t>& v) {
+  auto* a = n->add_attribute();
+  a->set_name(name);
+  a->set_type(onnx::AttributeProto::INTS);
+  for (int64_t i : v) a->add_ints(i);
+}
+
+// A Conv of weights `name`_w [m, c/group, k, k] (and bias `name`_b [m] when `bias`), "same" padding.
+onnx::NodeProto* add_conv(onnx::GraphProto* g, const std::string& name, const std::string& x, const std::string& y,
+                          int64_t c, int64_t m, int64_t k, bool bias = true, int64_t group = 1) {
+  testing::add_float_initializer(g, name + "_w", {m, c / group, k, k}, random_values(m * (c / group) * k * k));
+  std::vector<std::string> ins = {x, name + "_w"};
+  if (bias) {
+    testing::add_float_initializer(g, name + "_b", {m}, random_values(m));
+    ins.push_back(name + "_b");
+  }
+  auto* n = testing::add_node(g, "Conv", ins, {y}, name);
+  set_ints(n, "kernel_shape", {k, k});
+  set_ints(n, "pads", {k / 2, k / 2, k / 2, k / 2});
+  if (group != 1) {
+    auto* a = n->add_attribute();
+    a->set_name("group");
+    a->set_type(onnx::AttributeProto::INT);
+    a->set_i(group);
+  }
+  return n;
+}
+
+// Imported, with every value's type inferred (as the builder has it when the passes run).
+ir::Model import(const onnx::ModelProto& p) {
+  auto model = onnx_io::import_model(testing::serialize(p), ".");
+  EXPECT_TRUE(model.ok()) << model.status().to_string();
+  ir::Model m = std::move(model).value();
+  EXPECT_TRUE(passes::infer_shapes(m).ok());
+  return m;
+}
+
+std::vector<std::string> op_types(const ir::Model& m) {
+  std::vector<std::string> ops;
+  for (const auto& n : m.graph.nodes) ops.push_back(n.op_type);
+  return ops;
+}
+
+int count_op(const ir::Model& m, const std::string& op) {
+  int k = 0;
+  for (const auto& n : m.graph.nodes) k += n.op_type == op;
+  return k;
+}
+
+const ir::Node* find_node(const ir::Model& m, const std::string& name) {
+  for (const auto& n : m.graph.nodes)
+    if (n.name == name) return &n;
+  return nullptr;
+}
+
+bool has_fused_conv_kernel() { return ir::OpRegistry::global().find("kiln", "FusedConv") != nullptr; }
+
+std::map<std::string, Value> random_inputs(const ir::Model& m) {
+  std::map<std::string, Value> in;
+  for (const auto& v : m.graph.inputs) {
+    Shape s = v.type.static_shape();
+    in[v.name] = Value(Tensor::from_vector(DType::kFloat32, s, random_values(shape_numel(s))));
+  }
+  return in;
+}
+
+std::vector<Value> run(const ir::Model& m, const std::map<std::string, Value>& inputs) {
+  auto pg = runtime::PreparedGraph::prepare(m.graph, m.opsets);
+  EXPECT_TRUE(pg.ok()) << pg.status().to_string();
+  if (!pg.ok()) return {};
+  auto out = pg.value().run(inputs);
+  EXPECT_TRUE(out.ok()) << out.status().to_string();
+  return out.ok() ? std::move(out).value() : std::vector<Value>{};
+}
+
+// `after` computes what `before` computes, within `tol` (relative to values above 1).
+void expect_same_outputs(const ir::Model& before, const ir::Model& after, float tol = 1e-5f) {
+  if (!has_fused_conv_kernel()) GTEST_SKIP() << "no CPU kernel for kiln.FusedConv in this build";
+  std::map<std::string, Value> in = random_inputs(before);
+  std::vector<Value> want = run(before, in), got = run(after, in);
+  ASSERT_FALSE(want.empty());
+  ASSERT_EQ(want.size(), got.size());
+  for (size_t i = 0; i < want.size(); ++i) {
+    const Tensor& a = want[i].tensor();
+    const Tensor& b = got[i].tensor();
+    ASSERT_EQ(a.shape(), b.shape()) << "output " << i;
+    ASSERT_EQ(b.dtype(), DType::kFloat32);
+    for (int64_t j = 0; j < a.numel(); ++j)
+      ASSERT_NEAR(a.data<float>()[j], b.data<float>()[j], tol * std::max(1.0f, std::fabs(a.data<float>()[j])))
+          << "output " << i << " element " << j;
+  }
+}
+
+std::string attr_s(const ir::Node& n, const std::string& name) { return n.attr(name) ? n.attr(name)->s : "<none>"; }
+int64_t attr_i(const ir::Node& n, const std::string& name) { return n.attr(name) ? n.attr(name)->i : -1; }
+
+// ResNet-50's bottleneck: 1x1 reduce + Relu, 3x3 + Relu, 1x1 expand, + x, Relu.
+onnx::ModelProto bottleneck(const std::string& batch = "2") {
+  onnx::ModelProto p = testing::new_model();
+  auto* g = p.mutable_graph();
+  testing::set_type(g->add_input(), "x", 1, {batch, "16", "6", "6"});
+  testing::set_type(g->add_output(), "y", 1, {batch, "16", "6", "6"});
+  add_conv(g, "conv1", "x", "c1", 16, 8, 1);
+  testing::add_node(g, "Relu", {"c1"}, {"r1"}, "relu1");
+  add_conv(g, "conv2", "r1", "c2", 8, 8, 3);
+  testing::add_node(g, "Relu", {"c2"}, {"r2"}, "relu2");
+  add_conv(g, "conv3", "r2", "c3", 8, 16, 1);
+  testing::add_node(g, "Add", {"c3", "x"}, {"s3"}, "add3");
+  testing::add_node(g, "Relu", {"s3"}, {"y"}, "relu3");
+  return p;
+}
+
+TEST(ConvFusionPasses, ConvReluBecomesOneFusedConv) {
+  onnx::ModelProto p = testing::new_model();
+  auto* g = p.mutable_graph();
+  testing::set_type(g->add_input(), "x", 1, {"1", "8", "5", "5"});
+  testing::set_type(g->add_output(), "y", 1, {});
+  add_conv(g, "conv", "x", "c", 8, 4, 3);
+  testing::add_node(g, "Relu", {"c"}, {"y"}, "relu");
+  ir::Model before = import(p), m = before;
+  int fused = 0;
+  ASSERT_TRUE(passes::fuse_conv_activation(m, &fused).ok());
+  EXPECT_EQ(fused, 1);
+  ASSERT_EQ(m.graph.nodes.size(), 1u);
+  const ir::Node& f = m.graph.nodes[0];
+  EXPECT_EQ(f.name, "conv + relu");
+  EXPECT_EQ(f.domain, "kiln");
+  EXPECT_EQ(f.op_type, "FusedConv");
+  EXPECT_EQ(f.inputs, (std::vector<std::string>{"x", "conv_w", "conv_b"}));
+  EXPECT_EQ(f.outputs, (std::vector<std::string>{"y"}));
+  EXPECT_EQ(attr_s(f, "activation"), "Relu");
+  EXPECT_EQ(attr_i(f, "channels_last"), 0);
+  EXPECT_EQ(f.attr("pads")->ints, (std::vector<int64_t>{1, 1, 1, 1}));
+  EXPECT_EQ(m.opsets.at("kiln"), 1);
+  expect_same_outputs(before, m);
+}
+
+TEST(ConvFusionPasses, ResidualAddInEitherOrderWithoutBias) {
+  for (bool conv_first : {true, false}) {
+    onnx::ModelProto p = testing::new_model();
+    auto* g = p.mutable_graph();
+    testing::set_type(g->add_input(), "x", 1, {"2", "4", "5", "5"});
+    testing::set_type(g->add_input(), "z", 1, {"2", "6", "5", "5"});
+    testing::set_type(g->add_output(), "y", 1, {});
+    add_conv(g, "conv", "x", "c", 4, 6, 3, /*bias=*/false);
+    testing::add_node(g, "Add", conv_first ? std::vector<std::string>{"c", "z"} : std::vector<std::string>{"z", "c"},
+                      {"y"}, "add");
+    ir::Model before = import(p), m = before;
+    ASSERT_TRUE(passes::fuse_conv_activation(m).ok());
+    ASSERT_EQ(m.graph.nodes.size(), 1u);
+    const ir::Node& f = m.graph.nodes[0];
+    EXPECT_EQ(f.name, "conv + add");
+    EXPECT_EQ(f.inputs, (std::vector<std::string>{"x", "conv_w", "", "z"}));
+    EXPECT_EQ(attr_s(f, "activation"), "");
+    EXPECT_EQ(m.graph.type_of("c"), nullptr);  // the vanished intermediate value has no type left
+    expect_same_outputs(before, m);
+  }
+}
+
+TEST(ConvFusionPasses, FusedNodeTakesTheLastNodesPlace) {
+  // The residual is computed after the conv: the fused node must come after it.
+  onnx::ModelProto p = testing::new_model();
+  auto* g = p.mutable_graph();
+  testing::set_type(g->add_input(), "x", 1, {"1", "4", "4", "4"});
+  testing::set_type(g->add_output(), "y", 1, {});
+  add_conv(g, "conv", "x", "c", 4, 4, 3);
+  testing::add_node(g, "Sigmoid", {"x"}, {"z"}, "late_residual");
+  testing::add_node(g, "Add", {"c", "z"}, {"s"}, "add");
+  testing::add_node(g, "Relu", {"s"}, {"y"}, "relu");
+  ir::Model before = import(p), m = before;
+  ASSERT_TRUE(passes::fuse_conv_activation(m).ok());
+  EXPECT_EQ(op_types(m), (std::vector<std::string>{"Sigmoid", "FusedConv"}));
+  EXPECT_EQ(m.graph.nodes[1].name, "conv + add + relu");
+  expect_same_outputs(before, m);
+}
+
+TEST(ConvFusionPasses, WhatMustNotFuse) {
+  onnx::ModelProto p = testing::new_model();
+  auto* g = p.mutable_graph();
+  testing::set_type(g->add_input(), "x", 1, {"1", "4", "5", "5"});
+  testing::set_type(g->add_input(), "n", 1, {"N", "4", "5", "5"});
+  for (const char* out : {"twice_a", "twice_b", "bcast", "out_c", "out_r", "sym", "lone", "partial", "add_twice"})
+    testing::set_type(g->add_output(), out, 1, {});
+  testing::add_float_initializer(g, "chan_bias", {1, 4, 1, 1}, random_values(4));
+  // The conv output read twice.
+  add_conv(g, "conv_twice", "x", "ct", 4, 4, 3);
+  testing::add_node(g, "Relu", {"ct"}, {"twice_a"}, "relu_twice");
+  testing::add_node(g, "Neg", {"ct"}, {"twice_b"}, "neg_twice");
+  // An Add that broadcasts its other operand (and so the Relu behind it stays too).
+  add_conv(g, "conv_bcast", "x", "cb", 4, 4, 3);
+  testing::add_node(g, "Add", {"cb", "chan_bias"}, {"sb"}, "add_bcast");
+  testing::add_node(g, "Relu", {"sb"}, {"bcast"}, "relu_bcast");
+  // The conv output is a graph output.
+  add_conv(g, "conv_out", "x", "out_c", 4, 4, 3);
+  testing::add_node(g, "Relu", {"out_c"}, {"out_r"}, "relu_out");
+  // A residual of symbolic shape: equal shapes cannot be proved.
+  add_conv(g, "conv_sym", "n", "cs", 4, 4, 3);
+  testing::add_node(g, "Add", {"cs", "n"}, {"sym"}, "add_sym");
+  // Nothing to absorb.
+  add_conv(g, "conv_lone", "x", "lone", 4, 4, 3);
+  // The Add's output read twice: Conv + Add fuse, the Relu stays.
+  add_conv(g, "conv_partial", "x", "cp", 4, 4, 3);
+  testing::add_node(g, "Add", {"cp", "x"}, {"add_twice"}, "add_partial");
+  testing::add_node(g, "Relu", {"add_twice"}, {"partial"}, "relu_partial");
+  ir::Model before = import(p), m = before;
+  int fused = 0;
+  ASSERT_TRUE(passes::fuse_conv_activation(m, &fused).ok());
+  EXPECT_EQ(fused, 1);
+  for (const char* conv : {"conv_twice", "conv_bcast", "conv_out", "conv_sym", "conv_lone"}) {
+    const ir::Node* n = find_node(m, conv);
+    ASSERT_NE(n, nullptr) << conv;
+    EXPECT_EQ(n->op_type, "Conv") << conv;
+  }
+  for (const char* kept : {"relu_twice", "add_bcast", "relu_bcast", "relu_out", "add_sym", "relu_partial"})
+    EXPECT_NE(find_node(m, kept), nullptr) << kept;
+  const ir::Node* f = find_node(m, "conv_partial + add_partial");
+  ASSERT_NE(f, nullptr);
+  EXPECT_EQ(f->outputs[0], "add_twice");
+  // Nothing fused: no kiln opset either.
+  ir::Model lone = import(bottleneck());
+  lone.graph.nodes.erase(lone.graph.nodes.begin() + 1, lone.graph.nodes.end());
+  lone.graph.outputs = {{"c1", {}}};
+  ASSERT_TRUE(passes::fuse_conv_activation(lone, &fused).ok());
+  EXPECT_EQ(fused, 0);
+  EXPECT_FALSE(lone.opsets.count("kiln"));
+}
+
+TEST(ConvFusionPasses, BottleneckThroughBothPasses) {
+  ir::Model before = import(bottleneck()), m = before;
+  int fused = 0, converted = 0;
+  ASSERT_TRUE(passes::fuse_conv_activation(m, &fused).ok());
+  EXPECT_EQ(fused, 3);
+  EXPECT_EQ(op_types(m), (std::vector<std::string>{"FusedConv", "FusedConv", "FusedConv"}));
+  EXPECT_EQ(m.graph.nodes[2].name, "conv3 + add3 + relu3");
+  EXPECT_EQ(m.graph.nodes[2].inputs, (std::vector<std::string>{"r2", "conv3_w", "conv3_b", "x"}));
+  expect_same_outputs(before, m);
+
+  ir::Model nchw = m;
+  ASSERT_TRUE(passes::convert_conv_layout(m, [](const ir::Node&) { return true; }, &converted).ok());
+  EXPECT_EQ(converted, 3);
+  // One transpose in (x, read by conv1 and as conv3's residual), one out (y); none between the convs.
+  EXPECT_EQ(count_op(m, "Transpose"), 2);
+  EXPECT_EQ(op_types(m), (std::vector<std::string>{"Transpose", "FusedConv", "FusedConv", "FusedConv", "Transpose"}));
+  const ir::Node& in = m.graph.nodes[0];
+  EXPECT_EQ(in.attr("perm")->ints, (std::vector<int64_t>{0, 2, 3, 1}));
+  EXPECT_EQ(in.inputs[0], "x");
+  const std::string x_nhwc = in.outputs[0];
+  EXPECT_EQ(m.graph.type_of(x_nhwc)->to_string(), "float32[2,6,6,16]");
+  for (size_t k = 1; k <= 3; ++k) {
+    const ir::Node& f = m.graph.nodes[k];
+    EXPECT_EQ(attr_i(f, "channels_last"), 1) << f.name;
+    EXPECT_EQ(attr_s(f, "activation"), "Relu") << f.name;
+    EXPECT_EQ(m.graph.type_of(f.outputs[0])->dims.back().value, k == 3 ? 16 : 8) << f.name;
+  }
+  EXPECT_EQ(m.graph.nodes[1].inputs[0], x_nhwc);
+  EXPECT_EQ(m.graph.nodes[2].inputs[0], m.graph.nodes[1].outputs[0]);
+  EXPECT_EQ(m.graph.nodes[3].inputs[0], m.graph.nodes[2].outputs[0]);
+  EXPECT_EQ(m.graph.nodes[3].inputs[3], x_nhwc);
+  const ir::Node& out = m.graph.nodes[4];
+  EXPECT_EQ(out.attr("perm")->ints, (std::vector<int64_t>{0, 3, 1, 2}));
+  EXPECT_EQ(out.outputs[0], "y");
+  // The weights are KRSC copies; the NCHW ones are left for eliminate_dead_nodes.
+  const Tensor& w2 = m.graph.initializers.at(m.graph.nodes[2].inputs[1]);
+  EXPECT_EQ(w2.shape(), (Shape{8, 3, 3, 8}));
+  const Tensor& w2_nchw = m.graph.initializers.at("conv2_w");
+  for (int64_t o : {0, 7})
+    for (int64_t c : {0, 5})
+      for (int64_t r : {0, 2})
+        for (int64_t s : {1, 2})
+          EXPECT_EQ(w2.data<float>()[((o * 3 + r) * 3 + s) * 8 + c], w2_nchw.data<float>()[((o * 8 + c) * 3 + r) * 3 + s]);
+  int removed = 0;
+  ASSERT_TRUE(passes::eliminate_dead_nodes(m, &removed).ok());
+  EXPECT_EQ(removed, 0);
+  EXPECT_FALSE(m.graph.initializers.count("conv2_w"));
+  expect_same_outputs(before, m);
+}
+
+TEST(ConvFusionPasses, PlainAndGroupedConvsAroundAMaxPool) {
+  onnx::ModelProto p = testing::new_model();
+  auto* g = p.mutable_graph();
+  testing::set_type(g->add_input(), "x", 1, {"N", "8", "7", "7"});
+  testing::set_type(g->add_output(), "y", 1, {});
+  testing::set_type(g->add_output(), "c0", 1, {});  // a graph output written by a converted conv
+  add_conv(g, "stem", "x", "c0", 8, 8, 3);
+  auto* pool = testing::add_node(g, "MaxPool", {"c0"}, {"pooled"}, "pool");
+  set_ints(pool, "kernel_shape", {2, 2});
+  add_conv(g, "grouped", "pooled", "cg", 8, 16, 3, /*bias=*/true, /*group=*/4);
+  add_conv(g, "skipped", "cg", "y", 16, 8, 1);
+  ir::Model before = import(p), m = before;
+  int converted = 0;
+  auto eligible = [](const ir::Node& n) { return n.name != "skipped"; };
+  ASSERT_TRUE(passes::convert_conv_layout(m, eligible, &converted).ok());
+  EXPECT_EQ(converted, 2);
+  EXPECT_EQ(op_types(m), (std::vector<std::string>{"Transpose", "FusedConv", "Transpose", "MaxPool", "Transpose",
+                                                   "FusedConv", "Transpose", "Conv"}));
+  const ir::Node* stem = find_node(m, "stem");
+  ASSERT_NE(stem, nullptr);
+  EXPECT_EQ(stem->domain, "kiln");
+  EXPECT_EQ(attr_s(*stem, "activation"), "");
+  EXPECT_EQ(attr_i(*stem, "channels_last"), 1);
+  EXPECT_EQ(m.graph.type_of(stem->inputs[0])->to_string(), "float32[N,7,7,8]");
+  EXPECT_EQ(m.graph.nodes[2].outputs[0], "c0");
+  EXPECT_EQ(m.graph.initializers.at(find_node(m, "grouped")->inputs[1]).shape(), (Shape{16, 3, 3, 2}));
+  EXPECT_EQ(attr_i(*find_node(m, "grouped"), "group"), 4);
+  EXPECT_EQ(find_node(m, "skipped")->op_type, "Conv");
+  EXPECT_EQ(m.opsets.at("kiln"), 1);
+  // Static shapes for the run.
+  for (ir::Model* model : {&before, &m}) {
+    ASSERT_TRUE(passes::apply_input_shapes(*model, {{"x", {2, 8, 7, 7}}}).ok());
+    ASSERT_TRUE(passes::infer_shapes(*model).ok());
+  }
+  expect_same_outputs(before, m);
+  // Nothing eligible: the graph is left alone.
+  ir::Model untouched = before;
+  ASSERT_TRUE(passes::convert_conv_layout(untouched, [](const ir::Node&) { return false; }, &converted).ok());
+  EXPECT_EQ(converted, 0);
+  EXPECT_EQ(op_types(untouched), op_types(before));
+}
+
+TEST(ConvFusionPasses, HalfPrecisionBottleneckGoesChannelsLast) {
+  // As the builder runs them for --fp16 on a GPU: lowered first, then fused, then converted.
+  ir::Model m = import(bottleneck());
+  ASSERT_TRUE(passes::lower_precision(m, DType::kFloat16, [](const ir::Node&) { return true; }).ok());
+  ir::Model before = m;
+  int fused = 0, converted = 0;
+  ASSERT_TRUE(passes::fuse_conv_activation(m, &fused).ok());
+  EXPECT_EQ(fused, 3);
+  auto eligible = [&m](const ir::Node& n) { return passes::conv_suits_channels_last(m.graph, n); };
+  ASSERT_TRUE(passes::convert_conv_layout(m, eligible, &converted).ok());
+  EXPECT_EQ(converted, 3);
+  EXPECT_EQ(op_types(m), (std::vector<std::string>{"Cast", "Transpose", "FusedConv", "FusedConv", "FusedConv",
+                                                   "Transpose", "Cast"}));
+  const Tensor& w = m.graph.initializers.at(m.graph.nodes[3].inputs[1]);
+  EXPECT_EQ(w.dtype(), DType::kFloat16);
+  EXPECT_EQ(w.shape(), (Shape{8, 3, 3, 8}));
+  EXPECT_EQ(m.graph.type_of(m.graph.nodes[3].outputs[0])->to_string(), "float16[2,6,6,8]");
+  // Fused, the residual and Relu see the conv's float32 sum before one rounding: close, not equal.
+  expect_same_outputs(before, m, 2e-2f);
+
+  // Not for float32, nor for channel counts that are not multiples of 8.
+  ir::Model fp32 = import(bottleneck());
+  EXPECT_FALSE(passes::conv_suits_channels_last(fp32.graph, fp32.graph.nodes[0]));
+  onnx::ModelProto p = testing::new_model();
+  auto* g = p.mutable_graph();
+  testing::set_type(g->add_input(), "x", 1, {"1", "8", "5", "5"});
+  testing::set_type(g->add_output(), "y", 1, {});
+  add_conv(g, "conv", "x", "y", 8, 4, 3);
+  ir::Model narrow = import(p);
+  ASSERT_TRUE(passes::lower_precision(narrow, DType::kFloat16, [](const ir::Node&) { return true; }).ok());
+  EXPECT_FALSE(passes::conv_suits_channels_last(narrow.graph, *find_node(narrow, "conv")));
+}
+
+TEST(ConvFusionPasses, WeightsThatDoNotFitAreAnError) {
+  onnx::ModelProto p = testing::new_model();
+  auto* g = p.mutable_graph();
+  testing::set_type(g->add_input(), "x", 1, {"1", "4", "5", "5"});
+  testing::set_type(g->add_output(), "y", 1, {});
+  testing::add_float_initializer(g, "w", {4, 4, 3}, random_values(48));
+  testing::add_node(g, "Conv", {"x", "w"}, {"y"}, "bad_conv");
+  ir::Model m = import(p);
+  Status st = passes::convert_conv_layout(m, [](const ir::Node&) { return true; });
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("bad_conv"), std::string::npos) << st.message();
+  EXPECT_NE(st.message().find("float32[4,4,3]"), std::string::npos) << st.message();
+  EXPECT_EQ(op_types(m), (std::vector<std::string>{"Conv"}));  // unchanged
+}
+
+}  // namespace
+}  // namespace kiln
