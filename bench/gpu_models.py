@@ -93,6 +93,27 @@ def kiln_bench(kiln, onnx_path, shapes, cuda_graph, out_json, extra=()):
     return r
 
 
+def kiln_accuracy(kiln, onnx_path, feeds, reference, out_dir):
+    """Runs the Kiln FP16 engine once on `feeds` (name -> numpy array) and compares its output with PyTorch's
+    float32 output: the largest absolute error, relative to the largest reference magnitude."""
+    import numpy as np
+    args = []
+    for name, value in feeds.items():
+        path = os.path.join(out_dir, f"acc_{name}.npy")
+        np.save(path, value)
+        args += ["-i", f"{name}={path}"]
+    res_dir = os.path.join(out_dir, "acc_out")
+    cmd = [kiln, "run", onnx_path, "--fp16", *args, "--output-dir", res_dir]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if p.returncode != 0:
+        return {"cmd": " ".join(cmd), "rc": p.returncode, "stderr_tail": p.stderr[-800:]}
+    got = np.load(os.path.join(res_dir, "out.npy")).astype(np.float64)
+    ref = reference.astype(np.float64)
+    err = float(np.abs(got - ref).max())
+    scale = float(np.abs(ref).max())
+    return {"cmd": " ".join(cmd), "max_abs_err": err, "ref_max_abs": scale, "rel_err": err / max(scale, 1e-30)}
+
+
 def save(results, row, out):
     """Adds (or updates) the row and rewrites models.json, so that a run cut short keeps what it measured."""
     if row not in results["rows"]:
@@ -126,10 +147,16 @@ def main():
     r50_onnx = os.path.join(args.out, "resnet50.onnx")
     export(resnet, [torch.randn(1, 3, 224, 224, device=dev)], ["input"], r50_onnx,
            {"input": {0: "batch"}, "out": {0: "batch"}})
+    x1 = torch.randn(1, 3, 224, 224, device=dev)
+    with torch.no_grad():
+        r50_ref = resnet(x1).float().cpu().numpy()  # float32 reference, before .half() converts the model
+    r50_acc = kiln_accuracy(args.kiln, r50_onnx, {"input": x1.cpu().numpy()}, r50_ref, args.out)
     resnet_h = resnet.half()
     for batch in ([1] if args.quick else [1, 256]):
         x = torch.randn(batch, 3, 224, 224, device=dev, dtype=torch.half)
         row = {"model": "resnet50", "batch": batch}
+        if batch == 1:
+            row["kiln_fp16_accuracy"] = r50_acc
         for cg in (False, True):  # Kiln first: its figures survive a peer that runs out of time
             row["kiln_cuda_graph" if cg else "kiln"] = kiln_bench(
                 args.kiln, r50_onnx, f"input:{batch}x3x224x224", cg,
@@ -157,12 +184,22 @@ def main():
     ids = torch.randint(0, 30000, (1, seq), device=dev)
     export(wrap, [ids, torch.ones_like(ids), torch.zeros_like(ids)], ["input_ids", "attention_mask", "token_type_ids"],
            bert_onnx, {n: {0: "batch"} for n in ["input_ids", "attention_mask", "token_type_ids"]})
+    ids1 = torch.randint(0, 30000, (2, seq), device=dev)
+    mask1 = torch.ones_like(ids1)
+    mask1[1, seq // 2:] = 0  # one padded sequence, so the mask path is checked too
+    types1 = torch.zeros_like(ids1)
+    with torch.no_grad():
+        bert_ref = wrap(ids1, mask1, types1).float().cpu().numpy()
+    bert_acc = kiln_accuracy(args.kiln, bert_onnx, {"input_ids": ids1.cpu().numpy(), "attention_mask":
+                             mask1.cpu().numpy(), "token_type_ids": types1.cpu().numpy()}, bert_ref, args.out)
     wrap_h = BertWrap(bert.half()).eval()
     for batch in ([1] if args.quick else [1, 32, 128]):
         ids = torch.randint(0, 2, (batch, seq), device=dev)
         mask = torch.ones_like(ids)
         types = torch.zeros_like(ids)
         row = {"model": "bert-base", "seq": seq, "batch": batch}
+        if batch == 1:
+            row["kiln_fp16_accuracy"] = bert_acc  # (measured at batch 2, one sequence padded)
         shapes = ",".join(f"{n}:{batch}x{seq}" for n in ["input_ids", "attention_mask", "token_type_ids"])
         for cg in (False, True):
             row["kiln_cuda_graph" if cg else "kiln"] = kiln_bench(

@@ -98,27 +98,56 @@ Result<engine::Plan> build_plan(const ir::Model& model, const engine::BuildSetti
   KILN_RETURN_IF_ERROR(passes::apply_input_shapes(m, settings.input_shapes));
   if (settings.opt_level > 0) {
     int folded = 0, removed = 0;
-    KILN_RETURN_IF_ERROR(passes::infer_shapes(m));
-    KILN_RETURN_IF_ERROR(passes::fold_constants(m, &folded));
-    KILN_RETURN_IF_ERROR(passes::infer_shapes(m));
-    KILN_RETURN_IF_ERROR(passes::fold_constants(m, &folded));  // Shape of newly static values
+    KILN_RETURN_IF_ERROR(passes::fold_constants_to_fixpoint(m, &folded));
     KILN_RETURN_IF_ERROR(passes::eliminate_dead_nodes(m, &removed));
     logger.log(Severity::kInfo, "optimizer: folded " + std::to_string(folded) + " constant nodes, removed " +
                                     std::to_string(removed) + " dead nodes");
   }
   KILN_RETURN_IF_ERROR(passes::infer_shapes(m));
-  for (const auto& [name, p] : settings.layer_precisions) {
-    bool found = false;
-    for (const auto& n : m.graph.nodes) found = found || n.name == name;
-    if (!found) return InvalidArgument("--layer-precision: no layer named '" + name + "' in the optimized graph");
+  // Fusions into the optimizer's kiln.* ops, for GPU engines: each saves a kernel launch and a round trip of
+  // the intermediate through memory there (the CPU reference gains nothing from them).
+  if (gpu && settings.opt_level >= 2) {
+    int gelus = 0, matmuls = 0, convs = 0, removed = 0;
+    KILN_RETURN_IF_ERROR(passes::recognize_gelu(m, &gelus));
+    KILN_RETURN_IF_ERROR(passes::infer_shapes(m));
+    KILN_RETURN_IF_ERROR(passes::fuse_matmul_bias(m, &matmuls));  // after recognize_gelu: absorbs a tanh GELU
+    KILN_RETURN_IF_ERROR(passes::fuse_conv_activation(m, &convs));
+    KILN_RETURN_IF_ERROR(passes::eliminate_dead_nodes(m, &removed));
+    KILN_RETURN_IF_ERROR(passes::infer_shapes(m));
+    logger.log(Severity::kInfo, "optimizer: " + std::to_string(gelus) + " GELU recognized, " +
+                                    std::to_string(matmuls) + " MatMul + bias and " + std::to_string(convs) +
+                                    " Conv + activation fused");
   }
+  // A fused layer ("conv1 + add1 + relu1") answers to the names of the layers it was made from, and carries
+  // their pins.
+  auto parts_of = [](const std::string& name) {
+    std::vector<std::string> parts;
+    for (size_t at = 0;;) {
+      const size_t plus = name.find(" + ", at);
+      parts.push_back(name.substr(at, plus == std::string::npos ? std::string::npos : plus - at));
+      if (plus == std::string::npos) return parts;
+      at = plus + 3;
+    }
+  };
+  auto layer_named = [&](const std::string& name) -> const ir::Node* {
+    for (const auto& n : m.graph.nodes)
+      if (n.name == name) return &n;
+    for (const auto& n : m.graph.nodes)
+      for (const auto& part : parts_of(n.name))
+        if (part == name) return &n;
+    return nullptr;
+  };
+  for (const auto& [name, p] : settings.layer_precisions)
+    if (layer_named(name) == nullptr)
+      return InvalidArgument("--layer-precision: no layer named '" + name + "' in the optimized graph");
 
   // Lower precision first (it changes the types the backends are asked about): the nodes the GPU runs,
   // whose layers take half types, unless pinned to fp32; nodes pinned to fp16/bf16 always.
   std::set<std::string> lowered;
   auto pin_of = [&](const ir::Node& n) -> std::string {
-    auto it = settings.layer_precisions.find(n.name);
-    return it == settings.layer_precisions.end() ? "" : it->second;
+    for (const auto& part : parts_of(n.name))
+      if (auto it = settings.layer_precisions.find(part); it != settings.layer_precisions.end()) return it->second;
+    return "";
   };
   for (const DType low : {DType::kFloat16, DType::kBFloat16}) {
     const std::string tag = low == DType::kFloat16 ? "fp16" : "bf16";
@@ -141,7 +170,7 @@ Result<engine::Plan> build_plan(const ir::Model& model, const engine::BuildSetti
     };
     KILN_RETURN_IF_ERROR(passes::lower_precision(m, low, lower, &lowered));
     for (const auto& [name, p] : settings.layer_precisions)
-      if (p == tag && !lowered.count(name))
+      if (p == tag && !lowered.count(layer_named(name)->name))
         return Unsupported("--layer-precision " + name + ":" + tag + " cannot be honored: the GPU has no " + tag +
                            " kernel for that layer");
   }
@@ -149,6 +178,20 @@ Result<engine::Plan> build_plan(const ir::Model& model, const engine::BuildSetti
     int removed = 0;
     KILN_RETURN_IF_ERROR(passes::eliminate_dead_nodes(m, &removed));  // float32 weights now unused
     KILN_RETURN_IF_ERROR(passes::infer_shapes(m));
+  }
+  // Channels-last convolutions where cuDNN's tensor-core kernels want them (half types, channels multiples of
+  // 8), decided once the precisions are: the transposes between consecutive convs cancel.
+  if (gpu && settings.opt_level >= 2) {
+    int converted = 0, removed = 0;
+    auto eligible = [&](const ir::Node& n) {
+      const std::string pin = pin_of(n);
+      return passes::conv_suits_channels_last(m.graph, n) && (pin.empty() || lowered.count(n.name));
+    };
+    KILN_RETURN_IF_ERROR(passes::convert_conv_layout(m, eligible, &converted));
+    KILN_RETURN_IF_ERROR(passes::eliminate_dead_nodes(m, &removed));
+    KILN_RETURN_IF_ERROR(passes::infer_shapes(m));
+    if (converted > 0)
+      logger.log(Severity::kInfo, "optimizer: " + std::to_string(converted) + " convolutions made channels-last");
   }
 
   // Assign every node: the GPU where it has a layer for the node, the CPU (which runs every op) otherwise.

@@ -102,4 +102,19 @@ Status fold_constants(ir::Model& model, int* folded) {
   return OkStatus();
 }
 
+Status fold_constants_to_fixpoint(ir::Model& model, int* folded) {
+  // Each round can make more shapes static (an Expand whose shape input was just folded, say), and so more
+  // Shape nodes foldable: a transformer's shape arithmetic needs several rounds.
+  int total = 0;
+  for (int round = 0; round < 32; ++round) {
+    int count = 0;
+    KILN_RETURN_IF_ERROR(infer_shapes(model));
+    KILN_RETURN_IF_ERROR(fold_constants(model, &count));
+    total += count;
+    if (count == 0) break;
+  }
+  if (folded) *folded = total;
+  return OkStatus();
+}
+
 }  // namespace kiln::passes

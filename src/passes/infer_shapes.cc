@@ -197,6 +197,13 @@ class Inferrer {
       if (axis < 0 || axis > rank) return;
       return set(n, 0, tensor_type(x->dtype, {product(d, 0, axis), product(d, axis, rank)}));
     }
+    if (op == "Expand") {  // numpy broadcast of X's shape with the (constant) shape input
+      const Tensor* shape = n.inputs.size() > 1 ? constant(n.inputs[1]) : nullptr;
+      if (!shape) return set(n, 0, dtype_only(x->dtype));
+      std::vector<Dim> want;
+      for (int64_t v : shape->to_int64_vector()) want.push_back(Dim::of(v));
+      return set(n, 0, tensor_type(x->dtype, broadcast(d, want)));
+    }
     if (op == "Transpose") {
       std::vector<int64_t> perm = iattrs(n, "perm");
       if (perm.empty())
@@ -320,6 +327,7 @@ class Inferrer {
     if (!x) return;
     if (n.op_type == "Gelu") return set(n, 0, *x);
     if (n.op_type == "FusedMatMul" && x->has_shape) return infer_matmul(n, *x);  // the bias keeps MatMul's shape
+    if (n.op_type == "FusedConv" && x->has_shape) return infer_window(n, *x);  // B, Z and the activation keep Conv's shape
   }
 
   // numpy matmul: broadcast batch dims, then [M, K] x [K, N]; a 1-D operand loses its dim.
@@ -346,20 +354,24 @@ class Inferrer {
     return Dim::of(p);
   }
 
-  // Conv and pooling: out = floor((in + pads - dilation * (kernel - 1) - 1) / stride) + 1 (ceil for ceil_mode).
+  // Conv, kiln.FusedConv (either layout) and pooling: out = floor((in + pads - dilation * (kernel - 1) - 1) / stride) + 1
+  // (ceil for ceil_mode).
   void infer_window(const ir::Node& n, const TypeInfo& x) {
     const std::vector<Dim>& d = x.dims;
     int64_t rank = static_cast<int64_t>(d.size());
     if (rank < 3) return;
     int64_t spatial = rank - 2;
     std::vector<int64_t> kernel = iattrs(n, "kernel_shape");
-    Dim channels = d[1];
-    if (n.op_type == "Conv") {
-      const TypeInfo* w = type(n.inputs[1]);
+    // kiln.FusedConv with channels_last = 1: X [N, D..., C], W [M, k..., C/group], Y [N, O..., M].
+    const bool last = n.op_type == "FusedConv" && iattr(n, "channels_last", 0) == 1;
+    const int64_t first = last ? 1 : 2;  // the first spatial axis of X and W
+    Dim channels = last ? d[rank - 1] : d[1];
+    if (n.op_type == "Conv" || n.op_type == "FusedConv") {
+      const TypeInfo* w = n.inputs.size() > 1 ? type(n.inputs[1]) : nullptr;
       if (!w || !w->has_shape || static_cast<int64_t>(w->dims.size()) != rank) return;
       channels = w->dims[0];
       if (kernel.empty())
-        for (int64_t i = 2; i < rank; ++i) {
+        for (int64_t i = first; i < first + spatial; ++i) {
           if (!w->dims[i].known()) return;
           kernel.push_back(w->dims[i].value);
         }
@@ -375,9 +387,10 @@ class Inferrer {
     const ir::Attribute* ap = n.attr("auto_pad");
     std::string auto_pad = ap && ap->type == ir::Attribute::Type::kString ? ap->s : "NOTSET";
     bool ceil_mode = iattr(n, "ceil_mode", 0) != 0;
-    std::vector<Dim> out = {d[0], channels};
+    std::vector<Dim> out = {d[0]};
+    if (!last) out.push_back(channels);
     for (int64_t i = 0; i < spatial; ++i) {
-      const Dim& in = d[i + 2];
+      const Dim& in = d[i + first];
       if (!in.known() || strides[i] <= 0) {
         out.push_back(Dim());
         continue;
@@ -395,6 +408,7 @@ class Inferrer {
       }
       out.push_back(Dim::of(v));
     }
+    if (last) out.push_back(channels);
     set(n, 0, tensor_type(x.dtype, out));
   }
 

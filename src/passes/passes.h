@@ -18,6 +18,8 @@ Status infer_shapes(ir::Model& model);
 // Evaluates nodes whose inputs are all constant (and Shape/Size of statically shaped values) at build
 // time, replacing them by initializers. Returns the number of nodes folded through *folded.
 Status fold_constants(ir::Model& model, int* folded = nullptr);
+// infer_shapes and fold_constants in turn until nothing more folds (ending with the types inferred).
+Status fold_constants_to_fixpoint(ir::Model& model, int* folded = nullptr);
 // Removes nodes whose outputs nothing uses, and initializers nothing reads.
 Status eliminate_dead_nodes(ir::Model& model, int* removed = nullptr);
 

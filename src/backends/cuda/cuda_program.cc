@@ -169,9 +169,7 @@ struct CudaProgram::Impl {
 Status CudaProgram::Impl::specialize(const ir::Model& engine_model) {
   model = engine_model;
   KILN_RETURN_IF_ERROR(passes::apply_input_shapes(model, input_shapes));
-  KILN_RETURN_IF_ERROR(passes::infer_shapes(model));
-  KILN_RETURN_IF_ERROR(passes::fold_constants(model));
-  KILN_RETURN_IF_ERROR(passes::infer_shapes(model));
+  KILN_RETURN_IF_ERROR(passes::fold_constants_to_fixpoint(model));
   return OkStatus();
 }
 

@@ -53,7 +53,8 @@ Status launch_binary(BinaryOp op, DType dtype, const void* a, const Shape& a_sha
 Status launch_where(DType dtype, const void* cond, const Shape& cond_shape, const void* x, const Shape& x_shape,
                     const void* y, const Shape& y_shape, void* out, const Shape& out_shape, cudaStream_t stream);
 
-// Cast between float32, float16, bfloat16, int32 and int64 (float -> int truncates toward zero).
+// Cast between float32, float16, bfloat16, int32, int64 and bool (float -> int truncates toward zero; to bool
+// is "not zero").
 bool cast_supports(DType from, DType to);
 Status launch_cast(DType from, const void* x, DType to, void* y, int64_t n, cudaStream_t stream);
 

@@ -172,6 +172,7 @@ const LayerTable& layer_table() {
     register_matmul_layers(t);
     register_fused_matmul_layers(t);
     register_conv_layers(t);
+    register_fused_conv_layers(t);
     register_normalization_layers(t);
     register_softmax_layers(t);
     register_reduce_layers(t);
@@ -180,6 +181,7 @@ const LayerTable& layer_table() {
     register_pad_layers(t);
     register_shape_layers(t);
     register_index_layers(t);
+    register_logical_layers(t);
     return t;
   }();
   return table;

@@ -142,6 +142,7 @@ void register_elementwise_layers(LayerTable& table);  // elementwise_layers.cc: 
 void register_matmul_layers(LayerTable& table);  // matmul.cc: MatMul and Gemm through cuBLASLt
 void register_fused_matmul_layers(LayerTable& table);  // fused_matmul.cc: kiln.FusedMatMul, kiln.Gelu (after the elementwise layers)
 void register_conv_layers(LayerTable& table);  // conv.cc: Conv and ConvTranspose through cuDNN
+void register_fused_conv_layers(LayerTable& table);  // fused_conv.cc: kiln.FusedConv through cuDNN
 void register_normalization_layers(LayerTable& table);  // normalization.cu: BatchNormalization, InstanceNormalization, LayerNormalization, GroupNormalization
 void register_softmax_layers(LayerTable& table);  // softmax.cu: Softmax and LogSoftmax
 void register_reduce_layers(LayerTable& table);  // reduce.cu: the Reduce ops, ArgMax, ArgMin, CumSum, TopK
@@ -150,6 +151,7 @@ void register_resize_layers(LayerTable& table);  // resize.cu: Resize
 void register_pad_layers(LayerTable& table);  // pad.cu: Pad
 void register_shape_layers(LayerTable& table);  // shape_ops.cu: Reshape, Flatten, Squeeze, Unsqueeze, Identity (views), Transpose, Expand, Tile
 void register_index_layers(LayerTable& table);  // index_ops.cu: Concat, Split, Slice, Gather, GatherElements, Range
+void register_logical_layers(LayerTable& table);  // logical.cu: comparisons, And, Or, Xor, Not, IsNaN, IsInf
 
 // A CUDA runtime error as a Status naming the call ("cudaMemcpyAsync failed: cudaErrorInvalidValue: ...").
 Status cuda_status(cudaError_t e, const char* call);
