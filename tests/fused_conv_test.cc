@@ -13,6 +13,7 @@
 
 #include "core/cast.h"
 #include "kernel_harness.h"
+#include "passes/passes.h"
 
 namespace kiln::testing {
 namespace {
@@ -164,6 +165,47 @@ TEST(FusedConvOps, NoAttributesMeansConvDefaults) {
   const Tensor want = run_one("", "Conv", {Value(x), Value(w)});
   ASSERT_EQ(r.outputs[0].tensor().shape(), want.shape());
   for (int64_t i = 0; i < want.numel(); ++i) EXPECT_EQ(r.outputs[0].tensor().data<float>()[i], want.data<float>()[i]);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Shape inference (src/passes/infer_shapes.cc): Y's dtype and shape in both layouts, a symbolic batch kept.
+
+std::string inferred_type(const Shape& x_spatial_last, const Shape& w, Attrs attrs, DType dtype) {
+  ir::Model m;
+  m.opsets = {{"", 17}, {"kiln", 1}};
+  ir::ValueInfo x;
+  x.name = "x";
+  x.type.kind = ir::TypeInfo::Kind::kTensor;
+  x.type.dtype = dtype;
+  x.type.has_shape = true;
+  x.type.dims.push_back(ir::Dim::named("batch"));
+  for (int64_t d : x_spatial_last) x.type.dims.push_back(ir::Dim::of(d));
+  m.graph.inputs.push_back(x);
+  m.graph.initializers["w"] = Tensor(dtype, w);
+  ir::Node n;
+  n.name = "fc";
+  n.op_type = "FusedConv";
+  n.domain = "kiln";
+  n.inputs = {"x", "w", "", ""};
+  n.outputs = {"y"};
+  n.attributes = std::move(attrs);
+  m.graph.nodes.push_back(n);
+  EXPECT_TRUE(passes::infer_shapes(m).ok());
+  const ir::TypeInfo* y = m.graph.type_of("y");
+  return y ? y->to_string() : "unknown";
+}
+
+TEST(FusedConvOps, InferShapes) {
+  const Attrs stem = {{"strides", ints_attr({2, 2})}, {"pads", ints_attr({3, 3, 3, 3})}, {"activation", string_attr("Relu")}};
+  EXPECT_EQ(inferred_type({3, 224, 224}, {64, 3, 7, 7}, stem, DType::kFloat16), "float16[batch,64,112,112]");
+  Attrs nhwc = stem;
+  nhwc["channels_last"] = int_attr(1);
+  EXPECT_EQ(inferred_type({224, 224, 3}, {64, 7, 7, 3}, nhwc, DType::kFloat16), "float16[batch,112,112,64]");
+  EXPECT_EQ(inferred_type({56, 56, 64}, {256, 1, 1, 64}, {{"channels_last", int_attr(1)}}, DType::kFloat32),
+            "float32[batch,56,56,256]");
+  EXPECT_EQ(inferred_type({7, 9, 8}, {4, 3, 3, 8}, {{"channels_last", int_attr(1)}, {"auto_pad", string_attr("SAME_UPPER")}, {"strides", ints_attr({2, 2})}},
+                          DType::kFloat32),
+            "float32[batch,4,5,4]");
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -1,0 +1,239 @@
+// CUDA layer of the optimizer's kiln.FusedConv: Y = activation(Conv(X, W) + B + Z) in one cuDNN call,
+// cudnnConvolutionBiasActivationForward (y = act(alpha1 * conv(x, w) + alpha2 * z + bias)), in the ONNX
+// layout or channels-last (NHWC tensors, KRSC filter: what cuDNN's tensor-core kernels read directly).
+//
+// cuDNN's fused call needs a bias (a zero one, uploaded at create time, stands in when B is absent) and
+// accepts the identity activation with IMPLICIT_PRECOMP_GEMM only; other algorithms without an activation
+// run the epilogue as separate cuDNN calls (Z copied into Y and blended with beta = 1, then the bias added),
+// as does the tactic "cuda.cudnn.unfused" (the heuristics' algorithm, then bias, Z and Relu one by one),
+// for the problems cuDNN's fused call refuses at run time (the tactic timer then skips the fused tactics).
+//
+// Tactics: "cuda.cudnn.fused.algoN" (N as in cudnnConvolutionFwdAlgo_t), whose create() returns Unsupported
+// when cuDNN's heuristics have no kernel of that algorithm for the problem (shared with Conv: conv_common.h),
+// "cuda.cudnn.unfused", and "default" (the heuristics' first choice). Pads that cuDNN's symmetric padding
+// cannot express are refused by check(): the CPU reference then runs the node.
+#include <string>
+#include <vector>
+
+#include "backends/cuda/conv_common.h"
+#include "backends/cuda/layer.h"
+
+namespace kiln::cuda {
+namespace {
+
+using namespace cudnn_conv;
+
+const char* const kOp = "CUDA kiln.FusedConv";
+const char* const kFusedPrefix = "cuda.cudnn.fused.algo";
+const char* const kUnfused = "cuda.cudnn.unfused";
+
+// [N, S..., C] -> [N, C, S...] (for X, Z and Y) or [M, k..., C/g] -> [M, C/g, k...] (for W): the ONNX-layout
+// shape that the geometry code and cuDNN's dims take.
+Shape logical_shape(const Shape& s, bool channels_last) {
+  if (!channels_last || s.size() < 2) return s;
+  Shape out = {s[0], s.back()};
+  out.insert(out.end(), s.begin() + 1, s.end() - 1);
+  return out;
+}
+Shape stored_shape(const Shape& logical, bool channels_last) {
+  if (!channels_last || logical.size() < 2) return logical;
+  Shape out = {logical[0]};
+  out.insert(out.end(), logical.begin() + 2, logical.end());
+  out.push_back(logical[1]);
+  return out;
+}
+
+std::string check_fused_conv(const LayerSpec& spec) {
+  const std::string op = kOp;
+  if (spec.inputs.size() < 2 || !spec.inputs[0].present() || !spec.inputs[1].present()) return op + ": inputs X and W are required";
+  if (spec.inputs.size() > 4) return op + ": takes at most 4 inputs (X, W, B, Z)";
+  const TensorDesc& x = spec.inputs[0];
+  const TensorDesc& w = spec.inputs[1];
+  if (!is_conv_dtype(x.dtype))
+    return op + ": dtype " + dtype_name(x.dtype) + " is not supported (cuDNN convolutions take float32, float16 or bfloat16)";
+  const bool has_bias = spec.inputs.size() > 2 && spec.inputs[2].present();
+  const bool has_z = spec.inputs.size() > 3 && spec.inputs[3].present();
+  for (size_t i : {1, 2, 3})
+    if (i < spec.inputs.size() && spec.inputs[i].present() && spec.inputs[i].dtype != x.dtype)
+      return op + ": " + (i == 1 ? "W" : i == 2 ? "B" : "Z") + " is " + dtype_name(spec.inputs[i].dtype) + " and X " +
+             dtype_name(x.dtype) + "; they must match";
+  if (!spec.outputs.empty() && spec.outputs[0].present() && spec.outputs[0].dtype != x.dtype)
+    return op + ": the output must have X's dtype " + dtype_name(x.dtype);
+  const std::string act = spec.attr_string("activation", "");
+  if (!act.empty() && act != "Relu") return op + ": activation '" + act + "' is not one of \"\" (none) or \"Relu\"";
+  const int64_t cl = spec.attr_int("channels_last", 0);
+  if (cl != 0 && cl != 1) return op + ": channels_last " + std::to_string(cl) + " must be 0 or 1";
+  size_t nd = 0;
+  for (const TensorDesc* t : {&x, &w}) {
+    if (!t->has_rank) continue;
+    if (t->shape.size() < 3 || t->shape.size() > 5)
+      return op + ": X and W must have rank 3 to 5 (1-D, 2-D or 3-D convolutions), got " + ints_str(t->shape);
+    if (nd > 0 && t->shape.size() != nd + 2) return op + ": W has rank " + std::to_string(w.shape.size()) + " and X rank " + std::to_string(x.shape.size());
+    nd = t->shape.size() - 2;
+  }
+  if (has_bias && spec.inputs[2].has_rank && spec.inputs[2].shape.size() != 1)
+    return op + ": B must be 1-D, got rank " + std::to_string(spec.inputs[2].shape.size());
+  if (std::string why = check_window_attrs(spec, op, nd, false); !why.empty()) return why;
+  if (!x.is_static() || !w.is_static()) return "";
+  Geometry g;
+  if (std::string why = conv_geometry(spec, logical_shape(x.shape, cl), logical_shape(w.shape, cl), &g, op); !why.empty())
+    return why;
+  for (size_t d = 0; d < g.nd; ++d)
+    if (symmetric_pad(g, d) < 0)
+      return op + ": pads " + ints_str(g.pad_begin) + " / " + ints_str(g.pad_end) +
+             " have no symmetric equivalent, which cuDNN needs; the CPU runs it";
+  if (has_bias && spec.inputs[2].is_static() && shape_numel(spec.inputs[2].shape) != g.M)
+    return op + ": B " + ints_str(spec.inputs[2].shape) + " must have " + std::to_string(g.M) + " elements";
+  const Shape y = stored_shape(full_shape(g.N, g.M, g.out), cl);
+  if (has_z && spec.inputs[3].is_static() && spec.inputs[3].shape != y)
+    return op + ": Z " + ints_str(spec.inputs[3].shape) + " must have Y's shape " + ints_str(y);
+  return "";
+}
+
+std::vector<std::string> fused_conv_tactics(const LayerSpec&) {
+  std::vector<std::string> t;
+  for (int a : {1, 0, 6, 7, 5, 4, 2, 3}) t.push_back(kFusedPrefix + std::to_string(a));
+  t.push_back(kUnfused);
+  return t;
+}
+
+// Device memory owned by a layer (the zero bias).
+struct DeviceBuffer {
+  void* p = nullptr;
+  DeviceBuffer() = default;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer() {
+    if (p != nullptr) cudaFree(p);
+  }
+};
+
+class FusedConvLayer final : public Layer {
+ public:
+  static Result<std::unique_ptr<Layer>> create(const LayerSpec& spec, const std::string& tactic, const CudaHandles& h);
+  size_t workspace_bytes() const override { return algo_.workspace; }
+  Status run(const std::vector<DeviceTensor>& inputs, const std::vector<DeviceTensor>& outputs, void* workspace,
+             const CudaHandles& h) const override;
+
+ private:
+  TensorDescriptor x_, y_, b_;  // y_ describes Z too (same shape and layout)
+  FilterDescriptor w_;
+  ConvolutionDescriptor conv_;
+  ActivationDescriptor act_;  // RELU, or IDENTITY for the fused call without an activation
+  FwdAlgo algo_;
+  bool nothing_to_do_ = false, has_bias_ = false, has_z_ = false, relu_ = false;
+  bool fused_ = false;  // one cudnnConvolutionBiasActivationForward call
+  DeviceBuffer zero_bias_;
+  size_t y_bytes_ = 0;
+};
+
+Result<std::unique_ptr<Layer>> FusedConvLayer::create(const LayerSpec& spec, const std::string& tactic, const CudaHandles& h) {
+  const std::string op = kOp;
+  if (std::string why = check_fused_conv(spec); !why.empty()) return Unsupported(why);
+  const bool unfused = tactic == kUnfused;
+  const int wanted = unfused ? -1 : parse_tactic(tactic, kFusedPrefix, CUDNN_CONVOLUTION_FWD_ALGO_COUNT);
+  if (wanted == -2) return InvalidArgument(op + ": unknown tactic '" + tactic + "'");
+  const TensorDesc& xd = spec.inputs[0];
+  const TensorDesc& wd = spec.inputs[1];
+  if (!xd.is_static() || !wd.is_static()) return InvalidArgument(op + ": create needs concrete shapes");
+  const bool cl = spec.attr_int("channels_last", 0) == 1;
+  Geometry g;
+  if (std::string why = conv_geometry(spec, logical_shape(xd.shape, cl), logical_shape(wd.shape, cl), &g, op); !why.empty())
+    return InvalidArgument(why);
+  const DType dtype = xd.dtype;
+  std::unique_ptr<FusedConvLayer> layer(new FusedConvLayer());
+  layer->has_bias_ = spec.inputs.size() > 2 && spec.inputs[2].present();
+  layer->has_z_ = spec.inputs.size() > 3 && spec.inputs[3].present();
+  layer->relu_ = spec.attr_string("activation", "") == "Relu";
+  const Shape y_shape = full_shape(g.N, g.M, g.out);
+  layer->y_bytes_ = static_cast<size_t>(shape_numel(y_shape)) * dtype_size(dtype);
+  if (shape_numel(y_shape) == 0) {
+    layer->nothing_to_do_ = true;
+    return std::unique_ptr<Layer>(std::move(layer));
+  }
+  if (shape_numel(xd.shape) == 0 || shape_numel(wd.shape) == 0)
+    return Unsupported(op + ": X " + ints_str(xd.shape) + " or W " + ints_str(wd.shape) + " is empty but the output is not");
+  if (!fits_cudnn(xd.shape) || !fits_cudnn(y_shape) || !fits_cudnn(wd.shape))
+    return Unsupported(op + ": X " + ints_str(xd.shape) + " or Y " + ints_str(y_shape) +
+                       " is over cuDNN's limit of 2^31 - 1 elements per tensor");
+  std::vector<int64_t> pads(g.nd);
+  for (size_t d = 0; d < g.nd; ++d) {
+    pads[d] = symmetric_pad(g, d);  // check() refused the pads without one
+    if (pads[d] > INT_MAX || g.strides[d] > INT_MAX || g.dilations[d] > INT_MAX)
+      return Unsupported(op + ": a pad, stride or dilation is over cuDNN's int range");
+  }
+
+  const std::vector<int> xdims = cudnn_dims(g.N, g.C, g.in), ydims = cudnn_dims(g.N, g.M, g.out);
+  const std::vector<int> wdims = cudnn_dims(g.M, g.C / g.group, g.kernel);
+  if (cl) {
+    KILN_RETURN_IF_ERROR(set_tensor_nhwc(layer->x_, dtype, xdims));
+    KILN_RETURN_IF_ERROR(set_tensor_nhwc(layer->y_, dtype, ydims));
+    KILN_RETURN_IF_ERROR(set_filter_nhwc(layer->w_, dtype, wdims));
+  } else {
+    KILN_RETURN_IF_ERROR(set_tensor(layer->x_, dtype, xdims));
+    KILN_RETURN_IF_ERROR(set_tensor(layer->y_, dtype, ydims));
+    KILN_RETURN_IF_ERROR(set_filter(layer->w_, dtype, wdims));
+  }
+  KILN_RETURN_IF_ERROR(set_convolution(layer->conv_, pads, g.strides, g.dilations, g.group, dtype, spec.allow_tf32));
+  KILN_RETURN_IF_ERROR(set_bias(layer->b_, dtype, g.M, wdims.size()));
+
+  // cuDNN's own output shape must be ONNX's: a mismatch here is a bug in the geometry above.
+  std::vector<int> cudnn_out(wdims.size());
+  KILN_CUDNN_TRY(cudnnGetConvolutionNdForwardOutputDim(layer->conv_.d, layer->x_.d, layer->w_.d,
+                                                       static_cast<int>(cudnn_out.size()), cudnn_out.data()));
+  if (cudnn_out != ydims) return Internal(op + ": cuDNN computes another output shape than " + ints_str(y_shape));
+
+  KILN_ASSIGN_OR_RETURN(layer->algo_, choose_fwd_algo(h, layer->x_, layer->w_, layer->conv_, layer->y_, wanted, g.kernel, op));
+  layer->fused_ = !unfused && (layer->relu_ || layer->algo_.algo == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM);
+  if (layer->fused_ || layer->relu_) {
+    KILN_CUDNN_TRY(cudnnCreateActivationDescriptor(&layer->act_.d));
+    KILN_CUDNN_TRY(cudnnSetActivationDescriptor(layer->act_.d, layer->relu_ ? CUDNN_ACTIVATION_RELU : CUDNN_ACTIVATION_IDENTITY,
+                                                CUDNN_PROPAGATE_NAN, 0.0));
+  }
+  if (layer->fused_ && !layer->has_bias_) {
+    const size_t bytes = static_cast<size_t>(g.M) * dtype_size(dtype);
+    KILN_CUDA_TRY(cudaMalloc(&layer->zero_bias_.p, bytes));
+    KILN_CUDA_TRY(cudaMemset(layer->zero_bias_.p, 0, bytes));  // all-zero bits are 0 in every float type
+  }
+  return std::unique_ptr<Layer>(std::move(layer));
+}
+
+Status FusedConvLayer::run(const std::vector<DeviceTensor>& inputs, const std::vector<DeviceTensor>& outputs, void* workspace,
+                           const CudaHandles& h) const {
+  if (nothing_to_do_) return OkStatus();
+  const void* x = inputs[0].data;
+  const void* w = inputs[1].data;
+  const void* z = has_z_ ? inputs[3].data : nullptr;
+  void* y = outputs[0].data;
+  void* ws = algo_.workspace > 0 ? workspace : nullptr;
+  // alpha and beta are floats for every data type here: the compute type is float.
+  const float one = 1.0f, zero = 0.0f;
+  if (fused_) {
+    const void* bias = has_bias_ ? inputs[2].data : zero_bias_.p;
+    const float alpha2 = has_z_ ? 1.0f : 0.0f;  // without Z, z = y is read with weight 0
+    KILN_CUDNN_TRY(cudnnConvolutionBiasActivationForward(h.cudnn, &one, x_.d, x, w_.d, w, conv_.d, algo_.algo, ws, algo_.workspace,
+                                                         &alpha2, y_.d, has_z_ ? z : y, b_.d, bias, act_.d, y_.d, y));
+    return OkStatus();
+  }
+  // Y = conv + Z through the convolution's beta, then the bias and the activation in place.
+  if (has_z_ && z != y) KILN_CUDA_TRY(cudaMemcpyAsync(y, z, y_bytes_, cudaMemcpyDeviceToDevice, h.stream));
+  KILN_CUDNN_TRY(cudnnConvolutionForward(h.cudnn, &one, x_.d, x, w_.d, w, conv_.d, algo_.algo, ws, algo_.workspace,
+                                         has_z_ ? &one : &zero, y_.d, y));
+  if (has_bias_) KILN_CUDNN_TRY(cudnnAddTensor(h.cudnn, &one, b_.d, inputs[2].data, &one, y_.d, y));
+  if (relu_) KILN_CUDNN_TRY(cudnnActivationForward(h.cudnn, act_.d, &one, y_.d, y, &zero, y_.d, y));
+  return OkStatus();
+}
+
+}  // namespace
+
+void register_fused_conv_layers(LayerTable& table) {
+  LayerKind kind;
+  kind.op_type = "kiln.FusedConv";
+  kind.check = check_fused_conv;
+  kind.tactics = fused_conv_tactics;
+  kind.create = FusedConvLayer::create;
+  kind.lowers_to_fp16 = true;
+  table.add(std::move(kind));
+}
+
+}  // namespace kiln::cuda
