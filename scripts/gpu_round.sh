@@ -92,7 +92,7 @@ fi
 
 CUDA_RC=-1
 if [[ -x $TEST_BIN ]]; then
-  timeout 150 "$TEST_BIN" --gtest_filter='Cuda*:*Cuda*' --gtest_output=json:"$OUT/cuda_tests.json" \
+  timeout ${GPU_ROUND_CUDA_TIMEOUT:-200} "$TEST_BIN" --gtest_filter='Cuda*:*Cuda*' --gtest_output=json:"$OUT/cuda_tests.json" \
     > "$OUT/cuda_tests.log" 2>&1; CUDA_RC=$?
 fi
 T_CUDA=$(date +%s)
