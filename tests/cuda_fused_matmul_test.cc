@@ -52,6 +52,9 @@ LayerCase fused_case(const Shape& a, const Shape& b, const std::string& activati
   c.precision = p.dtype;
   c.allow_tf32 = p.tf32;
   set_tolerance(c, a.back());
+  // cuBLASLt's GELU epilogue evaluates its tanh differently from the reference's tanhf: 3e-6 apart at
+  // |y| ~ 0.1 in float32 (measured on the H100), more than K = 7 leaves room for.
+  if (activation == "GeluTanh" && p.dtype == DType::kFloat32 && !p.tf32) c.atol = std::max(c.atol, 2e-5);
   return c;
 }
 

@@ -28,10 +28,10 @@ class CudaBackend : public Backend {
       if (why_not) *why_not = std::move(m);
       return false;
     };
-    if (!node.domain.empty() && node.domain != "ai.onnx")
-      return fail("no CUDA kernel for domain '" + node.domain + "'");
     const cuda::LayerKind* kind = cuda::layer_table().find_for(node);
-    if (kind == nullptr) return fail("no CUDA kernel for " + node.op_type);
+    if (kind == nullptr)
+      return fail("no CUDA kernel for " + (node.domain.empty() || node.domain == "ai.onnx" ? "" : node.domain + ".") +
+                  node.op_type);
     cuda::LayerSpec spec = cuda::make_layer_spec(node, graph, opset);
     for (size_t i = 0; i < node.inputs.size(); ++i)
       if (!node.inputs[i].empty() && !spec.inputs[i].present())
