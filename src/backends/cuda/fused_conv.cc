@@ -12,11 +12,19 @@
 // when cuDNN's heuristics have no kernel of that algorithm for the problem (shared with Conv: conv_common.h),
 // "cuda.cudnn.unfused", and "default" (the heuristics' first choice). Pads that cuDNN's symmetric padding
 // cannot express are refused by check(): the CPU reference then runs the node.
+//
+// A 1x1, stride-1, unpadded, ungrouped 2-D convolution in channels-last layout is a GEMM,
+// Y[NHW, M] = X[NHW, C] * W[M, C]^T, and cuBLASLt's epilogues add the bias and apply Relu, its beta*C the
+// residual Z. Such convolutions also get the tactics "cuda.cublaslt.h0".."h3" (matmul_tactics(): the cuBLASLt
+// Gemm layer of matmul.h on reshaped views of the same device buffers). They matter for ResNet's layer3/4
+// at batch 1: a 49 x 512 output leaves cuDNN's tiles almost idle, where cuBLASLt has split-K kernels.
+#include <algorithm>
 #include <string>
 #include <vector>
 
 #include "backends/cuda/conv_common.h"
 #include "backends/cuda/layer.h"
+#include "backends/cuda/matmul.h"
 
 namespace kiln::cuda {
 namespace {
@@ -90,11 +98,39 @@ std::string check_fused_conv(const LayerSpec& spec) {
   return "";
 }
 
-std::vector<std::string> fused_conv_tactics(const LayerSpec&) {
+// "" when the node is a plain GEMM in channels-last layout (the cuBLASLt tactics apply), otherwise why not.
+// Reads attributes and ranks only, so that tactics() can answer before every dim is known; create() runs
+// check_fused_conv first for the rest (W's C matching X's, B's and Z's shapes).
+std::string gemm_ineligible(const LayerSpec& spec) {
+  const std::string op = std::string(kOp) + " (cuBLASLt tactics)";
+  if (spec.attr_int("channels_last", 0) != 1) return op + ": need channels_last = 1";
+  if (spec.inputs.size() < 2 || !spec.inputs[0].has_rank || !spec.inputs[1].has_rank ||
+      spec.inputs[0].shape.size() != 4 || spec.inputs[1].shape.size() != 4)
+    return op + ": need a 2-D convolution (X and W of rank 4)";
+  const Shape& w = spec.inputs[1].shape;  // [M, kH, kW, C]
+  if (w[1] != 1 || w[2] != 1) return op + ": need a 1x1 kernel, W is " + ints_str(w);
+  if (spec.attr_int("group", 1) != 1) return op + ": need group 1";
+  for (const char* name : {"strides", "dilations"})
+    for (int64_t v : spec.attr_ints(name, {1, 1}))
+      if (v != 1) return op + ": need " + name + " of 1, got " + ints_str(spec.attr_ints(name));
+  for (int64_t p : spec.attr_ints("pads", {0, 0, 0, 0}))
+    if (p != 0) return op + ": need no pads, got " + ints_str(spec.attr_ints("pads"));
+  // Every auto_pad mode pads a 1x1, stride-1 window by 0.
+  return "";
+}
+
+std::vector<std::string> fused_conv_tactics(const LayerSpec& spec) {
   std::vector<std::string> t;
   for (int a : {1, 0, 6, 7, 5, 4, 2, 3}) t.push_back(kFusedPrefix + std::to_string(a));
   t.push_back(kUnfused);
+  if (gemm_ineligible(spec).empty())
+    for (const std::string& name : matmul_tactics()) t.push_back(name);
   return t;
+}
+
+bool is_gemm_tactic(const std::string& tactic) {
+  const std::vector<std::string> names = matmul_tactics();
+  return std::find(names.begin(), names.end(), tactic) != names.end();
 }
 
 // Device memory owned by a layer (the zero bias).
@@ -224,6 +260,96 @@ Status FusedConvLayer::run(const std::vector<DeviceTensor>& inputs, const std::v
   return OkStatus();
 }
 
+// The GEMM tactics: the cuBLASLt Gemm layer (matmul.h) on a synthetic Gemm node, transB = 1, fed the
+// FusedConv's buffers as A = X [NHW, C], B = W [M, C], C = Z [NHW, M] (beta 1) and the bias B [M] (the Gemm's
+// input 3, which the bias epilogues read), writing Y as [NHW, M]. matmul.cc applies Z and the bias together:
+// act(A*B^T + beta*C + bias), cuBLASLt's epilogue after its beta*C (or its prefill kernel, on the
+// element-aligned fallback plan).
+class FusedConvGemmLayer final : public Layer {
+ public:
+  static Result<std::unique_ptr<Layer>> create(const LayerSpec& spec, const std::string& tactic, const CudaHandles& h);
+  size_t workspace_bytes() const override { return gemm_->workspace_bytes(); }
+  Status run(const std::vector<DeviceTensor>& inputs, const std::vector<DeviceTensor>& outputs, void* workspace,
+             const CudaHandles& h) const override;
+
+ private:
+  std::unique_ptr<Layer> gemm_;  // holds no pointer to the synthetic node or spec (both are gone after create)
+  DType dtype_ = DType::kFloat32;
+  Shape a_, b_, y_, bias_;  // the Gemm's shapes: [NHW, C], [M, C], [NHW, M] (for C too), [M]
+  bool has_bias_ = false, has_z_ = false;
+};
+
+Result<std::unique_ptr<Layer>> FusedConvGemmLayer::create(const LayerSpec& spec, const std::string& tactic,
+                                                          const CudaHandles& h) {
+  const std::string op = kOp;
+  if (std::string why = check_fused_conv(spec); !why.empty()) return Unsupported(why);
+  if (std::string why = gemm_ineligible(spec); !why.empty()) return Unsupported(why);
+  const TensorDesc& xd = spec.inputs[0];
+  const TensorDesc& wd = spec.inputs[1];
+  if (!xd.is_static() || !wd.is_static()) return InvalidArgument(op + ": create needs concrete shapes");
+  Geometry g;  // validates W against X (check() did, but only for static shapes)
+  if (std::string why = conv_geometry(spec, logical_shape(xd.shape, true), logical_shape(wd.shape, true), &g, op); !why.empty())
+    return InvalidArgument(why);
+  std::unique_ptr<FusedConvGemmLayer> layer(new FusedConvGemmLayer());
+  layer->dtype_ = xd.dtype;
+  layer->has_bias_ = spec.inputs.size() > 2 && spec.inputs[2].present();
+  layer->has_z_ = spec.inputs.size() > 3 && spec.inputs[3].present();
+  const bool relu = spec.attr_string("activation", "") == "Relu";
+  const int64_t rows = g.N * g.in[0] * g.in[1];  // 1x1, stride 1, no pads: the output has the input's extent
+  layer->a_ = {rows, g.C};
+  layer->b_ = {g.M, g.C};
+  layer->y_ = {rows, g.M};
+  layer->bias_ = {g.M};
+
+  ir::Node node;
+  node.name = spec.node->name;  // the Gemm layer's errors then name the FusedConv node
+  node.op_type = "Gemm";
+  ir::Attribute one_int;
+  one_int.type = ir::Attribute::Type::kInt;
+  one_int.i = 1;
+  node.attributes["transB"] = one_int;
+  if (layer->has_z_) {
+    ir::Attribute one_float;
+    one_float.type = ir::Attribute::Type::kFloat;
+    one_float.f = 1.0f;
+    node.attributes["beta"] = one_float;
+  }
+  auto view = [&](const Shape& shape) {
+    TensorDesc d;
+    d.dtype = layer->dtype_;
+    d.has_rank = true;
+    d.shape = shape;  // no host constant: the Gemm layer reads none, and W's would have another shape
+    return d;
+  };
+  LayerSpec gs;
+  gs.node = &node;
+  gs.opset = 13;
+  gs.allow_tf32 = spec.allow_tf32;
+  gs.inputs = {view(layer->a_), view(layer->b_)};
+  if (layer->has_z_ || layer->has_bias_) gs.inputs.push_back(layer->has_z_ ? view(layer->y_) : TensorDesc{});
+  if (layer->has_bias_) gs.inputs.push_back(view(layer->bias_));
+  gs.outputs = {view(layer->y_)};
+  const MatmulEpilogue epilogue = layer->has_bias_ ? (relu ? MatmulEpilogue::kBiasRelu : MatmulEpilogue::kBias)
+                                                   : (relu ? MatmulEpilogue::kRelu : MatmulEpilogue::kNone);
+  KILN_ASSIGN_OR_RETURN(layer->gemm_, create_matmul_layer(gs, epilogue, tactic, h));
+  return std::unique_ptr<Layer>(std::move(layer));
+}
+
+Status FusedConvGemmLayer::run(const std::vector<DeviceTensor>& inputs, const std::vector<DeviceTensor>& outputs,
+                               void* workspace, const CudaHandles& h) const {
+  // The Gemm's inputs [A, B, C, bias] are the FusedConv's [X, W, Z, B]: the same memory, seen as matrices.
+  std::vector<DeviceTensor> in = {DeviceTensor{inputs[0].data, dtype_, a_}, DeviceTensor{inputs[1].data, dtype_, b_}};
+  if (has_z_ || has_bias_) in.push_back(has_z_ ? DeviceTensor{inputs[3].data, dtype_, y_} : DeviceTensor{});
+  if (has_bias_) in.push_back(DeviceTensor{inputs[2].data, dtype_, bias_});
+  const std::vector<DeviceTensor> out = {DeviceTensor{outputs[0].data, dtype_, y_}};
+  return gemm_->run(in, out, workspace, h);
+}
+
+Result<std::unique_ptr<Layer>> create_fused_conv(const LayerSpec& spec, const std::string& tactic, const CudaHandles& h) {
+  if (is_gemm_tactic(tactic)) return FusedConvGemmLayer::create(spec, tactic, h);
+  return FusedConvLayer::create(spec, tactic, h);
+}
+
 }  // namespace
 
 void register_fused_conv_layers(LayerTable& table) {
@@ -231,7 +357,7 @@ void register_fused_conv_layers(LayerTable& table) {
   kind.op_type = "kiln.FusedConv";
   kind.check = check_fused_conv;
   kind.tactics = fused_conv_tactics;
-  kind.create = FusedConvLayer::create;
+  kind.create = create_fused_conv;
   kind.lowers_to_fp16 = true;
   table.add(std::move(kind));
 }
