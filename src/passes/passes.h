@@ -59,4 +59,11 @@ Status convert_conv_layout(ir::Model& model, const std::function<bool(const ir::
 // an initializer, input and output channels multiples of 8. (The builder adds: the target is CUDA.)
 bool conv_suits_channels_last(const ir::Graph& g, const ir::Node& n);
 
+// [Add(X, Mask) ->] Softmax(axis = last, opset >= 13) [-> IsNaN -> Where(isnan, 0, P)] becomes one
+// kiln.MaskedSoftmax(X, Mask, nan_to_zero): the Add only when the Softmax alone reads it and Mask's static
+// shape broadcasts to X's without growing it; the IsNaN/Where tail only when P is read by those two alone
+// and the Where's value is a one-element constant 0 (torch's SDPA export of attention). A Softmax with
+// nothing to absorb stays as it is. Run after infer_shapes. The number of fused nodes goes to *fused.
+Status fuse_masked_softmax(ir::Model& model, int* fused = nullptr);
+
 }  // namespace kiln::passes

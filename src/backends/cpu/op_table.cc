@@ -20,6 +20,7 @@ void register_normalization_ops(ir::OpRegistry& r);
 void register_softmax_ops(ir::OpRegistry& r);
 void register_matmul_ops(ir::OpRegistry& r);
 void register_fused_matmul_ops(ir::OpRegistry& r);
+void register_fused_attention_ops(ir::OpRegistry& r);
 void register_reduce_ops(ir::OpRegistry& r);
 void register_control_flow_ops(ir::OpRegistry& r);
 void register_sequence_ops(ir::OpRegistry& r);
@@ -61,6 +62,7 @@ void register_all_ops(OpRegistry& r) {
       {"softmax", cpu::register_softmax_ops},
       {"matmul", cpu::register_matmul_ops},
       {"fused_matmul", cpu::register_fused_matmul_ops},
+      {"fused_attention", cpu::register_fused_attention_ops},
       {"reduce", cpu::register_reduce_ops},
       {"control_flow", cpu::register_control_flow_ops},
       {"sequence", cpu::register_sequence_ops},

@@ -1,0 +1,167 @@
+// Masked softmax fusion: the attention probabilities of torch's SDPA export (BERT at opset 17),
+//   A = Add(S, mask) -> P = Softmax(A, axis = -1) -> N = IsNaN(P) -> Y = Where(N, 0, P)
+// become one kiln.MaskedSoftmax(S, mask, nan_to_zero = 1): four kernels that each read and write the
+// [B, H, L, L] scores (about a third of BERT's time on an H100) become one. The Add and the IsNaN/Where
+// tail are each optional; a Softmax with neither stays a Softmax. Only opset >= 13 Softmax is taken (one
+// axis; before 13 the op flattens the trailing dims), and only along the last axis.
+#include <algorithm>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "passes/graph_uses.h"
+#include "passes/passes.h"
+
+namespace kiln::passes {
+
+namespace {
+
+bool is_onnx(const ir::Node& n, const char* op) { return n.domain.empty() && n.op_type == op; }
+
+// A value's dims when its rank is known (an initializer's are all known); false otherwise.
+bool dims_of(const ir::Graph& g, const std::string& name, std::vector<ir::Dim>* out) {
+  if (auto it = g.initializers.find(name); it != g.initializers.end()) {
+    out->clear();
+    for (int64_t d : it->second.shape()) out->push_back(ir::Dim::of(d));
+    return true;
+  }
+  const ir::TypeInfo* t = g.type_of(name);
+  if (t == nullptr || t->kind != ir::TypeInfo::Kind::kTensor || !t->has_shape) return false;
+  *out = t->dims;
+  return true;
+}
+
+DType dtype_of(const ir::Graph& g, const std::string& name) {
+  if (auto it = g.initializers.find(name); it != g.initializers.end()) return it->second.dtype();
+  const ir::TypeInfo* t = g.type_of(name);
+  return t != nullptr && t->kind == ir::TypeInfo::Kind::kTensor ? t->dtype : DType::kUndefined;
+}
+
+// Whether `mask`, whose shape is static, broadcasts against `x` leaving x's shape as it is: no more dims,
+// and each of its dims 1 or equal to x's (a symbolic dim of x matches only a 1).
+bool mask_fits(const ir::Graph& g, const std::string& x, const std::string& mask) {
+  std::vector<ir::Dim> xd, md;
+  if (!dims_of(g, x, &xd) || !dims_of(g, mask, &md) || md.size() > xd.size()) return false;
+  for (size_t i = 0; i < md.size(); ++i) {
+    const ir::Dim& m = md[i];
+    const ir::Dim& d = xd[xd.size() - md.size() + i];
+    if (!m.known()) return false;
+    if (m.value != 1 && (!d.known() || d.value != m.value)) return false;
+  }
+  // Add needs one dtype; where both are known they must agree (the op refuses otherwise).
+  const DType xt = dtype_of(g, x), mt = dtype_of(g, mask);
+  return xt == DType::kUndefined || mt == DType::kUndefined || xt == mt;
+}
+
+// Whether `name` is a constant of one element, exactly 0, that leaves an operand of rank `rank` (-1:
+// unknown) its shape when broadcast against it.
+bool is_zero_constant(const ir::Graph& g, const std::string& name, int64_t rank) {
+  const Tensor* t = constant_value(g, name);
+  if (t == nullptr || !dtype_is_float(t->dtype()) || t->numel() != 1) return false;
+  if (t->rank() > 0 && (rank < 0 || t->rank() > rank)) return false;
+  return t->scalar_as_double(0) == 0.0;
+}
+
+}  // namespace
+
+Status fuse_masked_softmax(ir::Model& model, int* fused) {
+  ir::Graph& g = model.graph;
+  if (fused) *fused = 0;
+  if (model.default_opset() < 13) return OkStatus();
+  const GraphReaders readers(g);
+  // Every reader of each value (P has two: IsNaN and Where), subgraph reads included.
+  std::map<std::string, std::vector<size_t>> reads;
+  for (size_t k = 0; k < g.nodes.size(); ++k)
+    for (const auto& v : runtime::node_reads(g.nodes[k])) reads[v].push_back(k);
+  std::map<std::string, size_t> producer;
+  for (size_t k = 0; k < g.nodes.size(); ++k)
+    for (const auto& o : g.nodes[k].outputs) producer[o] = k;
+  std::map<std::string, bool> graph_output;
+  for (const auto& o : g.outputs) graph_output[o.name] = true;
+
+  std::vector<bool> absorbed(g.nodes.size(), false);
+  std::map<size_t, ir::Node> replacement;  // position of the chain's last node -> the fused node
+  for (size_t k = 0; k < g.nodes.size(); ++k) {
+    const ir::Node& sm = g.nodes[k];
+    if (!is_onnx(sm, "Softmax") || absorbed[k] || sm.inputs.size() != 1 || sm.outputs.size() != 1) continue;
+    const std::string& a = sm.inputs[0];
+    const std::string& p = sm.outputs[0];
+    const int64_t rank = known_rank(g, a);
+    const ir::Attribute* axis_attr = sm.attr("axis");
+    const int64_t axis = axis_attr != nullptr && axis_attr->type == ir::Attribute::Type::kInt ? axis_attr->i : -1;
+    if (axis != -1 && (rank < 1 || axis != rank - 1)) continue;
+
+    std::vector<size_t> chain;  // absorbed nodes, in graph order
+    std::string x = a, mask;
+    // Add(S, mask) or Add(mask, S), read by the Softmax alone.
+    if (auto it = producer.find(a); it != producer.end() && readers.sole_reader(a) == static_cast<long>(k)) {
+      const ir::Node& add = g.nodes[it->second];
+      if (is_onnx(add, "Add") && !absorbed[it->second] && add.inputs.size() == 2 && add.outputs.size() == 1) {
+        for (int m = 1; m >= 0; --m)  // the mask second first: Add(scores, mask) is what torch writes
+          if (add.inputs[m] != add.inputs[1 - m] && mask_fits(g, add.inputs[1 - m], add.inputs[m])) {
+            x = add.inputs[1 - m];
+            mask = add.inputs[m];
+            chain.push_back(it->second);
+            break;
+          }
+      }
+    }
+    chain.push_back(k);
+    // IsNaN(P) and Where(IsNaN(P), 0, P): P read by those two alone, N by the Where alone.
+    std::string out = p;
+    bool nan_to_zero = false;
+    if (auto rit = reads.find(p); !graph_output.count(p) && rit != reads.end() && rit->second.size() == 2) {
+      for (int i = 0; i < 2 && !nan_to_zero; ++i) {
+        const size_t isnan_at = rit->second[i], where_at = rit->second[1 - i];
+        const ir::Node& isnan = g.nodes[isnan_at];
+        const ir::Node& where = g.nodes[where_at];
+        if (absorbed[isnan_at] || absorbed[where_at] || !is_onnx(isnan, "IsNaN") || !is_onnx(where, "Where")) continue;
+        if (isnan.inputs.size() != 1 || isnan.inputs[0] != p || isnan.outputs.size() != 1) continue;
+        if (readers.sole_reader(isnan.outputs[0]) != static_cast<long>(where_at)) continue;
+        if (where.inputs.size() != 3 || where.outputs.size() != 1 || where.inputs[0] != isnan.outputs[0] ||
+            where.inputs[2] != p || !is_zero_constant(g, where.inputs[1], rank))
+          continue;
+        nan_to_zero = true;
+        chain.push_back(isnan_at);
+        chain.push_back(where_at);
+        out = where.outputs[0];
+      }
+    }
+    if (chain.size() == 1) continue;  // a plain Softmax: nothing to fuse
+
+    std::sort(chain.begin(), chain.end());
+    ir::Node f;
+    for (size_t i : chain) {
+      absorbed[i] = true;
+      f.name += (f.name.empty() ? "" : " + ") + g.nodes[i].name;
+    }
+    f.op_type = "MaskedSoftmax";
+    f.domain = "kiln";
+    f.inputs = mask.empty() ? std::vector<std::string>{x} : std::vector<std::string>{x, mask};
+    f.outputs = {out};
+    f.index = g.nodes[chain.back()].index;
+    ir::Attribute ax;
+    ax.type = ir::Attribute::Type::kInt;
+    ax.i = -1;
+    f.attributes["axis"] = ax;
+    ir::Attribute nz;
+    nz.type = ir::Attribute::Type::kInt;
+    nz.i = nan_to_zero ? 1 : 0;
+    f.attributes["nan_to_zero"] = nz;
+    replacement[chain.back()] = std::move(f);
+  }
+  if (fused) *fused = static_cast<int>(replacement.size());
+  if (replacement.empty()) return OkStatus();
+  // The fused node takes the place of the chain's last node: X and the mask are computed before the Add,
+  // and no node between reads the chain's intermediate values (each has only the chain as its readers).
+  std::vector<ir::Node> nodes;
+  for (size_t k = 0; k < g.nodes.size(); ++k) {
+    if (auto it = replacement.find(k); it != replacement.end()) nodes.push_back(std::move(it->second));
+    else if (!absorbed[k]) nodes.push_back(std::move(g.nodes[k]));
+  }
+  g.nodes = std::move(nodes);
+  model.opsets["kiln"] = 1;
+  return OkStatus();
+}
+
+}  // namespace kiln::passes
