@@ -75,7 +75,7 @@ BUILD_OK=false
 CONFIGURE_RC=-1; BUILD_RC=-1
 timeout 90 cmake "${CMAKE_ARGS[@]}" > "$OUT/configure.log" 2>&1; CONFIGURE_RC=$?
 if [[ $CONFIGURE_RC == 0 ]]; then
-  timeout 230 ninja -C build-gpu -j16 > "$OUT/build.log" 2>&1; BUILD_RC=$?
+  timeout ${GPU_ROUND_BUILD_TIMEOUT:-300} ninja -C build-gpu -j16 > "$OUT/build.log" 2>&1; BUILD_RC=$?
   [[ $BUILD_RC == 0 ]] && BUILD_OK=true
 fi
 T_BUILD=$(date +%s)
