@@ -219,14 +219,18 @@ TEST(CudaEngine, CudaGraphAndManyContexts) {
         auto want = ref->execute({{"x", x}});
         auto got = ctx->execute({{"x", x}});
         if (!want.ok() || !got.ok()) {
-          ++failures;
+          if (failures++ < 4)
+            ADD_FAILURE() << "thread " << t << " run " << i << ": "
+                          << (want.ok() ? got.status().to_string() : want.status().to_string());
           continue;
         }
         const Tensor& a = got->at("probs");
         const Tensor& b = want->at("probs");
         for (int64_t k = 0; k < a.numel(); ++k)
           if (std::fabs(a.data<float>()[k] - b.data<float>()[k]) > 1e-3) {
-            ++failures;
+            if (failures++ < 4)
+              ADD_FAILURE() << "thread " << t << " (cuda graph " << (t % 2 == 0) << ") run " << i << ": element "
+                            << k << " is " << a.data<float>()[k] << ", want " << b.data<float>()[k];
             break;
           }
       }
