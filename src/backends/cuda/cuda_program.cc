@@ -479,8 +479,10 @@ Result<std::unique_ptr<CudaProgram>> CudaProgram::create(const ir::Model& model,
   KILN_RETURN_IF_ERROR(m.plan_steps(placement));
   KILN_RETURN_IF_ERROR(m.plan_memory());
   // Layers and constants were set up with synchronous copies on the legacy default stream, which our
-  // non-blocking stream does not wait for; a pageable cudaMemcpy may return before its DMA lands.
-  KILN_CUDA_TRY(cudaDeviceSynchronize());
+  // non-blocking stream does not wait for; a pageable cudaMemcpy may return before its DMA lands. Only that
+  // stream is waited for: cudaDeviceSynchronize would also wait for (and so break) a CUDA graph that another
+  // context is capturing on its own stream at this moment.
+  KILN_CUDA_TRY(cudaStreamSynchronize(cudaStreamLegacy));
   if (options.cuda_graph && !m.graph_capturable)
     m.log(Severity::kWarning, "CUDA graph not used: " + std::to_string(m.cpu_steps) +
                                   " layers run on the CPU between GPU layers");
