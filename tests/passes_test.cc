@@ -91,6 +91,49 @@ TEST(Passes, UnseededTrainingDropoutIsNotFolded) {
   EXPECT_EQ(op_types(m), (std::vector<std::string>{"Dropout"}));
 }
 
+// x -> Identity -> Relu -> Cast(to float) -> Reshape(same shape) -> Dropout(inference) -> Relu -> Identity -> y:
+// every no-op but the last Identity (whose output is the graph's) is bypassed; a Cast that changes the type
+// and a training-mode Dropout stay.
+TEST(Passes, RemoveNoopsBypassesWhatChangesNothing) {
+  onnx::ModelProto p = testing::new_model();
+  auto* g = p.mutable_graph();
+  testing::set_type(g->add_input(), "x", 1, {"2", "3"});
+  testing::set_type(g->add_output(), "y", 1, {"2", "3"});
+  testing::set_type(g->add_output(), "z", 10, {"2", "3"});
+  testing::set_type(g->add_output(), "t", 1, {"2", "3"});
+  testing::add_int64_initializer(g, "shape", {2, 3});
+  auto* training = g->add_initializer();
+  training->set_name("training");
+  training->set_data_type(9);
+  training->add_int32_data(1);
+  testing::add_node(g, "Identity", {"x"}, {"a"}, "id1");
+  testing::add_node(g, "Relu", {"a"}, {"b"}, "relu1");
+  auto* cast = testing::add_node(g, "Cast", {"b"}, {"c"}, "cast_same");
+  auto* to = cast->add_attribute();
+  to->set_name("to");
+  to->set_type(onnx::AttributeProto::INT);
+  to->set_i(1);
+  testing::add_node(g, "Reshape", {"c", "shape"}, {"d"}, "reshape_same");
+  testing::add_node(g, "Dropout", {"d"}, {"e"}, "dropout");
+  testing::add_node(g, "Relu", {"e"}, {"f"}, "relu2");
+  testing::add_node(g, "Identity", {"f"}, {"y"}, "id_out");
+  auto* half = testing::add_node(g, "Cast", {"f"}, {"z"}, "cast_half");
+  auto* to16 = half->add_attribute();
+  to16->set_name("to");
+  to16->set_type(onnx::AttributeProto::INT);
+  to16->set_i(10);
+  testing::add_node(g, "Dropout", {"f", "", "training"}, {"t"}, "dropout_training");
+  ir::Model m = import(p);
+  ASSERT_TRUE(passes::infer_shapes(m).ok());
+  int removed = -1;
+  ASSERT_TRUE(passes::remove_noops(m, &removed).ok());
+  EXPECT_EQ(removed, 4);
+  EXPECT_EQ(op_types(m), (std::vector<std::string>{"Relu", "Relu", "Identity", "Cast", "Dropout"}));
+  EXPECT_EQ(m.graph.nodes[0].inputs[0], "x");
+  EXPECT_EQ(m.graph.nodes[1].inputs[0], "b");
+  EXPECT_EQ(m.graph.nodes[2].outputs[0], "y");
+}
+
 TEST(Passes, InputShapesAreChecked) {
   ir::Model m = import(testing::mlp_with_shape_chain());
   EXPECT_FALSE(passes::apply_input_shapes(m, {{"nope", {1, 4}}}).ok());

@@ -20,6 +20,10 @@ Status infer_shapes(ir::Model& model);
 Status fold_constants(ir::Model& model, int* folded = nullptr);
 // infer_shapes and fold_constants in turn until nothing more folds (ending with the types inferred).
 Status fold_constants_to_fixpoint(ir::Model& model, int* folded = nullptr);
+// Bypasses nodes that pass their input on unchanged: Identity, Dropout at inference, a Cast to the type the
+// value has, a Reshape to the shape it has (their readers read the input). Graph outputs and values read
+// by subgraphs keep their producers. The number removed goes to *removed.
+Status remove_noops(ir::Model& model, int* removed = nullptr);
 // Removes nodes whose outputs nothing uses, and initializers nothing reads.
 Status eliminate_dead_nodes(ir::Model& model, int* removed = nullptr);
 
