@@ -77,16 +77,7 @@ Status fuse_conv_activation(ir::Model& model, int* fused) {
     replacement[chain.back()] = std::move(f);
   }
   if (fused) *fused = static_cast<int>(replacement.size());
-  if (replacement.empty()) return OkStatus();
-
-  std::vector<ir::Node> out;
-  out.reserve(g.nodes.size());
-  for (size_t k = 0; k < g.nodes.size(); ++k) {
-    if (auto it = replacement.find(k); it != replacement.end()) out.push_back(std::move(it->second));
-    else if (!absorbed[k]) out.push_back(std::move(g.nodes[k]));
-  }
-  g.nodes = std::move(out);
-  model.opsets["kiln"] = 1;
+  splice_fused_nodes(model, replacement, absorbed);
   return OkStatus();
 }
 

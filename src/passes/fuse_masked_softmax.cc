@@ -151,16 +151,7 @@ Status fuse_masked_softmax(ir::Model& model, int* fused) {
     replacement[chain.back()] = std::move(f);
   }
   if (fused) *fused = static_cast<int>(replacement.size());
-  if (replacement.empty()) return OkStatus();
-  // The fused node takes the place of the chain's last node: X and the mask are computed before the Add,
-  // and no node between reads the chain's intermediate values (each has only the chain as its readers).
-  std::vector<ir::Node> nodes;
-  for (size_t k = 0; k < g.nodes.size(); ++k) {
-    if (auto it = replacement.find(k); it != replacement.end()) nodes.push_back(std::move(it->second));
-    else if (!absorbed[k]) nodes.push_back(std::move(g.nodes[k]));
-  }
-  g.nodes = std::move(nodes);
-  model.opsets["kiln"] = 1;
+  splice_fused_nodes(model, replacement, absorbed);
   return OkStatus();
 }
 

@@ -115,15 +115,7 @@ Status fuse_matmul_bias(ir::Model& model, int* fused) {
   if (fused) *fused = static_cast<int>(replacement.size());
   if (replacement.empty()) return OkStatus();
   for (auto& [name, t] : flattened) g.initializers[name] = std::move(t);
-  // The fused node takes the place of the chain's last node (the chain is MatMul's sole reader path, so
-  // nothing between reads its intermediate values).
-  std::vector<ir::Node> nodes;
-  for (size_t k = 0; k < g.nodes.size(); ++k) {
-    if (auto it = replacement.find(k); it != replacement.end()) nodes.push_back(std::move(it->second));
-    else if (!absorbed[k]) nodes.push_back(std::move(g.nodes[k]));
-  }
-  g.nodes = std::move(nodes);
-  model.opsets["kiln"] = 1;
+  splice_fused_nodes(model, replacement, absorbed);
   return OkStatus();
 }
 

@@ -68,4 +68,22 @@ inline bool is_scalar_near(const ir::Graph& g, const std::string& name, double w
   return std::fabs(v - want) <= 1e-4 * std::max(1.0, std::fabs(want));
 }
 
+// The last step of every fusion pass: each fused node takes the place of the last node of the chain it
+// replaces (its inputs, a residual or mask included, are all computed before that node, and the chain's
+// intermediate values had the chain as their only readers), the other absorbed nodes go, and the model
+// gains Kiln's own op domain.
+inline void splice_fused_nodes(ir::Model& model, std::map<size_t, ir::Node>& replacement,
+                               const std::vector<bool>& absorbed) {
+  if (replacement.empty()) return;
+  ir::Graph& g = model.graph;
+  std::vector<ir::Node> nodes;
+  nodes.reserve(g.nodes.size());
+  for (size_t k = 0; k < g.nodes.size(); ++k) {
+    if (auto it = replacement.find(k); it != replacement.end()) nodes.push_back(std::move(it->second));
+    else if (!absorbed[k]) nodes.push_back(std::move(g.nodes[k]));
+  }
+  g.nodes = std::move(nodes);
+  model.opsets["kiln"] = 1;
+}
+
 }  // namespace kiln::passes

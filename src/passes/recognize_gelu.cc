@@ -196,15 +196,7 @@ Status recognize_gelu(ir::Model& model, int* found) {
     replacement[nodes.back()] = std::move(gelu);
   }
   if (found) *found = static_cast<int>(replacement.size());
-  if (replacement.empty()) return OkStatus();
-  // The kiln.Gelu takes the place of the pattern's last node: x is computed before the first one.
-  std::vector<ir::Node> nodes;
-  for (size_t k = 0; k < g.nodes.size(); ++k) {
-    if (auto it = replacement.find(k); it != replacement.end()) nodes.push_back(std::move(it->second));
-    else if (!absorbed[k]) nodes.push_back(std::move(g.nodes[k]));
-  }
-  g.nodes = std::move(nodes);
-  model.opsets["kiln"] = 1;
+  splice_fused_nodes(model, replacement, absorbed);
   return OkStatus();
 }
 
