@@ -176,6 +176,7 @@ const LayerTable& layer_table() {
     register_normalization_layers(t);
     register_softmax_layers(t);
     register_fused_attention_layers(t);
+    register_attention_layers(t);
     register_reduce_layers(t);
     register_pool_layers(t);
     register_resize_layers(t);

@@ -146,6 +146,7 @@ void register_fused_conv_layers(LayerTable& table);  // fused_conv.cc: kiln.Fuse
 void register_normalization_layers(LayerTable& table);  // normalization.cu: BatchNormalization, InstanceNormalization, LayerNormalization, GroupNormalization
 void register_softmax_layers(LayerTable& table);  // softmax.cu: Softmax and LogSoftmax
 void register_fused_attention_layers(LayerTable& table);  // masked_softmax.cu: kiln.MaskedSoftmax
+void register_attention_layers(LayerTable& table);  // attention.cu: kiln.FusedAttention (FlashAttention-2 style)
 void register_reduce_layers(LayerTable& table);  // reduce.cu: the Reduce ops, ArgMax, ArgMin, CumSum, TopK
 void register_pool_layers(LayerTable& table);  // pool.cu: MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool
 void register_resize_layers(LayerTable& table);  // resize.cu: Resize

@@ -1,0 +1,198 @@
+// The CUDA layer of kiln.FusedAttention (src/backends/cuda/attention.cu) against its CPU reference: the
+// tensor-core kernel (tactics cuda.flash.br64 / br128; float16 and bfloat16, head dims 64 and 128) and the
+// one-warp-a-row kernel (cuda.attention.rows; every float type, head dims up to 256), on BERT-base's shapes
+// (BSHD, a [B, 1, S, S] padding mask with a fully masked row), sequence lengths that are not multiples of the
+// 64-key tile, Sq != Sk, causal masking, a key-padding mask [B, 1, 1, Sk], and both nan_to_zero settings.
+// The check() cases need no GPU.
+#ifdef KILN_HAVE_CUDA
+
+#include <gtest/gtest.h>
+
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backends/cuda/layer.h"
+#include "cuda_layer_harness.h"
+
+namespace kiln::testing {
+namespace {
+
+const char* const kFlashTactics[] = {"cuda.flash.br64", "cuda.flash.br128"};
+
+// 0 where attended, -inf where not (about a fifth), and the first row of the mask's last two dims wholly -inf
+// when `full_row`.
+Tensor attention_mask(const Shape& shape, bool full_row) {
+  std::bernoulli_distribution masked(0.2);
+  Tensor t(DType::kFloat32, shape);
+  const int64_t row = shape.back();
+  const int64_t plane = shape.size() >= 2 ? shape[shape.size() - 2] * row : row;
+  for (int64_t i = 0; i < t.numel(); ++i) {
+    const bool first_row = shape.size() >= 2 && i % plane < row;
+    t.data<float>()[i] = (full_row && first_row) || masked(cuda_test_rng()) ? -std::numeric_limits<float>::infinity() : 0.0f;
+  }
+  return t;
+}
+
+struct AttentionCase {
+  int64_t B = 2, H = 4, Sq = 128, Sk = 128, D = 64;
+  bool bshd = false;
+  const Shape* mask = nullptr;  // nullptr: no mask
+  bool full_row = false;
+  int causal = 0, nan_to_zero = 1;
+};
+
+Shape operand(const AttentionCase& a, int64_t seq) {
+  return a.bshd ? Shape{a.B, seq, a.H, a.D} : Shape{a.B, a.H, seq, a.D};
+}
+
+LayerCase layer_case(const AttentionCase& a, DType precision, const std::string& tactic) {
+  LayerCase c;
+  c.op = "FusedAttention";
+  c.domain = "kiln";
+  c.opset = 1;
+  c.inputs = {random_float(operand(a, a.Sq), 0.1f, 1.0f), random_float(operand(a, a.Sk), 0.1f, 1.0f),
+              random_float(operand(a, a.Sk), 0.1f, 1.0f)};
+  if (a.mask) c.inputs.push_back(attention_mask(*a.mask, a.full_row));
+  c.attrs["layout"] = string_attr(a.bshd ? "BSHD" : "BHSD");
+  c.attrs["scale"] = float_attr_of(1.0f / std::sqrt(static_cast<float>(a.D)) * 2.0f);  // peakier than usual
+  c.attrs["causal"] = int_attr(a.causal);
+  c.attrs["nan_to_zero"] = int_attr(a.nan_to_zero);
+  c.precision = precision;
+  c.only_tactic = tactic;
+  return c;
+}
+
+std::string trace(const AttentionCase& a, DType p, const std::string& tactic) {
+  return "B" + std::to_string(a.B) + " H" + std::to_string(a.H) + " Sq" + std::to_string(a.Sq) + " Sk" +
+         std::to_string(a.Sk) + " D" + std::to_string(a.D) + (a.bshd ? " BSHD" : " BHSD") + " mask " +
+         (a.mask ? shape_to_string(*a.mask) : "none") + " causal " + std::to_string(a.causal) + " nan_to_zero " +
+         std::to_string(a.nan_to_zero) + " " + dtype_name(p) + " " + tactic;
+}
+
+// Every tactic that runs the case's dtype and head dim.
+void expect_all_tactics(const AttentionCase& a) {
+  for (DType p : {DType::kFloat32, DType::kFloat16, DType::kBFloat16}) {
+    std::vector<std::string> tactics = {"cuda.attention.rows"};
+    if (p != DType::kFloat32 && (a.D == 64 || a.D == 128)) tactics.insert(tactics.end(), std::begin(kFlashTactics), std::end(kFlashTactics));
+    for (const std::string& t : tactics) {
+      SCOPED_TRACE(trace(a, p, t));
+      expect_layer_matches_reference(layer_case(a, p, t));
+    }
+  }
+}
+
+TEST(CudaFusedAttention, BertBaseShapesWithPaddingMask) {
+  KILN_SKIP_WITHOUT_GPU();
+  const Shape mask{2, 1, 128, 128};
+  AttentionCase a;
+  a.H = 12;
+  a.bshd = true;
+  a.mask = &mask;
+  a.full_row = true;
+  expect_all_tactics(a);
+}
+
+TEST(CudaFusedAttention, HeadDim128RaggedLengthsCausal) {
+  KILN_SKIP_WITHOUT_GPU();
+  for (int causal : {0, 1}) {
+    AttentionCase a;
+    a.D = 128;
+    a.Sq = 77;
+    a.Sk = 200;
+    a.causal = causal;
+    expect_all_tactics(a);
+    a.Sq = a.Sk = 300;
+    a.bshd = true;
+    expect_all_tactics(a);
+  }
+}
+
+TEST(CudaFusedAttention, KeyPaddingMaskAndFullyMaskedRows) {
+  KILN_SKIP_WITHOUT_GPU();
+  const Shape key_padding{2, 1, 1, 96};
+  const Shape per_head{4, 96, 96};  // broadcast over the batch
+  for (const Shape* m : {&key_padding, &per_head})
+    for (int nz : {0, 1}) {
+      AttentionCase a;
+      a.Sq = a.Sk = 96;
+      a.mask = m;
+      a.full_row = true;
+      a.nan_to_zero = nz;
+      expect_all_tactics(a);
+    }
+}
+
+TEST(CudaFusedAttention, OtherHeadDimsRunOnTheRowKernel) {
+  KILN_SKIP_WITHOUT_GPU();
+  for (int64_t d : {16, 80, 256}) {
+    AttentionCase a;
+    a.D = d;
+    a.Sq = 33;
+    a.Sk = 70;
+    expect_all_tactics(a);
+  }
+}
+
+TEST(CudaFusedAttention, LongSequence) {
+  KILN_SKIP_WITHOUT_GPU();
+  AttentionCase a;
+  a.B = 1;
+  a.H = 2;
+  a.Sq = a.Sk = 1024;
+  a.D = 128;
+  a.causal = 1;
+  for (DType p : {DType::kFloat16, DType::kBFloat16})
+    for (const char* t : kFlashTactics) {
+      SCOPED_TRACE(trace(a, p, t));
+      expect_layer_matches_reference(layer_case(a, p, t));
+    }
+}
+
+// check() needs no GPU.
+std::string check_of(const std::vector<cuda::TensorDesc>& inputs, const std::map<std::string, ir::Attribute>& attrs) {
+  const cuda::LayerKind* kind = cuda::layer_table().find("kiln.FusedAttention");
+  EXPECT_NE(kind, nullptr);
+  if (kind == nullptr) return "no layer";
+  ir::Node node;
+  node.op_type = "FusedAttention";
+  node.domain = "kiln";
+  node.attributes = attrs;
+  cuda::LayerSpec spec;
+  spec.node = &node;
+  spec.inputs = inputs;
+  return kind->check(spec);
+}
+
+cuda::TensorDesc desc(DType t, const Shape& s) {
+  cuda::TensorDesc d;
+  d.dtype = t;
+  d.has_rank = true;
+  d.shape = s;
+  return d;
+}
+
+TEST(CudaFusedAttention, CheckRefusesWhatItCannotRun) {
+  std::map<std::string, ir::Attribute> attrs = {{"scale", float_attr_of(0.125f)}};
+  const auto h = DType::kFloat16;
+  EXPECT_EQ(check_of({desc(h, {2, 4, 8, 64}), desc(h, {2, 4, 9, 64}), desc(h, {2, 4, 9, 64})}, attrs), "");
+  EXPECT_NE(check_of({desc(h, {2, 4, 8, 64}), desc(h, {2, 4, 9, 64}), desc(h, {2, 4, 10, 64})}, attrs)
+                .find("do not agree"), std::string::npos);
+  EXPECT_NE(check_of({desc(h, {2, 4, 8, 512}), desc(h, {2, 4, 8, 512}), desc(h, {2, 4, 8, 512})}, attrs)
+                .find("over 256"), std::string::npos);
+  EXPECT_NE(check_of({desc(DType::kInt32, {2, 4, 8, 64}), desc(DType::kInt32, {2, 4, 8, 64}),
+                      desc(DType::kInt32, {2, 4, 8, 64})}, attrs).find("not supported"), std::string::npos);
+  EXPECT_NE(check_of({desc(h, {2, 4, 8, 64}), desc(h, {2, 4, 8, 64}), desc(h, {2, 4, 8, 64}), desc(h, {3, 1, 8, 8})}, attrs)
+                .find("does not broadcast"), std::string::npos);
+  EXPECT_NE(check_of({desc(h, {2, 4, 8, 64}), desc(h, {2, 4, 8, 64}), desc(h, {2, 4, 8, 64})}, {}).find("scale"),
+            std::string::npos);
+  attrs["layout"] = string_attr("SBHD");
+  EXPECT_NE(check_of({desc(h, {2, 4, 8, 64}), desc(h, {2, 4, 8, 64}), desc(h, {2, 4, 8, 64})}, attrs).find("layout"),
+            std::string::npos);
+}
+
+}  // namespace
+}  // namespace kiln::testing
+
+#endif  // KILN_HAVE_CUDA
