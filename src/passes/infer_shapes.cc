@@ -329,6 +329,13 @@ class Inferrer {
     if (n.op_type == "MaskedSoftmax") return set(n, 0, *x);  // the mask broadcasts to X without growing it
     if (n.op_type == "FusedMatMul" && x->has_shape) return infer_matmul(n, *x);  // the bias keeps MatMul's shape
     if (n.op_type == "FusedConv" && x->has_shape) return infer_window(n, *x);  // B, Z and the activation keep Conv's shape
+    if (n.op_type == "FusedAttention") {  // Y is Q with V's head size, in either layout
+      if (x->has_shape && x->dims.size() != 4) return;
+      const TypeInfo* v = n.inputs.size() > 2 ? type(n.inputs[2]) : nullptr;
+      TypeInfo y = *x;
+      if (y.has_shape) y.dims[3] = v && v->has_shape && v->dims.size() == 4 ? v->dims[3] : Dim();
+      return set(n, 0, y);
+    }
   }
 
   // numpy matmul: broadcast batch dims, then [M, K] x [K, N]; a 1-D operand loses its dim.

@@ -4,7 +4,15 @@
 // is all -inf gives NaN, then 0). The sum X + Mask is formed in float32 (float64 stays float64) and handed to
 // the ONNX Softmax reference itself, so the fused op and its decomposition share one softmax; float16 /
 // bfloat16 are rounded once at the end, as the CUDA layer does.
+//
+// And the reference of kiln.FusedAttention (made by fuse_attention): Y = softmax(scale * Q K^T [+ Mask]
+// [causal]) V per batch and head, Q/K/V/Y in layout "BHSD" ([B, H, S, D]) or "BSHD" ([B, S, H, D], what
+// the linear projections reshaped to heads give, so the Transposes around attention go); the mask always
+// broadcasts to the logical [B, H, Sq, Sk]. One row of logits at a time, in float32 (float64 for float64),
+// rounded once at the end; a row whose logits are all -inf gives NaN as softmax does, or 0 with nan_to_zero.
+#include <algorithm>
 #include <cmath>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -82,6 +90,129 @@ Status masked_softmax_kernel(KernelContext& ctx) {
   return OkStatus();
 }
 
+// The 0/1 attribute `name` (default 0); an error naming the node for any other value.
+Result<bool> flag_attr(const KernelContext& ctx, const char* name) {
+  const int64_t v = ctx.attr_int(name, 0);
+  if (v != 0 && v != 1) return ctx.error(std::string(name) + " must be 0 or 1, got " + std::to_string(v));
+  return v == 1;
+}
+
+// Where an operand's [b, h, s, d] element lies, whichever its layout.
+struct HeadStrides {
+  int64_t b, h, s;
+  HeadStrides(const Shape& shape, bool bshd) {
+    const int64_t d = shape[3];
+    if (bshd) {  // [B, S, H, D]
+      h = d;
+      s = shape[2] * d;
+    } else {  // [B, H, S, D]
+      s = d;
+      h = shape[2] * d;
+    }
+    b = shape[1] * shape[2] * d;
+  }
+  int64_t at(int64_t bi, int64_t hi, int64_t si) const { return bi * b + hi * h + si * s; }
+};
+
+Status fused_attention_kernel(KernelContext& ctx) {
+  if (ctx.num_inputs() > 4)
+    return ctx.error("takes 4 inputs (Q, K, V, Mask), got " + std::to_string(ctx.num_inputs()));
+  static const char* const kNames[] = {"Q", "K", "V", "Mask"};
+  for (int i = 0; i < 3; ++i)
+    if (!ctx.has_input(i)) return ctx.error(std::string("input ") + kNames[i] + " is required");
+  const Tensor& q0 = ctx.input(0);
+  const DType dt = q0.dtype();
+  if (dt != DType::kFloat32 && dt != DType::kFloat64 && dt != DType::kFloat16 && dt != DType::kBFloat16)
+    return ctx.error("Q must be float16, bfloat16, float32 or float64, got " + q0.description());
+  for (size_t i = 1; i < 4; ++i)
+    if (ctx.has_input(i) && ctx.input(i).dtype() != dt)
+      return ctx.error(std::string(kNames[i]) + " must have Q's dtype " + dtype_name(dt) + ", got " +
+                       ctx.input(i).description());
+  const std::string layout = ctx.attr_string("layout", "BHSD");
+  if (layout != "BHSD" && layout != "BSHD") return ctx.error("layout must be \"BHSD\" or \"BSHD\", got \"" + layout + "\"");
+  const bool bshd = layout == "BSHD";
+  if (!ctx.has_attr("scale")) return ctx.error("attribute scale is required");
+  const double scale = ctx.attr_float("scale", 1.0f);
+  KILN_ASSIGN_OR_RETURN(const bool causal, flag_attr(ctx, "causal"));
+  KILN_ASSIGN_OR_RETURN(const bool nan_to_zero, flag_attr(ctx, "nan_to_zero"));
+
+  for (int i = 0; i < 3; ++i)
+    if (ctx.input(i).rank() != 4)
+      return ctx.error(std::string(kNames[i]) + " must have rank 4 (" + layout + "), got " +
+                       shape_to_string(ctx.input(i).shape()));
+  const Shape& qs = q0.shape();
+  const Shape& ks = ctx.input(1).shape();
+  const Shape& vs = ctx.input(2).shape();
+  const int ha = bshd ? 2 : 1, sa = bshd ? 1 : 2;  // the axes of H and S in this layout
+  const int64_t B = qs[0], H = qs[ha], Sq = qs[sa], D = qs[3], Sk = ks[sa], Dv = vs[3];
+  auto mismatch = [&](const char* what, const char* a, const Shape& as, const char* b, const Shape& bs) {
+    return ctx.error(std::string(what) + " of " + a + " " + shape_to_string(as) + " and " + b + " " +
+                     shape_to_string(bs) + " differ (layout " + layout + ")");
+  };
+  if (ks[0] != B || ks[ha] != H) return mismatch("batch or heads", "Q", qs, "K", ks);
+  if (vs[0] != B || vs[ha] != H) return mismatch("batch or heads", "Q", qs, "V", vs);
+  if (ks[3] != D) return mismatch("head size D", "Q", qs, "K", ks);
+  if (vs[sa] != Sk) return mismatch("key length Sk", "K", ks, "V", vs);
+
+  const Shape logical{B, H, Sq, Sk};
+  std::vector<int64_t> mask_at;
+  Tensor mask;
+  if (ctx.has_input(3)) {
+    const Tensor& m0 = ctx.input(3);
+    auto b = broadcast_shapes(logical, m0.shape());
+    if (m0.rank() > 4 || !b.ok() || *b != logical)
+      return ctx.error("Mask " + shape_to_string(m0.shape()) + " does not broadcast to [B,H,Sq,Sk] " +
+                       shape_to_string(logical));
+    mask = widen_to_float32(m0);
+    mask_at = broadcast_index_map(mask.shape(), logical);
+  }
+
+  const Tensor q = widen_to_float32(q0), k = widen_to_float32(ctx.input(1)), v = widen_to_float32(ctx.input(2));
+  const Shape ys = bshd ? Shape{B, Sq, H, Dv} : Shape{B, H, Sq, Dv};
+  Tensor y(q.dtype(), ys);
+  const HeadStrides qst(qs, bshd), kst(ks, bshd), vst(vs, bshd), yst(ys, bshd);
+  dispatch_float(q.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    const T inf = std::numeric_limits<T>::infinity();
+    const T* qd = q.data<T>();
+    const T* kd = k.data<T>();
+    const T* vd = v.data<T>();
+    const T* md = mask_at.empty() ? nullptr : mask.data<T>();
+    T* yd = y.data<T>();
+    std::vector<T> row(static_cast<size_t>(Sk)), acc(static_cast<size_t>(Dv));
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t i = 0; i < Sq; ++i) {
+          const T* qi = qd + qst.at(b, h, i);
+          T top = -inf;
+          for (int64_t j = 0; j < Sk; ++j) {
+            const T* kj = kd + kst.at(b, h, j);
+            T dot = 0;
+            for (int64_t d = 0; d < D; ++d) dot += qi[d] * kj[d];
+            T l = static_cast<T>(scale) * dot;
+            if (md) l += md[mask_at[((b * H + h) * Sq + i) * Sk + j]];
+            if (causal && j > i) l = -inf;
+            row[j] = l;
+            top = std::max(top, l);
+          }
+          // All -inf: exp(-inf - -inf) is NaN, as the decomposed Softmax gives.
+          T sum = 0;
+          for (int64_t j = 0; j < Sk; ++j) sum += row[j] = std::exp(row[j] - top);
+          std::fill(acc.begin(), acc.end(), T(0));
+          for (int64_t j = 0; j < Sk; ++j) {
+            T p = row[j] / sum;
+            if (nan_to_zero && std::isnan(p)) p = 0;  // what MaskedSoftmax's nan_to_zero does to P
+            const T* vj = vd + vst.at(b, h, j);
+            for (int64_t d = 0; d < Dv; ++d) acc[d] += p * vj[d];
+          }
+          T* yi = yd + yst.at(b, h, i);
+          std::copy(acc.begin(), acc.end(), yi);
+        }
+  });
+  ctx.set_output(0, narrow_back(y, dt));
+  return OkStatus();
+}
+
 }  // namespace
 
 void register_fused_attention_ops(ir::OpRegistry& r) {
@@ -91,6 +222,12 @@ void register_fused_attention_ops(ir::OpRegistry& r) {
   s.since_version = 1;
   s.cpu_kernel = masked_softmax_kernel;
   r.add(std::move(s));
+  ir::OpSchema a;
+  a.domain = "kiln";
+  a.op_type = "FusedAttention";
+  a.since_version = 1;
+  a.cpu_kernel = fused_attention_kernel;
+  r.add(std::move(a));
 }
 
 }  // namespace kiln::cpu
