@@ -109,18 +109,19 @@ Result<engine::Plan> build_plan(const ir::Model& model, const engine::BuildSetti
   // Fusions into the optimizer's kiln.* ops, for GPU engines: each saves a kernel launch and a round trip of
   // the intermediate through memory there (the CPU reference gains nothing from them).
   if (gpu && settings.opt_level >= 2) {
-    int gelus = 0, matmuls = 0, convs = 0, softmaxes = 0, removed = 0;
+    int gelus = 0, matmuls = 0, convs = 0, softmaxes = 0, attentions = 0, removed = 0;
     KILN_RETURN_IF_ERROR(passes::recognize_gelu(m, &gelus));
     KILN_RETURN_IF_ERROR(passes::infer_shapes(m));
     KILN_RETURN_IF_ERROR(passes::fuse_matmul_bias(m, &matmuls));  // after recognize_gelu: absorbs a tanh GELU
     KILN_RETURN_IF_ERROR(passes::fuse_conv_activation(m, &convs));
     KILN_RETURN_IF_ERROR(passes::fuse_masked_softmax(m, &softmaxes));
+    KILN_RETURN_IF_ERROR(passes::fuse_attention(m, &attentions));  // after fuse_masked_softmax: absorbs its node
     KILN_RETURN_IF_ERROR(passes::eliminate_dead_nodes(m, &removed));
     KILN_RETURN_IF_ERROR(passes::infer_shapes(m));
     logger.log(Severity::kInfo, "optimizer: " + std::to_string(gelus) + " GELU recognized, " +
                                     std::to_string(matmuls) + " MatMul + bias and " + std::to_string(convs) +
                                     " Conv + activation fused, " + std::to_string(softmaxes) +
-                                    " masked softmax");
+                                    " masked softmax, " + std::to_string(attentions) + " attention");
   }
   // A fused layer ("conv1 + add1 + relu1") answers to the names of the layers it was made from, and carries
   // their pins.

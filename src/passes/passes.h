@@ -69,5 +69,14 @@ bool conv_suits_channels_last(const ir::Graph& g, const ir::Node& n);
 // and the Where's value is a one-element constant 0 (torch's SDPA export of attention). A Softmax with
 // nothing to absorb stays as it is. Run after infer_shapes. The number of fused nodes goes to *fused.
 Status fuse_masked_softmax(ir::Model& model, int* fused = nullptr);
+// Scaled dot-product attention, MatMul(Q [* c], K^T [* c]) [* c] -> softmax along the last axis
+// (kiln.MaskedSoftmax, or Softmax [of Add(S, mask)]) -> MatMul(P, V), becomes one kiln.FusedAttention
+// with scale the product of the scalar constants (Div by one too; 1 without any): layout "BSHD", reading Q,
+// K and V before and absorbing the Transposes [0,2,1,3] (Q, V, the output) and [0,2,3,1] (K) of torch's
+// export; "BHSD" otherwise, K then read from before a Transpose [0,1,3,2] (no such Transpose: not fused).
+// Needs rank-4 operands of one B and H, the head size D known, D = Dv <= 256, and a mask of static shape
+// broadcasting to [B,H,Sq,Sk]; every absorbed value read by the chain alone. Run after fuse_masked_softmax
+// and infer_shapes. The number of fused nodes goes to *fused.
+Status fuse_attention(ir::Model& model, int* fused = nullptr);
 
 }  // namespace kiln::passes
