@@ -1,7 +1,8 @@
 // The CUDA layers of kiln.FusedMatMul (cuBLASLt with the bias / bias+ReLU / bias+GELU epilogue) and kiln.Gelu
 // (src/backends/cuda/fused_matmul.cc) against their CPU references, at BERT-base's shapes: [B*128, 768] x
 // [768, 3072] and back, batched [2, 128, 768] activations, in float32, TF32, float16 and bfloat16, every
-// activation, every tactic cuBLASLt's heuristic offers. The check() tests need no GPU.
+// activation, every tactic cuBLASLt's heuristic offers; the residual Z (cuBLASLt's C) in the fast plan, the
+// fallback plan (misaligned operands) and in place. The check() tests need no GPU.
 #ifdef KILN_HAVE_CUDA
 
 #include <gtest/gtest.h>
@@ -117,6 +118,105 @@ TEST(CudaFusedMatMul, BatchedActivations) {
   }
 }
 
+// The residual Z: the output's shape, added with the bias before the activation, at BERT's attention-output
+// and FFN-output shapes (rank 2, and rank 3 folded into one GEMM), and batched products (strided batches,
+// and groups of them for a broadcast B) where Z must advance as the output does.
+TEST(CudaFusedMatMul, ResidualEveryPrecisionRank2And3) {
+  KILN_SKIP_WITHOUT_GPU();
+  struct Shapes {
+    Shape a, b, y;
+  };
+  const std::vector<Shapes> shapes{
+      {{256, 768}, {768, 768}, {256, 768}},            // attention output dense, batch 2
+      {{2, 128, 3072}, {3072, 768}, {2, 128, 768}},    // output dense, rank 3
+      {{3, 17, 33}, {3, 33, 9}, {3, 17, 9}},           // strided batches, odd sizes
+      {{3, 1, 17, 33}, {2, 33, 9}, {3, 2, 17, 9}},     // groups of strided batches
+  };
+  for (const Shapes& s : shapes)
+    for (const char* act : {"", "Relu"})
+      for (const Precision& p : kPrecisions) {
+        SCOPED_TRACE(shape_to_string(s.a) + " x " + shape_to_string(s.b) + " + Z '" + act + "' " + dtype_name(p.dtype) +
+                     (p.tf32 ? " tf32" : ""));
+        LayerCase c = fused_case(s.a, s.b, act, p);
+        c.inputs.push_back(random_float(s.y));
+        expect_fused_matches(c);
+      }
+  for (const Precision& p : kPrecisions) {
+    SCOPED_TRACE(std::string("GeluTanh ") + dtype_name(p.dtype) + (p.tf32 ? " tf32" : ""));
+    LayerCase c = fused_case({2, 128, 768}, {768, 768}, "GeluTanh", p);
+    c.inputs.push_back(random_float({2, 128, 768}));
+    expect_fused_matches(c);
+  }
+}
+
+// The residual where the harness's aligned, separate buffers do not take it: every operand one element past
+// a 256-byte boundary (the fallback plan: Z and the bias through the prefill kernel), and Z in the output's
+// own buffer (cuBLASLt's in-place form, C == D).
+TEST(CudaFusedMatMul, ResidualMisalignedAndInPlace) {
+  KILN_SKIP_WITHOUT_GPU();
+  const cuda::LayerKind* kind = cuda::layer_table().find("kiln.FusedMatMul");
+  ASSERT_NE(kind, nullptr);
+  const cuda::CudaHandles& h = detail::test_handles();
+  struct Shapes {
+    Shape a, b, y;
+  };
+  const std::vector<Shapes> shapes{{{17, 33}, {33, 9}, {17, 9}},
+                                   {{2, 3, 17, 32}, {32, 16}, {2, 3, 17, 16}},
+                                   {{3, 16, 33}, {3, 33, 9}, {3, 16, 9}}};
+  for (const Shapes& s : shapes)
+    for (DType t : {DType::kFloat32, DType::kFloat16, DType::kBFloat16})
+      for (const char* act : {"", "Relu"})
+        for (const auto& [misalign, in_place] : std::vector<std::pair<bool, bool>>{{true, false}, {false, true}, {true, true}}) {
+          SCOPED_TRACE(shape_to_string(s.a) + " x " + shape_to_string(s.b) + " '" + act + "' " + dtype_name(t) +
+                       (misalign ? " misaligned" : "") + (in_place ? " in place" : ""));
+          LayerCase c = fused_case(s.a, s.b, act, Precision{t, false});
+          c.inputs.push_back(random_float(s.y));
+          std::vector<Value> cuda_inputs, ref_inputs;
+          for (const Value& v : c.inputs) {
+            const Tensor low = t == DType::kFloat32 ? v.tensor() : cast_tensor(v.tensor(), t).value();
+            cuda_inputs.emplace_back(low);
+            ref_inputs.emplace_back(widen_to_float32(low));
+          }
+          OpRun ref = run_kernel("kiln", "FusedMatMul", ref_inputs, c.attrs, 1, 1, "reference");
+          ASSERT_TRUE(ref.status.ok()) << ref.status.to_string();
+          const Tensor want = ref.outputs[0].tensor();
+          ASSERT_EQ(want.shape(), s.y);
+
+          ir::Node node;
+          const cuda::LayerSpec spec = detail::case_spec(c, cuda_inputs, {want}, &node);
+          ASSERT_EQ(kind->check(spec), "");
+          auto layer = kind->create(spec, "cuda.cublaslt.h0", h);
+          ASSERT_TRUE(layer.ok()) << layer.status().to_string();
+          const size_t shift = misalign ? dtype_size(t) : 0;
+          std::vector<std::unique_ptr<detail::DeviceMem>> mem;
+          std::vector<cuda::DeviceTensor> ins;
+          for (const Value& v : cuda_inputs) {
+            const Tensor& host = v.tensor();
+            mem.push_back(std::make_unique<detail::DeviceMem>(host.nbytes() + 256));
+            char* ptr = static_cast<char*>(mem.back()->p) + shift;
+            ASSERT_EQ(cudaMemcpy(ptr, host.raw_data(), host.nbytes(), cudaMemcpyHostToDevice), cudaSuccess);
+            ins.push_back(cuda::DeviceTensor{ptr, host.dtype(), host.shape()});
+          }
+          const size_t out_bytes = static_cast<size_t>(want.numel()) * dtype_size(t);
+          void* y = ins[3].data;  // in place: the output overwrites Z
+          if (!in_place) {
+            mem.push_back(std::make_unique<detail::DeviceMem>(out_bytes + 256));
+            y = static_cast<char*>(mem.back()->p) + shift;
+            ASSERT_EQ(cudaMemset(y, 0xFF, out_bytes), cudaSuccess);
+          }
+          const std::vector<cuda::DeviceTensor> outs{cuda::DeviceTensor{y, t, want.shape()}};
+          std::unique_ptr<detail::DeviceMem> ws;
+          if ((*layer)->workspace_bytes() > 0) ws = std::make_unique<detail::DeviceMem>((*layer)->workspace_bytes());
+          ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);  // the copies ran on the legacy stream
+          const Status st = (*layer)->run(ins, outs, ws ? ws->p : nullptr, h);
+          ASSERT_TRUE(st.ok()) << st.to_string();
+          ASSERT_EQ(cudaStreamSynchronize(h.stream), cudaSuccess);
+          Tensor got(t, want.shape());
+          ASSERT_EQ(cudaMemcpy(got.raw_data(), y, out_bytes, cudaMemcpyDeviceToHost), cudaSuccess);
+          detail::compare(got, want, c.rtol, c.atol, "FusedMatMul with Z");
+        }
+}
+
 TEST(CudaKilnGelu, MatchesReferenceBothForms) {
   KILN_SKIP_WITHOUT_GPU();
   for (const char* form : {"none", "tanh"})
@@ -204,6 +304,27 @@ TEST(CudaFusedMatMulCheck, Refusals) {
   expect_refused(Spec("FusedMatMul", {{f, {4, 8}}, {f, {8, 16}}, {DType::kFloat32, {16}}}).check(), "bias dtype");
   expect_refused(Spec("FusedMatMul", {{DType::kInt32, {4, 8}}, {DType::kInt32, {8, 16}}, {DType::kInt32, {16}}}).check(),
                  "is not supported");
+  // The residual Z: A's dtype, the output's shape (no broadcasting), and nothing after it.
+  Spec z_type("FusedMatMul", {{f, {4, 8}}, {f, {8, 16}}, {f, {16}}, {DType::kFloat32, {4, 16}}});
+  expect_refused(z_type.check(), "Z's dtype float32");
+  Spec z_shape("FusedMatMul", {{f, {4, 8}}, {f, {8, 16}}, {f, {16}}, {f, {1, 16}}});
+  z_shape.spec.outputs[0].has_rank = true;
+  z_shape.spec.outputs[0].shape = {4, 16};
+  expect_refused(z_shape.check(), "must have the output's shape");
+  z_shape.spec.inputs[3].shape = {16};
+  expect_refused(z_shape.check(), "must have the output's shape");
+  expect_refused(Spec("FusedMatMul", {{f, {4, 8}}, {f, {8, 16}}, {f, {16}}, {f, {4, 16}}, {f, {4, 16}}}).check(),
+                 "too many inputs");
+}
+
+TEST(CudaFusedMatMulCheck, AcceptsAResidual) {
+  for (DType t : {DType::kFloat32, DType::kFloat16, DType::kBFloat16}) {
+    Spec s("FusedMatMul", {{t, {2, 128, 768}}, {t, {768, 768}}, {t, {768}}, {t, {2, 128, 768}}}, "Relu");
+    EXPECT_EQ(s.check(), "") << dtype_name(t);
+    s.spec.outputs[0].has_rank = true;
+    s.spec.outputs[0].shape = {-1, 128, 768};  // a dim not known yet is no mismatch
+    EXPECT_EQ(s.check(), "") << dtype_name(t);
+  }
 }
 
 }  // namespace

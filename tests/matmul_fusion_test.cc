@@ -58,9 +58,11 @@ Tensor run_ok(const std::string& domain, const std::string& op, std::vector<Valu
 // ---------------------------------------------------------------------------------------------------------
 // The ops
 
-// MatMul -> Add(bias) -> activation through the ONNX references, in the inputs' dtype at each step.
-Tensor decomposed_fused_matmul(const Tensor& a, const Tensor& b, const Tensor& bias, const std::string& act) {
+// MatMul -> Add(bias) [-> Add(z)] -> activation through the ONNX references, in the inputs' dtype at each step.
+Tensor decomposed_fused_matmul(const Tensor& a, const Tensor& b, const Tensor& bias, const std::string& act,
+                               const Tensor* z = nullptr) {
   Tensor y = run_ok("", "Add", {run_ok("", "MatMul", {a, b}), bias});
+  if (z != nullptr) y = run_ok("", "Add", {y, *z});
   if (act == "Relu") y = run_ok("", "Relu", {y});
   if (act == "GeluTanh") y = run_ok("", "Gelu", {y}, {{"approximate", string_attr("tanh")}}, 20);
   return y;
@@ -109,6 +111,41 @@ TEST(FusedMatMulOp, ClearErrorsNamingTheNode) {
   expect_error({a, random_tensor({3, 5}), random_tensor({5})}, {}, "inner dimensions differ");
   Tensor ints(DType::kInt32, {3, 4});
   expect_error({ints, ints, ints}, {}, "float");
+  // The residual Z: the output's shape exactly (no broadcasting) and A's dtype.
+  const Tensor bias = random_tensor({5});
+  expect_error({a, b, bias, random_tensor({5})}, {}, "Z must have the output's shape [3,5]");
+  expect_error({a, b, bias, random_tensor({1, 3, 5})}, {}, "Z must have the output's shape");
+  expect_error({a, b, bias, random_tensor({3, 5}, DType::kFloat16)}, {}, "Z must have A's dtype");
+  expect_error({a, b, bias, random_tensor({3, 5}), random_tensor({3, 5})}, {}, "takes at most 4 inputs");
+}
+
+TEST(FusedMatMulOp, ResidualIsAddedBeforeTheActivation) {
+  const std::vector<std::pair<Shape, Shape>> shapes{
+      {{5, 8}, {8, 6}}, {{2, 3, 8}, {8, 6}}, {{2, 3, 8}, {2, 8, 6}}, {{8}, {8, 6}}, {{3, 1, 4, 8}, {2, 8, 6}}};
+  for (const auto& [as, bs] : shapes) {
+    for (const char* act : {"", "Relu", "GeluTanh"}) {
+      SCOPED_TRACE(shape_to_string(as) + " x " + shape_to_string(bs) + " " + act);
+      const Tensor a = random_tensor(as), b = random_tensor(bs), bias = random_tensor({bs.back()});
+      const Tensor z = random_tensor(run_ok("", "MatMul", {a, b}).shape());
+      const Tensor got = run_ok("kiln", "FusedMatMul", {a, b, bias, z}, {{"activation", string_attr(act)}}, 1);
+      expect_close(got, decomposed_fused_matmul(a, b, bias, act, &z), 1e-5, "float32");
+    }
+  }
+  // An omitted Z ("") is no residual.
+  const Tensor a = random_tensor({4, 8}), b = random_tensor({8, 3}), bias = random_tensor({3});
+  expect_close(run_ok("kiln", "FusedMatMul", {a, b, bias, Value::none()}, {}, 1), decomposed_fused_matmul(a, b, bias, ""),
+               0.0, "no Z");
+  for (DType t : {DType::kFloat16, DType::kBFloat16}) {
+    SCOPED_TRACE(dtype_name(t));
+    const Tensor ah = random_tensor({2, 4, 16}, t), bh = random_tensor({16, 8}, t), biash = random_tensor({8}, t);
+    const Tensor zh = random_tensor({2, 4, 8}, t);
+    const auto relu = std::map<std::string, ir::Attribute>{{"activation", string_attr("Relu")}};
+    const Tensor got = run_ok("kiln", "FusedMatMul", {ah, bh, biash, zh}, relu, 1);
+    const Tensor exact = run_ok("kiln", "FusedMatMul",
+                                {widen_to_float32(ah), widen_to_float32(bh), widen_to_float32(biash), widen_to_float32(zh)},
+                                relu, 1);
+    expect_close(got, narrow_from_float32(exact, t), 0.0, "rounded once");
+  }
 }
 
 TEST(KilnGeluOp, IsOnnxGeluAtAnyOpset) {
@@ -377,6 +414,163 @@ TEST(FuseMatMulBias, ActivationReadTwiceStaysOut) {
   EXPECT_EQ(fused, 1);
   EXPECT_EQ(ops(b.m), (std::vector<std::string>{"kiln.FusedMatMul", "Relu", "Neg"}));
   EXPECT_EQ(attr_s(b.m.graph.nodes[0], "activation"), "");
+}
+
+// BERT's "output" sublayers: MatMul -> Add(bias) -> Add(residual) [-> activation]; the residual joins the
+// fused node as its input 3, whichever side of the Add it is on.
+TEST(FuseMatMulBias, AbsorbsTheResidualAddEitherOrderThenRelu) {
+  for (bool residual_first : {false, true})
+    for (bool relu : {false, true}) {
+      SCOPED_TRACE(std::string(residual_first ? "Add(r, s)" : "Add(s, r)") + (relu ? " + Relu" : ""));
+      Builder b;
+      b.input("x", {2, 3, 8});
+      b.input("r", {2, 3, 16});
+      b.weight("w", {8, 16});
+      b.weight("bias", {16});
+      b.node("MatMul", {"x", "w"}, {"xw"}, "fc");
+      b.node("Add", {"xw", "bias"}, {"s"}, "fc_bias");
+      b.node("Add", residual_first ? std::vector<std::string>{"r", "s"} : std::vector<std::string>{"s", "r"},
+             {relu ? "t" : "y"}, "residual");
+      if (relu) b.node("Relu", {"t"}, {"y"}, "relu");
+      b.output("y");
+      int gelus = 0, fused = 0;
+      optimize_and_compare(b, &gelus, &fused);
+      EXPECT_EQ(fused, 1);
+      ASSERT_EQ(ops(b.m), (std::vector<std::string>{"kiln.FusedMatMul"}));
+      const ir::Node& f = b.m.graph.nodes[0];
+      EXPECT_EQ(f.name, relu ? "fc + fc_bias + residual + relu" : "fc + fc_bias + residual");
+      EXPECT_EQ(f.inputs, (std::vector<std::string>{"x", "w", "bias", "r"}));
+      EXPECT_EQ(f.outputs, (std::vector<std::string>{"y"}));
+      EXPECT_EQ(attr_s(f, "activation"), relu ? "Relu" : "");
+      EXPECT_EQ(b.m.graph.type_of("y")->to_string(), "float32[2,3,16]");
+    }
+}
+
+// The attention output of a BERT layer: the sum goes on to LayerNorm, which stays; the residual is the
+// layer's input, computed by an earlier node; the tanh GELU may still follow a residual.
+TEST(FuseMatMulBias, BertAttentionOutputAndGeluAfterTheResidual) {
+  Builder b;
+  b.input("h", {2, 16, 32});
+  b.weight("w", {32, 32});
+  b.weight("bias", {32});
+  b.weight("gamma", {32});
+  b.weight("beta", {32});
+  b.node("Neg", {"h"}, {"hn"}, "earlier");
+  b.node("MatMul", {"hn", "w"}, {"p"}, "/attention/output/dense/MatMul");
+  b.node("Add", {"bias", "p"}, {"pb"}, "/attention/output/dense/Add");
+  b.node("Add", {"pb", "h"}, {"sum"}, "/attention/output/Add");
+  b.node("LayerNormalization", {"sum", "gamma", "beta"}, {"y"}, "/attention/output/LayerNorm");
+  b.output("y");
+  int gelus = 0, fused = 0;
+  optimize_and_compare(b, &gelus, &fused, 1e-4);
+  EXPECT_EQ(fused, 1);
+  EXPECT_EQ(ops(b.m), (std::vector<std::string>{"Neg", "kiln.FusedMatMul", "LayerNormalization"}));
+  EXPECT_EQ(b.m.graph.nodes[1].name, "/attention/output/dense/MatMul + /attention/output/dense/Add + /attention/output/Add");
+  EXPECT_EQ(b.m.graph.nodes[1].inputs, (std::vector<std::string>{"hn", "w", "bias", "h"}));
+
+  for (const char* form : {"tanh", "none"}) {
+    SCOPED_TRACE(form);
+    Builder g(20);
+    g.input("x", {6, 8});
+    g.input("r", {6, 12});
+    g.weight("w", {8, 12});
+    g.weight("bias", {12});
+    g.node("MatMul", {"x", "w"}, {"xw"}, "fc");
+    g.node("Add", {"xw", "bias"}, {"s"}, "add");
+    g.node("Add", {"s", "r"}, {"t"}, "residual");
+    g.attr(g.node("Gelu", {"t"}, {"y"}, "gelu"), "approximate", form);
+    g.output("y");
+    optimize_and_compare(g, &gelus, &fused);
+    EXPECT_EQ(fused, 1);
+    const bool tanh = std::string(form) == "tanh";
+    const std::vector<std::string> want =
+        tanh ? std::vector<std::string>{"kiln.FusedMatMul"} : std::vector<std::string>{"kiln.FusedMatMul", "Gelu"};
+    EXPECT_EQ(ops(g.m), want);
+    EXPECT_EQ(attr_s(g.m.graph.nodes[0], "activation"), tanh ? "GeluTanh" : "");
+    EXPECT_EQ(g.m.graph.nodes[0].inputs.size(), 4u);
+  }
+}
+
+// Two linear layers summed: the first chain takes the Add with the other's sum as Z; the second keeps its bias.
+TEST(FuseMatMulBias, TwoLinearLayersSummed) {
+  Builder b;
+  b.input("x", {5, 8});
+  b.input("u", {5, 6});
+  b.weight("w1", {8, 16});
+  b.weight("b1", {16});
+  b.weight("w2", {6, 16});
+  b.weight("b2", {16});
+  b.node("MatMul", {"x", "w1"}, {"p1"}, "fc1");
+  b.node("Add", {"p1", "b1"}, {"s1"}, "fc1_bias");
+  b.node("MatMul", {"u", "w2"}, {"p2"}, "fc2");
+  b.node("Add", {"p2", "b2"}, {"s2"}, "fc2_bias");
+  b.node("Add", {"s1", "s2"}, {"y"}, "sum");
+  b.output("y");
+  int gelus = 0, fused = 0;
+  optimize_and_compare(b, &gelus, &fused);
+  EXPECT_EQ(fused, 2);
+  ASSERT_EQ(ops(b.m), (std::vector<std::string>{"kiln.FusedMatMul", "kiln.FusedMatMul"}));
+  EXPECT_EQ(b.m.graph.nodes[0].name, "fc2 + fc2_bias");
+  EXPECT_EQ(b.m.graph.nodes[1].name, "fc1 + fc1_bias + sum");
+  EXPECT_EQ(b.m.graph.nodes[1].inputs, (std::vector<std::string>{"x", "w1", "b1", "s2"}));
+}
+
+// The bias still fuses, but an Add that is no element-for-element residual stays a node of its own.
+TEST(FuseMatMulBias, ResidualThatMustStayOut) {
+  struct Case {
+    const char* why;
+    std::function<void(Builder&)> build;  // reads "s" (the biased product) and writes "y"
+  };
+  const std::vector<Case> cases{
+      {"residual broadcast along rows",
+       [](Builder& b) {
+         b.input("r", {1, 16});
+         b.node("Add", {"s", "r"}, {"y"}, "residual");
+       }},
+      {"residual broadcast to a bigger shape",
+       [](Builder& b) {
+         b.input("r", {3, 5, 16});
+         b.node("Add", {"s", "r"}, {"y"}, "residual");
+       }},
+      {"residual of a dimension not known",
+       [](Builder& b) {
+         b.input("r", {5, 16});
+         b.m.graph.inputs.back().type.dims[0] = ir::Dim::named("batch");
+         b.node("Add", {"s", "r"}, {"y"}, "residual");
+       }},
+      {"the sum added to itself", [](Builder& b) { b.node("Add", {"s", "s"}, {"y"}, "double"); }},
+      {"the sum read twice",
+       [](Builder& b) {
+         b.input("r", {5, 16});
+         b.node("Add", {"s", "r"}, {"y"}, "residual");
+         b.node("Neg", {"s"}, {"n"}, "neg");
+         b.output("n");
+       }},
+      {"the sum is a graph output",
+       [](Builder& b) {
+         b.input("r", {5, 16});
+         b.node("Add", {"s", "r"}, {"y"}, "residual");
+         b.output("s");
+       }},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.why);
+    Builder b;
+    b.input("x", {5, 8});
+    b.weight("w", {8, 16});
+    b.weight("bias", {16});
+    b.node("MatMul", {"x", "w"}, {"xw"}, "fc");
+    b.node("Add", {"xw", "bias"}, {"s"}, "fc_bias");
+    c.build(b);
+    b.output("y");
+    int gelus = 0, fused = 0;
+    optimize_and_compare(b, &gelus, &fused);
+    EXPECT_EQ(fused, 1);
+    ASSERT_GE(b.m.graph.nodes.size(), 2u);
+    EXPECT_EQ(ops(b.m)[0], "kiln.FusedMatMul");
+    EXPECT_EQ(b.m.graph.nodes[0].inputs.size(), 3u);
+    EXPECT_EQ(b.m.graph.nodes[0].name, "fc + fc_bias");
+  }
 }
 
 TEST(RecognizeGelu, TorchErfFormBecomesKilnGelu) {

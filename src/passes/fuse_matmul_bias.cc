@@ -1,6 +1,7 @@
-// MatMul + bias fusion: MatMul(A, W) -> Add(., bias) [-> Relu | GELU (tanh form)] becomes one
-// kiln.FusedMatMul, whose bias and activation cuBLASLt applies in the GEMM's epilogue instead of two more
-// kernels reading and writing the product (every linear layer of BERT is a MatMul followed by an Add).
+// MatMul + bias fusion: MatMul(A, W) -> Add(., bias) [-> Add(., Z)] [-> Relu | GELU (tanh form)] becomes one
+// kiln.FusedMatMul, whose bias, residual and activation cuBLASLt applies in the GEMM's epilogue instead of
+// more kernels reading and writing the product (every linear layer of BERT is a MatMul followed by an Add,
+// and two in each layer by the residual Add before LayerNorm; Z becomes cuBLASLt's C, added with beta 1).
 // The exact (erf) GELU is left alone: cuBLASLt's GELU epilogue is the tanh approximation, and silently
 // swapping one for the other would change the model's answer.
 #include <map>
@@ -16,16 +17,33 @@ namespace {
 
 bool is_onnx(const ir::Node& n, const char* op) { return n.domain.empty() && n.op_type == op; }
 
-// The shape of a value when every dim is known (initializers included); false otherwise.
-bool static_shape(const ir::Graph& g, const std::string& name, Shape* out) {
+// The shape of a value when every dim is known (initializers included), and its dtype (kUndefined when not
+// known) in *dtype if given; false otherwise.
+bool static_shape(const ir::Graph& g, const std::string& name, Shape* out, DType* dtype = nullptr) {
   if (auto it = g.initializers.find(name); it != g.initializers.end()) {
     *out = it->second.shape();
+    if (dtype) *dtype = it->second.dtype();
     return true;
   }
   const ir::TypeInfo* t = g.type_of(name);
   if (t == nullptr || t->kind != ir::TypeInfo::Kind::kTensor || !t->is_static()) return false;
   *out = t->static_shape();
+  if (dtype) *dtype = t->dtype;
   return true;
+}
+
+// The residual Z of an Add that reads `sum` (the fused MatMul + bias) and something else of exactly sum's
+// static shape and dtype: cuBLASLt adds Z as its C matrix, element for element, so there is no broadcasting.
+// "" when the Add is not one. `product` is the chain's other value, which Z must not be.
+std::string residual_of(const ir::Graph& g, const ir::Node& add, const std::string& sum, const std::string& product) {
+  if (!is_onnx(add, "Add") || add.inputs.size() != 2 || add.outputs.size() != 1) return "";
+  const std::string& z = add.inputs[0] == sum ? add.inputs[1] : add.inputs[0];
+  if (z.empty() || z == sum || z == product) return "";
+  Shape ys, zs;
+  DType yt = DType::kUndefined, zt = DType::kUndefined;
+  if (!static_shape(g, sum, &ys, &yt) || !static_shape(g, z, &zs, &zt)) return "";
+  if (ys != zs || yt == DType::kUndefined || yt != zt) return "";
+  return z;
 }
 
 // The activation a node applies, as kiln.FusedMatMul names it, when the epilogue can: Relu, or GELU with
@@ -81,6 +99,14 @@ Status fuse_matmul_bias(ir::Model& model, int* fused) {
     std::vector<size_t> chain = {k, static_cast<size_t>(add_at)};
     std::string activation;
     std::string out = add.outputs[0];
+    std::string z;
+    if (const long res_at = readers.sole_reader(out); res_at >= 0 && !absorbed[res_at]) {
+      z = residual_of(g, g.nodes[res_at], out, mm.outputs[0]);
+      if (!z.empty()) {
+        chain.push_back(static_cast<size_t>(res_at));
+        out = g.nodes[res_at].outputs[0];
+      }
+    }
     const long act_at = readers.sole_reader(out);
     if (act_at >= 0 && !absorbed[act_at]) {
       activation = epilogue_activation(g.nodes[act_at]);
@@ -104,6 +130,7 @@ Status fuse_matmul_bias(ir::Model& model, int* fused) {
     f.op_type = "FusedMatMul";
     f.domain = "kiln";
     f.inputs = {mm.inputs[0], mm.inputs[1], bias_input};
+    if (!z.empty()) f.inputs.push_back(z);
     f.outputs = {out};
     f.index = g.nodes[chain.back()].index;
     ir::Attribute act;

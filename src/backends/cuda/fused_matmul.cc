@@ -1,6 +1,7 @@
 // CUDA layers of the optimizer's kiln.FusedMatMul and kiln.Gelu (ops_spec; made by the passes
 // fuse_matmul_bias and recognize_gelu). FusedMatMul is the cuBLASLt MatMul layer (matmul.h) with the bias
-// epilogue its activation names; kiln.Gelu is ONNX Gelu at any opset, so it is the elementwise Gelu layer.
+// epilogue its activation names, and its residual Z (input 3) as cuBLASLt's C with beta 1; kiln.Gelu is
+// ONNX Gelu at any opset, so it is the elementwise Gelu layer.
 #include <string>
 
 #include "backends/cuda/layer.h"

@@ -14,6 +14,10 @@
 // 16-byte aligned (what tensor-core kernels load with), and a fallback chosen for element alignment only,
 // used when run() is handed a less aligned pointer. The fallback also adds the bias with the prefill kernel
 // rather than the BIAS epilogue, which reads the vector with wide loads.
+//
+// An addend of the output's own shape (Gemm's C of [M, N]; kiln.FusedMatMul's residual Z, batched or not)
+// is cuBLASLt's C in the fast plan, read in place with a layout of its own that matches D's; the fallback
+// copies it into D first (the prefill) and accumulates onto D.
 #include "backends/cuda/matmul.h"
 
 #include <algorithm>
@@ -58,6 +62,8 @@ struct Plan {
   cublasLtMatmulAlgo_t algo{};
   size_t workspace = 0;
   bool bias_in_epilogue = false;
+  // C is handed to cuBLASLt as its own matrix (layout lay_c_, the output's), not prefilled into D.
+  bool c_direct = false;
   // The prefill kernel writes prefill_c_scale * C (+ bias when prefill_bias) into D first; cuBLASLt then
   // accumulates with `beta` (0 when nothing was prefilled: D is not read).
   bool prefill_c = false;
@@ -65,6 +71,7 @@ struct Plan {
   float prefill_c_scale = 1.0f;
   float beta = 0.0f;
   uint32_t align_a = 1, align_b = 1, align_d = 1;  // what the base pointers of A, B, Y must be aligned to
+  uint32_t align_c = 1;                            // and of C, when c_direct
   uint32_t align_bias = 1;
 };
 
@@ -73,7 +80,7 @@ class CublasLtMatmulLayer final : public Layer {
   ~CublasLtMatmulLayer() override {
     for (Plan* p : {&fast_, &safe_})
       if (p->desc != nullptr) cublasLtMatmulDescDestroy(p->desc);
-    for (cublasLtMatrixLayout_t l : {lay_a_, lay_b_, lay_d_})
+    for (cublasLtMatrixLayout_t l : {lay_a_, lay_b_, lay_c_, lay_d_})
       if (l != nullptr) cublasLtMatrixLayoutDestroy(l);
   }
 
@@ -93,7 +100,7 @@ class CublasLtMatmulLayer final : public Layer {
     }
     const Plan* plan = &fast_;
     if (!aligned(a, fast_.align_a) || !aligned(b, fast_.align_b) || !aligned(d, fast_.align_d) ||
-        (bias != nullptr && !aligned(bias, fast_.align_bias))) {
+        (fast_.c_direct && !aligned(c, fast_.align_c)) || (bias != nullptr && !aligned(bias, fast_.align_bias))) {
       if (!has_safe_) return Internal("cuBLASLt layer: an operand is not 16-byte aligned and cuBLASLt has no fallback algorithm");
       plan = &safe_;
     }
@@ -103,7 +110,7 @@ class CublasLtMatmulLayer final : public Layer {
       const void* pc = plan->prefill_c ? c : nullptr;
       const void* pb = plan->prefill_bias ? bias : nullptr;
       if (pb == nullptr && c_full_ && plan->prefill_c_scale == 1.0f) {
-        if (pc != d) KILN_CUDA_TRY(cudaMemcpyAsync(d, pc, static_cast<size_t>(M_ * N_) * es_, cudaMemcpyDeviceToDevice, h.stream));
+        if (pc != d) KILN_CUDA_TRY(cudaMemcpyAsync(d, pc, static_cast<size_t>(rows * N_) * es_, cudaMemcpyDeviceToDevice, h.stream));
       } else {
         KILN_RETURN_IF_ERROR(launch_matmul_prefill(dtype_, pc, c_rs_, c_cs_, plan->prefill_c_scale, pb,
                                                    PrefillAct::kNone, d, rows, N_, h.stream));
@@ -119,8 +126,13 @@ class CublasLtMatmulLayer final : public Layer {
       const void* ga = a + group_a_[g] * static_cast<int64_t>(es_);
       const void* gb = b + group_b_[g] * static_cast<int64_t>(es_);
       void* gd = d + g * d_group_bytes;
-      const cublasStatus_t s = cublasLtMatmul(h.cublaslt, plan->desc, &alpha_, gb, lay_b_, ga, lay_a_, &plan->beta, gd,
-                                              lay_d_, gd, lay_d_, &plan->algo, workspace, plan->workspace, h.stream);
+      // C has D's layout, group for group; without c_direct, D itself is C (prefilled, or not read: beta 0).
+      // A C that is D's own memory (the arena reusing it) runs as cuBLASLt's in-place form, Cdesc == Ddesc.
+      const bool own_c = plan->c_direct && c != d;
+      const void* gc = own_c ? static_cast<const char*>(c) + g * d_group_bytes : gd;
+      const cublasStatus_t s =
+          cublasLtMatmul(h.cublaslt, plan->desc, &alpha_, gb, lay_b_, ga, lay_a_, &plan->beta, gc, own_c ? lay_c_ : lay_d_,
+                         gd, lay_d_, &plan->algo, workspace, plan->workspace, h.stream);
       KILN_RETURN_IF_ERROR(cublas_status(s, "cublasLtMatmul"));
     }
     return OkStatus();
@@ -140,12 +152,12 @@ class CublasLtMatmulLayer final : public Layer {
   int64_t stride_a_ = 0, stride_b_ = 0;    // elements between a call's matrices (0: broadcast)
   std::vector<int64_t> group_a_{0}, group_b_{0};  // per call: element offset of its first A and B matrix
   float alpha_ = 1.0f, gemm_beta_ = 0.0f;
-  int c_input_ = -1;  // Gemm's C when it is added through beta (not as the bias)
+  int c_input_ = -1;  // Gemm's C (or FusedMatMul's Z) when it is added through beta (not as the bias)
   int64_t c_rs_ = 0, c_cs_ = 0;
-  bool c_full_ = false;  // C is [M, N] itself
+  bool c_full_ = false;  // C has the output's shape (D's layout, batches and groups included)
   int bias_input_ = -1;  // the vector the epilogue adds (the fused bias, or a [N] C with beta 1)
   PrefillAct act_ = PrefillAct::kNone;
-  cublasLtMatrixLayout_t lay_a_ = nullptr, lay_b_ = nullptr, lay_d_ = nullptr;
+  cublasLtMatrixLayout_t lay_a_ = nullptr, lay_b_ = nullptr, lay_c_ = nullptr, lay_d_ = nullptr;
   Plan fast_, safe_;
   bool has_safe_ = false;
 };
@@ -172,10 +184,12 @@ Status CublasLtMatmulLayer::make_plan(const CudaHandles& h, cublasComputeType_t 
                                       int* found) {
   const bool has_bias = bias_input_ >= 0;
   p->bias_in_epilogue = has_bias && !safe;
-  // C through beta: the fast plan copies C unscaled and lets cuBLASLt scale it in float32; the safe plan adds
-  // the bias in the prefill too, so it folds beta in there and accumulates with beta 1.
+  // C through beta: the fast plan reads a C of the output's shape in place as cuBLASLt's C, or copies a
+  // broadcast one into D unscaled, and lets cuBLASLt scale it in float32; the safe plan adds the bias in the
+  // prefill too, so it folds beta in there and accumulates with beta 1.
   const bool has_c = c_input_ >= 0;
-  p->prefill_c = has_c;
+  p->c_direct = has_c && c_full_ && !safe;
+  p->prefill_c = has_c && !p->c_direct;
   p->prefill_bias = has_bias && safe;
   if (p->prefill_bias) {
     p->prefill_c_scale = gemm_beta_;
@@ -185,7 +199,7 @@ Status CublasLtMatmulLayer::make_plan(const CudaHandles& h, cublasComputeType_t 
     p->beta = has_c ? gemm_beta_ : 0.0f;
   }
   if (safe) {
-    p->align_a = p->align_b = p->align_d = p->align_bias = static_cast<uint32_t>(es_);
+    p->align_a = p->align_b = p->align_c = p->align_d = p->align_bias = static_cast<uint32_t>(es_);
   } else {
     p->align_a = p->align_b = p->align_d = kFastAlign;
     for (int64_t off : group_a_) p->align_a = std::min(p->align_a, align_of(off * es_, kFastAlign));
@@ -195,6 +209,7 @@ Status CublasLtMatmulLayer::make_plan(const CudaHandles& h, cublasComputeType_t 
       p->align_b = std::min(p->align_b, align_of(stride_b_ * es_, kFastAlign));
     }
     if (batch_ > 1 || group_a_.size() > 1) p->align_d = align_of(M_ * N_ * es_, kFastAlign);
+    p->align_c = p->align_d;  // C advances as D does
     p->align_bias = kFastAlign;
   }
 
@@ -223,13 +238,15 @@ Status CublasLtMatmulLayer::make_plan(const CudaHandles& h, cublasComputeType_t 
   // cuBLASLt's A and B are our B and A.
   KILN_CUBLAS_TRY(cublasLtMatmulPreferenceSetAttribute(pref.p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &p->align_b, sizeof(uint32_t)));
   KILN_CUBLAS_TRY(cublasLtMatmulPreferenceSetAttribute(pref.p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &p->align_a, sizeof(uint32_t)));
-  KILN_CUBLAS_TRY(cublasLtMatmulPreferenceSetAttribute(pref.p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &p->align_d, sizeof(uint32_t)));
+  const uint32_t align_c = p->c_direct ? p->align_c : p->align_d;  // without c_direct, C is D
+  KILN_CUBLAS_TRY(cublasLtMatmulPreferenceSetAttribute(pref.p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_c, sizeof(uint32_t)));
   KILN_CUBLAS_TRY(cublasLtMatmulPreferenceSetAttribute(pref.p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &p->align_d, sizeof(uint32_t)));
 
   cublasLtMatmulHeuristicResult_t results[kHeuristicResults] = {};
   int returned = 0;
-  const cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(h.cublaslt, p->desc, lay_b_, lay_a_, lay_d_, lay_d_, pref.p,
-                                                          kHeuristicResults, results, &returned);
+  // Asked with the C layout run() passes: an algorithm chosen for C == D need not serve a separate C.
+  const cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(h.cublaslt, p->desc, lay_b_, lay_a_, p->c_direct ? lay_c_ : lay_d_,
+                                                          lay_d_, pref.p, kHeuristicResults, results, &returned);
   if (s != CUBLAS_STATUS_SUCCESS && s != CUBLAS_STATUS_NOT_SUPPORTED)
     return cublas_status(s, "cublasLtMatmulAlgoGetHeuristic");
   *found = s == CUBLAS_STATUS_SUCCESS ? returned : 0;
@@ -327,12 +344,14 @@ std::vector<std::string> matmul_tactics() {
 std::string check_matmul_layer(const LayerSpec& spec, MatmulEpilogue epilogue) {
   const std::string& op = spec.node->op_type;
   const std::string who = "CUDA " + op + ": ";
-  // kiln.FusedMatMul (fused_matmul.cc) is a MatMul whose input 2 is the epilogue's bias.
+  // kiln.FusedMatMul (fused_matmul.cc) is a MatMul whose input 2 is the epilogue's bias, and whose optional
+  // input 3 is a residual Z of the output's shape, added as Gemm's C is with beta 1.
   if (op != "MatMul" && op != "Gemm" && op != "FusedMatMul")
     return "CUDA cuBLASLt layer: op " + op + " is not MatMul or Gemm (or kiln.FusedMatMul)";
   const bool gemm = op == "Gemm";
+  const bool fused = op == "FusedMatMul";
   const size_t bias_index = gemm ? 3 : 2;
-  const size_t max_inputs = matmul_epilogue_has_bias(epilogue) ? bias_index + 1 : (gemm ? 3 : 2);
+  const size_t max_inputs = matmul_epilogue_has_bias(epilogue) ? bias_index + (fused ? 2 : 1) : (gemm ? 3 : 2);
   if (spec.inputs.size() < 2 || !spec.inputs[0].present() || !spec.inputs[1].present())
     return who + "inputs A and B are required";
   if (spec.inputs.size() > max_inputs) return who + "too many inputs (" + std::to_string(spec.inputs.size()) + ")";
@@ -354,6 +373,15 @@ std::string check_matmul_layer(const LayerSpec& spec, MatmulEpilogue epilogue) {
   } else {
     for (const TensorDesc* t : {&a, &b})
       if (t->has_rank && t->shape.empty()) return who + "operands must have rank >= 1 (got a scalar)";
+    if (fused && spec.inputs.size() > 3 && spec.inputs[3].present()) {
+      const TensorDesc& z = spec.inputs[3];
+      if (z.dtype != a.dtype) return who + "Z's dtype " + dtype_name(z.dtype) + " differs from A's " + dtype_name(a.dtype);
+      const TensorDesc* y = spec.outputs.empty() ? nullptr : &spec.outputs[0];
+      bool differ = z.has_rank && y != nullptr && y->has_rank && z.shape.size() != y->shape.size();
+      for (size_t i = 0; !differ && z.has_rank && y != nullptr && y->has_rank && i < z.shape.size(); ++i)
+        differ = z.shape[i] >= 0 && y->shape[i] >= 0 && z.shape[i] != y->shape[i];  // -1: not known yet
+      if (differ) return who + "Z " + dims_of(z) + " must have the output's shape " + dims_of(*y) + " (no broadcasting)";
+    }
   }
   if (matmul_epilogue_has_bias(epilogue)) {
     if (spec.inputs.size() <= bias_index || !spec.inputs[bias_index].present())
@@ -463,6 +491,17 @@ Result<std::unique_ptr<Layer>> create_matmul_layer(const LayerSpec& spec, Matmul
       }
     }
     if (matmul_epilogue_has_bias(epilogue)) L->bias_input_ = 2;
+    if (spec.node->op_type == "FusedMatMul" && spec.inputs.size() > 3 && spec.inputs[3].present()) {
+      // The residual: Gemm's C with beta 1, of the output's shape, so laid out as D (batches and groups too).
+      if (spec.inputs[3].shape != out_shape)
+        return InvalidArgument(who + "Z " + shape_to_string(spec.inputs[3].shape) + " does not have the output's shape " +
+                               shape_to_string(out_shape));
+      L->c_input_ = 3;
+      L->gemm_beta_ = 1.0f;
+      L->c_rs_ = L->N_;
+      L->c_cs_ = 1;
+      L->c_full_ = true;
+    }
   }
   if (gemm && matmul_epilogue_has_bias(epilogue)) L->bias_input_ = 3;
   if (!spec.outputs.empty() && spec.outputs[0].has_rank && spec.outputs[0].shape != out_shape)
@@ -481,6 +520,8 @@ Result<std::unique_ptr<Layer>> create_matmul_layer(const LayerSpec& spec, Matmul
   if (L->trans_a_) KILN_RETURN_IF_ERROR(make_layout(&L->lay_a_, L->dtype_, L->M_, L->K_, L->M_, L->batch_, L->stride_a_));
   else KILN_RETURN_IF_ERROR(make_layout(&L->lay_a_, L->dtype_, L->K_, L->M_, L->K_, L->batch_, L->stride_a_));
   KILN_RETURN_IF_ERROR(make_layout(&L->lay_d_, L->dtype_, L->N_, L->M_, L->N_, L->batch_, L->M_ * L->N_));
+  // A C of the output's shape is read in place with D's type, dims, leading dim and batch stride.
+  if (L->c_full_) KILN_RETURN_IF_ERROR(make_layout(&L->lay_c_, L->dtype_, L->N_, L->M_, L->N_, L->batch_, L->M_ * L->N_));
 
   const cublasComputeType_t compute = L->dtype_ == DType::kFloat32 && spec.allow_tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32
                                                                                       : CUBLAS_COMPUTE_32F;
@@ -490,7 +531,7 @@ Result<std::unique_ptr<Layer>> create_matmul_layer(const LayerSpec& spec, Matmul
     return Unsupported(tactic + ": cuBLASLt's heuristic offers " + std::to_string(found) + " algorithm(s) for this problem");
   const Plan& f = L->fast_;
   const uint32_t es = static_cast<uint32_t>(L->es_);
-  L->has_safe_ = f.align_a > es || f.align_b > es || f.align_d > es || f.bias_in_epilogue;
+  L->has_safe_ = f.align_a > es || f.align_b > es || f.align_d > es || (f.c_direct && f.align_c > es) || f.bias_in_epilogue;
   if (L->has_safe_) {
     // Without a fallback the layer still runs whenever its operands are aligned (as they always are when the
     // runtime's arena hands out 16-byte-aligned tensors); run() says so when they are not.

@@ -23,7 +23,9 @@ const char* matmul_epilogue_name(MatmulEpilogue e);  // "none", "relu", "gelu", 
 bool matmul_epilogue_has_bias(MatmulEpilogue e);
 
 // "" when a MatMul or Gemm node (spec.node->op_type) with this epilogue can run; otherwise why not. A
-// kiln.FusedMatMul node is read as a MatMul (its bias is input 2).
+// kiln.FusedMatMul node is read as a MatMul (its bias is input 2); its optional input 3, a residual Z of the
+// output's shape and dtype, is added like a Gemm's C with beta 1, before the activation: act(AB + bias + Z).
+// A C of the output's shape (Z, or Gemm's [M, N] C) is read in place as cuBLASLt's C matrix.
 std::string check_matmul_layer(const LayerSpec& spec, MatmulEpilogue epilogue);
 // The tactic names: "cuda.cublaslt.h0" .. "cuda.cublaslt.h3", indices into cuBLASLt's heuristic list for the
 // problem (create() says Unsupported when the heuristic offers fewer).

@@ -1,5 +1,6 @@
 // CPU reference kernels of the optimizer's fused ops (domain "kiln"): kiln.FusedMatMul, activation(MatMul(A, B)
-// + bias), and kiln.Gelu, ONNX Gelu at any opset (the passes fuse_matmul_bias and recognize_gelu make them).
+// + bias [+ Z]) with an optional residual Z of the output's shape, and kiln.Gelu, ONNX Gelu at any opset (the
+// passes fuse_matmul_bias and recognize_gelu make them).
 // They run the ONNX MatMul and Gelu references (fused_matmul.h); float16 / bfloat16 are computed in float32
 // from the product to the activation and rounded once, as the CUDA layer's epilogue does.
 #include "backends/cpu/ops/fused_matmul.h"
@@ -13,7 +14,7 @@ namespace {
 
 Status fused_matmul_kernel(KernelContext& ctx) {
   if (!ctx.has_input(0) || !ctx.has_input(1) || !ctx.has_input(2)) return ctx.error("inputs A, B and bias are required");
-  if (ctx.num_inputs() > 3) return ctx.error("takes 3 inputs (A, B, bias), got " + std::to_string(ctx.num_inputs()));
+  if (ctx.num_inputs() > 4) return ctx.error("takes at most 4 inputs (A, B, bias, Z), got " + std::to_string(ctx.num_inputs()));
   const Tensor& a = ctx.input(0);
   const Tensor& b = ctx.input(1);
   const Tensor& bias0 = ctx.input(2);
@@ -27,13 +28,26 @@ Status fused_matmul_kernel(KernelContext& ctx) {
   if (bias0.rank() != 1 || bias0.dim(0) != n)
     return ctx.error("bias must be 1-D of B's last dim " + std::to_string(n) + ", got " + bias0.description());
   KILN_ASSIGN_OR_RETURN(Tensor y, matmul_product(ctx, a, b));
+  // The residual is added before the activation (as kiln.FusedConv's Z), element for element: no
+  // broadcasting, so that the CUDA layer can hand it to cuBLASLt as its C matrix.
+  const bool has_z = ctx.has_input(3);
+  Tensor z;
+  if (has_z) {
+    const Tensor& z0 = ctx.input(3);
+    if (z0.dtype() != a.dtype()) return ctx.error("Z must have A's dtype, got " + z0.description());
+    if (z0.shape() != y.shape())
+      return ctx.error("Z must have the output's shape " + shape_to_string(y.shape()) + ", got " + z0.description());
+    z = widen_to_float32(z0);
+  }
   const Tensor bias = widen_to_float32(bias0);
   bool ok = dispatch_float(y.dtype(), [&](auto tag) {
     using T = decltype(tag);
     T* out = y.data<T>();
     const T* bd = bias.data<T>();
+    const T* zd = has_z ? z.data<T>() : nullptr;
     for (int64_t i = 0, total = y.numel(); i < total; ++i) {
       T v = out[i] + bd[i % n];  // B has rank >= 2: Y's last dim is N
+      if (zd != nullptr) v += zd[i];
       if (act == "Relu") v = v < T(0) ? T(0) : v;
       else if (act == "GeluTanh") v = gelu_tanh(v);
       out[i] = v;
