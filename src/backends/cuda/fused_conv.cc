@@ -10,7 +10,8 @@
 //
 // Tactics: "cuda.cudnn.fused.algoN" (N as in cudnnConvolutionFwdAlgo_t), whose create() returns Unsupported
 // when cuDNN's heuristics have no kernel of that algorithm for the problem (shared with Conv: conv_common.h),
-// "cuda.cudnn.unfused", and "default" (the heuristics' first choice). Pads that cuDNN's symmetric padding
+// "cuda.cudnn.unfused", "default" (the heuristics' first choice), and "cuda.cudnn.graph.h0".."h7": the
+// engines of cuDNN's graph API for the whole node (cudnn_graph_conv.h). Pads that cuDNN's symmetric padding
 // cannot express are refused by check(): the CPU reference then runs the node.
 //
 // A 1x1, stride-1, unpadded, ungrouped 2-D convolution in channels-last layout is a GEMM,
@@ -23,6 +24,7 @@
 #include <vector>
 
 #include "backends/cuda/conv_common.h"
+#include "backends/cuda/cudnn_graph_conv.h"
 #include "backends/cuda/layer.h"
 #include "backends/cuda/matmul.h"
 
@@ -123,6 +125,7 @@ std::vector<std::string> fused_conv_tactics(const LayerSpec& spec) {
   std::vector<std::string> t;
   for (int a : {1, 0, 6, 7, 5, 4, 2, 3}) t.push_back(kFusedPrefix + std::to_string(a));
   t.push_back(kUnfused);
+  for (const std::string& name : cudnn_graph_tactics()) t.push_back(name);
   if (gemm_ineligible(spec).empty())
     for (const std::string& name : matmul_tactics()) t.push_back(name);
   return t;
@@ -345,8 +348,28 @@ Status FusedConvGemmLayer::run(const std::vector<DeviceTensor>& inputs, const st
   return gemm_->run(in, out, workspace, h);
 }
 
+// The cuDNN graph-API tactics (cudnn_graph_conv.h) on the node as check() accepts it.
+Result<std::unique_ptr<Layer>> create_graph_conv(const LayerSpec& spec, const std::string& tactic, const CudaHandles& h) {
+  if (std::string why = check_fused_conv(spec); !why.empty()) return Unsupported(why);
+  if (!spec.inputs[0].is_static() || !spec.inputs[1].is_static()) return InvalidArgument(std::string(kOp) + ": create needs concrete shapes");
+  GraphConvProblem p;
+  p.op = std::string(kOp) + (spec.node != nullptr ? " '" + spec.node->name + "'" : "");
+  p.channels_last = spec.attr_int("channels_last", 0) == 1;
+  if (std::string why = conv_geometry(spec, logical_shape(spec.inputs[0].shape, p.channels_last),
+                                      logical_shape(spec.inputs[1].shape, p.channels_last), &p.g, p.op);
+      !why.empty())
+    return InvalidArgument(why);
+  p.dtype = spec.inputs[0].dtype;
+  p.has_bias = spec.inputs.size() > 2 && spec.inputs[2].present();
+  p.has_z = spec.inputs.size() > 3 && spec.inputs[3].present();
+  p.relu = spec.attr_string("activation", "") == "Relu";
+  p.allow_tf32 = spec.allow_tf32;
+  return create_cudnn_graph_conv(p, tactic, h);
+}
+
 Result<std::unique_ptr<Layer>> create_fused_conv(const LayerSpec& spec, const std::string& tactic, const CudaHandles& h) {
   if (is_gemm_tactic(tactic)) return FusedConvGemmLayer::create(spec, tactic, h);
+  if (is_cudnn_graph_tactic(tactic)) return create_graph_conv(spec, tactic, h);
   return FusedConvLayer::create(spec, tactic, h);
 }
 
