@@ -19,6 +19,7 @@
 #include <charconv>
 #include <cstdint>
 #include <map>
+#include <mutex>
 #include <set>
 #include <utility>
 
@@ -394,6 +395,95 @@ Result<Plan> make_plan(const std::string& op, const Desc& cfg, cudnnHandle_t han
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// Heuristic ranks
+
+// Where the usable configs of one problem sit in the heuristics' lists (A's, then FALLBACK's), found once per
+// process. Telling whether a config is usable means finalizing its plan, which for a runtime-compiled engine
+// is a compile; the tactic timer creates h0, h1, ... in turn, so the scan resumes where the last one stopped
+// and, in that order, each candidate is finalized once. Build-time knowledge like a timing cache: no layer
+// holds any of it.
+struct RankScan {
+  std::vector<std::pair<int, int64_t>> usable;  // (heuristic list, position in it) of h0, h1, ...
+  int list = 0;                                 // the next candidate: in list 0 (mode A) or 1 (FALLBACK) ...
+  int64_t next = 0;                             // ... at this position
+  std::set<std::string> seen;                   // configs met already (FALLBACK repeats some of A's)
+  std::string last_refusal;
+};
+constexpr cudnnBackendHeurMode_t kHeuristicLists[] = {CUDNN_HEUR_MODE_A, CUDNN_HEUR_MODE_FALLBACK};
+
+std::mutex& rank_mutex() {
+  static std::mutex m;
+  return m;
+}
+std::map<std::string, RankScan>& rank_scans() {
+  static auto* scans = new std::map<std::string, RankScan>();  // never destroyed: used until exit
+  return *scans;
+}
+
+// Everything the operation graph depends on, and the device.
+std::string problem_key(const GraphConvProblem& p, int device) {
+  const Geometry& g = p.g;
+  std::string k = dtype_name(p.dtype);
+  k += p.channels_last ? " nhwc" : " nchw";
+  if (p.has_bias) k += " b";
+  if (p.has_z) k += " z";
+  if (p.relu) k += " relu";
+  if (p.allow_tf32) k += " tf32";
+  for (int64_t v : {g.N, g.C, g.M, g.group}) (k += ' ') += std::to_string(v);
+  for (const Shape* v : {&g.in, &g.kernel, &g.out, &g.strides, &g.dilations, &g.pad_begin, &g.pad_end}) (k += ' ') += shape_to_string(*v);
+  k += " device ";
+  k += std::to_string(device);
+  return k;
+}
+
+struct Chosen {
+  Desc cfg;
+  ConfigInfo info;
+  Plan plan;
+};
+
+// The rank-th usable config of the problem (Unsupported when there are fewer), with its plan.
+Result<Chosen> ranked_config(const GraphConvProblem& p, const BuiltGraph& b, int rank, cudnnHandle_t handle) {
+  const std::string& op = p.op;
+  int device = 0;
+  KILN_CUDA_TRY(cudaGetDevice(&device));
+  std::lock_guard<std::mutex> lock(rank_mutex());
+  RankScan& scan = rank_scans()[problem_key(p, device)];
+  if (rank < static_cast<int>(scan.usable.size())) {
+    const auto [list, pos] = scan.usable[rank];
+    KILN_ASSIGN_OR_RETURN(std::vector<Desc> configs, heuristic_configs(op, b, kHeuristicLists[list]));
+    if (pos >= static_cast<int64_t>(configs.size()))
+      return Internal(op + ": cuDNN's heuristics list fewer engine configs than they did for the same graph");
+    Chosen c;
+    KILN_ASSIGN_OR_RETURN(c.info, describe_config(op, configs[pos]));
+    KILN_ASSIGN_OR_RETURN(c.plan, make_plan(op, configs[pos], handle, c.info.name()));
+    c.cfg = std::move(configs[pos]);
+    return c;
+  }
+  for (; scan.list < 2; ++scan.list, scan.next = 0) {
+    KILN_ASSIGN_OR_RETURN(std::vector<Desc> configs, heuristic_configs(op, b, kHeuristicLists[scan.list]));
+    while (scan.next < static_cast<int64_t>(configs.size())) {
+      const int64_t pos = scan.next++;
+      KILN_ASSIGN_OR_RETURN(ConfigInfo info, describe_config(op, configs[pos]));
+      if (!scan.seen.insert(info.name()).second) continue;
+      if (std::string why = precision_refusal(info, p); !why.empty()) {
+        scan.last_refusal = why;
+        continue;
+      }
+      auto plan = make_plan(op, configs[pos], handle, info.name());
+      if (!plan.ok()) {
+        scan.last_refusal = plan.status().message();
+        continue;
+      }
+      scan.usable.emplace_back(scan.list, pos);
+      if (static_cast<int>(scan.usable.size()) == rank + 1) return Chosen{std::move(configs[pos]), std::move(info), std::move(*plan)};
+    }
+  }
+  return Unsupported(op + ": cuDNN's heuristics offer " + std::to_string(scan.usable.size()) + " usable engine config(s), not " +
+                     std::to_string(rank + 1) + (scan.last_refusal.empty() ? "" : "; the last one refused: " + scan.last_refusal));
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // Tactic names
 
 bool parse_int(const std::string& s, size_t* pos, int64_t* out) {
@@ -529,34 +619,12 @@ Result<std::unique_ptr<Layer>> create_cudnn_graph_conv(const GraphConvProblem& p
     return std::unique_ptr<Layer>(std::move(layer));
   }
 
-  // The rank-th usable config of heuristics A's list, then FALLBACK's (configs A gave already skipped).
-  std::set<std::string> seen;
-  std::string last_refusal;
-  int usable = 0;
-  for (cudnnBackendHeurMode_t mode : {CUDNN_HEUR_MODE_A, CUDNN_HEUR_MODE_FALLBACK}) {
-    KILN_ASSIGN_OR_RETURN(std::vector<Desc> configs, heuristic_configs(op, layer->graph_, mode));
-    for (Desc& cfg : configs) {
-      KILN_ASSIGN_OR_RETURN(ConfigInfo info, describe_config(op, cfg));
-      if (!seen.insert(info.name()).second) continue;
-      if (std::string why = precision_refusal(info, p); !why.empty()) {
-        last_refusal = why;
-        continue;
-      }
-      auto plan = make_plan(op, cfg, h.cudnn, info.name());
-      if (!plan.ok()) {
-        last_refusal = plan.status().message();
-        continue;
-      }
-      if (usable++ < parsed.rank) continue;
-      layer->plan_ = std::move(plan->plan);
-      layer->workspace_ = plan->workspace;
-      layer->config_ = std::move(info);
-      layer->config_parts_.push_back(std::move(cfg));
-      return std::unique_ptr<Layer>(std::move(layer));
-    }
-  }
-  return Unsupported(op + ": cuDNN's heuristics offer " + std::to_string(usable) + " usable engine config(s), not " +
-                     std::to_string(parsed.rank + 1) + (last_refusal.empty() ? "" : "; last one refused: " + last_refusal));
+  KILN_ASSIGN_OR_RETURN(Chosen chosen, ranked_config(p, layer->graph_, parsed.rank, h.cudnn));
+  layer->plan_ = std::move(chosen.plan.plan);
+  layer->workspace_ = chosen.plan.workspace;
+  layer->config_ = std::move(chosen.info);
+  layer->config_parts_.push_back(std::move(chosen.cfg));
+  return std::unique_ptr<Layer>(std::move(layer));
 }
 
 std::string cudnn_graph_engine_of(const Layer& layer) {

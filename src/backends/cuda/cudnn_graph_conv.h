@@ -3,9 +3,9 @@
 // (Hopper-native kernels and runtime-fused epilogues that the legacy cudnnConvolutionBiasActivationForward
 // never reaches). fused_conv.cc lists these tactics and hands their names here.
 //
-// Tactics: "cuda.cudnn.graph.h0" .. "cuda.cudnn.graph.h7", the k-th usable engine config of the heuristics
-// (mode A, else FALLBACK) for the problem; a config is usable when its numerical notes keep the node's
-// precision and it finalizes into an execution plan within kMaxAlgoWorkspace. The list is the same for every
+// Tactics: "cuda.cudnn.graph.h0" .. "cuda.cudnn.graph.h7", the k-th usable engine config in the heuristics'
+// lists for the problem (mode A's, then FALLBACK's without repeats); a config is usable when its numerical
+// notes keep the node's precision and it finalizes into an execution plan within kMaxAlgoWorkspace. The list is the same for every
 // node (it must be answerable before shapes are known); create() says Unsupported when there are fewer
 // usable configs. A config can also be named outright, "cuda.cudnn.graph.e<global engine index>" followed by
 // its knob choices ".k<knob type>=<value>" in increasing knob type (what cudnn_graph_engine_of() gives).
