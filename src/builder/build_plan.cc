@@ -97,11 +97,13 @@ Result<engine::Plan> build_plan(const ir::Model& model, const engine::BuildSetti
 
   KILN_RETURN_IF_ERROR(passes::apply_input_shapes(m, settings.input_shapes));
   if (settings.opt_level > 0) {
-    int folded = 0, noops = 0, removed = 0;
+    int folded = 0, merged = 0, noops = 0, removed = 0;
     KILN_RETURN_IF_ERROR(passes::fold_constants_to_fixpoint(m, &folded));
+    KILN_RETURN_IF_ERROR(passes::eliminate_common_subexpressions(m, &merged));  // folded constants compare too
     KILN_RETURN_IF_ERROR(passes::remove_noops(m, &noops));
     KILN_RETURN_IF_ERROR(passes::eliminate_dead_nodes(m, &removed));
-    logger.log(Severity::kInfo, "optimizer: folded " + std::to_string(folded) + " constant nodes, bypassed " +
+    logger.log(Severity::kInfo, "optimizer: folded " + std::to_string(folded) + " constant nodes, merged " +
+                                    std::to_string(merged) + " common subexpressions, bypassed " +
                                     std::to_string(noops) + " no-ops, removed " + std::to_string(removed) +
                                     " dead nodes");
   }

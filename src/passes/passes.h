@@ -24,6 +24,12 @@ Status fold_constants_to_fixpoint(ir::Model& model, int* folded = nullptr);
 // value has, a Reshape to the shape it has (their readers read the input). Graph outputs and values read
 // by subgraphs keep their producers. The number removed goes to *removed.
 Status remove_noops(ir::Model& model, int* removed = nullptr);
+// Merges nodes that compute the same (same domain, op, attributes by value, subgraphs included, inputs and
+// output count) into the first, its readers (and subgraphs' reads) reading the first one's outputs, and
+// equal constants (initializers that are not graph inputs, Constant nodes: dtype, shape, bytes) into one.
+// Random ops and ops Kiln does not know stay; a duplicate that produces a graph output stays. The number of
+// nodes and initializers merged away goes to *merged.
+Status eliminate_common_subexpressions(ir::Model& model, int* merged = nullptr);
 // Removes nodes whose outputs nothing uses, and initializers nothing reads.
 Status eliminate_dead_nodes(ir::Model& model, int* removed = nullptr);
 
