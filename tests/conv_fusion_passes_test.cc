@@ -346,6 +346,41 @@ TEST(ConvFusionPasses, PlainAndGroupedConvsAroundAMaxPool) {
   EXPECT_EQ(op_types(untouched), op_types(before));
 }
 
+TEST(ConvFusionPasses, ImageStemChannelsArePaddedToEight) {
+  // A 3-channel 7x7 stem (ResNet's) in float16: channels-last with its input padded to 8 channels by a Pad
+  // of zeros on the NHWC input and its weights [16, 7, 7, 8] zero past channel 3.
+  onnx::ModelProto p = testing::new_model();
+  auto* g = p.mutable_graph();
+  testing::set_type(g->add_input(), "x", 1, {"2", "3", "12", "12"});
+  testing::set_type(g->add_output(), "y", 1, {});
+  add_conv(g, "stem", "x", "s", 3, 16, 7);
+  testing::add_node(g, "Relu", {"s"}, {"y"}, "relu");
+  ir::Model m = import(p);
+  ASSERT_TRUE(passes::lower_precision(m, DType::kFloat16, [](const ir::Node&) { return true; }).ok());
+  ir::Model before = m;
+  int fused = 0, converted = 0;
+  ASSERT_TRUE(passes::fuse_conv_activation(m, &fused).ok());
+  auto eligible = [&m](const ir::Node& n) { return passes::conv_suits_channels_last(m.graph, n); };
+  ASSERT_TRUE(passes::convert_conv_layout(m, eligible, &converted).ok());
+  EXPECT_EQ(converted, 1);
+  EXPECT_EQ(op_types(m), (std::vector<std::string>{"Cast", "Transpose", "Pad", "FusedConv", "Transpose", "Cast"}));
+  const ir::Node& conv = *find_node(m, "stem + relu");
+  EXPECT_EQ(m.graph.type_of(conv.inputs[0])->to_string(), "float16[2,12,12,8]");
+  const Tensor& w = m.graph.initializers.at(conv.inputs[1]);
+  EXPECT_EQ(w.shape(), (Shape{16, 7, 7, 8}));
+  expect_same_outputs(before, m, 2e-2f);
+
+  // Grouped convs with few channels, and 12 channels, are not padded (nor converted).
+  onnx::ModelProto q = testing::new_model();
+  auto* h = q.mutable_graph();
+  testing::set_type(h->add_input(), "x", 1, {"1", "12", "5", "5"});
+  testing::set_type(h->add_output(), "y", 1, {});
+  add_conv(h, "conv", "x", "y", 12, 8, 3);
+  ir::Model twelve = import(q);
+  ASSERT_TRUE(passes::lower_precision(twelve, DType::kFloat16, [](const ir::Node&) { return true; }).ok());
+  EXPECT_FALSE(passes::conv_suits_channels_last(twelve.graph, *find_node(twelve, "conv")));
+}
+
 TEST(ConvFusionPasses, HalfPrecisionBottleneckGoesChannelsLast) {
   // As the builder runs them for --fp16 on a GPU: lowered first, then fused, then converted.
   ir::Model m = import(bottleneck());

@@ -66,7 +66,9 @@ Status fuse_conv_activation(ir::Model& model, int* fused = nullptr);
 Status convert_conv_layout(ir::Model& model, const std::function<bool(const ir::Node&)>& eligible,
                            int* converted = nullptr);
 // Whether a conv's data suits cuDNN's channels-last tensor-core kernels: float16 or bfloat16 input, weights
-// an initializer, input and output channels multiples of 8. (The builder adds: the target is CUDA.)
+// an initializer, output channels a multiple of 8, input channels too or, ungrouped, fewer than 8 (then
+// convert_conv_layout pads them to 8: zero weights and a Pad of the NHWC input). (The builder adds: the
+// target is CUDA.)
 bool conv_suits_channels_last(const ir::Graph& g, const ir::Node& n);
 
 // [Add(X, Mask) ->] Softmax(axis = last, opset >= 13) [-> IsNaN -> Where(isnan, 0, P)] becomes one

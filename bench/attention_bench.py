@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""Kernel benchmark of Kiln's fused attention (kiln.FusedAttention, src/backends/cuda/attention.cu) on the GPU
+machine, against PyTorch's scaled_dot_product_attention (its FlashAttention backend) in the same run.
+
+For each (batch, heads, sequence, head dim) it writes a one-attention ONNX model in float16 (Q, K, V inputs
+[B, H, S, D]; MatMul(Q, K^T) -> Mul(scale) -> Softmax -> MatMul(., V), the pattern the optimizer's
+fuse_attention turns into one node), runs `kiln bench --fp16 --no-data-transfers` on it, and reports the
+median GPU time and TFLOP/s = 4 * B * H * S^2 * D / time (the two matrix products; the softmax not counted,
+as FlashAttention's papers count). The engine's layer list is checked to hold one FusedAttention layer.
+
+    python3 bench/attention_bench.py --kiln build-gpu/kiln --out OUT_DIR
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+CONFIGS = [  # (batch, heads, seq, head_dim)
+    (8, 16, 2048, 128),  # the issue's target: sequence 2048, head dim 128 (16k tokens, FlashAttention's setting)
+    (2, 16, 8192, 128),
+    (16, 16, 1024, 64),
+    (128, 12, 128, 64),  # BERT-base at batch 128
+    (1, 12, 128, 64),    # BERT-base at batch 1
+]
+
+
+def attention_model(path, b, h, s, d):
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    shape = [b, h, s, d]
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT16, shape) for n in ("q", "k", "v")]
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT16, shape)
+    scale = numpy_helper.from_array(np.array(1.0 / d ** 0.5, dtype=np.float16), "scale")
+    nodes = [
+        helper.make_node("Transpose", ["k"], ["kt"], name="k_transpose", perm=[0, 1, 3, 2]),
+        helper.make_node("MatMul", ["q", "kt"], ["s"], name="qk"),
+        helper.make_node("Mul", ["s", "scale"], ["ss"], name="scale"),
+        helper.make_node("Softmax", ["ss"], ["p"], name="softmax", axis=-1),
+        helper.make_node("MatMul", ["p", "v"], ["y"], name="pv"),
+    ]
+    g = helper.make_graph(nodes, "attention", inputs, [out], [scale])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+
+
+def torch_sdpa_ms(b, h, s, d):
+    try:
+        import torch
+        import torch.nn.functional as F
+        q, k, v = (torch.randn(b, h, s, d, device="cuda", dtype=torch.half) for _ in range(3))
+        ms = []
+        for _ in range(5):
+            F.scaled_dot_product_attention(q, k, v)
+        for _ in range(20):
+            a, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            F.scaled_dot_product_attention(q, k, v)
+            e.record()
+            torch.cuda.synchronize()
+            ms.append(a.elapsed_time(e))
+        ms.sort()
+        return ms[len(ms) // 2]
+    except Exception as ex:  # noqa: BLE001 - the peer is optional; say why it is missing
+        return str(ex)[:200]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--kiln", required=True)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    rows = []
+    for b, h, s, d in CONFIGS:
+        path = os.path.join(args.out, f"attention_b{b}_h{h}_s{s}_d{d}.onnx")
+        attention_model(path, b, h, s, d)
+        flops = 4.0 * b * h * s * s * d
+        jpath = path.replace(".onnx", ".json")
+        engine = path.replace(".onnx", ".kiln")
+        build = subprocess.run([args.kiln, "build", path, "--fp16", "-o", engine], capture_output=True, text=True,
+                               timeout=300)
+        cmd = [args.kiln, "bench", engine if build.returncode == 0 else path, "--fp16", "--no-data-transfers", "--iterations", "50", "--duration", "1",
+               "--json", jpath]
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        row = {"batch": b, "heads": h, "seq": s, "head_dim": d, "cmd": " ".join(cmd), "rc": p.returncode}
+        if p.returncode == 0:
+            j = json.load(open(jpath))
+            ms = j["gpu_compute_ms"]["median"]
+            row.update(kiln_ms=ms, kiln_tflops=flops / ms / 1e9)
+        else:
+            row["stderr"] = p.stderr[-800:]
+        insp = subprocess.run([args.kiln, "inspect", engine], capture_output=True, text=True, timeout=300)
+        row["layers"] = [l.strip() for l in insp.stdout.splitlines() if l.strip().startswith("#")]
+        t = torch_sdpa_ms(b, h, s, d)
+        if isinstance(t, float):
+            row.update(torch_sdpa_ms=t, torch_sdpa_tflops=flops / t / 1e9)
+        else:
+            row["torch_error"] = t
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        for f in (path, engine):
+            if os.path.exists(f):
+                os.remove(f)
+    res = {"date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": rows}
+    json.dump(res, open(os.path.join(args.out, "attention_bench.json"), "w"), indent=2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
