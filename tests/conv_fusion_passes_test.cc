@@ -414,6 +414,63 @@ TEST(ConvFusionPasses, HalfPrecisionBottleneckGoesChannelsLast) {
   EXPECT_FALSE(passes::conv_suits_channels_last(narrow.graph, *find_node(narrow, "conv")));
 }
 
+TEST(ConvFusionPasses, HalfPrecisionPoolsStayChannelsLast) {
+  // ResNet's ends in small: a 3-channel stem + Relu, its MaxPool, a conv, then GlobalAveragePool and
+  // Flatten before the classifier. In float16 the pools become kiln.ChannelsLastPool, so the activations
+  // stay NHWC from the stem to the global pool, with no Transpose on the way.
+  onnx::ModelProto p = testing::new_model();
+  auto* g = p.mutable_graph();
+  testing::set_type(g->add_input(), "x", 1, {"2", "3", "12", "12"});
+  testing::set_type(g->add_output(), "y", 1, {});
+  add_conv(g, "stem", "x", "s", 3, 16, 7);
+  testing::add_node(g, "Relu", {"s"}, {"r"}, "relu");
+  auto* pool = testing::add_node(g, "MaxPool", {"r"}, {"pooled"}, "pool");
+  set_ints(pool, "kernel_shape", {3, 3});
+  set_ints(pool, "strides", {2, 2});
+  set_ints(pool, "pads", {1, 1, 1, 1});
+  add_conv(g, "conv", "pooled", "c", 16, 16, 3);
+  testing::add_node(g, "GlobalAveragePool", {"c"}, {"gap"}, "gap");
+  testing::add_node(g, "Flatten", {"gap"}, {"y"}, "flatten");
+  ir::Model m = import(p);
+  ASSERT_TRUE(passes::lower_precision(m, DType::kFloat16, [](const ir::Node&) { return true; }).ok());
+  ir::Model before = m;
+  int fused = 0, converted = 0, removed = 0;
+  ASSERT_TRUE(passes::fuse_conv_activation(m, &fused).ok());
+  auto eligible = [&m](const ir::Node& n) { return passes::conv_suits_channels_last(m.graph, n); };
+  ASSERT_TRUE(passes::convert_conv_layout(m, eligible, &converted).ok());
+  EXPECT_EQ(converted, 2);
+  // As the builder does next: the stem's Transpose back, which the pool no longer reads, goes.
+  ASSERT_TRUE(passes::eliminate_dead_nodes(m, &removed).ok());
+  ASSERT_TRUE(passes::infer_shapes(m).ok());
+  EXPECT_EQ(op_types(m), (std::vector<std::string>{"Cast", "Transpose", "Pad", "FusedConv", "ChannelsLastPool",
+                                                   "FusedConv", "ChannelsLastPool", "Transpose", "Flatten", "Cast"}));
+  const ir::Node* max = find_node(m, "pool");
+  ASSERT_NE(max, nullptr);
+  EXPECT_EQ(max->domain, "kiln");
+  EXPECT_EQ(attr_s(*max, "mode"), "max");
+  EXPECT_EQ(max->attr("pads")->ints, (std::vector<int64_t>{1, 1, 1, 1}));
+  EXPECT_EQ(max->inputs[0], find_node(m, "stem + relu")->outputs[0]);
+  EXPECT_EQ(m.graph.type_of(max->outputs[0])->to_string(), "float16[2,6,6,16]");
+  const ir::Node* gap = find_node(m, "gap");
+  ASSERT_NE(gap, nullptr);
+  EXPECT_EQ(attr_s(*gap, "mode"), "global_average");
+  EXPECT_EQ(gap->inputs[0], find_node(m, "conv")->outputs[0]);
+  EXPECT_EQ(m.graph.type_of(gap->outputs[0])->to_string(), "float16[2,1,1,16]");
+  // The Transpose back writes the name the Flatten reads.
+  const ir::Node* back = &m.graph.nodes[7];
+  EXPECT_EQ(back->inputs[0], gap->outputs[0]);
+  EXPECT_EQ(back->outputs[0], find_node(m, "flatten")->inputs[0]);
+  EXPECT_EQ(m.graph.type_of(back->outputs[0])->to_string(), "float16[2,16,1,1]");
+  expect_same_outputs(before, m, 2e-2f);
+
+  // In float32 (as in PlainAndGroupedConvsAroundAMaxPool) the pools stay ONNX pools.
+  ir::Model fp32 = import(p);
+  ASSERT_TRUE(passes::convert_conv_layout(fp32, [](const ir::Node&) { return true; }, &converted).ok());
+  EXPECT_EQ(count_op(fp32, "ChannelsLastPool"), 0);
+  EXPECT_EQ(count_op(fp32, "MaxPool"), 1);
+  EXPECT_EQ(count_op(fp32, "GlobalAveragePool"), 1);
+}
+
 TEST(ConvFusionPasses, WeightsThatDoNotFitAreAnError) {
   onnx::ModelProto p = testing::new_model();
   auto* g = p.mutable_graph();

@@ -8,6 +8,10 @@
 // cuDNN falls back to a generic one (ResNet-50's 7x7 stem took 29% of the batch-256 time that way). Its
 // channels are padded to 8: zero weights for the extra channels, made here, and a Pad of zeros on the NHWC
 // input's last axis, so the products of the extra channels add nothing.
+//
+// Pools between the convs (ResNet's MaxPool after the stem, its GlobalAveragePool before the classifier)
+// would transpose back and forth around them: a half-precision 2-D pool that reads a Transpose to NCHW
+// becomes kiln.ChannelsLastPool of the NHWC value, its output put back through a Transpose like a conv's.
 #include <cstring>
 #include <map>
 #include <set>
@@ -141,7 +145,70 @@ class LayoutConverter {
     return converted;
   }
 
+  // Makes each pool that reads an NCHW view of an NHWC value (the output of a Transpose [0,3,1,2]) a
+  // kiln.ChannelsLastPool of that NHWC value, in the conv conversion's shape: its output goes back to the
+  // original name through a Transpose [0,3,1,2], which the next conv's Transpose to NHWC cancels. Only half
+  // types, as for the convs: the tensor-core convolutions are what keep the activations in NHWC. Returns how
+  // many; the Transposes they no longer read are left for eliminate_dead_nodes.
+  int convert_pools() {
+    std::map<std::string, std::string> nhwc_of;  // an NCHW view -> the NHWC value it transposes
+    std::vector<ir::Node> back;                  // the Transposes back, in the order of their pools
+    int converted = 0;
+    for (ir::Node& n : g_.nodes) {
+      if (n.domain.empty() && n.op_type == "Transpose" && n.inputs.size() == 1 && n.outputs.size() == 1 &&
+          perm_of(n, 4) == kToNchw)
+        nhwc_of[n.outputs[0]] = n.inputs[0];
+      const char* mode = pool_mode(n);
+      if (mode == nullptr) continue;
+      auto source = nhwc_of.find(n.inputs[0]);
+      const ir::TypeInfo* x = g_.type_of(n.inputs[0]);
+      const ir::TypeInfo* y = g_.type_of(n.outputs[0]);
+      if (source == nhwc_of.end() || !rank4(x) || !rank4(y) ||
+          (x->dtype != DType::kFloat16 && x->dtype != DType::kBFloat16))
+        continue;
+      n.domain = "kiln";
+      n.op_type = "ChannelsLastPool";
+      n.attributes.erase("storage_order");  // of the Indices output, which is not there
+      n.attributes["mode"].type = ir::Attribute::Type::kString;
+      n.attributes["mode"].s = mode;
+      n.inputs[0] = source->second;
+      const std::string nchw = n.outputs[0];
+      const std::string nhwc = fresh(nchw + "__nhwc");
+      g_.value_types[nhwc] = permuted(*y, kToNhwc);
+      n.outputs = {nhwc};
+      back.push_back(transpose(nchw + "__to_nchw", nhwc, nchw, kToNchw, n.index));
+      nhwc_of[nchw] = nhwc;  // a pool of this pool stays in NHWC too
+      ++converted;
+    }
+    if (converted == 0) return 0;
+    // Each Transpose back goes right after its pool.
+    std::vector<ir::Node> out;
+    out.reserve(g_.nodes.size() + back.size());
+    size_t next = 0;
+    for (ir::Node& n : g_.nodes) {
+      const bool pool = next < back.size() && n.outputs.size() == 1 && back[next].inputs[0] == n.outputs[0];
+      out.push_back(std::move(n));
+      if (pool) out.push_back(std::move(back[next++]));
+    }
+    g_.nodes = std::move(out);
+    return converted;
+  }
+
  private:
+  // The ChannelsLastPool mode of a 2-D ONNX pool this pass converts; nullptr for any other node (a MaxPool
+  // whose Indices are used among them).
+  static const char* pool_mode(const ir::Node& n) {
+    if (!n.domain.empty() || n.inputs.size() != 1 || n.outputs.empty() || n.outputs[0].empty()) return nullptr;
+    if (n.op_type == "GlobalAveragePool" || n.op_type == "GlobalMaxPool")
+      return n.outputs.size() == 1 ? (n.op_type == "GlobalMaxPool" ? "global_max" : "global_average") : nullptr;
+    const bool max = n.op_type == "MaxPool";
+    if (!max && n.op_type != "AveragePool") return nullptr;
+    if (n.outputs.size() > 2 || (n.outputs.size() == 2 && !n.outputs[1].empty())) return nullptr;
+    const ir::Attribute* kernel = n.attr("kernel_shape");
+    if (kernel == nullptr || kernel->ints.size() != 2) return nullptr;
+    return max ? "max" : "average";
+  }
+
   std::string fresh(const std::string& base) {
     std::string name = base;
     for (int i = 1; names_.count(name); ++i) name = base + "_" + std::to_string(i);
@@ -294,9 +361,10 @@ bool conv_suits_channels_last(const ir::Graph& g, const ir::Node& n) {
 }
 
 Status convert_conv_layout(ir::Model& model, const std::function<bool(const ir::Node&)>& eligible, int* converted) {
-  KILN_ASSIGN_OR_RETURN(int n, LayoutConverter(model.graph, model.default_opset()).convert(eligible));
+  LayoutConverter converter(model.graph, model.default_opset());
+  KILN_ASSIGN_OR_RETURN(int n, converter.convert(eligible));
   if (converted) *converted = n;
-  if (n == 0) return OkStatus();
+  if (n + converter.convert_pools() == 0) return OkStatus();
   model.opsets["kiln"] = 1;
   cancel_transpose_pairs(model.graph);
   return OkStatus();

@@ -329,6 +329,13 @@ class Inferrer {
     if (n.op_type == "MaskedSoftmax") return set(n, 0, *x);  // the mask broadcasts to X without growing it
     if (n.op_type == "FusedMatMul" && x->has_shape) return infer_matmul(n, *x);  // the bias keeps MatMul's shape
     if (n.op_type == "FusedConv" && x->has_shape) return infer_window(n, *x);  // B, Z and the activation keep Conv's shape
+    if (n.op_type == "ChannelsLastPool" && x->has_shape && x->dims.size() == 4) {  // the ONNX pool's rule, in NHWC
+      const ir::Attribute* mode = n.attr("mode");
+      if (mode == nullptr || (mode->s != "global_average" && mode->s != "global_max")) return infer_window(n, *x);
+      TypeInfo y = *x;
+      y.dims[1] = y.dims[2] = Dim::of(1);
+      return set(n, 0, y);
+    }
     if (n.op_type == "FusedAttention") {  // Y is Q with V's head size, in either layout
       if (x->has_shape && x->dims.size() != 4) return;
       const TypeInfo* v = n.inputs.size() > 2 ? type(n.inputs[2]) : nullptr;
@@ -370,8 +377,9 @@ class Inferrer {
     if (rank < 3) return;
     int64_t spatial = rank - 2;
     std::vector<int64_t> kernel = iattrs(n, "kernel_shape");
-    // kiln.FusedConv with channels_last = 1: X [N, D..., C], W [M, k..., C/group], Y [N, O..., M].
-    const bool last = n.op_type == "FusedConv" && iattr(n, "channels_last", 0) == 1;
+    // kiln.FusedConv with channels_last = 1: X [N, D..., C], W [M, k..., C/group], Y [N, O..., M]; and
+    // kiln.ChannelsLastPool: X [N, D..., C], Y [N, O..., C].
+    const bool last = (n.op_type == "FusedConv" && iattr(n, "channels_last", 0) == 1) || n.op_type == "ChannelsLastPool";
     const int64_t first = last ? 1 : 2;  // the first spatial axis of X and W
     Dim channels = last ? d[rank - 1] : d[1];
     if (n.op_type == "Conv" || n.op_type == "FusedConv") {

@@ -60,9 +60,12 @@ Status fuse_conv_activation(ir::Model& model, int* fused = nullptr);
 // initializer, a kiln.FusedConv with channels_last = 1: its weights transposed now to a new initializer
 // [M, kH, kW, C/group], its X and Z read through Transpose [0,2,3,1] and its output put back through
 // Transpose [0,3,1,2], so the graph computes the same. Then transposes that undo one another are
-// bypassed and dropped, so no transpose is left between consecutive channels-last convs. The old weights
-// stay for eliminate_dead_nodes. The number of converted convs goes to *converted. `eligible` is asked
-// about every conv before the graph changes.
+// bypassed and dropped, so no transpose is left between consecutive channels-last convs. Before that, each
+// float16/bfloat16 2-D MaxPool (Indices unused), AveragePool, GlobalAveragePool and GlobalMaxPool reading a
+// Transpose [0,3,1,2] becomes a kiln.ChannelsLastPool of that Transpose's NHWC input, put back through a
+// Transpose [0,3,1,2] too. The old weights, and Transposes no longer read, stay for eliminate_dead_nodes.
+// The number of converted convs goes to *converted. `eligible` is asked about every conv before the graph
+// changes.
 Status convert_conv_layout(ir::Model& model, const std::function<bool(const ir::Node&)>& eligible,
                            int* converted = nullptr);
 // Whether a conv's data suits cuDNN's channels-last tensor-core kernels: float16 or bfloat16 input, weights

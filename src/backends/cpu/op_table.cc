@@ -16,6 +16,7 @@ void register_generator_ops(ir::OpRegistry& r);
 void register_conv_ops(ir::OpRegistry& r);
 void register_fused_conv_ops(ir::OpRegistry& r);
 void register_pool_ops(ir::OpRegistry& r);
+void register_channels_last_pool_ops(ir::OpRegistry& r);
 void register_normalization_ops(ir::OpRegistry& r);
 void register_softmax_ops(ir::OpRegistry& r);
 void register_matmul_ops(ir::OpRegistry& r);
@@ -58,6 +59,7 @@ void register_all_ops(OpRegistry& r) {
       {"conv", cpu::register_conv_ops},
       {"fused_conv", cpu::register_fused_conv_ops},
       {"pool", cpu::register_pool_ops},
+      {"channels_last_pool", cpu::register_channels_last_pool_ops},
       {"normalization", cpu::register_normalization_ops},
       {"softmax", cpu::register_softmax_ops},
       {"matmul", cpu::register_matmul_ops},

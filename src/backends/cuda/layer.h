@@ -149,6 +149,7 @@ void register_fused_attention_layers(LayerTable& table);  // masked_softmax.cu: 
 void register_attention_layers(LayerTable& table);  // attention.cu: kiln.FusedAttention (FlashAttention-2 style)
 void register_reduce_layers(LayerTable& table);  // reduce.cu: the Reduce ops, ArgMax, ArgMin, CumSum, TopK
 void register_pool_layers(LayerTable& table);  // pool.cu: MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool
+void register_channels_last_pool_layers(LayerTable& table);  // channels_last_pool.cu: kiln.ChannelsLastPool
 void register_resize_layers(LayerTable& table);  // resize.cu: Resize
 void register_pad_layers(LayerTable& table);  // pad.cu: Pad
 void register_shape_layers(LayerTable& table);  // shape_ops.cu: Reshape, Flatten, Squeeze, Unsqueeze, Identity (views), Transpose, Expand, Tile
