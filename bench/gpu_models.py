@@ -41,10 +41,19 @@ def torch_peers(model, inputs, do_compile, compile_mode):
     """PyTorch eager, CUDA graph and torch.compile median latencies (ms) and peak activation bytes."""
     res = {}
     with torch.inference_mode():
-        weights = torch.cuda.memory_allocated()
+        # Activation memory as Kiln counts its own (arena + library scratch): PyTorch's peak minus the bytes of
+        # the model's parameters and buffers and of the inputs, so that the cuBLAS/cuDNN workspaces PyTorch
+        # allocates through its caching allocator count too. Also the peak above what was allocated before the
+        # run (the old figure: workspaces made by an earlier run, such as the float32 reference, excluded).
+        own = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+        own += sum(t.numel() * t.element_size() for t in inputs)
+        before = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
         res["eager_ms"] = median_ms(lambda: model(*inputs))
-        res["activation_bytes_peak"] = torch.cuda.max_memory_allocated() - weights
+        peak = torch.cuda.max_memory_allocated()
+        res["activation_bytes_peak"] = peak - own
+        res["activation_bytes_peak_above_allocated"] = peak - before
+        res["allocated_before_run_beyond_weights_and_inputs"] = before - own
         # CUDA graph: capture one forward pass on static inputs and replay it.
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
@@ -87,6 +96,8 @@ def kiln_bench(kiln, onnx_path, shapes, cuda_graph, out_json, extra=()):
         r["median_ms"] = j["gpu_compute_ms"]["median"] if "gpu_compute_ms" in j else j["latency_ms"]["median"]
         r["latency_median_ms"] = j["latency_ms"]["median"]
         r["activation_bytes"] = j.get("activation_bytes")
+        r["arena_bytes"] = j.get("arena_bytes")
+        r["workspace_bytes"] = j.get("workspace_bytes")
         prof = p.stdout[p.stdout.find("profile ("):] if "profile (" in p.stdout else ""
         if prof:
             r["profile_top"] = prof.splitlines()[:12]

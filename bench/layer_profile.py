@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 
@@ -53,8 +54,10 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     onnx_path, shapes = export_model(args.model, args.out)
     engine = os.path.join(args.out, f"{args.model}_b{args.batch}.kiln")
+    t0 = time.time()
     b = subprocess.run([args.kiln, "build", onnx_path, "--fp16", "--shapes", shapes(args.batch), "-o", engine],
                        capture_output=True, text=True, timeout=400)
+    build_s = time.time() - t0
     if b.returncode != 0:
         print(b.stderr[-2000:])
         return 1
@@ -75,11 +78,11 @@ def main():
     for l in layers:
         i = info.get(l["layer"], {})
         rows.append({"layer": l["layer"], "op": l["op_type"], "ms": l["ms"], "tactic": i.get("tactic"), "out": i.get("out")})
-    result = {"model": args.model, "batch": args.batch, "total_ms": total,
+    result = {"model": args.model, "batch": args.batch, "total_ms": total, "build_s": round(build_s, 1),
               "gpu_compute_median_ms": prof.get("gpu_compute_ms", {}).get("median"), "layers": rows}
     json.dump(result, open(os.path.join(args.out, f"profile_{args.model}_b{args.batch}.json"), "w"), indent=1)
     print(f"{args.model} batch {args.batch}: {total:.3f} ms over {len(rows)} layers (median GPU time of the "
-          f"unprofiled runs {result['gpu_compute_median_ms']})")
+          f"unprofiled runs {result['gpu_compute_median_ms']}); built in {build_s:.1f} s, empty timing cache")
     for r in sorted(rows, key=lambda r: -r["ms"])[:args.top]:
         print(f"{r['ms']:8.4f} ms {100 * r['ms'] / total:5.1f}%  {r['op']:<18} {str(r['tactic']):<26} {r['out']}  {r['layer'][:60]}")
     os.remove(engine)

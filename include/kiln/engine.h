@@ -93,8 +93,12 @@ class ExecutionContext {
   };
   void set_profiling(bool on);
   std::vector<LayerTime> last_layer_times() const;
-  // GPU engines: the bytes of this context's activation arena (after the first run), else 0.
+  // GPU engines: the device memory this context needs beyond the engine's weights and its I/O (after the
+  // first run), else 0: activation_bytes() = its activation arena + the layers' shared scratch workspace
+  // (cuBLASLt split-K and cuDNN algorithms' scratch), each also on its own.
   size_t activation_bytes() const;
+  size_t arena_bytes() const;
+  size_t workspace_bytes() const;
 
   // After execute(): an output's shape (or an input's, as set).
   Shape tensor_shape(const std::string& name) const;

@@ -383,9 +383,18 @@ Status ExecutionContext::execute_compute_only() {
   return InvalidArgument("execute_compute_only: run the context once first (a GPU engine only)");
 }
 
-size_t ExecutionContext::activation_bytes() const {
+size_t ExecutionContext::activation_bytes() const { return arena_bytes() + workspace_bytes(); }
+
+size_t ExecutionContext::arena_bytes() const {
 #ifdef KILN_HAVE_CUDA
-  if (device_->program) return device_->program->activation_bytes() + device_->program->workspace_bytes();
+  if (device_->program) return device_->program->activation_bytes();
+#endif
+  return 0;
+}
+
+size_t ExecutionContext::workspace_bytes() const {
+#ifdef KILN_HAVE_CUDA
+  if (device_->program) return device_->program->workspace_bytes();
 #endif
   return 0;
 }

@@ -171,7 +171,8 @@ int run_bench(const BenchOptions& o) {
             {"throughput_qps", qps},
             {"latency_ms", stats(lat)},
             {"enqueue_ms", stats(enq)},
-            {"activation_bytes", contexts[0]->activation_bytes()}};
+            {"activation_bytes", contexts[0]->activation_bytes()},
+            {"arena_bytes", contexts[0]->arena_bytes()}, {"workspace_bytes", contexts[0]->workspace_bytes()}};
   if (gpu) {
     j["h2d_ms"] = stats(h2d);
     j["gpu_compute_ms"] = stats(comp);
