@@ -389,5 +389,25 @@ TEST(EliminateCommonSubexpressions, BuildRunsItFromOptLevelOne) {
   }
 }
 
+// A --layer-precision pin names a layer: that layer keeps its identity (it is not merged into its twin),
+// so the pin is honored and the build does not fail with "no layer named".
+TEST(EliminateCommonSubexpressions, PinnedLayersAreNotMergedAway) {
+  Builder b;
+  bert_mask_layers(b, 3);
+  ASSERT_TRUE(passes::infer_shapes(b.m).ok());
+  int merged = 0;
+  ASSERT_TRUE(passes::eliminate_common_subexpressions(b.m, &merged, {"where1"}).ok());
+  EXPECT_EQ(count_op(b.m, "Where"), 2);  // where0 and where2 merged; where1 stays
+  Logger quiet(Severity::kError);
+  Builder c;
+  bert_mask_layers(c, 3);
+  engine::BuildSettings settings;
+  settings.device = "cpu";
+  settings.layer_precisions["where2"] = "fp32";
+  auto plan = builder::build_plan(c.m, settings, quiet);
+  ASSERT_TRUE(plan.ok()) << plan.status().to_string();
+  EXPECT_EQ(count_op(plan->model, "Where"), 2);
+}
+
 }  // namespace
 }  // namespace kiln::testing

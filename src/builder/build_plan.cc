@@ -99,7 +99,9 @@ Result<engine::Plan> build_plan(const ir::Model& model, const engine::BuildSetti
   if (settings.opt_level > 0) {
     int folded = 0, merged = 0, noops = 0, removed = 0;
     KILN_RETURN_IF_ERROR(passes::fold_constants_to_fixpoint(m, &folded));
-    KILN_RETURN_IF_ERROR(passes::eliminate_common_subexpressions(m, &merged));  // folded constants compare too
+    std::set<std::string> pinned;  // pinned layers keep their identity (their pin is honored)
+    for (const auto& [name, p] : settings.layer_precisions) pinned.insert(name);
+    KILN_RETURN_IF_ERROR(passes::eliminate_common_subexpressions(m, &merged, pinned));  // folded constants compare too
     KILN_RETURN_IF_ERROR(passes::remove_noops(m, &noops));
     KILN_RETURN_IF_ERROR(passes::eliminate_dead_nodes(m, &removed));
     logger.log(Severity::kInfo, "optimizer: folded " + std::to_string(folded) + " constant nodes, merged " +

@@ -199,7 +199,7 @@ void rename_outer_reads(std::shared_ptr<ir::Graph>& g, const Renames& renames, s
 
 }  // namespace
 
-Status eliminate_common_subexpressions(ir::Model& model, int* merged) {
+Status eliminate_common_subexpressions(ir::Model& model, int* merged, const std::set<std::string>& keep) {
   ir::Graph& g = model.graph;
   // A graph output's name must survive (a duplicate that produces one stays), and an initializer that is also
   // a graph input is a default the caller may override, not a constant.
@@ -267,7 +267,7 @@ Status eliminate_common_subexpressions(ir::Model& model, int* merged) {
       kept.push_back(std::move(n));
       continue;
     }
-    if (n.outputs.empty() || !mergeable(n)) {
+    if (n.outputs.empty() || !mergeable(n) || keep.count(n.name)) {
       kept.push_back(std::move(n));
       continue;
     }

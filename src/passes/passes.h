@@ -27,9 +27,11 @@ Status remove_noops(ir::Model& model, int* removed = nullptr);
 // Merges nodes that compute the same (same domain, op, attributes by value, subgraphs included, inputs and
 // output count) into the first, its readers (and subgraphs' reads) reading the first one's outputs, and
 // equal constants (initializers that are not graph inputs, Constant nodes: dtype, shape, bytes) into one.
-// Random ops and ops Kiln does not know stay; a duplicate that produces a graph output stays. The number of
-// nodes and initializers merged away goes to *merged.
-Status eliminate_common_subexpressions(ir::Model& model, int* merged = nullptr);
+// Random ops and ops Kiln does not know stay; a duplicate that produces a graph output stays, and so does
+// one named in `keep` (the layers a --layer-precision pin names: a pin is always honored, so its layer must
+// not vanish into another). The number of nodes and initializers merged away goes to *merged.
+Status eliminate_common_subexpressions(ir::Model& model, int* merged = nullptr,
+                                       const std::set<std::string>& keep = {});
 // Removes nodes whose outputs nothing uses, and initializers nothing reads.
 Status eliminate_dead_nodes(ir::Model& model, int* removed = nullptr);
 
