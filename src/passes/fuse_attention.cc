@@ -28,30 +28,6 @@ constexpr int64_t kMaxHeadSize = 256;
 
 bool is_onnx(const ir::Node& n, const char* op) { return n.domain.empty() && n.op_type == op; }
 
-const ir::TypeInfo* tensor_info(const ir::Graph& g, const std::string& name) {
-  const ir::TypeInfo* t = g.type_of(name);
-  return t != nullptr && t->kind == ir::TypeInfo::Kind::kTensor ? t : nullptr;
-}
-
-// A value's dims when its rank is known (an initializer's are all known).
-bool dims_of(const ir::Graph& g, const std::string& name, std::vector<ir::Dim>* out) {
-  if (auto it = g.initializers.find(name); it != g.initializers.end()) {
-    out->clear();
-    for (int64_t d : it->second.shape()) out->push_back(ir::Dim::of(d));
-    return true;
-  }
-  const ir::TypeInfo* t = tensor_info(g, name);
-  if (t == nullptr || !t->has_shape) return false;
-  *out = t->dims;
-  return true;
-}
-
-DType dtype_of(const ir::Graph& g, const std::string& name) {
-  if (auto it = g.initializers.find(name); it != g.initializers.end()) return it->second.dtype();
-  const ir::TypeInfo* t = tensor_info(g, name);
-  return t != nullptr ? t->dtype : DType::kUndefined;
-}
-
 // Two dims known to be equal: the same value, or the same symbol.
 bool same_dim(const ir::Dim& a, const ir::Dim& b) {
   return a.known() ? b.known() && a.value == b.value : !b.known() && !a.symbol.empty() && a.symbol == b.symbol;
@@ -67,19 +43,9 @@ const std::vector<int64_t> kHeadsFirst{0, 2, 1, 3};  // [B,S,H,D] <-> [B,H,S,D]
 const std::vector<int64_t> kKeysT{0, 2, 3, 1};       // [B,S,H,D] -> [B,H,D,S]
 const std::vector<int64_t> kLastTwo{0, 1, 3, 2};     // [B,H,S,D] -> [B,H,D,S]
 
-// Whether `mask`, of static shape, broadcasts to the scores `s` [B,H,Sq,Sk] without growing them (a
-// symbolic dim of s matches only a 1), in the scores' dtype where both are known.
+// Whether `mask` broadcasts into the 4-D scores `s` [B,H,Sq,Sk] without growing them.
 bool mask_fits(const ir::Graph& g, const std::string& s, const std::string& mask) {
-  std::vector<ir::Dim> sd, md;
-  if (!dims_of(g, s, &sd) || !dims_of(g, mask, &md) || sd.size() != 4 || md.size() > 4) return false;
-  for (size_t i = 0; i < md.size(); ++i) {
-    const ir::Dim& m = md[i];
-    const ir::Dim& d = sd[4 - md.size() + i];
-    if (!m.known()) return false;
-    if (m.value != 1 && (!d.known() || d.value != m.value)) return false;
-  }
-  const DType st = dtype_of(g, s), mt = dtype_of(g, mask);
-  return st == DType::kUndefined || mt == DType::kUndefined || st == mt;
+  return known_rank(g, s) == 4 && mask_broadcasts_into(g, s, mask);
 }
 
 // One chain being matched: the nodes it absorbs and the product of the scalar factors it folds in.

@@ -18,41 +18,6 @@ namespace {
 
 bool is_onnx(const ir::Node& n, const char* op) { return n.domain.empty() && n.op_type == op; }
 
-// A value's dims when its rank is known (an initializer's are all known); false otherwise.
-bool dims_of(const ir::Graph& g, const std::string& name, std::vector<ir::Dim>* out) {
-  if (auto it = g.initializers.find(name); it != g.initializers.end()) {
-    out->clear();
-    for (int64_t d : it->second.shape()) out->push_back(ir::Dim::of(d));
-    return true;
-  }
-  const ir::TypeInfo* t = g.type_of(name);
-  if (t == nullptr || t->kind != ir::TypeInfo::Kind::kTensor || !t->has_shape) return false;
-  *out = t->dims;
-  return true;
-}
-
-DType dtype_of(const ir::Graph& g, const std::string& name) {
-  if (auto it = g.initializers.find(name); it != g.initializers.end()) return it->second.dtype();
-  const ir::TypeInfo* t = g.type_of(name);
-  return t != nullptr && t->kind == ir::TypeInfo::Kind::kTensor ? t->dtype : DType::kUndefined;
-}
-
-// Whether `mask`, whose shape is static, broadcasts against `x` leaving x's shape as it is: no more dims,
-// and each of its dims 1 or equal to x's (a symbolic dim of x matches only a 1).
-bool mask_fits(const ir::Graph& g, const std::string& x, const std::string& mask) {
-  std::vector<ir::Dim> xd, md;
-  if (!dims_of(g, x, &xd) || !dims_of(g, mask, &md) || md.size() > xd.size()) return false;
-  for (size_t i = 0; i < md.size(); ++i) {
-    const ir::Dim& m = md[i];
-    const ir::Dim& d = xd[xd.size() - md.size() + i];
-    if (!m.known()) return false;
-    if (m.value != 1 && (!d.known() || d.value != m.value)) return false;
-  }
-  // Add needs one dtype; where both are known they must agree (the op refuses otherwise).
-  const DType xt = dtype_of(g, x), mt = dtype_of(g, mask);
-  return xt == DType::kUndefined || mt == DType::kUndefined || xt == mt;
-}
-
 // Whether `name` is a constant of one element, exactly 0, that leaves an operand of rank `rank` (-1:
 // unknown) its shape when broadcast against it.
 bool is_zero_constant(const ir::Graph& g, const std::string& name, int64_t rank) {
@@ -98,7 +63,7 @@ Status fuse_masked_softmax(ir::Model& model, int* fused) {
       const ir::Node& add = g.nodes[it->second];
       if (is_onnx(add, "Add") && !absorbed[it->second] && add.inputs.size() == 2 && add.outputs.size() == 1) {
         for (int m = 1; m >= 0; --m)  // the mask second first: Add(scores, mask) is what torch writes
-          if (add.inputs[m] != add.inputs[1 - m] && mask_fits(g, add.inputs[1 - m], add.inputs[m])) {
+          if (add.inputs[m] != add.inputs[1 - m] && mask_broadcasts_into(g, add.inputs[1 - m], add.inputs[m])) {
             x = add.inputs[1 - m];
             mask = add.inputs[m];
             chain.push_back(it->second);

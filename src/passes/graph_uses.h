@@ -50,6 +50,42 @@ inline const Tensor* constant_value(const ir::Graph& g, const std::string& name)
   return nullptr;
 }
 
+// A value's dims when its rank is known (an initializer's are all known); false otherwise.
+inline bool dims_of(const ir::Graph& g, const std::string& name, std::vector<ir::Dim>* out) {
+  if (auto it = g.initializers.find(name); it != g.initializers.end()) {
+    out->clear();
+    for (int64_t d : it->second.shape()) out->push_back(ir::Dim::of(d));
+    return true;
+  }
+  const ir::TypeInfo* t = g.type_of(name);
+  if (t == nullptr || t->kind != ir::TypeInfo::Kind::kTensor || !t->has_shape) return false;
+  *out = t->dims;
+  return true;
+}
+
+// A value's element type, kUndefined when not known.
+inline DType dtype_of(const ir::Graph& g, const std::string& name) {
+  if (auto it = g.initializers.find(name); it != g.initializers.end()) return it->second.dtype();
+  const ir::TypeInfo* t = g.type_of(name);
+  return t != nullptr && t->kind == ir::TypeInfo::Kind::kTensor ? t->dtype : DType::kUndefined;
+}
+
+// Whether `mask`, whose shape is static, broadcasts against `x` leaving x's shape as it is: no more dims,
+// each of its dims 1 or equal to x's (a symbolic dim of x matches only a 1), and the same dtype where both
+// are known (an Add of the two needs one). The masks of attention scores.
+inline bool mask_broadcasts_into(const ir::Graph& g, const std::string& x, const std::string& mask) {
+  std::vector<ir::Dim> xd, md;
+  if (!dims_of(g, x, &xd) || !dims_of(g, mask, &md) || md.size() > xd.size()) return false;
+  for (size_t i = 0; i < md.size(); ++i) {
+    const ir::Dim& m = md[i];
+    const ir::Dim& d = xd[xd.size() - md.size() + i];
+    if (!m.known()) return false;
+    if (m.value != 1 && (!d.known() || d.value != m.value)) return false;
+  }
+  const DType xt = dtype_of(g, x), mt = dtype_of(g, mask);
+  return xt == DType::kUndefined || mt == DType::kUndefined || xt == mt;
+}
+
 // The rank of a value when known, else -1.
 inline int64_t known_rank(const ir::Graph& g, const std::string& name) {
   if (auto it = g.initializers.find(name); it != g.initializers.end()) return it->second.rank();
