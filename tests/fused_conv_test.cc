@@ -66,11 +66,39 @@ struct FusedCase {
   Attrs conv;  // Conv's attributes
   bool bias = false, residual = false, relu = false, channels_last = false;
   DType dtype = DType::kFloat32;
+  std::string activation = "";  // when set, instead of relu: one of FusedConv's activations, with act_attrs
+  Attrs act_attrs = {};         // activation_min / activation_max / activation_alpha
 };
+
+ir::Attribute float_attr(float v) {
+  ir::Attribute a;
+  a.type = ir::Attribute::Type::kFloat;
+  a.f = v;
+  return a;
+}
+
+Tensor scalar(float v) {
+  Tensor t(DType::kFloat32, {});
+  t.data<float>()[0] = v;
+  return t;
+}
+
+// The ONNX ops that the fused activation `name` replaces, applied to float32 `y`.
+Tensor unfused_activation(const Tensor& y, const std::string& name, const Attrs& a) {
+  auto f = [&](const char* attr, float dflt) {
+    auto it = a.find(attr);
+    return it == a.end() ? dflt : it->second.f;
+  };
+  if (name == "Clip")
+    return run_one("", "Clip", {Value(y), Value(scalar(f("activation_min", -INFINITY))), Value(scalar(f("activation_max", INFINITY)))});
+  if (name == "LeakyRelu") return run_one("", "LeakyRelu", {Value(y)}, {{"alpha", float_attr(f("activation_alpha", 0.01f))}});
+  if (name == "Silu") return run_one("", "Mul", {Value(y), Value(run_one("", "Sigmoid", {Value(y)}))});
+  return run_one("", name, {Value(y)});  // Relu, Sigmoid, HardSwish
+}
 
 void expect_fused_matches_unfused(const FusedCase& c) {
   SCOPED_TRACE("X " + shape_to_string(c.x) + " W " + shape_to_string(c.w) + (c.bias ? " +B" : "") +
-               (c.residual ? " +Z" : "") + (c.relu ? " Relu" : "") + (c.channels_last ? " NHWC " : " NCHW ") +
+               (c.residual ? " +Z" : "") + (c.relu ? " Relu" : "") + " " + c.activation + (c.channels_last ? " NHWC " : " NCHW ") +
                dtype_name(c.dtype));
   const Tensor x = random_tensor(c.x, c.dtype), w = random_tensor(c.w, c.dtype);
   const Tensor b = c.bias ? random_tensor({c.w[0]}, c.dtype) : Tensor();
@@ -83,10 +111,12 @@ void expect_fused_matches_unfused(const FusedCase& c) {
   const Tensor z = c.residual ? random_tensor(want.shape(), c.dtype) : Tensor();
   if (c.residual) want = run_one("", "Add", {Value(want), Value(widen_to_float32(z))});
   if (c.relu) want = run_one("", "Relu", {Value(want)});
+  if (!c.activation.empty()) want = unfused_activation(want, c.activation, c.act_attrs);
   if (c.dtype != DType::kFloat32) want = narrow_from_float32(want, c.dtype);
 
   Attrs attrs = c.conv;
-  attrs["activation"] = string_attr(c.relu ? "Relu" : "");
+  attrs["activation"] = string_attr(!c.activation.empty() ? c.activation : c.relu ? "Relu" : "");
+  for (const auto& [k, v] : c.act_attrs) attrs[k] = v;
   attrs["channels_last"] = int_attr(c.channels_last ? 1 : 0);
   auto layout = [&](const Tensor& t) { return c.channels_last ? transpose_channels(t, true) : t; };
   std::vector<Value> in = {Value(layout(x)), Value(layout(w)), c.bias ? Value(b) : Value(),
@@ -157,6 +187,38 @@ TEST(FusedConvOps, HalfTypesRoundOnce) {
   }
 }
 
+// Each activation (and Clip's and LeakyRelu's parameters) after conv + B [+ Z], both layouts, float32
+// and float16: what Clip, LeakyRelu, Sigmoid, Mul(y, Sigmoid(y)) and HardSwish compute on the unfused sum.
+TEST(FusedConvOps, Activations) {
+  const std::vector<std::pair<std::string, Attrs>> acts = {
+      {"Relu", {}},
+      {"Clip", {{"activation_min", float_attr(0.0f)}, {"activation_max", float_attr(0.5f)}}},  // ReLU6-like
+      {"Clip", {{"activation_min", float_attr(-0.25f)}, {"activation_max", float_attr(0.3f)}}},
+      {"Clip", {{"activation_max", float_attr(0.2f)}}},  // no lower bound
+      {"Clip", {{"activation_min", float_attr(0.4f)}, {"activation_max", float_attr(0.1f)}}},  // min > max: max everywhere
+      {"LeakyRelu", {}},
+      {"LeakyRelu", {{"activation_alpha", float_attr(0.2f)}}},
+      {"Sigmoid", {}},
+      {"Silu", {}},
+      {"HardSwish", {}},
+  };
+  for (const auto& [name, attrs] : acts)
+    for (DType t : {DType::kFloat32, DType::kFloat16})
+      for (bool channels_last : {false, true})
+        for (bool residual : {false, true}) {
+          // Weights in [-1, 1] over 8 x 9 taps: sums of a few units, so that HardSwish's +-3 knees and
+          // Clip's bounds both fall inside the values.
+          FusedCase c{{2, 8, 5, 5}, {6, 8, 3, 3}, {{"pads", ints_attr({1, 1, 1, 1})}}};
+          c.dtype = t;
+          c.bias = true;
+          c.residual = residual;
+          c.channels_last = channels_last;
+          c.activation = name;
+          c.act_attrs = attrs;
+          expect_fused_matches_unfused(c);
+        }
+}
+
 TEST(FusedConvOps, NoAttributesMeansConvDefaults) {
   // Absent activation and channels_last: a plain Conv.
   const Tensor x = random_tensor({1, 3, 5, 5}), w = random_tensor({2, 3, 3, 3});
@@ -221,6 +283,11 @@ void expect_error(std::vector<Value> in, Attrs attrs, const std::string& words) 
 TEST(FusedConvOps, BadActivation) {
   expect_error({Value(random_tensor({1, 2, 4, 4})), Value(random_tensor({2, 2, 3, 3}))}, {{"activation", string_attr("Gelu")}},
                "activation 'Gelu'");
+}
+
+TEST(FusedConvOps, NaNActivationParameter) {
+  expect_error({Value(random_tensor({1, 2, 4, 4})), Value(random_tensor({2, 2, 3, 3}))},
+               {{"activation", string_attr("Clip")}, {"activation_max", float_attr(NAN)}}, "must not be NaN");
 }
 
 TEST(FusedConvOps, BadChannelsLast) {

@@ -1,8 +1,13 @@
 // CPU reference of the optimizer's kiln.FusedConv (domain "kiln"): Y = activation(Conv(X, W) + B + Z), in
-// the ONNX layout (channels_last = 0) or NHWC / KRSC (channels_last = 1). It is the oracle of the CUDA layer
+// the ONNX layout (channels_last = 0) or NHWC / KRSC (channels_last = 1). The activation is "" (none), Relu,
+// Clip (bounds activation_min / activation_max, default unbounded), LeakyRelu (activation_alpha, default
+// 0.01), Sigmoid, Silu (x * sigmoid(x)) or HardSwish, each as the ONNX op of that name computes it. It is the oracle of the CUDA layer
 // and of the fusion passes, so it is built from the Conv reference itself: channels-last tensors are moved
 // to channels-first, convolved, and moved back; Z and the activation are applied in float32 (for half
 // types), before the one rounding back to X's dtype, as the fused CUDA kernel does.
+#include <algorithm>
+#include <cmath>
+#include <limits>
 #include <string>
 
 #include "backends/cpu/kernel_util.h"
@@ -38,13 +43,53 @@ Tensor move_channels(const Tensor& t, bool to_first) {
   return out;
 }
 
+// The activation and its parameters, read once from the node's attributes.
+struct Activation {
+  std::string name;
+  float lo = -std::numeric_limits<float>::infinity(), hi = std::numeric_limits<float>::infinity();
+  float alpha = 0.01f;
+
+  // As activation.cc's references compute them, in T (float or double), so that a fused node and the
+  // nodes it replaced agree to the last bit.
+  template <class T>
+  T apply(T v) const {
+    auto sigmoid = [](T x) {  // written so that exp never overflows
+      if (x >= 0) return T(1) / (T(1) + std::exp(-x));
+      const T e = std::exp(x);
+      return e / (T(1) + e);
+    };
+    if (name == "Relu") return v < T(0) ? T(0) : v;  // NaN stays NaN, as in Relu
+    if (name == "Clip") {
+      const T c = v < static_cast<T>(lo) ? static_cast<T>(lo) : v;  // lo > hi gives hi everywhere, as Clip
+      return c > static_cast<T>(hi) ? static_cast<T>(hi) : c;
+    }
+    if (name == "LeakyRelu") return v < T(0) ? v * static_cast<T>(alpha) : v;
+    if (name == "Sigmoid") return sigmoid(v);
+    if (name == "Silu") return v * sigmoid(v);
+    if (name == "HardSwish") return v * std::max(T(0), std::min(T(1), v / T(6) + T(0.5)));
+    return v;
+  }
+};
+
+Result<Activation> read_activation(const KernelContext& ctx) {
+  Activation a;
+  a.name = ctx.attr_string("activation", "");
+  static const char* const kNames[] = {"", "Relu", "Clip", "LeakyRelu", "Sigmoid", "Silu", "HardSwish"};
+  if (std::find(std::begin(kNames), std::end(kNames), a.name) == std::end(kNames))
+    return ctx.error("activation '" + a.name + "' is not one of \"\" (none), Relu, Clip, LeakyRelu, Sigmoid, Silu or HardSwish");
+  a.lo = ctx.attr_float("activation_min", a.lo);
+  a.hi = ctx.attr_float("activation_max", a.hi);
+  a.alpha = ctx.attr_float("activation_alpha", a.alpha);
+  if (std::isnan(a.lo) || std::isnan(a.hi) || std::isnan(a.alpha))
+    return ctx.error("activation_min, activation_max and activation_alpha must not be NaN");
+  return a;
+}
+
 Status fused_conv_kernel(KernelContext& ctx) {
   if (!ctx.has_input(0) || !ctx.has_input(1)) return ctx.error("inputs X and W are required");
   const Tensor& x0 = ctx.input(0);
   const Tensor& w0 = ctx.input(1);
-  const std::string activation = ctx.attr_string("activation", "");
-  if (!activation.empty() && activation != "Relu")
-    return ctx.error("activation '" + activation + "' is not one of \"\" (none) or \"Relu\"");
+  KILN_ASSIGN_OR_RETURN(const Activation activation, read_activation(ctx));
   const int64_t channels_last = ctx.attr_int("channels_last", 0);
   if (channels_last != 0 && channels_last != 1)
     return ctx.error("channels_last " + std::to_string(channels_last) + " must be 0 or 1");
@@ -76,8 +121,7 @@ Status fused_conv_kernel(KernelContext& ctx) {
     T* yd = y.data<T>();
     const T* zd = z.defined() ? z.data<T>() : nullptr;
     for (int64_t i = 0; i < y.numel(); ++i) {
-      T v = zd ? yd[i] + zd[i] : yd[i];
-      yd[i] = activation == "Relu" && v < T(0) ? T(0) : v;  // NaN stays NaN, as in Relu
+      yd[i] = activation.apply(zd ? yd[i] + zd[i] : yd[i]);
     }
   });
   ctx.set_output(0, narrow_back(y, x0.dtype()));
