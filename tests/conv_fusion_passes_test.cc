@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
 #include <random>
 
 #include "ir/op_registry.h"
@@ -252,6 +253,142 @@ TEST(ConvFusionPasses, WhatMustNotFuse) {
   ASSERT_TRUE(passes::fuse_conv_activation(lone, &fused).ok());
   EXPECT_EQ(fused, 0);
   EXPECT_FALSE(lone.opsets.count("kiln"));
+}
+
+void set_float(onnx::NodeProto* n, const std::string& name, float v) {
+  auto* a = n->add_attribute();
+  a->set_name(name);
+  a->set_type(onnx::AttributeProto::FLOAT);
+  a->set_f(v);
+}
+
+float attr_f(const ir::Node& n, const std::string& name) { return n.attr(name) ? n.attr(name)->f : NAN; }
+
+// One activation after Conv [+ residual]: which ONNX nodes, and what the fused node must say.
+struct ActCase {
+  std::string label;
+  int opset = 17;
+  // Adds the activation reading `in`, writing "y", with its constants; returns the absorbed nodes' names.
+  std::function<std::vector<std::string>(onnx::GraphProto*, const std::string& in)> add;
+  std::string activation;
+  float min = NAN, max = NAN, alpha = NAN;  // NaN: the attribute must be absent
+};
+
+std::vector<ActCase> activation_cases() {
+  using G = onnx::GraphProto;
+  using Names = std::vector<std::string>;
+  std::vector<ActCase> c;
+  auto clip = [](float lo, float hi, bool with_min) {
+    return [=](G* g, const std::string& in) {
+      testing::add_float_initializer(g, "hi", {}, {hi});
+      if (with_min) testing::add_float_initializer(g, "lo", {}, {lo});
+      testing::add_node(g, "Clip", {in, with_min ? "lo" : "", "hi"}, {"y"}, "clip");
+      return Names{"clip"};
+    };
+  };
+  c.push_back({"relu", 17, [](G* g, const std::string& in) { testing::add_node(g, "Relu", {in}, {"y"}, "act"); return Names{"act"}; }, "Relu"});
+  c.push_back({"relu6", 17, clip(0.0f, 6.0f, true), "Clip", 0.0f, 6.0f});
+  c.push_back({"clip(-0.5, 0.5)", 13, clip(-0.5f, 0.5f, true), "Clip", -0.5f, 0.5f});
+  c.push_back({"clip(max 0.25)", 17, clip(0.0f, 0.25f, false), "Clip", NAN, 0.25f});
+  c.push_back({"clip-6 attributes", 10,
+               [](G* g, const std::string& in) {
+                 auto* n = testing::add_node(g, "Clip", {in}, {"y"}, "clip");
+                 set_float(n, "min", 0.0f);
+                 set_float(n, "max", 6.0f);
+                 return Names{"clip"};
+               },
+               "Clip", 0.0f, 6.0f});
+  c.push_back({"leaky relu", 17,
+               [](G* g, const std::string& in) {
+                 set_float(testing::add_node(g, "LeakyRelu", {in}, {"y"}, "act"), "alpha", 0.2f);
+                 return Names{"act"};
+               },
+               "LeakyRelu", NAN, NAN, 0.2f});
+  c.push_back({"leaky relu default", 17,
+               [](G* g, const std::string& in) { testing::add_node(g, "LeakyRelu", {in}, {"y"}, "act"); return Names{"act"}; },
+               "LeakyRelu", NAN, NAN, 0.01f});
+  c.push_back({"sigmoid", 17, [](G* g, const std::string& in) { testing::add_node(g, "Sigmoid", {in}, {"y"}, "act"); return Names{"act"}; },
+               "Sigmoid"});
+  c.push_back({"hard swish", 17,
+               [](G* g, const std::string& in) { testing::add_node(g, "HardSwish", {in}, {"y"}, "act"); return Names{"act"}; },
+               "HardSwish"});
+  for (bool sig_first : {false, true})
+    c.push_back({sig_first ? "silu (sigmoid first)" : "silu", 17,
+                 [=](G* g, const std::string& in) {
+                   testing::add_node(g, "Sigmoid", {in}, {"sig"}, "sig");
+                   testing::add_node(g, "Mul", sig_first ? Names{"sig", in} : Names{in, "sig"}, {"y"}, "mul");
+                   return Names{"sig", "mul"};
+                 },
+                 "Silu"});
+  return c;
+}
+
+TEST(ConvFusionPasses, EachActivationFuses) {
+  for (const ActCase& a : activation_cases())
+    for (bool residual : {false, true}) {
+      SCOPED_TRACE(a.label + (residual ? " after a residual Add" : ""));
+      onnx::ModelProto p = testing::new_model(a.opset);
+      auto* g = p.mutable_graph();
+      testing::set_type(g->add_input(), "x", 1, {"2", "8", "5", "5"});
+      testing::set_type(g->add_input(), "z", 1, {"2", "6", "5", "5"});
+      testing::set_type(g->add_output(), "y", 1, {});
+      add_conv(g, "conv", "x", "c", 8, 6, 3);
+      if (residual) testing::add_node(g, "Add", {"z", "c"}, {"s"}, "add");
+      std::string want_name = residual ? "conv + add" : "conv";
+      for (const std::string& n : a.add(g, residual ? "s" : "c")) want_name += " + " + n;
+      ir::Model before = import(p), m = before;
+      int fused = 0;
+      ASSERT_TRUE(passes::fuse_conv_activation(m, &fused).ok());
+      EXPECT_EQ(fused, 1);
+      ASSERT_EQ(op_types(m), (std::vector<std::string>{"FusedConv"}));
+      const ir::Node& f = m.graph.nodes[0];
+      EXPECT_EQ(f.name, want_name);
+      EXPECT_EQ(f.outputs, (std::vector<std::string>{"y"}));
+      EXPECT_EQ(f.inputs.size(), residual ? 4u : 3u);
+      EXPECT_EQ(attr_s(f, "activation"), a.activation);
+      for (auto [name, want] : {std::pair{"activation_min", a.min}, {"activation_max", a.max}, {"activation_alpha", a.alpha}}) {
+        if (std::isnan(want)) EXPECT_EQ(f.attr(name), nullptr) << name;
+        else EXPECT_EQ(attr_f(f, name), want) << name;
+      }
+      expect_same_outputs(before, m);
+    }
+}
+
+TEST(ConvFusionPasses, ActivationsThatMustNotFuse) {
+  onnx::ModelProto p = testing::new_model();
+  auto* g = p.mutable_graph();
+  testing::set_type(g->add_input(), "x", 1, {"1", "4", "5", "5"});
+  testing::set_type(g->add_input(), "lo", 1, {});
+  for (const char* out : {"clip_in", "silu3", "silu3_extra", "sig_twice", "sig_twice_extra", "mul_other", "self_mul"})
+    testing::set_type(g->add_output(), out, 1, {});
+  testing::add_float_initializer(g, "six", {}, {6.0f});
+  testing::add_float_initializer(g, "pair", {2}, {0.0f, 6.0f});
+  // A bound that is computed (a graph input), and one of two elements: not constants of one value.
+  add_conv(g, "conv_clip_in", "x", "cc", 4, 4, 3);
+  testing::add_node(g, "Clip", {"cc", "lo", "six"}, {"clip_in"}, "clip_in");
+  add_conv(g, "conv_clip_pair", "x", "cq", 4, 4, 3);
+  testing::add_node(g, "Clip", {"cq", "pair", ""}, {"clip_pair"}, "clip_pair");
+  testing::add_node(g, "Neg", {"clip_pair"}, {"mul_other"}, "neg_pair");
+  // SiLU's input read by a third node.
+  add_conv(g, "conv_silu3", "x", "c3", 4, 4, 3);
+  testing::add_node(g, "Sigmoid", {"c3"}, {"s3"}, "sig3");
+  testing::add_node(g, "Mul", {"c3", "s3"}, {"silu3"}, "mul3");
+  testing::add_node(g, "Neg", {"c3"}, {"silu3_extra"}, "neg3");
+  // The Sigmoid's output read by another node too.
+  add_conv(g, "conv_sig_twice", "x", "c4", 4, 4, 3);
+  testing::add_node(g, "Sigmoid", {"c4"}, {"s4"}, "sig4");
+  testing::add_node(g, "Mul", {"c4", "s4"}, {"sig_twice"}, "mul4");
+  testing::add_node(g, "Neg", {"s4"}, {"sig_twice_extra"}, "neg4");
+  // Mul(c, c): no Sigmoid.
+  add_conv(g, "conv_self_mul", "x", "c5", 4, 4, 3);
+  testing::add_node(g, "Mul", {"c5", "c5"}, {"self_mul"}, "mul5");
+  ir::Model before = import(p), m = before;
+  int fused = 0;
+  ASSERT_TRUE(passes::fuse_conv_activation(m, &fused).ok());
+  EXPECT_EQ(fused, 0);
+  for (const char* kept : {"conv_clip_in", "clip_in", "conv_clip_pair", "clip_pair", "conv_silu3", "sig3", "mul3", "conv_sig_twice",
+                           "sig4", "mul4", "conv_self_mul", "mul5"})
+    EXPECT_NE(find_node(m, kept), nullptr) << kept;
 }
 
 TEST(ConvFusionPasses, BottleneckThroughBothPasses) {

@@ -1,6 +1,9 @@
-// Conv fusion: Conv -> [Add(residual)] -> [Relu] becomes one kiln.FusedConv, so that the residual sum and
-// the activation happen in the convolution's epilogue instead of as kernels of their own, each reading and
-// writing the whole activation tensor again (ResNet's blocks end in Conv -> Add -> Relu).
+// Conv fusion: Conv -> [Add(residual)] -> [activation] becomes one kiln.FusedConv, so that the residual sum
+// and the activation happen in the convolution's epilogue instead of as kernels of their own, each reading
+// and writing the whole activation tensor again (ResNet's blocks end in Conv -> Add -> Relu, MobileNetV2's
+// in Conv -> Clip(0, 6)). The activations: Relu, Clip with constant bounds, LeakyRelu, Sigmoid, HardSwish,
+// and SiLU written as Mul(y, Sigmoid(y)) (how PyTorch exports nn.SiLU), y read by those two nodes only.
+#include <limits>
 #include <map>
 
 #include "passes/graph_uses.h"
@@ -18,6 +21,102 @@ bool same_static_type(const ir::TypeInfo* a, const ir::TypeInfo* b) {
          a->dtype != DType::kUndefined && a->static_shape() == b->static_shape();
 }
 
+ir::Attribute float_attribute(float v) {
+  ir::Attribute a;
+  a.type = ir::Attribute::Type::kFloat;
+  a.f = v;
+  return a;
+}
+
+// The value of Clip's bound input `name` (opset 11+): unbounded when absent, false when it is not a
+// one-element float constant (a computed bound cannot be baked into the fused node).
+bool clip_bound(const ir::Graph& g, const std::string& name, float unbounded, float* out) {
+  if (name.empty()) {
+    *out = unbounded;
+    return true;
+  }
+  const Tensor* t = constant_value(g, name);
+  if (t == nullptr || !dtype_is_float(t->dtype()) || t->numel() != 1) return false;
+  *out = static_cast<float>(t->scalar_as_double(0));
+  return !std::isnan(*out);
+}
+
+// What follows a conv's output (or its residual sum) `cur`: the activation nodes the fused conv absorbs,
+// in graph order, the FusedConv attributes that say the activation, and the value they produce.
+struct ActivationMatch {
+  std::vector<size_t> nodes;
+  std::map<std::string, ir::Attribute> attributes;
+  std::string output;
+};
+
+// The activation after `cur`, or false when there is none the fused conv can take. `readers_of` lists every
+// node reading a value (the SiLU pattern has two readers of `cur`, which GraphReaders cannot answer).
+bool match_activation(const ir::Model& model, const GraphReaders& readers,
+                      const std::map<std::string, std::vector<size_t>>& readers_of, const std::vector<bool>& absorbed,
+                      const std::string& cur, ActivationMatch* m) {
+  const ir::Graph& g = model.graph;
+  auto set_name = [&](const char* name) {
+    m->attributes["activation"].type = ir::Attribute::Type::kString;
+    m->attributes["activation"].s = name;
+  };
+  const long next = readers.sole_reader(cur);
+  if (next >= 0 && !absorbed[next] && g.nodes[next].outputs.size() == 1 && !g.nodes[next].inputs.empty() &&
+      g.nodes[next].inputs[0] == cur) {
+    const ir::Node& n = g.nodes[next];
+    m->nodes = {static_cast<size_t>(next)};
+    m->output = n.outputs[0];
+    if (n.inputs.size() == 1 && (is_onnx(n, "Relu") || is_onnx(n, "Sigmoid") || is_onnx(n, "HardSwish"))) {
+      set_name(n.op_type.c_str());
+      return true;
+    }
+    if (n.inputs.size() == 1 && is_onnx(n, "LeakyRelu")) {
+      set_name("LeakyRelu");
+      const ir::Attribute* alpha = n.attr("alpha");
+      m->attributes["activation_alpha"] = float_attribute(alpha != nullptr ? alpha->f : 0.01f);
+      return true;
+    }
+    if (is_onnx(n, "Clip") && n.inputs.size() <= 3) {
+      constexpr float kInf = std::numeric_limits<float>::infinity();
+      float lo = -kInf, hi = kInf;
+      if (model.default_opset() >= 11) {
+        if (!clip_bound(g, n.inputs.size() > 1 ? n.inputs[1] : "", -kInf, &lo) ||
+            !clip_bound(g, n.inputs.size() > 2 ? n.inputs[2] : "", kInf, &hi))
+          return false;
+      } else {
+        if (n.inputs.size() != 1) return false;
+        if (const ir::Attribute* a = n.attr("min")) lo = a->f;
+        if (const ir::Attribute* a = n.attr("max")) hi = a->f;
+      }
+      set_name("Clip");
+      if (lo != -kInf) m->attributes["activation_min"] = float_attribute(lo);
+      if (hi != kInf) m->attributes["activation_max"] = float_attribute(hi);
+      return true;
+    }
+  }
+  // SiLU: Sigmoid(cur) read only by Mul(cur, Sigmoid(cur)), cur read by nothing else.
+  auto it = readers_of.find(cur);
+  if (it == readers_of.end() || it->second.size() != 2) return false;
+  for (const auto& o : g.outputs)
+    if (o.name == cur) return false;
+  for (size_t s : it->second) {
+    const ir::Node& sig = g.nodes[s];
+    if (absorbed[s] || !is_onnx(sig, "Sigmoid") || sig.inputs.size() != 1 || sig.inputs[0] != cur || sig.outputs.size() != 1)
+      continue;
+    const long mul = readers.sole_reader(sig.outputs[0]);
+    if (mul < 0 || absorbed[mul] || mul == static_cast<long>(s)) return false;
+    const ir::Node& mn = g.nodes[mul];
+    const std::vector<std::string> want1 = {cur, sig.outputs[0]}, want2 = {sig.outputs[0], cur};
+    if (!is_onnx(mn, "Mul") || (mn.inputs != want1 && mn.inputs != want2) || mn.outputs.size() != 1) return false;
+    const size_t other = it->second[0] == s ? it->second[1] : it->second[0];
+    if (other != static_cast<size_t>(mul)) return false;
+    m->nodes = {s, static_cast<size_t>(mul)};  // the Mul reads the Sigmoid: it comes later
+    m->output = mn.outputs[0];
+    set_name("Silu");
+    return true;
+  }
+  return false;
+}
+
 }  // namespace
 
 Status fuse_conv_activation(ir::Model& model, int* fused) {
@@ -25,6 +124,9 @@ Status fuse_conv_activation(ir::Model& model, int* fused) {
   // A link of the chain may be absorbed only when the chain is its sole reader and it is no graph output,
   // or the intermediate value would vanish under someone.
   const GraphReaders readers(g);
+  std::map<std::string, std::vector<size_t>> readers_of;
+  for (size_t k = 0; k < g.nodes.size(); ++k)
+    for (const auto& v : runtime::node_reads(g.nodes[k])) readers_of[v].push_back(k);
 
   std::vector<bool> absorbed(g.nodes.size(), false);
   std::map<size_t, ir::Node> replacement;  // position of the chain's last node -> the fused node
@@ -46,11 +148,10 @@ Status fuse_conv_activation(ir::Model& model, int* fused) {
         next = readers.sole_reader(cur);
       }
     }
-    std::string activation;
-    if (next >= 0 && !absorbed[next] && is_onnx(g.nodes[next], "Relu") && g.nodes[next].inputs.size() == 1) {
-      chain.push_back(static_cast<size_t>(next));
-      activation = "Relu";
-      cur = g.nodes[next].outputs[0];
+    ActivationMatch act;
+    if (match_activation(model, readers, readers_of, absorbed, cur, &act)) {
+      chain.insert(chain.end(), act.nodes.begin(), act.nodes.end());
+      cur = act.output;
     }
     if (chain.size() == 1) continue;  // a lone Conv gains nothing from becoming a FusedConv
 
@@ -60,7 +161,7 @@ Status fuse_conv_activation(ir::Model& model, int* fused) {
     f.index = conv.index;
     f.attributes = conv.attributes;
     f.attributes["activation"].type = ir::Attribute::Type::kString;
-    f.attributes["activation"].s = activation;
+    for (const auto& [name, value] : act.attributes) f.attributes[name] = value;
     f.attributes["channels_last"].type = ir::Attribute::Type::kInt;
     f.attributes["channels_last"].i = 0;
     f.inputs = {conv.inputs[0], conv.inputs[1], conv.inputs.size() > 2 ? conv.inputs[2] : ""};
