@@ -1,0 +1,127 @@
+// The optimization passes of a build, in their order (moved out of build_plan.cc so that the graph of a GPU
+// engine can be made without a GPU: the golden dumps of tests/golden/ are made this way).
+#include "builder/optimize_graph.h"
+
+#include "passes/passes.h"
+
+namespace kiln::builder {
+
+namespace {
+
+// "conv1 + add1 + relu1" -> {"conv1", "add1", "relu1"}: the layers a fused layer was made from.
+std::vector<std::string> parts_of(const std::string& name) {
+  std::vector<std::string> parts;
+  for (size_t at = 0;;) {
+    const size_t plus = name.find(" + ", at);
+    parts.push_back(name.substr(at, plus == std::string::npos ? std::string::npos : plus - at));
+    if (plus == std::string::npos) return parts;
+    at = plus + 3;
+  }
+}
+
+}  // namespace
+
+std::string layer_pin(const ir::Node& n, const std::map<std::string, std::string>& layer_precisions) {
+  for (const auto& part : parts_of(n.name))
+    if (auto it = layer_precisions.find(part); it != layer_precisions.end()) return it->second;
+  return "";
+}
+
+Status optimize_graph(ir::Model& m, const OptimizeOptions& o, Logger& logger, std::set<std::string>* lowered_out) {
+  KILN_RETURN_IF_ERROR(passes::apply_input_shapes(m, o.input_shapes));
+  if (o.opt_level > 0) {
+    int folded = 0, merged = 0, noops = 0, removed = 0;
+    KILN_RETURN_IF_ERROR(passes::fold_constants_to_fixpoint(m, &folded));
+    std::set<std::string> pinned;  // pinned layers keep their identity (their pin is honored)
+    for (const auto& [name, p] : o.layer_precisions) pinned.insert(name);
+    KILN_RETURN_IF_ERROR(passes::eliminate_common_subexpressions(m, &merged, pinned));  // folded constants compare too
+    KILN_RETURN_IF_ERROR(passes::remove_noops(m, &noops));
+    KILN_RETURN_IF_ERROR(passes::eliminate_dead_nodes(m, &removed));
+    logger.log(Severity::kInfo, "optimizer: folded " + std::to_string(folded) + " constant nodes, merged " +
+                                    std::to_string(merged) + " common subexpressions, bypassed " +
+                                    std::to_string(noops) + " no-ops, removed " + std::to_string(removed) +
+                                    " dead nodes");
+  }
+  KILN_RETURN_IF_ERROR(passes::infer_shapes(m));
+  // Fusions into the optimizer's kiln.* ops, for GPU engines: each saves a kernel launch and a round trip of
+  // the intermediate through memory there (the CPU reference gains nothing from them).
+  if (o.for_gpu && o.opt_level >= 2) {
+    int gelus = 0, matmuls = 0, convs = 0, softmaxes = 0, attentions = 0, removed = 0;
+    KILN_RETURN_IF_ERROR(passes::recognize_gelu(m, &gelus));
+    KILN_RETURN_IF_ERROR(passes::infer_shapes(m));
+    KILN_RETURN_IF_ERROR(passes::fuse_matmul_bias(m, &matmuls));  // after recognize_gelu: absorbs a tanh GELU
+    KILN_RETURN_IF_ERROR(passes::fuse_conv_activation(m, &convs));
+    KILN_RETURN_IF_ERROR(passes::fuse_masked_softmax(m, &softmaxes));
+    KILN_RETURN_IF_ERROR(passes::fuse_attention(m, &attentions));  // after fuse_masked_softmax: absorbs its node
+    KILN_RETURN_IF_ERROR(passes::eliminate_dead_nodes(m, &removed));
+    KILN_RETURN_IF_ERROR(passes::infer_shapes(m));
+    logger.log(Severity::kInfo, "optimizer: " + std::to_string(gelus) + " GELU recognized, " +
+                                    std::to_string(matmuls) + " MatMul + bias and " + std::to_string(convs) +
+                                    " Conv + activation fused, " + std::to_string(softmaxes) +
+                                    " masked softmax, " + std::to_string(attentions) + " attention");
+  }
+  auto layer_named = [&](const std::string& name) -> const ir::Node* {
+    for (const auto& n : m.graph.nodes)
+      if (n.name == name) return &n;
+    for (const auto& n : m.graph.nodes)
+      for (const auto& part : parts_of(n.name))
+        if (part == name) return &n;
+    return nullptr;
+  };
+  for (const auto& [name, p] : o.layer_precisions)
+    if (layer_named(name) == nullptr)
+      return InvalidArgument("--layer-precision: no layer named '" + name + "' in the optimized graph");
+
+  // Lower precision first (it changes the types the backends are asked about): the nodes the GPU runs,
+  // whose layers take half types, unless pinned to fp32; nodes pinned to fp16/bf16 always.
+  std::set<std::string> lowered;
+  auto pin_of = [&](const ir::Node& n) { return layer_pin(n, o.layer_precisions); };
+  for (const DType low : {DType::kFloat16, DType::kBFloat16}) {
+    const std::string tag = low == DType::kFloat16 ? "fp16" : "bf16";
+    const bool global = o.precision == (low == DType::kFloat16 ? Precision::kFloat16 : Precision::kBFloat16);
+    bool any_pin = false;
+    for (const auto& [name, p] : o.layer_precisions) any_pin = any_pin || p == tag;
+    if (!global && !any_pin) continue;
+    if (!o.for_gpu) {
+      if (any_pin) return Unsupported("--layer-precision " + tag + ": the CPU target computes in the model's types");
+      logger.log(Severity::kWarning, "--" + tag + ": the engine targets the CPU, which keeps the model's float32");
+      continue;
+    }
+    std::set<std::string> pinned_here;
+    auto lower = [&](const ir::Node& n) {
+      const std::string pin = pin_of(n);
+      if (pin == "fp32" || (pin.empty() && !global) || (!pin.empty() && pin != tag)) return false;
+      if (!o.can_run_in_half || !o.can_run_in_half(m, n)) return false;
+      if (pin == tag) pinned_here.insert(n.name);
+      return true;
+    };
+    KILN_RETURN_IF_ERROR(passes::lower_precision(m, low, lower, &lowered));
+    for (const auto& [name, p] : o.layer_precisions)
+      if (p == tag && !lowered.count(layer_named(name)->name))
+        return Unsupported("--layer-precision " + name + ":" + tag + " cannot be honored: the GPU has no " + tag +
+                           " kernel for that layer");
+  }
+  if (!lowered.empty()) {
+    int removed = 0;
+    KILN_RETURN_IF_ERROR(passes::eliminate_dead_nodes(m, &removed));  // float32 weights now unused
+    KILN_RETURN_IF_ERROR(passes::infer_shapes(m));
+  }
+  // Channels-last convolutions where cuDNN's tensor-core kernels want them (half types, channels multiples of
+  // 8), decided once the precisions are: the transposes between consecutive convs cancel.
+  if (o.for_gpu && o.opt_level >= 2) {
+    int converted = 0, removed = 0;
+    auto eligible = [&](const ir::Node& n) {
+      const std::string pin = pin_of(n);
+      return passes::conv_suits_channels_last(m.graph, n) && (pin.empty() || lowered.count(n.name));
+    };
+    KILN_RETURN_IF_ERROR(passes::convert_conv_layout(m, eligible, &converted));
+    KILN_RETURN_IF_ERROR(passes::eliminate_dead_nodes(m, &removed));
+    KILN_RETURN_IF_ERROR(passes::infer_shapes(m));
+    if (converted > 0)
+      logger.log(Severity::kInfo, "optimizer: " + std::to_string(converted) + " convolutions made channels-last");
+  }
+  if (lowered_out != nullptr) *lowered_out = std::move(lowered);
+  return OkStatus();
+}
+
+}  // namespace kiln::builder
