@@ -3,7 +3,12 @@
 //   conv = CONVOLUTION_FORWARD(X, W)        virtual, float (compute type float, cross-correlation)
 //   t1   = conv + Z                         virtual, float (when Z is given)
 //   t2   = t1 + B                           virtual, float (when B is given; B is [1, M, 1, ...])
-//   Y    = RELU_FWD(t2)                     X's dtype (when Relu; otherwise the last op above writes Y)
+//   Y    = act(t2)                          X's dtype (when there is an activation; otherwise the last op
+//                                           above writes Y)
+//
+// with act: RELU_FWD for Relu; RELU_FWD with an upper clip for Clip(0, max) and with a lower clip slope for
+// LeakyRelu; SIGMOID_FWD; SWISH_FWD with beta 1 for Silu. Their scalar attributes are set as doubles, the
+// upper clip at most FLT_MAX (the math is float), as cudnn-frontend sets them.
 //
 // the order of the legacy cudnnConvolutionBiasActivationForward (act(conv + z + bias)), whose patterns
 // cuDNN's precompiled fused engines recognise. Tensor dims are always in NCHW order, the strides say the
@@ -18,6 +23,8 @@
 #include <algorithm>
 #include <charconv>
 #include <cstdint>
+#include <cstdio>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <set>
@@ -151,13 +158,27 @@ Result<cudnnBackendDescriptor_t> add_tensor(BuiltGraph& b, const std::string& op
   return raw;
 }
 
+// The scalar attributes of an activation's pointwise descriptor (what Relu leaves at cuDNN's defaults).
+struct PointwiseScalars {
+  bool relu_clips = false;  // RELU_FWD: lower clip, upper clip, lower clip slope
+  double lower = 0, upper = 0, slope = 0;
+  bool swish = false;  // SWISH_FWD: beta
+  double swish_beta = 1;
+};
+
 // y = mode(x) or mode(x, in_b), computed in float.
 Status add_pointwise(BuiltGraph& b, const std::string& op, cudnnPointwiseMode_t mode, cudnnBackendDescriptor_t x,
-                     cudnnBackendDescriptor_t in_b, cudnnBackendDescriptor_t y) {
+                     cudnnBackendDescriptor_t in_b, cudnnBackendDescriptor_t y, const PointwiseScalars& scalars = {}) {
   KILN_ASSIGN_OR_RETURN(Desc pw, Desc::create(op, CUDNN_BACKEND_POINTWISE_DESCRIPTOR));
   const cudnnDataType_t precision = CUDNN_DATA_FLOAT;
   KILN_GRAPH_SET(pw, CUDNN_ATTR_POINTWISE_MODE, CUDNN_TYPE_POINTWISE_MODE, 1, &mode);
   KILN_GRAPH_SET(pw, CUDNN_ATTR_POINTWISE_MATH_PREC, CUDNN_TYPE_DATA_TYPE, 1, &precision);
+  if (scalars.relu_clips) {
+    KILN_GRAPH_SET(pw, CUDNN_ATTR_POINTWISE_RELU_LOWER_CLIP, CUDNN_TYPE_DOUBLE, 1, &scalars.lower);
+    KILN_GRAPH_SET(pw, CUDNN_ATTR_POINTWISE_RELU_UPPER_CLIP, CUDNN_TYPE_DOUBLE, 1, &scalars.upper);
+    KILN_GRAPH_SET(pw, CUDNN_ATTR_POINTWISE_RELU_LOWER_CLIP_SLOPE, CUDNN_TYPE_DOUBLE, 1, &scalars.slope);
+  }
+  if (scalars.swish) KILN_GRAPH_SET(pw, CUDNN_ATTR_POINTWISE_SWISH_BETA, CUDNN_TYPE_DOUBLE, 1, &scalars.swish_beta);
   KILN_GRAPH_FINALIZE(pw, "pointwise");
   KILN_ASSIGN_OR_RETURN(Desc node, Desc::create(op, CUDNN_BACKEND_OPERATION_POINTWISE_DESCRIPTOR));
   KILN_GRAPH_SET(node, CUDNN_ATTR_OPERATION_POINTWISE_PW_DESCRIPTOR, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, pw.ptr());
@@ -169,6 +190,38 @@ Status add_pointwise(BuiltGraph& b, const std::string& op, cudnnPointwiseMode_t 
   b.parts.push_back(std::move(pw));
   b.parts.push_back(std::move(node));
   return OkStatus();
+}
+
+// The activation's pointwise mode and scalars; Unsupported for one the graph cannot express (see the header).
+Status activation_pointwise(const GraphConvProblem& p, cudnnPointwiseMode_t* mode, PointwiseScalars* s) {
+  const double float_max = std::numeric_limits<float>::max();
+  *mode = CUDNN_POINTWISE_RELU_FWD;
+  *s = PointwiseScalars{};
+  if (p.activation == "Relu") return OkStatus();
+  if (p.activation == "Clip" || p.activation == "LeakyRelu") {
+    const bool clip = p.activation == "Clip";
+    // cuDNN's clipped ReLU is lower + slope * (x - lower) below `lower`: a Clip with a lower bound of 0, as
+    // ReLU6. Another lower bound, or bounds crossed (max everywhere, as ONNX says), run unfused.
+    if (clip && (p.act_min != 0.0f || !(p.act_max > 0.0f)))
+      return Unsupported(p.op + ": the cuDNN graph tactics clip with a lower bound of 0 below an upper one above it only, not Clip(" +
+                         std::to_string(p.act_min) + ", " + std::to_string(p.act_max) + ")");
+    s->relu_clips = true;
+    s->lower = 0;
+    s->upper = clip ? std::min<double>(p.act_max, float_max) : float_max;
+    s->slope = clip ? 0.0 : p.act_alpha;
+    return OkStatus();
+  }
+  if (p.activation == "Sigmoid") {
+    *mode = CUDNN_POINTWISE_SIGMOID_FWD;
+    return OkStatus();
+  }
+  if (p.activation == "Silu") {
+    *mode = CUDNN_POINTWISE_SWISH_FWD;
+    s->swish = true;
+    s->swish_beta = 1.0;
+    return OkStatus();
+  }
+  return Unsupported(p.op + ": the cuDNN graph tactics have no pointwise mode for activation '" + p.activation + "'");
 }
 
 Result<BuiltGraph> build_graph(const GraphConvProblem& p, cudnnHandle_t handle) {
@@ -184,7 +237,10 @@ Result<BuiltGraph> build_graph(const GraphConvProblem& p, cudnnHandle_t handle) 
   KILN_ASSIGN_OR_RETURN(auto w, add_tensor(b, op, kUidW, io, dims_of(g.M, g.C / g.group, g.kernel), cl, false));
   KILN_ASSIGN_OR_RETURN(auto y, add_tensor(b, op, kUidY, io, ydims, cl, false));
   // Each op's output: Y for the last one, otherwise a virtual float tensor.
-  const int epilogue_ops = int(p.has_z) + int(p.has_bias) + int(p.relu);
+  cudnnPointwiseMode_t act_mode{};
+  PointwiseScalars act_scalars;
+  if (!p.activation.empty()) KILN_RETURN_IF_ERROR(activation_pointwise(p, &act_mode, &act_scalars));
+  const int epilogue_ops = int(p.has_z) + int(p.has_bias) + int(!p.activation.empty());
   int ops_left = epilogue_ops + 1;
   auto next_output = [&](int64_t uid) -> Result<cudnnBackendDescriptor_t> {
     if (--ops_left == 0) return y;
@@ -243,9 +299,9 @@ Result<BuiltGraph> build_graph(const GraphConvProblem& p, cudnnHandle_t handle) 
     KILN_RETURN_IF_ERROR(add_pointwise(b, op, CUDNN_POINTWISE_ADD, last, bias, out));
     last = out;
   }
-  if (p.relu) {
+  if (!p.activation.empty()) {
     KILN_ASSIGN_OR_RETURN(auto out, next_output(0));  // always Y
-    KILN_RETURN_IF_ERROR(add_pointwise(b, op, CUDNN_POINTWISE_RELU_FWD, last, nullptr, out));
+    KILN_RETURN_IF_ERROR(add_pointwise(b, op, act_mode, last, nullptr, out, act_scalars));
   }
 
   KILN_ASSIGN_OR_RETURN(b.graph, Desc::create(op, CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR));
@@ -427,7 +483,13 @@ std::string problem_key(const GraphConvProblem& p, int device) {
   k += p.channels_last ? " nhwc" : " nchw";
   if (p.has_bias) k += " b";
   if (p.has_z) k += " z";
-  if (p.relu) k += " relu";
+  if (!p.activation.empty()) {
+    // The parameters exactly (hexadecimal floats): two problems share a key only when their graphs are equal.
+    char params[96] = "";
+    if (p.activation == "Clip") std::snprintf(params, sizeof(params), "(%a,%a)", p.act_min, p.act_max);
+    if (p.activation == "LeakyRelu") std::snprintf(params, sizeof(params), "(%a)", p.act_alpha);
+    (k += " " + p.activation) += params;
+  }
   if (p.allow_tf32) k += " tf32";
   for (int64_t v : {g.N, g.C, g.M, g.group}) (k += ' ') += std::to_string(v);
   for (const Shape* v : {&g.in, &g.kernel, &g.out, &g.strides, &g.dilations, &g.pad_begin, &g.pad_end}) (k += ' ') += shape_to_string(*v);

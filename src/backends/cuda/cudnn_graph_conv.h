@@ -1,5 +1,5 @@
 // kiln.FusedConv through cuDNN's graph API (the backend descriptors of cudnn_graph.h): the convolution and
-// its epilogue (+ Z, + bias, Relu) as one operation graph, run by an engine that cuDNN's heuristics offer
+// its epilogue (+ Z, + bias, activation) as one operation graph, run by an engine that cuDNN's heuristics offer
 // (Hopper-native kernels and runtime-fused epilogues that the legacy cudnnConvolutionBiasActivationForward
 // never reaches). fused_conv.cc lists these tactics and hands their names here.
 //
@@ -11,6 +11,7 @@
 // its knob choices ".k<knob type>=<value>" in increasing knob type (what cudnn_graph_engine_of() gives).
 #pragma once
 
+#include <limits>
 #include <memory>
 #include <string>
 #include <vector>
@@ -32,7 +33,13 @@ struct GraphConvProblem {
   std::string op;  // names the node in errors
   cudnn_conv::Geometry g;
   DType dtype = DType::kFloat32;
-  bool channels_last = false, has_bias = false, has_z = false, relu = false, allow_tf32 = true;
+  bool channels_last = false, has_bias = false, has_z = false, allow_tf32 = true;
+  // FusedConv's activation: "" | Relu | Clip (act_min, act_max) | LeakyRelu (act_alpha) | Sigmoid | Silu. The
+  // graph has no pointwise mode for HardSwish, and Clip runs only with a lower bound of 0 (cuDNN's clipped
+  // RELU_FWD, as ReLU6): create() says Unsupported for the others, which "cuda.cudnn.unfused" runs.
+  std::string activation;
+  float act_min = -std::numeric_limits<float>::infinity(), act_max = std::numeric_limits<float>::infinity();
+  float act_alpha = 0.01f;
 };
 
 // The layer for a graph tactic: InvalidArgument for a name that is not one, Unsupported when cuDNN has no

@@ -8,6 +8,11 @@
 // as does the tactic "cuda.cudnn.unfused" (the heuristics' algorithm, then bias, Z and Relu one by one),
 // for the problems cuDNN's fused call refuses at run time (the tactic timer then skips the fused tactics).
 //
+// Activations other than Relu (Clip, LeakyRelu, Sigmoid, Silu, HardSwish) are beyond the legacy fused call
+// and cuBLASLt's epilogues: the cuDNN graph tactics chain them into the operation graph (all but HardSwish),
+// and "cuda.cudnn.unfused" (also "default" for them) applies them after bias and Z with the elementwise
+// activation kernel of kernels.h, in place, so that every FusedConv check() accepts has a tactic that runs.
+//
 // Tactics: "cuda.cudnn.fused.algoN" (N as in cudnnConvolutionFwdAlgo_t), whose create() returns Unsupported
 // when cuDNN's heuristics have no kernel of that algorithm for the problem (shared with Conv: conv_common.h),
 // "cuda.cudnn.unfused", "default" (the heuristics' first choice), and "cuda.cudnn.graph.h0".."h7": the
@@ -20,11 +25,14 @@
 // Gemm layer of matmul.h on reshaped views of the same device buffers). They matter for ResNet's layer3/4
 // at batch 1: a 49 x 512 output leaves cuDNN's tiles almost idle, where cuBLASLt has split-K kernels.
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <string>
 #include <vector>
 
 #include "backends/cuda/conv_common.h"
 #include "backends/cuda/cudnn_graph_conv.h"
+#include "backends/cuda/kernels.h"
 #include "backends/cuda/layer.h"
 #include "backends/cuda/matmul.h"
 
@@ -53,6 +61,34 @@ Shape stored_shape(const Shape& logical, bool channels_last) {
   return out;
 }
 
+// The node's activation as the elementwise kernel's op and parameters (Silu is Swish with alpha 1); `none`
+// for "". "" when it is one FusedConv knows, otherwise why not.
+std::string fused_activation(const LayerSpec& spec, bool* none, UnaryOp* op, UnaryParams* params) {
+  const std::string act = spec.attr_string("activation", "");
+  *none = act.empty();
+  *params = UnaryParams{};
+  params->lo = spec.attr_float("activation_min", -std::numeric_limits<float>::infinity());
+  params->hi = spec.attr_float("activation_max", std::numeric_limits<float>::infinity());
+  params->alpha = act == "Silu" ? 1.0f : spec.attr_float("activation_alpha", 0.01f);
+  if (std::isnan(params->lo) || std::isnan(params->hi) || std::isnan(params->alpha))
+    return std::string(kOp) + ": activation_min, activation_max and activation_alpha must not be NaN";
+  if (act.empty() || act == "Relu") *op = UnaryOp::kRelu;
+  else if (act == "Clip") *op = UnaryOp::kClip;
+  else if (act == "LeakyRelu") *op = UnaryOp::kLeakyRelu;
+  else if (act == "Sigmoid") *op = UnaryOp::kSigmoid;
+  else if (act == "Silu") *op = UnaryOp::kSwish;
+  else if (act == "HardSwish") *op = UnaryOp::kHardSwish;
+  else
+    return std::string(kOp) + ": activation '" + act + "' is not one of \"\" (none), Relu, Clip, LeakyRelu, Sigmoid, Silu or HardSwish";
+  return "";
+}
+
+// Whether the legacy fused call and cuBLASLt's epilogues can apply the node's activation: none or Relu.
+bool relu_or_none(const LayerSpec& spec) {
+  const std::string act = spec.attr_string("activation", "");
+  return act.empty() || act == "Relu";
+}
+
 std::string check_fused_conv(const LayerSpec& spec) {
   const std::string op = kOp;
   if (spec.inputs.size() < 2 || !spec.inputs[0].present() || !spec.inputs[1].present()) return op + ": inputs X and W are required";
@@ -69,8 +105,10 @@ std::string check_fused_conv(const LayerSpec& spec) {
              dtype_name(x.dtype) + "; they must match";
   if (!spec.outputs.empty() && spec.outputs[0].present() && spec.outputs[0].dtype != x.dtype)
     return op + ": the output must have X's dtype " + dtype_name(x.dtype);
-  const std::string act = spec.attr_string("activation", "");
-  if (!act.empty() && act != "Relu") return op + ": activation '" + act + "' is not one of \"\" (none) or \"Relu\"";
+  bool no_act = false;
+  UnaryOp act_op{};
+  UnaryParams act_params;
+  if (std::string why = fused_activation(spec, &no_act, &act_op, &act_params); !why.empty()) return why;
   const int64_t cl = spec.attr_int("channels_last", 0);
   if (cl != 0 && cl != 1) return op + ": channels_last " + std::to_string(cl) + " must be 0 or 1";
   size_t nd = 0;
@@ -106,6 +144,7 @@ std::string check_fused_conv(const LayerSpec& spec) {
 std::string gemm_ineligible(const LayerSpec& spec) {
   const std::string op = std::string(kOp) + " (cuBLASLt tactics)";
   if (spec.attr_int("channels_last", 0) != 1) return op + ": need channels_last = 1";
+  if (!relu_or_none(spec)) return op + ": cuBLASLt's epilogues apply Relu only, not " + spec.attr_string("activation", "");
   if (spec.inputs.size() < 2 || !spec.inputs[0].has_rank || !spec.inputs[1].has_rank ||
       spec.inputs[0].shape.size() != 4 || spec.inputs[1].shape.size() != 4)
     return op + ": need a 2-D convolution (X and W of rank 4)";
@@ -162,6 +201,10 @@ class FusedConvLayer final : public Layer {
   FwdAlgo algo_;
   bool nothing_to_do_ = false, has_bias_ = false, has_z_ = false, relu_ = false;
   bool fused_ = false;  // one cudnnConvolutionBiasActivationForward call
+  bool kernel_act_ = false;  // an activation other than Relu: the elementwise kernel, after cuDNN's calls
+  UnaryOp act_op_ = UnaryOp::kRelu;
+  UnaryParams act_params_;
+  DType dtype_ = DType::kFloat32;
   DeviceBuffer zero_bias_;
   size_t y_bytes_ = 0;
 };
@@ -169,9 +212,13 @@ class FusedConvLayer final : public Layer {
 Result<std::unique_ptr<Layer>> FusedConvLayer::create(const LayerSpec& spec, const std::string& tactic, const CudaHandles& h) {
   const std::string op = kOp;
   if (std::string why = check_fused_conv(spec); !why.empty()) return Unsupported(why);
-  const bool unfused = tactic == kUnfused;
-  const int wanted = unfused ? -1 : parse_tactic(tactic, kFusedPrefix, CUDNN_CONVOLUTION_FWD_ALGO_COUNT);
+  const int wanted = tactic == kUnfused ? -1 : parse_tactic(tactic, kFusedPrefix, CUDNN_CONVOLUTION_FWD_ALGO_COUNT);
   if (wanted == -2) return InvalidArgument(op + ": unknown tactic '" + tactic + "'");
+  // The legacy fused call knows Relu only: with another activation the fused tactics step aside (the timer
+  // skips them) and "default" runs as "cuda.cudnn.unfused" does.
+  if (!relu_or_none(spec) && wanted >= 0)
+    return Unsupported(op + ": cudnnConvolutionBiasActivationForward applies Relu only, not " + spec.attr_string("activation", ""));
+  const bool unfused = tactic == kUnfused || !relu_or_none(spec);
   const TensorDesc& xd = spec.inputs[0];
   const TensorDesc& wd = spec.inputs[1];
   if (!xd.is_static() || !wd.is_static()) return InvalidArgument(op + ": create needs concrete shapes");
@@ -184,6 +231,11 @@ Result<std::unique_ptr<Layer>> FusedConvLayer::create(const LayerSpec& spec, con
   layer->has_bias_ = spec.inputs.size() > 2 && spec.inputs[2].present();
   layer->has_z_ = spec.inputs.size() > 3 && spec.inputs[3].present();
   layer->relu_ = spec.attr_string("activation", "") == "Relu";
+  bool no_act = false;
+  if (std::string why = fused_activation(spec, &no_act, &layer->act_op_, &layer->act_params_); !why.empty())
+    return InvalidArgument(why);
+  layer->kernel_act_ = !no_act && !layer->relu_;
+  layer->dtype_ = xd.dtype;
   const Shape y_shape = full_shape(g.N, g.M, g.out);
   layer->y_bytes_ = static_cast<size_t>(shape_numel(y_shape)) * dtype_size(dtype);
   if (shape_numel(y_shape) == 0) {
@@ -260,6 +312,9 @@ Status FusedConvLayer::run(const std::vector<DeviceTensor>& inputs, const std::v
                                          has_z_ ? &one : &zero, y_.d, y));
   if (has_bias_) KILN_CUDNN_TRY(cudnnAddTensor(h.cudnn, &one, b_.d, inputs[2].data, &one, y_.d, y));
   if (relu_) KILN_CUDNN_TRY(cudnnActivationForward(h.cudnn, act_.d, &one, y_.d, y, &zero, y_.d, y));
+  // In place: each element is read, then written, by the same thread.
+  if (kernel_act_)
+    KILN_RETURN_IF_ERROR(launch_unary(act_op_, dtype_, y, y, static_cast<int64_t>(y_bytes_ / dtype_size(dtype_)), act_params_, h.stream));
   return OkStatus();
 }
 
@@ -362,7 +417,10 @@ Result<std::unique_ptr<Layer>> create_graph_conv(const LayerSpec& spec, const st
   p.dtype = spec.inputs[0].dtype;
   p.has_bias = spec.inputs.size() > 2 && spec.inputs[2].present();
   p.has_z = spec.inputs.size() > 3 && spec.inputs[3].present();
-  p.relu = spec.attr_string("activation", "") == "Relu";
+  p.activation = spec.attr_string("activation", "");
+  p.act_min = spec.attr_float("activation_min", p.act_min);
+  p.act_max = spec.attr_float("activation_max", p.act_max);
+  p.act_alpha = spec.attr_float("activation_alpha", p.act_alpha);
   p.allow_tf32 = spec.allow_tf32;
   return create_cudnn_graph_conv(p, tactic, h);
 }
