@@ -429,6 +429,31 @@ TEST(GoldenGraph, BuildPlanMakesTheSameGraph) {
   }
 }
 
+// `kiln inspect --graph` prints the same dump for an engine it builds from the model: a golden can be
+// checked, or two builds diffed, from the command line.
+TEST(GoldenGraph, InspectGraphPrintsTheGoldenFormat) {
+  if (!std::filesystem::exists(KILN_CLI)) GTEST_SKIP() << "the kiln command line is not built (" << KILN_CLI << ")";
+  std::vector<std::pair<std::string, std::string>> runs = {{"--device cpu", "mnist_cnn.cpu_opt3"}};
+#ifdef KILN_HAVE_CUDA
+  if (backends::cuda_device_available()) runs.push_back({"--device cuda --fp16", "mnist_cnn.gpu_fp16_opt3"});
+#endif
+  for (const auto& [flags, golden] : runs) {
+    SCOPED_TRACE(flags);
+    const std::string cmd = std::string(KILN_CLI) + " inspect --graph " + flags + " " + KILN_SOURCE_DIR +
+                            "/samples/mnist/mnist_cnn.onnx 2>/dev/null";
+    FILE* p = popen(cmd.c_str(), "r");
+    ASSERT_NE(p, nullptr);
+    std::string out;
+    char buf[4096];
+    while (size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
+    ASSERT_EQ(pclose(p), 0) << cmd;
+    std::ifstream f(golden_path(golden), std::ios::binary);
+    std::stringstream want;
+    want << f.rdbuf();
+    EXPECT_EQ(unified_diff(lines_of(want.str()), lines_of(out)), "") << cmd;
+  }
+}
+
 TEST(GoldenGraph, DiffShowsTheChangedLinesWithContext) {
   const std::vector<std::string> a = {"1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12"};
   std::vector<std::string> b = a;

@@ -1,21 +1,37 @@
-// kiln inspect: what an engine holds.
+// kiln inspect: what an engine holds. --graph prints its optimized graph in the format of the golden files
+// (tests/golden/: one line per node, no tactics or times), to diff two builds or check a golden by hand.
 #include <iostream>
 
+#include "builder/graph_dump.h"
+#include "engine/plan.h"
 #include "kiln/commands.h"
 #include "kiln/common.h"
 
 namespace kiln::tools {
 
+namespace {
+struct InspectOptions {
+  std::string path;
+  BuildFlags flags;
+  bool graph = false;
+};
+}  // namespace
+
 void add_inspect_command(CLI::App& app, Action* run) {
-  auto path = std::make_shared<std::string>();
+  auto o = std::make_shared<InspectOptions>();
   CLI::App* cmd = app.add_subcommand("inspect", "Show an engine's I/O tensors, layers with their kernels, and memory");
-  cmd->add_option("engine", *path, "A .kiln engine (or an ONNX model, built in memory first)")->required();
-  cmd->callback([path, run] {
-    *run = [path] {
+  cmd->add_option("engine", o->path, "A .kiln engine (or an ONNX model, built in memory first with the build flags)")
+      ->required();
+  cmd->add_flag("--graph", o->graph, "Print the optimized graph, one line per node (the golden-file format)");
+  add_build_flags(cmd, &o->flags);
+  cmd->callback([o, run] {
+    *run = [o] {
       Logger logger(Severity::kWarning);
-      auto engine = load_or_build(*path, BuilderConfig(), logger);
+      auto config = make_builder_config(o->flags);
+      if (!config.ok()) return report(config.status());
+      auto engine = load_or_build(o->path, *config, logger);
       if (!engine.ok()) return report(engine.status());
-      std::cout << (*engine)->inspect();
+      std::cout << (o->graph ? builder::dump_graph((*engine)->plan().model) : (*engine)->inspect());
       return 0;
     };
   });
