@@ -53,7 +53,9 @@ const Mode kModes[] = {{DType::kFloat32, false, 1e-4, 0, 1e-5, "float32"},
                        {DType::kFloat16, false, 1e-2, 1e-2, 1e-3, "float16"},
                        {DType::kBFloat16, false, 2e-2, 2e-2, 1e-3, "bfloat16"}};
 
-LayerCase fused_case(const Problem& p, bool nhwc, const std::vector<Value>& inputs, bool relu, const Mode& mode) {
+// `act`, when given, replaces Relu by its activation attributes.
+LayerCase fused_case(const Problem& p, bool nhwc, const std::vector<Value>& inputs, bool relu, const Mode& mode,
+                     const Attrs& act = {}) {
   LayerCase c;
   c.op = "FusedConv";
   c.domain = "kiln";
@@ -63,6 +65,7 @@ LayerCase fused_case(const Problem& p, bool nhwc, const std::vector<Value>& inpu
              {"strides", ints_attr({p.stride, p.stride})},
              {"activation", string_attr(relu ? "Relu" : "")},
              {"channels_last", int_attr(nhwc ? 1 : 0)}};
+  for (const auto& [name, value] : act) c.attrs[name] = value;
   c.precision = mode.dtype;
   c.allow_tf32 = mode.tf32;
   c.rtol = mode.rtol;
@@ -85,15 +88,15 @@ cuda::LayerSpec spec_of(const LayerCase& c, const Shape& y_shape, std::vector<Va
 }
 
 // Tactics h0..h2 of one problem, layout and epilogue, in every precision.
-void expect_graph_tactics(const Problem& p, bool nhwc, bool bias, bool residual, bool relu) {
+void expect_graph_tactics(const Problem& p, bool nhwc, bool bias, bool residual, bool relu, const Attrs& act = {}) {
   const Tensor x = random_float(p.x(nhwc)), w = random_float(p.wt(nhwc)), b = random_float({p.m}), z = random_float(p.y(nhwc));
   const cuda::LayerKind* kind = cuda::layer_table().find("kiln.FusedConv");
   ASSERT_NE(kind, nullptr);
   for (const Mode& mode : kModes) {
     const std::string what = p.str() + (nhwc ? " NHWC" : " NCHW") + (bias ? " +B" : "") + (residual ? " +Z" : "") +
-                             (relu ? " Relu " : " ") + mode.name;
+                             (relu ? " Relu " : " ") + (act.empty() ? "" : act.at("activation").s + " ") + mode.name;
     SCOPED_TRACE(what);
-    LayerCase c = fused_case(p, nhwc, {Value(x), Value(w), bias ? Value(b) : Value(), residual ? Value(z) : Value()}, relu, mode);
+    LayerCase c = fused_case(p, nhwc, {Value(x), Value(w), bias ? Value(b) : Value(), residual ? Value(z) : Value()}, relu, mode, act);
     std::vector<Value> low;
     ir::Node node;
     const cuda::LayerSpec spec = spec_of(c, p.y(nhwc), &low, &node);
@@ -149,6 +152,54 @@ TEST(CudaCudnnGraphConv, OneByOneStride2) {
 TEST(CudaCudnnGraphConv, Stem7x7Stride2) {
   KILN_SKIP_WITHOUT_GPU();
   expect_all_epilogues(kStem);
+}
+
+ir::Attribute float_attr(float v) {
+  ir::Attribute a;
+  a.type = ir::Attribute::Type::kFloat;
+  a.f = v;
+  return a;
+}
+
+// The activations the graph chains after conv + Z + B: ReLU6 and LeakyRelu (RELU_FWD with its clip
+// attributes), Sigmoid, Silu (SWISH_FWD); h0 must run them in half precision channels-last, as it runs Relu.
+TEST(CudaCudnnGraphConv, Activations) {
+  KILN_SKIP_WITHOUT_GPU();
+  Attrs relu6 = {{"activation", string_attr("Clip")}, {"activation_min", float_attr(0.0f)}, {"activation_max", float_attr(6.0f)}};
+  Attrs leaky = {{"activation", string_attr("LeakyRelu")}, {"activation_alpha", float_attr(0.2f)}};
+  for (const Attrs& act : {relu6, leaky, Attrs{{"activation", string_attr("Sigmoid")}}, Attrs{{"activation", string_attr("Silu")}}})
+    for (bool nhwc : {true, false}) {
+      expect_graph_tactics(kThreeByThree, nhwc, true, false, false, act);
+      expect_graph_tactics(kThreeByThree, nhwc, true, true, false, act);
+      if (::testing::Test::HasFatalFailure()) return;
+    }
+}
+
+// What the graph cannot express is Unsupported (the tactic timer skips it; "cuda.cudnn.unfused" runs it):
+// HardSwish, a Clip whose lower bound is not 0, crossed bounds.
+TEST(CudaCudnnGraphConv, ActivationsItRefuses) {
+  KILN_SKIP_WITHOUT_GPU();
+  const Problem& p = kThreeByThree;
+  const cuda::LayerKind* kind = cuda::layer_table().find("kiln.FusedConv");
+  ASSERT_NE(kind, nullptr);
+  const Tensor x = random_float(p.x(true)), w = random_float(p.wt(true)), b = random_float({p.m});
+  const Attrs refused[] = {
+      {{"activation", string_attr("HardSwish")}},
+      {{"activation", string_attr("Clip")}, {"activation_min", float_attr(-1.0f)}, {"activation_max", float_attr(1.0f)}},
+      {{"activation", string_attr("Clip")}, {"activation_min", float_attr(0.0f)}, {"activation_max", float_attr(-1.0f)}},
+  };
+  for (const Attrs& act : refused) {
+    LayerCase c = fused_case(p, true, {Value(x), Value(w), Value(b)}, false, kModes[2], act);
+    std::vector<Value> low;
+    ir::Node node;
+    const cuda::LayerSpec spec = spec_of(c, p.y(true), &low, &node);
+    ASSERT_EQ(kind->check(spec), "");
+    auto h0 = kind->create(spec, std::string(cuda::kCudnnGraphPrefix) + "h0", detail::test_handles());
+    ASSERT_FALSE(h0.ok()) << act.at("activation").s;
+    EXPECT_EQ(h0.status().code(), StatusCode::kUnsupported) << h0.status().to_string();
+    c.only_tactic = "cuda.cudnn.unfused";  // which runs them
+    expect_layer_matches_reference(c);
+  }
 }
 
 // The engine a heuristic rank resolves to, named outright, is the same engine and computes the same.

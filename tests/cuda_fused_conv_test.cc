@@ -82,7 +82,10 @@ void expect_fused_matches_reference(const LayerCase& c) {
     ran += " " + tactic.substr(tactic.rfind('.') + 1);
     if (optional && !graph) ++fused_ran;
   }
-  EXPECT_GT(fused_ran, 0) << "cuDNN declined every fused tactic:" << declined;
+  // The legacy fused call applies Relu only: with another activation every fused tactic must step aside.
+  const std::string act = c.attrs.count("activation") ? c.attrs.at("activation").s : "";
+  if (act.empty() || act == "Relu") EXPECT_GT(fused_ran, 0) << "cuDNN declined every fused tactic:" << declined;
+  else EXPECT_EQ(fused_ran, 0) << "a legacy fused tactic ran activation " << act;
   std::printf("  kiln.FusedConv %s x %s (%s): ran%s; declined%s\n", shape_to_string(c.inputs[0].tensor().shape()).c_str(),
               shape_to_string(c.inputs[1].tensor().shape()).c_str(), precision_name(c.precision, c.allow_tf32), ran.c_str(),
               declined.empty() ? " none" : declined.c_str());
@@ -104,8 +107,9 @@ struct Problem {
   bool channels_last = false;
 };
 
-// One problem with B, Z and Relu as given, in float32, TF32, float16 and bfloat16.
-void expect_all_precisions(const Problem& p, bool bias, bool residual, bool relu) {
+// One problem with B, Z and Relu as given, in float32, TF32, float16 and bfloat16; `act`, when given,
+// replaces Relu by its activation attributes.
+void expect_all_precisions(const Problem& p, bool bias, bool residual, bool relu, const Attrs& act = {}) {
   Tensor x = random_float(p.x), w = random_float(p.w);
   const Tensor b = random_float({p.w[0]});
   // Z's shape is Y's: the reference of the plain convolution gives it.
@@ -139,6 +143,7 @@ void expect_all_precisions(const Problem& p, bool bias, bool residual, bool relu
     c.inputs = {Value(x), Value(w), bias ? Value(b) : Value(), residual ? Value(z) : Value()};
     c.attrs = p.conv;
     c.attrs["activation"] = string_attr(relu ? "Relu" : "");
+    for (const auto& [name, value] : act) c.attrs[name] = value;
     c.attrs["channels_last"] = int_attr(p.channels_last ? 1 : 0);
     c.precision = mode.dtype;
     c.allow_tf32 = mode.tf32;
@@ -191,6 +196,43 @@ TEST(CudaFusedConv, GroupedAndOneD) {
   expect_all_precisions({{2, 16, 29}, {24, 16, 3}, {{"pads", ints_attr({1, 1})}}, true}, true, false, true);
 }
 
+ir::Attribute float_attr(float v) {
+  ir::Attribute a;
+  a.type = ir::Attribute::Type::kFloat;
+  a.f = v;
+  return a;
+}
+
+// The activations beyond Relu: ReLU6 (the graph tactics' clipped RELU_FWD), a Clip they refuse (lower bound
+// not 0: only the unfused tactic runs it), LeakyRelu, Sigmoid, Silu (SWISH_FWD), HardSwish (unfused only).
+std::vector<Attrs> other_activations() {
+  auto act = [](const char* name) { return Attrs{{"activation", string_attr(name)}}; };
+  Attrs relu6 = act("Clip"), clip = act("Clip"), leaky = act("LeakyRelu");
+  relu6["activation_min"] = float_attr(0.0f);
+  relu6["activation_max"] = float_attr(6.0f);
+  clip["activation_min"] = float_attr(-0.5f);
+  clip["activation_max"] = float_attr(0.75f);
+  leaky["activation_alpha"] = float_attr(0.2f);
+  return {relu6, clip, leaky, act("Sigmoid"), act("Silu"), act("HardSwish")};
+}
+
+// Each activation after B (+ Z): a 3x3 conv in both layouts, and a 1x1 channels-last one (whose cuBLASLt
+// tactics are not listed for these activations), every precision; unfused and default must run.
+TEST(CudaFusedConv, Activations) {
+  KILN_SKIP_WITHOUT_GPU();
+  for (const Attrs& act : other_activations()) {
+    SCOPED_TRACE("activation " + act.at("activation").s);
+    for (bool nhwc : {false, true}) {
+      const Problem p{{2, 32, 9, 9}, {32, 32, 3, 3}, {{"pads", ints_attr({1, 1, 1, 1})}}, nhwc};
+      expect_all_precisions(p, true, false, false, act);
+      expect_all_precisions(p, true, true, false, act);
+      if (::testing::Test::HasFatalFailure()) return;
+    }
+    expect_all_precisions({{2, 64, 7, 7}, {64, 64, 1, 1}, {}, true}, true, true, false, act);
+    if (::testing::Test::HasFatalFailure()) return;
+  }
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // check(), without a GPU.
 
@@ -206,6 +248,14 @@ TEST(CudaFusedConvCheck, AcceptsResNetShapes) {
   EXPECT_EQ(check_fused({desc(DType::kFloat32, {1, 3, 224, 224}), desc(DType::kFloat32, {64, 3, 7, 7})},
                         {{"pads", ints_attr({3, 3, 3, 3})}, {"strides", ints_attr({2, 2})}}),
             "");
+}
+
+TEST(CudaFusedConvCheck, AcceptsTheActivations) {
+  const auto f = DType::kFloat32;
+  for (const Attrs& act : other_activations())
+    EXPECT_EQ(check_fused({desc(f, {1, 4, 8, 8}), desc(f, {4, 4, 3, 3})}, act), "") << act.at("activation").s;
+  Attrs nan_max = {{"activation", string_attr("Clip")}, {"activation_max", float_attr(NAN)}};
+  EXPECT_NE(check_fused({desc(f, {1, 4, 8, 8}), desc(f, {4, 4, 3, 3})}, nan_max).find("must not be NaN"), std::string::npos);
 }
 
 TEST(CudaFusedConvCheck, Refuses) {
@@ -341,6 +391,11 @@ TEST(CudaFusedConvCheck, GemmTacticsOnlyForPlain1x1ChannelsLast) {
   grouped["group"] = int_attr(2);
   EXPECT_FALSE(lists_gemm({1, 7, 7, 64}, {64, 1, 1, 32}, grouped));
   EXPECT_FALSE(lists_gemm({1, 7, 64}, {64, 1, 64}, nhwc));                                   // 1-D
+  for (const Attrs& act : other_activations()) {  // cuBLASLt's epilogues apply Relu only
+    Attrs a = nhwc;
+    for (const auto& [name, value] : act) a[name] = value;
+    EXPECT_FALSE(lists_gemm({1, 7, 7, 64}, {64, 1, 1, 64}, a)) << act.at("activation").s;
+  }
 }
 
 }  // namespace
