@@ -325,7 +325,7 @@ class Inferrer {
   void infer_kiln(const ir::Node& n) {
     const TypeInfo* x = n.inputs.empty() ? nullptr : type(n.inputs[0]);
     if (!x) return;
-    if (n.op_type == "Gelu") return set(n, 0, *x);
+    if (n.op_type == "Gelu" || n.op_type == "Swish") return set(n, 0, *x);
     if (n.op_type == "MaskedSoftmax") return set(n, 0, *x);  // the mask broadcasts to X without growing it
     if (n.op_type == "FusedMatMul" && x->has_shape) return infer_matmul(n, *x);  // the bias keeps MatMul's shape
     if (n.op_type == "FusedConv" && x->has_shape) return infer_window(n, *x);  // B, Z and the activation keep Conv's shape

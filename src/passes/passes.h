@@ -32,6 +32,12 @@ Status remove_noops(ir::Model& model, int* removed = nullptr);
 // not vanish into another). The number of nodes and initializers merged away goes to *merged.
 Status eliminate_common_subexpressions(ir::Model& model, int* merged = nullptr,
                                        const std::set<std::string>& keep = {});
+// Folds each inference BatchNormalization (training_mode 0, only Y read; scale, B, mean and var constant
+// [M]) that alone reads a Conv's output into that Conv (weights and bias initializers, or no bias):
+// W' = W * k, b' = (b - mean) * k + B per output channel, k = scale / sqrt(var + eps), computed in float64
+// and stored in the weights' dtype under new names (the old ones stay for eliminate_dead_nodes). The Conv
+// takes the BatchNormalization's output and is named "conv + bn". The number folded goes to *folded.
+Status fold_batch_norm(ir::Model& model, int* folded = nullptr);
 // Removes nodes whose outputs nothing uses, and initializers nothing reads.
 Status eliminate_dead_nodes(ir::Model& model, int* removed = nullptr);
 
@@ -47,6 +53,19 @@ Status lower_precision(ir::Model& model, DType low, const std::function<bool(con
 // (approximate "none" / "tanh"); the pattern's intermediate values must have no other reader. Sets
 // model.opsets["kiln"]. The number found goes to *found.
 Status recognize_gelu(ir::Model& model, int* found = nullptr);
+// Finds LayerNorm over the last axis written out as ReduceMean, Sub, Pow(., 2) or Mul(d, d), ReduceMean,
+// Add(eps), Sqrt, Div [, Mul(gamma)] [, Add(beta)] (ReduceMean's axes [-1] as attribute or input,
+// keepdims 1; gamma and beta constants [C] of x's dtype) and replaces each with one ONNX
+// LayerNormalization (axis -1, epsilon; Scale ones without gamma). Only when the model's default opset is
+// 17 or more (LayerNormalization's first); the intermediate values must have no other reader. Run after
+// infer_shapes (x's last dim). The number found goes to *found.
+Status recognize_layer_norm(ir::Model& model, int* found = nullptr);
+// Finds SiLU (x * Sigmoid(x)) and HardSwish (x * HardSigmoid(x, 1/6, 0.5), x * Clip(x + 3, 0, 6) / 6 in
+// its associations, Div by 6 or Mul by 1/6) written out as elementwise ops and replaces each with one op:
+// Swish (ONNX's from opset 24, else kiln.Swish, the same op; then model.opsets["kiln"] is set), and ONNX
+// HardSwish when the model's default opset is 14 or more (else HardSwish patterns stay). The pattern's
+// intermediate values must have no other reader. The number found goes to *found.
+Status recognize_activations(ir::Model& model, int* found = nullptr);
 // MatMul(A, W) -> Add(., bias) [-> Relu | Gelu(approximate "tanh")] becomes one kiln.FusedMatMul when each
 // link is its predecessor's sole reader and bias is a float initializer of shape [N] or [1, N], N = W's last
 // dim (a [1, N] one is stored again as [N]). Run after infer_shapes (W's shape, A's rank) and after

@@ -1,7 +1,7 @@
-// CUDA layers of the optimizer's kiln.FusedMatMul and kiln.Gelu (ops_spec; made by the passes
-// fuse_matmul_bias and recognize_gelu). FusedMatMul is the cuBLASLt MatMul layer (matmul.h) with the bias
-// epilogue its activation names, and its residual Z (input 3) as cuBLASLt's C with beta 1; kiln.Gelu is
-// ONNX Gelu at any opset, so it is the elementwise Gelu layer.
+// CUDA layers of the optimizer's kiln.FusedMatMul, kiln.Gelu and kiln.Swish (ops_spec; made by the passes
+// fuse_matmul_bias, recognize_gelu and recognize_activations). FusedMatMul is the cuBLASLt MatMul layer
+// (matmul.h) with the bias epilogue its activation names, and its residual Z (input 3) as cuBLASLt's C with
+// beta 1; kiln.Gelu and kiln.Swish are ONNX Gelu and Swish at any opset, so they are the elementwise layers.
 #include <string>
 
 #include "backends/cuda/layer.h"
@@ -52,13 +52,16 @@ void register_fused_matmul_layers(LayerTable& table) {
   mm.lowers_to_fp16 = true;
   table.add(std::move(mm));
 
-  // The elementwise Gelu reads only the node's op type ("Gelu") and its approximate attribute, both the same
-  // on a kiln.Gelu node; it must be registered first (layer_table() calls this after the elementwise ops).
-  if (const LayerKind* onnx_gelu = table.find("Gelu")) {
-    LayerKind gelu = *onnx_gelu;
-    gelu.op_type = "kiln.Gelu";
-    gelu.lowers_to_fp16 = true;
-    table.add(std::move(gelu));
+  // The elementwise Gelu and Swish read only the node's op type ("Gelu", "Swish") and attributes
+  // (approximate, alpha), all the same on a kiln.Gelu / kiln.Swish node; they must be registered first
+  // (layer_table() calls this after the elementwise ops).
+  for (const char* op : {"Gelu", "Swish"}) {
+    if (const LayerKind* onnx_kind = table.find(op)) {
+      LayerKind kind = *onnx_kind;
+      kind.op_type = std::string("kiln.") + op;
+      kind.lowers_to_fp16 = true;
+      table.add(std::move(kind));
+    }
   }
 }
 

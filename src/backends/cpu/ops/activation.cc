@@ -190,13 +190,7 @@ Status gelu_kernel(KernelContext& ctx) {
   return ctx.error("approximate must be 'none' or 'tanh', got '" + approximate + "'");
 }
 
-namespace {
-
-Status mish_kernel(KernelContext& ctx) {
-  KILN_ASSIGN_OR_RETURN(Tensor x, required_input(ctx, 0));
-  return map_float(ctx, x, [](auto v) { return v * std::tanh(softplus(v)); });
-}
-
+// kiln.Swish (fused_matmul.cc) runs this kernel too.
 Status swish_kernel(KernelContext& ctx) {
   KILN_ASSIGN_OR_RETURN(Tensor x, required_input(ctx, 0));
   const float alpha = ctx.attr_float("alpha", 1.0f);
@@ -204,6 +198,13 @@ Status swish_kernel(KernelContext& ctx) {
     using T = decltype(v);
     return v * sigmoid(static_cast<T>(alpha) * v);
   });
+}
+
+namespace {
+
+Status mish_kernel(KernelContext& ctx) {
+  KILN_ASSIGN_OR_RETURN(Tensor x, required_input(ctx, 0));
+  return map_float(ctx, x, [](auto v) { return v * std::tanh(softplus(v)); });
 }
 
 // Clip: bounds are attributes before opset 11 and optional scalar inputs from opset 11. If min > max

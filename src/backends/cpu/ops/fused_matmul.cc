@@ -1,11 +1,13 @@
 // CPU reference kernels of the optimizer's fused ops (domain "kiln"): kiln.FusedMatMul, activation(MatMul(A, B)
-// + bias [+ Z]) with an optional residual Z of the output's shape, and kiln.Gelu, ONNX Gelu at any opset (the
-// passes fuse_matmul_bias and recognize_gelu make them).
+// + bias [+ Z]) with an optional residual Z of the output's shape, kiln.Gelu, ONNX Gelu at any opset, and
+// kiln.Swish, ONNX Swish at any opset (the passes fuse_matmul_bias, recognize_gelu and recognize_activations
+// make them).
 // They run the ONNX MatMul and Gelu references (fused_matmul.h); float16 / bfloat16 are computed in float32
 // from the product to the activation and rounded once, as the CUDA layer's epilogue does.
 #include "backends/cpu/ops/fused_matmul.h"
 
 #include <string>
+#include <utility>
 
 #include "backends/cpu/ops/gemm_util.h"
 
@@ -61,12 +63,14 @@ Status fused_matmul_kernel(KernelContext& ctx) {
 }  // namespace
 
 void register_fused_matmul_ops(ir::OpRegistry& r) {
-  for (const char* op : {"FusedMatMul", "Gelu"}) {
+  const std::pair<const char*, ir::KernelFn> ops[] = {
+      {"FusedMatMul", fused_matmul_kernel}, {"Gelu", gelu_kernel}, {"Swish", swish_kernel}};
+  for (const auto& [op, kernel] : ops) {
     ir::OpSchema s;
     s.domain = "kiln";
     s.op_type = op;
     s.since_version = 1;
-    s.cpu_kernel = std::string(op) == "Gelu" ? gelu_kernel : fused_matmul_kernel;
+    s.cpu_kernel = kernel;
     r.add(std::move(s));
   }
 }

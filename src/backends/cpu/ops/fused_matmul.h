@@ -1,6 +1,6 @@
-// What the optimizer's kiln.FusedMatMul and kiln.Gelu reference kernels (fused_matmul.cc) reuse of the ONNX
-// MatMul (matmul.cc) and Gelu (activation.cc) references, so that a fused op and its decomposition compute
-// the same thing the same way.
+// What the optimizer's kiln.FusedMatMul, kiln.Gelu and kiln.Swish reference kernels (fused_matmul.cc) reuse
+// of the ONNX MatMul (matmul.cc), Gelu and Swish (activation.cc) references, so that a fused op and its
+// decomposition compute the same thing the same way.
 #pragma once
 
 #include <cmath>
@@ -26,5 +26,7 @@ T gelu_tanh(T v) {
 
 // ONNX Gelu's kernel (attribute `approximate`); kiln.Gelu is the same op at any opset.
 Status gelu_kernel(KernelContext& ctx);
+// ONNX Swish's kernel (attribute `alpha`, 1 by default: SiLU); kiln.Swish is the same op at any opset.
+Status swish_kernel(KernelContext& ctx);
 
 }  // namespace kiln::cpu
