@@ -30,34 +30,50 @@ std::string layer_pin(const ir::Node& n, const std::map<std::string, std::string
 Status optimize_graph(ir::Model& m, const OptimizeOptions& o, Logger& logger, std::set<std::string>* lowered_out) {
   KILN_RETURN_IF_ERROR(passes::apply_input_shapes(m, o.input_shapes));
   if (o.opt_level > 0) {
-    int folded = 0, merged = 0, noops = 0, removed = 0;
+    int folded = 0, merged = 0, noops = 0, bns = 0, removed = 0;
     KILN_RETURN_IF_ERROR(passes::fold_constants_to_fixpoint(m, &folded));
     std::set<std::string> pinned;  // pinned layers keep their identity (their pin is honored)
     for (const auto& [name, p] : o.layer_precisions) pinned.insert(name);
     KILN_RETURN_IF_ERROR(passes::eliminate_common_subexpressions(m, &merged, pinned));  // folded constants compare too
     KILN_RETURN_IF_ERROR(passes::remove_noops(m, &noops));
+    KILN_RETURN_IF_ERROR(passes::fold_batch_norm(m, &bns));  // statistics folded to constants by now
     KILN_RETURN_IF_ERROR(passes::eliminate_dead_nodes(m, &removed));
     logger.log(Severity::kInfo, "optimizer: folded " + std::to_string(folded) + " constant nodes, merged " +
                                     std::to_string(merged) + " common subexpressions, bypassed " +
-                                    std::to_string(noops) + " no-ops, removed " + std::to_string(removed) +
+                                    std::to_string(noops) + " no-ops, folded " + std::to_string(bns) +
+                                    " BatchNormalization into convs, removed " + std::to_string(removed) +
                                     " dead nodes");
   }
   KILN_RETURN_IF_ERROR(passes::infer_shapes(m));
+  // One LayerNormalization instead of eight ops pays on every target, the CPU reference included.
+  if (o.opt_level >= 2) {
+    int layer_norms = 0;
+    KILN_RETURN_IF_ERROR(passes::recognize_layer_norm(m, &layer_norms));
+    if (layer_norms > 0) {
+      int removed = 0;
+      KILN_RETURN_IF_ERROR(passes::eliminate_dead_nodes(m, &removed));  // the epsilon constants
+      KILN_RETURN_IF_ERROR(passes::infer_shapes(m));
+      logger.log(Severity::kInfo, "optimizer: " + std::to_string(layer_norms) + " LayerNorm recognized");
+    }
+  }
   // Fusions into the optimizer's kiln.* ops, for GPU engines: each saves a kernel launch and a round trip of
   // the intermediate through memory there (the CPU reference gains nothing from them).
   if (o.for_gpu && o.opt_level >= 2) {
-    int gelus = 0, matmuls = 0, convs = 0, softmaxes = 0, attentions = 0, removed = 0;
+    int gelus = 0, matmuls = 0, convs = 0, activations = 0, softmaxes = 0, attentions = 0, removed = 0;
     KILN_RETURN_IF_ERROR(passes::recognize_gelu(m, &gelus));
     KILN_RETURN_IF_ERROR(passes::infer_shapes(m));
     KILN_RETURN_IF_ERROR(passes::fuse_matmul_bias(m, &matmuls));  // after recognize_gelu: absorbs a tanh GELU
     KILN_RETURN_IF_ERROR(passes::fuse_conv_activation(m, &convs));
+    // After the conv fusion, which absorbs a SiLU as Sigmoid + Mul: the SiLUs left become one kiln.Swish.
+    KILN_RETURN_IF_ERROR(passes::recognize_activations(m, &activations));
     KILN_RETURN_IF_ERROR(passes::fuse_masked_softmax(m, &softmaxes));
     KILN_RETURN_IF_ERROR(passes::fuse_attention(m, &attentions));  // after fuse_masked_softmax: absorbs its node
     KILN_RETURN_IF_ERROR(passes::eliminate_dead_nodes(m, &removed));
     KILN_RETURN_IF_ERROR(passes::infer_shapes(m));
     logger.log(Severity::kInfo, "optimizer: " + std::to_string(gelus) + " GELU recognized, " +
                                     std::to_string(matmuls) + " MatMul + bias and " + std::to_string(convs) +
-                                    " Conv + activation fused, " + std::to_string(softmaxes) +
+                                    " Conv + activation fused, " + std::to_string(activations) +
+                                    " SiLU / HardSwish recognized, " + std::to_string(softmaxes) +
                                     " masked softmax, " + std::to_string(attentions) + " attention");
   }
   auto layer_named = [&](const std::string& name) -> const ir::Node* {
