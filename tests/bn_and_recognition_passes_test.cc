@@ -13,6 +13,9 @@
 #include "kernel_harness.h"
 #include "passes/passes.h"
 #include "runtime/executor.h"
+#ifdef KILN_HAVE_CUDA
+#include "cuda_layer_harness.h"
+#endif
 
 namespace kiln::testing {
 namespace {
@@ -510,6 +513,35 @@ TEST(RecognizeActivations, WhatMustStay) {
     }
   }
 }
+
+#ifdef KILN_HAVE_CUDA
+// kiln.Swish on the GPU is ONNX Swish's elementwise layer: registered under the kiln domain, and computing
+// what the CPU reference does (GPU round).
+TEST(CudaKilnSwish, RegisteredAndMatchesReference) {
+  ir::Node n;
+  n.op_type = "Swish";
+  n.domain = "kiln";
+  const cuda::LayerKind* k = cuda::layer_table().find_for(n);
+  ASSERT_NE(k, nullptr);
+  EXPECT_EQ(k->op_type, "kiln.Swish");
+  EXPECT_TRUE(k->lowers_to_fp16);
+  KILN_SKIP_WITHOUT_GPU();
+  for (DType t : {DType::kFloat32, DType::kFloat16, DType::kBFloat16}) {
+    SCOPED_TRACE(dtype_name(t));
+    LayerCase c;
+    c.op = "Swish";
+    c.domain = "kiln";
+    c.opset = 1;
+    c.inputs = {random_float({64, 1000}, 0.1f, 6.0f)};
+    c.precision = t;
+    if (t == DType::kFloat32) {
+      c.rtol = 1e-5;
+      c.atol = 1e-5;
+    }
+    expect_layer_matches_reference(c);
+  }
+}
+#endif  // KILN_HAVE_CUDA
 
 }  // namespace
 }  // namespace kiln::testing
