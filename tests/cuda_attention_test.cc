@@ -1,5 +1,5 @@
 // The CUDA layer of kiln.FusedAttention (src/backends/cuda/attention.cu) against its CPU reference: the
-// tensor-core kernel (tactics cuda.flash.br64 / br128, 16 or 32 rows a warp (w32); float16 and bfloat16, head dims 64 and 128) and the
+// tensor-core kernel (tactics cuda.flash.br64 / br128; float16 and bfloat16, head dims 64 and 128) and the
 // one-warp-a-row kernel (cuda.attention.rows; every float type, head dims up to 256), on BERT-base's shapes
 // (BSHD, a [B, 1, S, S] padding mask with a fully masked row), sequence lengths that are not multiples of the
 // 64-key tile, Sq != Sk, causal masking, a key-padding mask [B, 1, 1, Sk], and both nan_to_zero settings.
@@ -19,7 +19,7 @@
 namespace kiln::testing {
 namespace {
 
-const char* const kFlashTactics[] = {"cuda.flash.br64", "cuda.flash.br128", "cuda.flash.br64w32", "cuda.flash.br128w32"};
+const char* const kFlashTactics[] = {"cuda.flash.br64", "cuda.flash.br128"};
 
 // 0 where attended, -inf where not (about a fifth), and the first row of the mask's last two dims wholly -inf
 // when `full_row`.

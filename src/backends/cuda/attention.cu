@@ -3,8 +3,8 @@
 // and head, without writing the [Sq, Sk] score matrix anywhere.
 //
 // Two kernels:
-// - flash_attention_kernel (tactics "cuda.flash.br64|br128[w32]"): FlashAttention-2's forward for
-//   float16 / bfloat16 and head dims 64 and 128. A block owns BR query rows of one (batch, head), 16 or 32 a warp;
+// - flash_attention_kernel (tactics "cuda.flash.br64", "cuda.flash.br128"): FlashAttention-2's forward for
+//   float16 / bfloat16 and head dims 64 and 128. A block owns BR query rows of one (batch, head), 16 per warp;
 //   it streams the keys and values through shared memory in tiles of 64 (cp.async, double-buffered), computes
 //   S = Q K^T and O += P V on the tensor cores (mma.sync m16n8k16, float accumulators) and keeps the softmax
 //   online: a running row max and sum in registers, O rescaled when the max grows. The score tile never
@@ -26,7 +26,6 @@
 
 #include <cmath>
 #include <string>
-#include <type_traits>
 #include <vector>
 
 #include "backends/cuda/device_common.cuh"
@@ -198,38 +197,13 @@ __device__ __forceinline__ void load_tile(SwizzledTile<T, D> tile, const T* src,
   }
 }
 
-// The logits of one accumulator pair (two adjacent keys j, j + 1 of row i) in base 2, masked.
-template <class T>
-__device__ __forceinline__ void scale_and_mask(float& x0, float& x1, const T* mask_row, const AttentionParams& p,
-                                               bool mask_pairs, int i, int j) {
-  x0 *= p.scale_log2;
-  x1 *= p.scale_log2;
-  if (mask_row != nullptr && i < p.Sq) {
-    if (mask_pairs && j + 1 < p.Sk) {  // two adjacent 16-bit values in one 4-byte load
-      uint32_t bits = *reinterpret_cast<const uint32_t*>(mask_row + j);
-      const T* two = reinterpret_cast<const T*>(&bits);
-      x0 += to_f(two[0]) * kLog2e;
-      x1 += to_f(two[1]) * kLog2e;
-    } else {
-      if (j < p.Sk) x0 += to_f(mask_row[j * p.mask_strides[3]]) * kLog2e;
-      if (j + 1 < p.Sk) x1 += to_f(mask_row[(j + 1) * p.mask_strides[3]]) * kLog2e;
-    }
-  }
-  if (j >= p.Sk || (p.causal && j > i)) x0 = -INFINITY;
-  if (j + 1 >= p.Sk || (p.causal && j + 1 > i)) x1 = -INFINITY;
-}
-
-// MT m16 row tiles a warp (16 * MT query rows), BR rows a block: BR / (16 * MT) warps. With MT = 1 the warp
-// keeps its Q fragments in registers; with MT = 2 it reads them from shared memory at each step instead, and
-// every K and V fragment it loads feeds two MMAs: half the shared-memory traffic per FLOP, which is what
-// bounds the one-tile-a-warp kernel.
-template <class T, int D, int BR, int MT>
-__global__ void __launch_bounds__(BR / (16 * MT) * 32) flash_attention_kernel(
-    const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, const T* __restrict__ mask,
-    T* __restrict__ y, AttentionParams p, bool mask_pairs) {
-  constexpr int kThreads = BR / (16 * MT) * 32;
-  constexpr int kDTiles = D / 8;   // n8 tiles of the output
-  constexpr int kKSteps = D / 16;  // k16 steps of Q K^T
+template <class T, int D, int BR>
+__global__ void __launch_bounds__(BR * 2) flash_attention_kernel(const T* __restrict__ q, const T* __restrict__ k,
+                                                                 const T* __restrict__ v, const T* __restrict__ mask,
+                                                                 T* __restrict__ y, AttentionParams p) {
+  constexpr int kThreads = BR * 2;  // BR / 16 warps
+  constexpr int kDTiles = D / 8;    // n8 tiles of the output
+  constexpr int kKSteps = D / 16;   // k16 steps of Q K^T
   constexpr int kSTiles = kBlockKeys / 8;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   T* smem = reinterpret_cast<T*>(smem_raw);
@@ -256,36 +230,22 @@ __global__ void __launch_bounds__(BR / (16 * MT) * 32) flash_attention_kernel(
   }
   cp_async_commit();
 
-  // Row tile mt of this warp: rows warp * 16 * MT + mt * 16 + [0, 16). This thread holds two of them,
-  // lane / 4 and lane / 4 + 8 ("a" and "b"), and in each n8 tile the columns 2 * (lane % 4) and the next.
-  int rows[MT][2];
-  const T* mask_rows[MT][2];
+  // This thread's two rows of the warp's 16: r0 = lane / 4 and r0 + 8; its columns in each n8 tile:
+  // 2 * (lane % 4) and the next.
+  const int row_a = q0 + warp * 16 + lane / 4, row_b = row_a + 8;
+  uint32_t qf[kKSteps][4];
+  float o[kDTiles][4];
 #pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      rows[mt][r] = q0 + warp * 16 * MT + mt * 16 + lane / 4 + 8 * r;
-      mask_rows[mt][r] = p.has_mask ? mask + b * p.mask_strides[0] + h * p.mask_strides[1] +
-                                          static_cast<int64_t>(rows[mt][r]) * p.mask_strides[2]
-                                    : nullptr;
-    }
-  uint32_t qreg[MT == 1 ? kKSteps : 1][4];
-  float o[MT][kDTiles][4];
-  float m_run[MT][2], l_run[MT][2];
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-    for (int t = 0; t < kDTiles; ++t) o[mt][t][0] = o[mt][t][1] = o[mt][t][2] = o[mt][t][3] = 0.0f;
-    m_run[mt][0] = m_run[mt][1] = -INFINITY;
-    l_run[mt][0] = l_run[mt][1] = 0.0f;
-  }
+  for (int t = 0; t < kDTiles; ++t) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.0f;
+  float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;
 
   for (int tile = 0; tile < n_tiles; ++tile) {
     cp_async_wait_all();
     __syncthreads();  // this tile's K and V are in; every warp is done with the other stage
-    if (MT == 1 && tile == 0) {
+    if (tile == 0) {
 #pragma unroll
-      for (int ks = 0; ks < kKSteps; ++ks) ldmatrix_x4(qreg[MT == 1 ? ks : 0], q_tile.chunk(warp * 16 + lane % 16, 2 * ks + lane / 16));
+      for (int s = 0; s < kKSteps; ++s)
+        ldmatrix_x4(qf[s], q_tile.chunk(warp * 16 + lane % 16, 2 * s + lane / 16));
     }
     if (tile + 1 < n_tiles) {
       const int next = (tile + 1) * kBlockKeys;
@@ -299,76 +259,66 @@ __global__ void __launch_bounds__(BR / (16 * MT) * 32) flash_attention_kernel(
     const SwizzledTile<T, D> vt = v_tile(tile % 2);
     const int key0 = tile * kBlockKeys;
 
-    // S = Q K^T for the warp's rows and the tile's 64 keys.
-    float s[MT][kSTiles][4];
+    // S = Q K^T for the warp's 16 rows and the tile's 64 keys.
+    float s[kSTiles][4];
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-      for (int t = 0; t < kSTiles; ++t) s[mt][t][0] = s[mt][t][1] = s[mt][t][2] = s[mt][t][3] = 0.0f;
+    for (int t = 0; t < kSTiles; ++t) s[t][0] = s[t][1] = s[t][2] = s[t][3] = 0.0f;
 #pragma unroll
     for (int ks = 0; ks < kKSteps; ++ks) {
-      uint32_t qf[MT][4];
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
-        if constexpr (MT == 1) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) qf[mt][e] = qreg[ks][e];
-        } else {
-          ldmatrix_x4(qf[mt], q_tile.chunk(warp * 16 * MT + mt * 16 + lane % 16, 2 * ks + lane / 16));
-        }
-      }
 #pragma unroll
       for (int t = 0; t < kSTiles; t += 2) {
         uint32_t kf[4];  // b0, b1 of key tile t, then of tile t + 1
         ldmatrix_x4(kf, kt.chunk(t * 8 + lane % 8 + (lane / 16) * 8, 2 * ks + (lane / 8) % 2));
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-          mma16816<T>(s[mt][t], qf[mt], kf[0], kf[1]);
-          mma16816<T>(s[mt][t + 1], qf[mt], kf[2], kf[3]);
-        }
+        mma16816<T>(s[t], qf[ks], kf[0], kf[1]);
+        mma16816<T>(s[t + 1], qf[ks], kf[2], kf[3]);
       }
     }
 
-    uint32_t pf[MT][kSTiles / 2][4];
+    // Logits in base 2, masked; the tile's row maxima.
+    float tmax_a = -INFINITY, tmax_b = -INFINITY;
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-      // Logits in base 2, masked; the tile's row maxima.
-      float tmax[2] = {-INFINITY, -INFINITY};
+    for (int t = 0; t < kSTiles; ++t) {
 #pragma unroll
-      for (int t = 0; t < kSTiles; ++t) {
-        const int j = key0 + t * 8 + 2 * (lane % 4);
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          scale_and_mask(s[mt][t][2 * r], s[mt][t][2 * r + 1], mask_rows[mt][r], p, mask_pairs, rows[mt][r], j);
-          tmax[r] = fmaxf(tmax[r], fmaxf(s[mt][t][2 * r], s[mt][t][2 * r + 1]));
-        }
+      for (int e = 0; e < 4; ++e) {
+        const int j = key0 + t * 8 + 2 * (lane % 4) + (e % 2);
+        const int i = e < 2 ? row_a : row_b;
+        float x = s[t][e] * p.scale_log2;
+        if (j >= p.Sk || (p.causal && j > i)) x = -INFINITY;
+        else if (p.has_mask && i < p.Sq) x += mask_at(mask, p, b, h, i, j) * kLog2e;
+        s[t][e] = x;
+        if (e < 2) tmax_a = fmaxf(tmax_a, x);
+        else tmax_b = fmaxf(tmax_b, x);
       }
-      float use[2];
+    }
 #pragma unroll
-      for (int r = 0; r < 2; ++r) {
+    for (int off = 1; off < 4; off *= 2) {
+      tmax_a = fmaxf(tmax_a, __shfl_xor_sync(0xffffffffu, tmax_a, off));
+      tmax_b = fmaxf(tmax_b, __shfl_xor_sync(0xffffffffu, tmax_b, off));
+    }
+    const float mnew_a = fmaxf(m_a, tmax_a), mnew_b = fmaxf(m_b, tmax_b);
+    const float use_a = mnew_a == -INFINITY ? 0.0f : mnew_a, use_b = mnew_b == -INFINITY ? 0.0f : mnew_b;
+    const float alpha_a = exp2f(m_a - use_a), alpha_b = exp2f(m_b - use_b);
+    m_a = mnew_a;
+    m_b = mnew_b;
+    l_a *= alpha_a;
+    l_b *= alpha_b;
 #pragma unroll
-        for (int off = 1; off < 4; off *= 2) tmax[r] = fmaxf(tmax[r], __shfl_xor_sync(0xffffffffu, tmax[r], off));
-        const float m_new = fmaxf(m_run[mt][r], tmax[r]);
-        use[r] = m_new == -INFINITY ? 0.0f : m_new;
-        const float alpha = exp2f(m_run[mt][r] - use[r]);
-        m_run[mt][r] = m_new;
-        l_run[mt][r] *= alpha;
+    for (int t = 0; t < kDTiles; ++t) {
+      o[t][0] *= alpha_a;
+      o[t][1] *= alpha_a;
+      o[t][2] *= alpha_b;
+      o[t][3] *= alpha_b;
+    }
+    // P = exp2(x - max), summed, and packed as the A operand of P V: k16 step u covers key tiles 2u, 2u + 1.
+    uint32_t pf[kSTiles / 2][4];
 #pragma unroll
-        for (int t = 0; t < kDTiles; ++t) {
-          o[mt][t][2 * r] *= alpha;
-          o[mt][t][2 * r + 1] *= alpha;
-        }
-      }
-      // P = exp2(x - max), summed, and packed as the A operand of P V: k16 step u covers key tiles 2u, 2u + 1.
-#pragma unroll
-      for (int t = 0; t < kSTiles; ++t) {
-        const float p0 = exp2f(s[mt][t][0] - use[0]), p1 = exp2f(s[mt][t][1] - use[0]);
-        const float p2 = exp2f(s[mt][t][2] - use[1]), p3 = exp2f(s[mt][t][3] - use[1]);
-        l_run[mt][0] += p0 + p1;
-        l_run[mt][1] += p2 + p3;
-        pf[mt][t / 2][(t % 2) * 2 + 0] = pack2<T>(p0, p1);
-        pf[mt][t / 2][(t % 2) * 2 + 1] = pack2<T>(p2, p3);
-      }
+    for (int t = 0; t < kSTiles; ++t) {
+      const float p0 = exp2f(s[t][0] - use_a), p1 = exp2f(s[t][1] - use_a);
+      const float p2 = exp2f(s[t][2] - use_b), p3 = exp2f(s[t][3] - use_b);
+      l_a += p0 + p1;
+      l_b += p2 + p3;
+      pf[t / 2][(t % 2) * 2 + 0] = pack2<T>(p0, p1);
+      pf[t / 2][(t % 2) * 2 + 1] = pack2<T>(p2, p3);
     }
     // O += P V.
 #pragma unroll
@@ -377,36 +327,34 @@ __global__ void __launch_bounds__(BR / (16 * MT) * 32) flash_attention_kernel(
       for (int t = 0; t < kDTiles; t += 2) {
         uint32_t vf[4];  // b0, b1 of output tile t, then of tile t + 1
         ldmatrix_x4_trans(vf, vt.chunk(u * 16 + lane % 8 + ((lane / 8) % 2) * 8, t + lane / 16));
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-          mma16816<T>(o[mt][t], pf[mt][u], vf[0], vf[1]);
-          mma16816<T>(o[mt][t + 1], pf[mt][u], vf[2], vf[3]);
-        }
+        mma16816<T>(o[t], pf[u], vf[0], vf[1]);
+        mma16816<T>(o[t + 1], pf[u], vf[2], vf[3]);
       }
     }
   }
   cp_async_wait_all();
 
   // The row sums over the quad, then Y = O / l.
+#pragma unroll
+  for (int off = 1; off < 4; off *= 2) {
+    l_a += __shfl_xor_sync(0xffffffffu, l_a, off);
+    l_b += __shfl_xor_sync(0xffffffffu, l_b, off);
+  }
   const float empty = p.nan_to_zero ? 0.0f : NAN;
+  const float inv_a = l_a > 0.0f ? 1.0f / l_a : 0.0f, inv_b = l_b > 0.0f ? 1.0f / l_b : 0.0f;
   T* yb = y + b * p.y.batch + h * p.y.head;
 #pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float l = l_run[mt][r];
-#pragma unroll
-      for (int off = 1; off < 4; off *= 2) l += __shfl_xor_sync(0xffffffffu, l, off);
-      const int row = rows[mt][r];
-      if (row >= p.Sq) continue;
-      const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-#pragma unroll
-      for (int t = 0; t < kDTiles; ++t) {
-        const int d = t * 8 + 2 * (lane % 4);
-        const float y0 = l > 0.0f ? o[mt][t][2 * r] * inv : empty, y1 = l > 0.0f ? o[mt][t][2 * r + 1] * inv : empty;
-        *reinterpret_cast<uint32_t*>(yb + static_cast<int64_t>(row) * p.y.seq + d) = pack2<T>(y0, y1);
-      }
+  for (int t = 0; t < kDTiles; ++t) {
+    const int d = t * 8 + 2 * (lane % 4);
+    if (row_a < p.Sq) {
+      const float y0 = l_a > 0.0f ? o[t][0] * inv_a : empty, y1 = l_a > 0.0f ? o[t][1] * inv_a : empty;
+      *reinterpret_cast<uint32_t*>(yb + row_a * p.y.seq + d) = pack2<T>(y0, y1);
     }
+    if (row_b < p.Sq) {
+      const float y2 = l_b > 0.0f ? o[t][2] * inv_b : empty, y3 = l_b > 0.0f ? o[t][3] * inv_b : empty;
+      *reinterpret_cast<uint32_t*>(yb + row_b * p.y.seq + d) = pack2<T>(y2, y3);
+    }
+  }
 }
 
 template <class T, int D, int BR>
@@ -416,22 +364,22 @@ constexpr size_t flash_smem_bytes() {
 
 // Kernels using more than 48 KiB of shared memory must opt in, once per kernel: done when a layer is created,
 // never in run() (which may be captured into a CUDA graph).
-template <class T, int D, int BR, int MT>
+template <class T, int D, int BR>
 Status opt_in_flash() {
-  if (cudaFuncSetAttribute(flash_attention_kernel<T, D, BR, MT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+  if (cudaFuncSetAttribute(flash_attention_kernel<T, D, BR>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                            static_cast<int>(flash_smem_bytes<T, D, BR>())) != cudaSuccess)
     return launch_status("flash_attention_kernel (shared memory opt-in)");
   return OkStatus();
 }
 
-template <class T, int D, int BR, int MT>
-Status launch_flash(const AttentionParams& p, bool mask_pairs, const void* q, const void* k, const void* v,
-                    const void* mask, void* y, cudaStream_t stream) {
+template <class T, int D, int BR>
+Status launch_flash(const AttentionParams& p, const void* q, const void* k, const void* v, const void* mask,
+                    void* y, cudaStream_t stream) {
   const size_t smem = flash_smem_bytes<T, D, BR>();
+  auto kernel = flash_attention_kernel<T, D, BR>;
   const dim3 grid(static_cast<unsigned>(ceil_div(p.Sq, BR)), static_cast<unsigned>(p.H), static_cast<unsigned>(p.B));
-  flash_attention_kernel<T, D, BR, MT><<<grid, BR / (16 * MT) * 32, smem, stream>>>(
-      static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), static_cast<const T*>(mask),
-      static_cast<T*>(y), p, mask_pairs);
+  kernel<<<grid, BR * 2, smem, stream>>>(static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
+                                         static_cast<const T*>(mask), static_cast<T*>(y), p);
   return launch_status("flash_attention_kernel");
 }
 
@@ -440,36 +388,8 @@ Status launch_flash(const AttentionParams& p, bool mask_pairs, const void* q, co
 
 const char* kPrefix = "CUDA kiln.FusedAttention: ";
 const char* kRowsTactic = "cuda.attention.rows";
-
-// The tensor-core kernel's shapes: query rows a block, and m16 row tiles a warp.
-struct FlashShape {
-  const char* tactic;
-  int br, mt;
-};
-const FlashShape kFlashShapes[] = {
-    {"cuda.flash.br64", 64, 1},       // 4 warps of 16 rows
-    {"cuda.flash.br128", 128, 1},     // 8 warps of 16 rows
-    {"cuda.flash.br64w32", 64, 2},    // 2 warps of 32 rows
-    {"cuda.flash.br128w32", 128, 2},  // 4 warps of 32 rows
-};
-const FlashShape* flash_shape(const std::string& tactic) {
-  for (const FlashShape& f : kFlashShapes)
-    if (tactic == f.tactic) return &f;
-  return nullptr;
-}
-
-// Calls f(std::integral_constant<int, D>, BR, MT) with the compile-time instance of a flash shape.
-template <class F>
-Status with_flash_instance(int d, const FlashShape& s, F&& f) {
-  using std::integral_constant;
-  auto by_d = [&](auto dc) {
-    if (s.br == 64 && s.mt == 1) return f(dc, integral_constant<int, 64>{}, integral_constant<int, 1>{});
-    if (s.br == 128 && s.mt == 1) return f(dc, integral_constant<int, 128>{}, integral_constant<int, 1>{});
-    if (s.br == 64 && s.mt == 2) return f(dc, integral_constant<int, 64>{}, integral_constant<int, 2>{});
-    return f(dc, integral_constant<int, 128>{}, integral_constant<int, 2>{});
-  };
-  return d == 64 ? by_d(integral_constant<int, 64>{}) : by_d(integral_constant<int, 128>{});
-}
+const char* kFlash64 = "cuda.flash.br64";
+const char* kFlash128 = "cuda.flash.br128";
 
 struct Geometry {
   bool bshd = false;
@@ -550,8 +470,7 @@ class AttentionLayer : public Layer {
       if (!spec.inputs[i].is_static()) return InvalidArgument(std::string(kPrefix) + "create needs concrete shapes");
     dtype_ = spec.inputs[0].dtype;
     tactic_ = tactic;
-    flash_ = flash_shape(tactic);
-    if (tactic != kRowsTactic && !(flash_ != nullptr && flash_fits(dtype_, g.D)))
+    if (tactic != kRowsTactic && !((tactic == kFlash64 || tactic == kFlash128) && flash_fits(dtype_, g.D)))
       return Unsupported(std::string(kPrefix) + "tactic '" + tactic + "' does not run " + dtype_name(dtype_) +
                          " with head dim " + std::to_string(g.D));
     p_.B = static_cast<int>(g.B);
@@ -567,11 +486,9 @@ class AttentionLayer : public Layer {
     p_.scale_log2 = spec.attr_float("scale", 1.0f) * kLog2e;
     p_.causal = spec.attr_int("causal", 0) == 1;
     p_.nan_to_zero = spec.attr_int("nan_to_zero", 0) == 1;
-    if (flash_ != nullptr) {
-      KILN_RETURN_IF_ERROR(with_flash_instance(p_.D, *flash_, [&](auto dc, auto brc, auto mtc) {
-        constexpr int D = decltype(dc)::value, BR = decltype(brc)::value, MT = decltype(mtc)::value;
-        return dtype_ == DType::kFloat16 ? opt_in_flash<__half, D, BR, MT>() : opt_in_flash<__nv_bfloat16, D, BR, MT>();
-      }));
+    if (tactic != kRowsTactic) {
+      const bool br128 = tactic == kFlash128;
+      KILN_RETURN_IF_ERROR(dtype_ == DType::kFloat16 ? opt_in<__half>(br128) : opt_in<__nv_bfloat16>(br128));
     }
     p_.has_mask = spec.inputs.size() == 4 && spec.inputs[3].present();
     if (p_.has_mask) {
@@ -583,9 +500,6 @@ class AttentionLayer : public Layer {
         p_.mask_strides[slot] = m[i] == 1 ? 0 : stride;
         stride *= m[i];
       }
-      // Keys in pairs: two adjacent mask values make one 4-byte load where every row starts 4-byte aligned.
-      mask_pairs_ = p_.mask_strides[3] == 1 && dtype_size(dtype_) == 2 && p_.mask_strides[0] % 2 == 0 &&
-                    p_.mask_strides[1] % 2 == 0 && p_.mask_strides[2] % 2 == 0;
     }
     return OkStatus();
   }
@@ -599,13 +513,10 @@ class AttentionLayer : public Layer {
     // cp.async moves 16-byte chunks: the tensor-core kernel needs 16-byte aligned rows (the strides are
     // multiples of D, 64 or 128, so the base pointers decide).
     const bool aligned = aligned16(q) && aligned16(k) && aligned16(v) && aligned16(y);
-    if (flash_ != nullptr && aligned) {
-      const bool pairs = mask_pairs_ && aligned_to(mask, 4);
-      return with_flash_instance(p_.D, *flash_, [&](auto dc, auto brc, auto mtc) {
-        constexpr int D = decltype(dc)::value, BR = decltype(brc)::value, MT = decltype(mtc)::value;
-        return dtype_ == DType::kFloat16 ? launch_flash<__half, D, BR, MT>(p_, pairs, q, k, v, mask, y, h.stream)
-                                         : launch_flash<__nv_bfloat16, D, BR, MT>(p_, pairs, q, k, v, mask, y, h.stream);
-      });
+    if (tactic_ != kRowsTactic && aligned) {
+      const bool br128 = tactic_ == kFlash128;
+      if (dtype_ == DType::kFloat16) return flash<__half>(br128, q, k, v, mask, y, h.stream);
+      return flash<__nv_bfloat16>(br128, q, k, v, mask, y, h.stream);
     }
     const dim3 grid(static_cast<unsigned>(ceil_div(p_.Sq, kRowsPerBlock)), static_cast<unsigned>(p_.H),
                     static_cast<unsigned>(p_.B));
@@ -619,10 +530,21 @@ class AttentionLayer : public Layer {
   }
 
  private:
+  template <class T>
+  Status opt_in(bool br128) const {
+    if (p_.D == 64) return br128 ? opt_in_flash<T, 64, 128>() : opt_in_flash<T, 64, 64>();
+    return br128 ? opt_in_flash<T, 128, 128>() : opt_in_flash<T, 128, 64>();
+  }
+  template <class T>
+  Status flash(bool br128, const void* q, const void* k, const void* v, const void* mask, void* y,
+               cudaStream_t stream) const {
+    if (p_.D == 64)
+      return br128 ? launch_flash<T, 64, 128>(p_, q, k, v, mask, y, stream) : launch_flash<T, 64, 64>(p_, q, k, v, mask, y, stream);
+    return br128 ? launch_flash<T, 128, 128>(p_, q, k, v, mask, y, stream) : launch_flash<T, 128, 64>(p_, q, k, v, mask, y, stream);
+  }
+
   DType dtype_ = DType::kFloat32;
   std::string tactic_;
-  const FlashShape* flash_ = nullptr;  // nullptr: the one-warp-a-row kernel
-  bool mask_pairs_ = false;
   AttentionParams p_;
 };
 
@@ -636,12 +558,7 @@ void register_attention_layers(LayerTable& table) {
     return check_attention(spec, &g);
   };
   // The tensor-core tactics first (they refuse what they do not run: float32, other head dims).
-  k.tactics = [](const LayerSpec&) {
-    std::vector<std::string> t;
-    for (const FlashShape& f : kFlashShapes) t.push_back(f.tactic);
-    t.push_back(kRowsTactic);
-    return t;
-  };
+  k.tactics = [](const LayerSpec&) { return std::vector<std::string>{kFlash128, kFlash64, kRowsTactic}; };
   k.create = [](const LayerSpec& spec, const std::string& tactic, const CudaHandles&) -> Result<std::unique_ptr<Layer>> {
     auto layer = std::make_unique<AttentionLayer>();
     KILN_RETURN_IF_ERROR(layer->init(spec, tactic));
