@@ -63,7 +63,11 @@ void expect_fused_matches_reference(const LayerCase& c) {
   ASSERT_NE(kind, nullptr);
   ir::Node node;
   const cuda::LayerSpec spec = detail::case_spec(c, cuda_inputs, want, &node);
-  std::vector<std::string> tactics = kind->tactics(spec);
+  // The cuDNN graph-API ranks past h0 are the same code with another engine: tests/cuda_cudnn_graph_conv_test.cc
+  // runs h0..h2 of its own problems; here h0 stands for them (every rank made this suite take minutes).
+  std::vector<std::string> tactics;
+  for (const std::string& t : kind->tactics(spec))
+    if (t.rfind("cuda.cudnn.graph.", 0) != 0 || t == "cuda.cudnn.graph.h0") tactics.push_back(t);
   tactics.push_back("default");
   std::string ran, declined;
   int fused_ran = 0;
