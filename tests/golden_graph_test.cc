@@ -48,16 +48,12 @@ const Target kGpuFp16{"gpu_fp16_opt3", true, Precision::kFloat16, 3};
 const Target kCpu{"cpu_opt3", false, Precision::kFloat32, 3};
 
 #ifdef KILN_HAVE_CUDA
-// What the CUDA backend answers (cuda_backend.cc: supports() and can_lower_precision()), asked of its layer
-// table directly: the backend object needs a device, its table does not.
+// What the CUDA backend answers (supports() and can_lower_precision()), asked without a device.
 bool cuda_runs_in_half(const ir::Model& m, const ir::Node& n) {
   const cuda::LayerKind* kind = cuda::layer_table().find_for(n);
   if (kind == nullptr || !kind->lowers_to_fp16) return false;
   const auto opset = m.opsets.find(n.domain);
-  const cuda::LayerSpec spec = cuda::make_layer_spec(n, m.graph, opset == m.opsets.end() ? 0 : opset->second);
-  for (size_t i = 0; i < n.inputs.size(); ++i)
-    if (!n.inputs[i].empty() && !spec.inputs[i].present()) return false;
-  return kind->check(spec).empty();
+  return backends::cuda_layer_refusal(n, m.graph, opset == m.opsets.end() ? 0 : opset->second).empty();
 }
 #endif
 

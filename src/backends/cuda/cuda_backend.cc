@@ -24,21 +24,9 @@ class CudaBackend : public Backend {
   std::string device_name() const override { return device_name_; }
 
   bool supports(const ir::Node& node, const ir::Graph& graph, int opset, std::string* why_not) const override {
-    auto fail = [&](std::string m) {
-      if (why_not) *why_not = std::move(m);
-      return false;
-    };
-    const cuda::LayerKind* kind = cuda::layer_table().find_for(node);
-    if (kind == nullptr)
-      return fail("no CUDA kernel for " + (node.domain.empty() || node.domain == "ai.onnx" ? "" : node.domain + ".") +
-                  node.op_type);
-    cuda::LayerSpec spec = cuda::make_layer_spec(node, graph, opset);
-    for (size_t i = 0; i < node.inputs.size(); ++i)
-      if (!node.inputs[i].empty() && !spec.inputs[i].present())
-        return fail("the type of input '" + node.inputs[i] + "' is not known");
-    std::string why = kind->check(spec);
-    if (!why.empty()) return fail(why);
-    return true;
+    std::string why = cuda_layer_refusal(node, graph, opset);
+    if (why_not) *why_not = why;
+    return why.empty();
   }
 
   std::vector<Tactic> tactics(const ir::Node& node, const ir::Graph& graph, int opset) const override {
@@ -99,6 +87,18 @@ bool cuda_device_available() {
     return false;
   }
   return n > 0;
+}
+
+std::string cuda_layer_refusal(const ir::Node& node, const ir::Graph& graph, int opset) {
+  const cuda::LayerKind* kind = cuda::layer_table().find_for(node);
+  if (kind == nullptr)
+    return "no CUDA kernel for " + (node.domain.empty() || node.domain == "ai.onnx" ? "" : node.domain + ".") +
+           node.op_type;
+  cuda::LayerSpec spec = cuda::make_layer_spec(node, graph, opset);
+  for (size_t i = 0; i < node.inputs.size(); ++i)
+    if (!node.inputs[i].empty() && !spec.inputs[i].present())
+      return "the type of input '" + node.inputs[i] + "' is not known";
+  return kind->check(spec);
 }
 
 Result<std::unique_ptr<Backend>> make_cuda_backend() {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <memory>
+#include <string>
 
 #include "backends/backend.h"
 #include "kiln/status.h"
@@ -13,5 +14,8 @@ namespace kiln::backends {
 bool cuda_device_available();
 // The CUDA backend on device 0; an error that says why when there is no usable GPU.
 Result<std::unique_ptr<Backend>> make_cuda_backend();
+// What the backend's supports() answers, from the CUDA layer table alone (no device needed, so the graph of
+// a GPU engine can be planned and reviewed without one): "" when a layer runs the node, otherwise why not.
+std::string cuda_layer_refusal(const ir::Node& node, const ir::Graph& graph, int opset);
 
 }  // namespace kiln::backends
