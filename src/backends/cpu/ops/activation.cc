@@ -18,14 +18,8 @@ using elementwise::is_low_precision_float;
 using elementwise::map_float;
 using elementwise::map_numeric;
 using elementwise::required_input;
+using elementwise::sigmoid;
 
-// Logistic function, written so that exp never overflows.
-template <class T>
-T sigmoid(T x) {
-  if (x >= 0) return T(1) / (T(1) + std::exp(-x));
-  const T e = std::exp(x);
-  return e / (T(1) + e);
-}
 
 // log(1 + exp(x)) without overflow for large x.
 template <class T>

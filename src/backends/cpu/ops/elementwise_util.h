@@ -2,12 +2,22 @@
 // logical.cc): map a function over a tensor, and over two broadcast tensors.
 #pragma once
 
+#include <cmath>
 #include <string>
 #include <vector>
 
 #include "backends/cpu/kernel_util.h"
 
 namespace kiln::cpu::elementwise {
+
+// Logistic function, written so that exp never overflows (Sigmoid, Swish, and the activations fused into
+// kiln.FusedConv all compute it this way, so that a fused node and the nodes it replaced agree to the bit).
+template <class T>
+T sigmoid(T x) {
+  if (x >= 0) return T(1) / (T(1) + std::exp(-x));
+  const T e = std::exp(x);
+  return e / (T(1) + e);
+}
 
 inline bool is_low_precision_float(DType t) {
   return t == DType::kFloat16 || t == DType::kBFloat16 || t == DType::kFloat8E4M3FN ||

@@ -13,6 +13,7 @@
 #include "backends/cpu/kernel_util.h"
 #include "backends/cpu/ops/attention_util.h"
 #include "backends/cpu/ops/conv_util.h"
+#include "backends/cpu/ops/elementwise_util.h"
 #include "backends/cpu/ops/gemm_util.h"
 
 namespace kiln::cpu {
@@ -53,11 +54,7 @@ struct Activation {
   // nodes it replaced agree to the last bit.
   template <class T>
   T apply(T v) const {
-    auto sigmoid = [](T x) {  // written so that exp never overflows
-      if (x >= 0) return T(1) / (T(1) + std::exp(-x));
-      const T e = std::exp(x);
-      return e / (T(1) + e);
-    };
+    using elementwise::sigmoid;
     if (name == "Relu") return v < T(0) ? T(0) : v;  // NaN stays NaN, as in Relu
     if (name == "Clip") {
       const T c = v < static_cast<T>(lo) ? static_cast<T>(lo) : v;  // lo > hi gives hi everywhere, as Clip
