@@ -326,6 +326,19 @@ class Inferrer {
     const TypeInfo* x = n.inputs.empty() ? nullptr : type(n.inputs[0]);
     if (!x) return;
     if (n.op_type == "Gelu" || n.op_type == "Swish") return set(n, 0, *x);
+    if (n.op_type == "Pointwise") {  // in0's dtype, the inputs' shapes broadcast together
+      TypeInfo y = *x;
+      for (size_t i = 1; i < n.inputs.size() && y.has_shape; ++i) {
+        const TypeInfo* t = type(n.inputs[i]);
+        if (t == nullptr || !t->has_shape) {
+          y.has_shape = false;
+          y.dims.clear();
+        } else {
+          y.dims = broadcast(y.dims, t->dims);
+        }
+      }
+      return set(n, 0, y);
+    }
     if (n.op_type == "MaskedSoftmax") return set(n, 0, *x);  // the mask broadcasts to X without growing it
     if (n.op_type == "FusedMatMul" && x->has_shape) return infer_matmul(n, *x);  // the bias keeps MatMul's shape
     if (n.op_type == "FusedConv" && x->has_shape) return infer_window(n, *x);  // B, Z and the activation keep Conv's shape

@@ -110,5 +110,12 @@ Status fuse_masked_softmax(ir::Model& model, int* fused = nullptr);
 // broadcasting to [B,H,Sq,Sk]; every absorbed value read by the chain alone. Run after fuse_masked_softmax
 // and infer_shapes. The number of fused nodes goes to *fused.
 Status fuse_attention(ir::Model& model, int* fused = nullptr);
+// Fuses each maximal group of two or more ONNX elementwise nodes (Add Sub Mul Div Neg Abs Exp Log Sqrt Tanh
+// Sigmoid Relu Erf Pow, Max and Min of two inputs) into one kiln.Pointwise with a `program`, named "a + b":
+// every value made inside the group is read only inside it and is no graph output; every value it reads and
+// makes is float of one dtype with a static shape of rank <= 6; scalar float constants become literals.
+// Default opset 8 or more (numpy broadcasting). Run after infer_shapes. Not yet in optimize_graph (the CUDA
+// layer is to come). The number of fused nodes goes to *fused.
+Status fuse_pointwise(ir::Model& model, int* fused = nullptr);
 
 }  // namespace kiln::passes
