@@ -134,11 +134,7 @@ T apply(Op op, T a, T b) {
     case Op::kLog: return std::log(a);
     case Op::kSqrt: return std::sqrt(a);
     case Op::kTanh: return std::tanh(a);
-    case Op::kSigmoid: {
-      if (a >= 0) return T(1) / (T(1) + std::exp(-a));
-      const T e = std::exp(a);
-      return e / (T(1) + e);
-    }
+    case Op::kSigmoid: return cpu::elementwise::sigmoid(a);
     case Op::kRelu: return a < T(0) ? T(0) : a;
     case Op::kErf: return std::erf(a);
     case Op::kPow: return std::pow(a, b);
