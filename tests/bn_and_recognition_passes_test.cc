@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "graph_builder.h"
 #include "kernel_harness.h"
 #include "passes/passes.h"
 #include "runtime/executor.h"
@@ -45,36 +46,8 @@ ir::Attribute float_attr(float v) {
   return a;
 }
 
-struct Builder {
-  ir::Model m;
-  std::map<std::string, Tensor> feeds;
-  explicit Builder(int opset = 17) {
-    m.ir_version = 8;
-    m.opsets[""] = opset;
-  }
-  void input(const std::string& name, const Tensor& value) {
-    ir::ValueInfo v;
-    v.name = name;
-    v.type.kind = ir::TypeInfo::Kind::kTensor;
-    v.type.dtype = value.dtype();
-    v.type.has_shape = true;
-    for (int64_t d : value.shape()) v.type.dims.push_back(ir::Dim::of(d));
-    m.graph.inputs.push_back(v);
-    feeds[name] = value;
-  }
-  void output(const std::string& name) { m.graph.outputs.push_back(ir::ValueInfo{name, {}}); }
-  void init(const std::string& name, const Tensor& value) { m.graph.initializers[name] = value; }
-  ir::Node& node(const std::string& op, std::vector<std::string> ins, std::vector<std::string> outs,
-                 const std::string& name) {
-    ir::Node n;
-    n.op_type = op;
-    n.name = name;
-    n.inputs = std::move(ins);
-    n.outputs = std::move(outs);
-    n.index = static_cast<int>(m.graph.nodes.size());
-    m.graph.nodes.push_back(std::move(n));
-    return m.graph.nodes.back();
-  }
+struct Builder : GraphBuilder {
+  using GraphBuilder::GraphBuilder;
   // The model as the builder has it when the passes run: every value's type inferred.
   ir::Model typed() const {
     ir::Model t = m;

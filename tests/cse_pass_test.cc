@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "builder/build_plan.h"
+#include "graph_builder.h"
 #include "kernel_harness.h"
 #include "passes/passes.h"
 #include "runtime/executor.h"
@@ -67,46 +68,8 @@ ir::Node make_node(const std::string& op, std::vector<std::string> ins, std::vec
   return n;
 }
 
-struct Builder {
-  ir::Model m;
-  std::map<std::string, Tensor> feeds;
-  Builder() {
-    m.ir_version = 8;
-    m.opsets[""] = 17;
-  }
-  void input(const std::string& name, const Tensor& value) {
-    ir::ValueInfo v;
-    v.name = name;
-    v.type.kind = ir::TypeInfo::Kind::kTensor;
-    v.type.dtype = value.dtype();
-    v.type.has_shape = true;
-    for (int64_t d : value.shape()) v.type.dims.push_back(ir::Dim::of(d));
-    m.graph.inputs.push_back(v);
-    feeds[name] = value;
-  }
-  void output(const std::string& name) { m.graph.outputs.push_back(ir::ValueInfo{name, {}}); }
-  void init(const std::string& name, const Tensor& value) { m.graph.initializers[name] = value; }
-  ir::Node& node(const std::string& op, std::vector<std::string> ins, std::vector<std::string> outs,
-                 const std::string& name = "") {
-    ir::Node n = make_node(op, std::move(ins), std::move(outs), name.empty() ? op + "_" + std::to_string(m.graph.nodes.size()) : name);
-    n.index = static_cast<int>(m.graph.nodes.size());
-    m.graph.nodes.push_back(std::move(n));
-    return m.graph.nodes.back();
-  }
-
-  std::vector<Tensor> run() const {
-    auto g = runtime::PreparedGraph::prepare(m.graph, m.opsets);
-    EXPECT_TRUE(g.ok()) << g.status().to_string();
-    if (!g.ok()) return {};
-    std::map<std::string, Value> in;
-    for (const auto& [k, v] : feeds) in[k] = v;
-    auto out = g->run(in);
-    EXPECT_TRUE(out.ok()) << out.status().to_string();
-    std::vector<Tensor> r;
-    if (out.ok())
-      for (const Value& v : *out) r.push_back(v.tensor());
-    return r;
-  }
+struct Builder : GraphBuilder {
+  using GraphBuilder::GraphBuilder;
 };
 
 std::vector<std::string> ops(const ir::Model& m) {

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "core/cast.h"
+#include "graph_builder.h"
 #include "kernel_harness.h"
 #include "passes/passes.h"
 #include "runtime/executor.h"
@@ -156,38 +157,8 @@ TEST(MaskedSoftmaxOp, ClearErrorsNamingTheNode) {
 // ---------------------------------------------------------------------------------------------------------
 // The pass, on graphs built in code
 
-struct Builder {
-  ir::Model m;
-  std::map<std::string, Tensor> feeds;
-  explicit Builder(int opset = 17) {
-    m.ir_version = 8;
-    m.opsets[""] = opset;
-  }
-  void input(const std::string& name, const Tensor& value) {
-    ir::ValueInfo v;
-    v.name = name;
-    v.type.kind = ir::TypeInfo::Kind::kTensor;
-    v.type.dtype = DType::kFloat32;
-    v.type.has_shape = true;
-    for (int64_t d : value.shape()) v.type.dims.push_back(ir::Dim::of(d));
-    m.graph.inputs.push_back(v);
-    feeds[name] = value;
-  }
-  void output(const std::string& name) { m.graph.outputs.push_back(ir::ValueInfo{name, {}}); }
-  void scalar(const std::string& name, float v) {
-    m.graph.initializers[name] = Tensor::from_vector<float>(DType::kFloat32, {}, {v});
-  }
-  ir::Node& node(const std::string& op, std::vector<std::string> ins, std::vector<std::string> outs,
-                 const std::string& name) {
-    ir::Node n;
-    n.op_type = op;
-    n.name = name;
-    n.inputs = std::move(ins);
-    n.outputs = std::move(outs);
-    n.index = static_cast<int>(m.graph.nodes.size());
-    m.graph.nodes.push_back(std::move(n));
-    return m.graph.nodes.back();
-  }
+struct Builder : GraphBuilder {
+  using GraphBuilder::GraphBuilder;
   // torch's attention probabilities: Add(s, mask) -> Softmax(-1) -> IsNaN -> Where(isnan, zero, p).
   void sdpa_softmax(const std::string& s, const std::string& mask, const std::string& y, bool mask_first = false) {
     scalar("zero", 0.0f);
@@ -195,20 +166,6 @@ struct Builder {
     node("Softmax", {"a"}, {"p"}, "softmax").attributes["axis"] = int_attr(-1);
     node("IsNaN", {"p"}, {"nan"}, "isnan");
     node("Where", {"nan", "zero", "p"}, {y}, "where");
-  }
-
-  std::vector<Tensor> run() const {
-    auto g = runtime::PreparedGraph::prepare(m.graph, m.opsets);
-    EXPECT_TRUE(g.ok()) << g.status().to_string();
-    if (!g.ok()) return {};
-    std::map<std::string, Value> in;
-    for (const auto& [k, v] : feeds) in[k] = v;
-    auto out = g->run(in);
-    EXPECT_TRUE(out.ok()) << out.status().to_string();
-    std::vector<Tensor> r;
-    if (out.ok())
-      for (const Value& v : *out) r.push_back(v.tensor());
-    return r;
   }
 };
 

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/cast.h"
+#include "graph_builder.h"
 #include "kernel_harness.h"
 #include "passes/passes.h"
 #include "runtime/executor.h"
@@ -169,55 +170,11 @@ TEST(KilnGeluOp, IsOnnxGeluAtAnyOpset) {
 // ---------------------------------------------------------------------------------------------------------
 // The passes, on graphs built in code
 
-struct Builder {
-  ir::Model m;
-  std::map<std::string, Tensor> feeds;
-  explicit Builder(int opset = 17) {
-    m.ir_version = 8;
-    m.opsets[""] = opset;
-  }
-  void input(const std::string& name, const Shape& shape) {
-    ir::ValueInfo v;
-    v.name = name;
-    v.type.kind = ir::TypeInfo::Kind::kTensor;
-    v.type.dtype = DType::kFloat32;
-    v.type.has_shape = true;
-    for (int64_t d : shape) v.type.dims.push_back(ir::Dim::of(d));
-    m.graph.inputs.push_back(v);
-    feeds[name] = random_tensor(shape);
-  }
-  void output(const std::string& name) { m.graph.outputs.push_back(ir::ValueInfo{name, {}}); }
-  void weight(const std::string& name, const Shape& shape) { m.graph.initializers[name] = random_tensor(shape); }
-  void scalar(const std::string& name, float v) {
-    m.graph.initializers[name] = Tensor::from_vector<float>(DType::kFloat32, {}, {v});
-  }
-  ir::Node& node(const std::string& op, std::vector<std::string> ins, std::vector<std::string> outs,
-                 const std::string& name, const std::string& domain = "") {
-    ir::Node n;
-    n.op_type = op;
-    n.domain = domain;
-    n.name = name;
-    n.inputs = std::move(ins);
-    n.outputs = std::move(outs);
-    n.index = static_cast<int>(m.graph.nodes.size());
-    m.graph.nodes.push_back(std::move(n));
-    return m.graph.nodes.back();
-  }
+struct Builder : GraphBuilder {
+  using GraphBuilder::GraphBuilder;
+  void input(const std::string& name, const Shape& shape) { GraphBuilder::input(name, random_tensor(shape)); }
+  void weight(const std::string& name, const Shape& shape) { init(name, random_tensor(shape)); }
   void attr(ir::Node& n, const std::string& name, const std::string& s) { n.attributes[name] = string_attr(s); }
-
-  std::vector<Tensor> run() const {
-    auto g = runtime::PreparedGraph::prepare(m.graph, m.opsets);
-    EXPECT_TRUE(g.ok()) << g.status().to_string();
-    if (!g.ok()) return {};
-    std::map<std::string, Value> in;
-    for (const auto& [k, v] : feeds) in[k] = v;
-    auto out = g->run(in);
-    EXPECT_TRUE(out.ok()) << out.status().to_string();
-    std::vector<Tensor> r;
-    if (out.ok())
-      for (const Value& v : *out) r.push_back(v.tensor());
-    return r;
-  }
 };
 
 std::vector<std::string> ops(const ir::Model& m) {

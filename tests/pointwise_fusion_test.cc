@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/cast.h"
+#include "graph_builder.h"
 #include "kernel_harness.h"
 #include "passes/passes.h"
 #include "runtime/executor.h"
@@ -166,46 +167,14 @@ TEST(PointwiseOp, BadProgramsAndInputsAreErrorsNamingTheNode) {
 // ---------------------------------------------------------------------------------------------------------
 // The pass
 
-struct Builder {
-  ir::Model m;
-  std::map<std::string, Tensor> feeds;
-  explicit Builder(int opset = 17) {
-    m.ir_version = 8;
-    m.opsets[""] = opset;
-  }
+struct Builder : GraphBuilder {
+  using GraphBuilder::GraphBuilder;
   void input(const std::string& name, const Shape& shape, DType dtype = DType::kFloat32) {
-    ir::ValueInfo v;
-    v.name = name;
-    v.type.kind = ir::TypeInfo::Kind::kTensor;
-    v.type.dtype = dtype;
-    v.type.has_shape = true;
-    for (int64_t d : shape) v.type.dims.push_back(ir::Dim::of(d));
-    m.graph.inputs.push_back(v);
-    feeds[name] = random_tensor(shape, dtype, 0.1f, 2.0f);  // positive: Log and Sqrt stay finite
+    GraphBuilder::input(name, random_tensor(shape, dtype, 0.1f, 2.0f));  // positive: Log and Sqrt stay finite
   }
-  void output(const std::string& name) { m.graph.outputs.push_back(ir::ValueInfo{name, {}}); }
-  void constant(const std::string& name, const Shape& shape) { m.graph.initializers[name] = random_tensor(shape); }
+  void constant(const std::string& name, const Shape& shape) { init(name, random_tensor(shape)); }
   void node(const std::string& op, std::vector<std::string> ins, const std::string& out, const std::string& name) {
-    ir::Node n;
-    n.op_type = op;
-    n.name = name;
-    n.inputs = std::move(ins);
-    n.outputs = {out};
-    n.index = static_cast<int>(m.graph.nodes.size());
-    m.graph.nodes.push_back(std::move(n));
-  }
-  std::vector<Tensor> run() const {
-    auto g = runtime::PreparedGraph::prepare(m.graph, m.opsets);
-    EXPECT_TRUE(g.ok()) << g.status().to_string();
-    if (!g.ok()) return {};
-    std::map<std::string, Value> in;
-    for (const auto& [k, v] : feeds) in[k] = v;
-    auto out = g->run(in);
-    EXPECT_TRUE(out.ok()) << out.status().to_string();
-    std::vector<Tensor> r;
-    if (out.ok())
-      for (const Value& v : *out) r.push_back(v.tensor());
-    return r;
+    GraphBuilder::node(op, std::move(ins), {out}, name);
   }
   // Runs fuse_pointwise after infer_shapes, comparing the outputs before and after; returns the count.
   int fuse_and_compare(double tol = 1e-5) {
