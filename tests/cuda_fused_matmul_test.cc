@@ -95,8 +95,9 @@ TEST(CudaFusedMatMul, BertShapesEveryActivationAndPrecision) {
       {{256, 768}, {768, 768}},    // attention projections
   };
   for (const auto& [a, b] : shapes)
-    for (const char* act : {"", "Relu", "GeluTanh"})
+    for (const char* act : {"", "Relu", "GeluTanh", "Gelu"})
       for (const Precision& p : kPrecisions) {
+        if (std::string(act) == "Gelu" && p.dtype == DType::kFloat32) continue;  // exact GELU: half types only
         SCOPED_TRACE(shape_to_string(a) + " x " + shape_to_string(b) + " '" + act + "' " + dtype_name(p.dtype) +
                      (p.tf32 ? " tf32" : ""));
         expect_fused_matches(fused_case(a, b, act, p));
@@ -297,7 +298,12 @@ TEST(CudaFusedMatMulCheck, AcceptsEachActivationAndFloatType) {
 
 TEST(CudaFusedMatMulCheck, Refusals) {
   const DType f = DType::kFloat16;
-  expect_refused(Spec("FusedMatMul", {{f, {4, 8}}, {f, {8, 16}}, {f, {16}}}, "Gelu").check(), "activation 'Gelu'");
+  expect_refused(Spec("FusedMatMul", {{f, {4, 8}}, {f, {8, 16}}, {f, {16}}}, "Elu").check(), "activation 'Elu'");
+  // The exact GELU rides cuBLASLt's tanh-form epilogue, which is within half precision only.
+  expect_refused(Spec("FusedMatMul", {{DType::kFloat32, {4, 8}}, {DType::kFloat32, {8, 16}}, {DType::kFloat32, {16}}}, "Gelu").check(),
+                 "runs in float16 / bfloat16 only");
+  for (DType t : {DType::kFloat16, DType::kBFloat16})
+    EXPECT_EQ(Spec("FusedMatMul", {{t, {4, 8}}, {t, {8, 16}}, {t, {16}}}, "Gelu").check(), "") << dtype_name(t);
   expect_refused(Spec("FusedMatMul", {{f, {4, 8}}, {f, {8}}, {f, {1}}}).check(), "B must have rank >= 2");
   expect_refused(Spec("FusedMatMul", {{f, {4, 8}}, {f, {8, 16}}, {f, {1, 16}}}).check(), "bias must be 1-D");
   expect_refused(Spec("FusedMatMul", {{f, {4, 8}}, {f, {8, 16}}}).check(), "needs a bias input");

@@ -122,6 +122,20 @@ Status optimize_graph(ir::Model& m, const OptimizeOptions& o, Logger& logger, st
     KILN_RETURN_IF_ERROR(passes::eliminate_dead_nodes(m, &removed));  // float32 weights now unused
     KILN_RETURN_IF_ERROR(passes::infer_shapes(m));
   }
+  // The exact GELU into half-precision GEMM epilogues: only once the precisions are known (the epilogue's
+  // tanh form is within half precision, not float32's).
+  if (o.for_gpu && o.opt_level >= 2 && !lowered.empty()) {
+    int gelus = 0;
+    KILN_RETURN_IF_ERROR(passes::fuse_matmul_gelu(m, &gelus));
+    if (gelus > 0) {
+      // The fused layer ("matmul + gelu") inherits its GEMM's lowered precision.
+      for (const auto& n : m.graph.nodes)
+        if (const size_t last = n.name.rfind(" + "); last != std::string::npos && lowered.count(n.name.substr(0, last)))
+          lowered.insert(n.name);
+      KILN_RETURN_IF_ERROR(passes::infer_shapes(m));
+      logger.log(Severity::kInfo, "optimizer: " + std::to_string(gelus) + " GELU fused into half-precision GEMMs");
+    }
+  }
   // Channels-last convolutions where cuDNN's tensor-core kernels want them (half types, channels multiples of
   // 8), decided once the precisions are: the transposes between consecutive convs cancel.
   if (o.for_gpu && o.opt_level >= 2) {

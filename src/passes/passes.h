@@ -71,6 +71,10 @@ Status recognize_activations(ir::Model& model, int* found = nullptr);
 // dim (a [1, N] one is stored again as [N]). Run after infer_shapes (W's shape, A's rank) and after
 // recognize_gelu. The number of fused nodes goes to *fused.
 Status fuse_matmul_bias(ir::Model& model, int* fused = nullptr);
+// kiln.FusedMatMul (no activation) -> exact Gelu becomes kiln.FusedMatMul(activation "Gelu") when the product
+// is float16 or bfloat16 (the CUDA epilogue approximates it, within half precision): run after
+// lower_precision. The number of fused nodes goes to *fused.
+Status fuse_matmul_gelu(ir::Model& model, int* fused = nullptr);
 
 // Fuses each ONNX Conv with what follows it into one kiln.FusedConv: an Add of a residual of exactly the
 // conv output's static shape, then a Relu; each link must be the sole reader of the value before it, and

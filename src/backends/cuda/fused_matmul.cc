@@ -13,11 +13,18 @@ namespace {
 // The epilogue of a FusedMatMul node, or "" with *why set when its attributes are not ones the layer has.
 bool epilogue_of(const LayerSpec& spec, MatmulEpilogue* e, std::string* why) {
   const std::string act = spec.attr_string("activation", "");
+  const DType t = spec.inputs.empty() ? DType::kUndefined : spec.inputs[0].dtype;
   if (act.empty()) *e = MatmulEpilogue::kBias;
   else if (act == "Relu") *e = MatmulEpilogue::kBiasRelu;
   else if (act == "GeluTanh") *e = MatmulEpilogue::kBiasGelu;  // cuBLASLt's GELU is the tanh form
-  else {
-    *why = "CUDA kiln.FusedMatMul: activation '" + act + "' is not one of '', Relu, GeluTanh";
+  else if (act == "Gelu" && (t == DType::kFloat16 || t == DType::kBFloat16))
+    *e = MatmulEpilogue::kBiasGelu;  // exact GELU by the tanh form: at most 4.7e-4 apart (passes/fuse_matmul_gelu.cc)
+  else if (act == "Gelu") {
+    *why = "CUDA kiln.FusedMatMul: activation 'Gelu' (exact) runs in float16 / bfloat16 only, not " +
+           dtype_name(t);
+    return false;
+  } else {
+    *why = "CUDA kiln.FusedMatMul: activation '" + act + "' is not one of '', Relu, Gelu, GeluTanh";
     return false;
   }
   return true;

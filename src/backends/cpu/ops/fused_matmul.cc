@@ -1,5 +1,5 @@
 // CPU reference kernels of the optimizer's fused ops (domain "kiln"): kiln.FusedMatMul, activation(MatMul(A, B)
-// + bias [+ Z]) with an optional residual Z of the output's shape, kiln.Gelu, ONNX Gelu at any opset, and
+// + bias [+ Z]) (activation '', Relu, Gelu (exact, erf) or GeluTanh) with an optional residual Z of the output's shape, kiln.Gelu, ONNX Gelu at any opset, and
 // kiln.Swish, ONNX Swish at any opset (the passes fuse_matmul_bias, recognize_gelu and recognize_activations
 // make them).
 // They run the ONNX MatMul and Gelu references (fused_matmul.h); float16 / bfloat16 are computed in float32
@@ -21,8 +21,8 @@ Status fused_matmul_kernel(KernelContext& ctx) {
   const Tensor& b = ctx.input(1);
   const Tensor& bias0 = ctx.input(2);
   const std::string act = ctx.attr_string("activation", "");
-  if (act != "" && act != "Relu" && act != "GeluTanh")
-    return ctx.error("activation must be '', 'Relu' or 'GeluTanh', got '" + act + "'");
+  if (act != "" && act != "Relu" && act != "GeluTanh" && act != "Gelu")
+    return ctx.error("activation must be '', 'Relu', 'Gelu' or 'GeluTanh', got '" + act + "'");
   if (!dtype_is_float(a.dtype())) return ctx.error("A must be a float tensor, got " + a.description());
   if (bias0.dtype() != a.dtype()) return ctx.error("bias must have A's dtype, got " + bias0.description());
   if (b.rank() < 2) return ctx.error("B must have rank >= 2 (the bias is over its last dim), got " + b.description());
@@ -52,6 +52,7 @@ Status fused_matmul_kernel(KernelContext& ctx) {
       if (zd != nullptr) v += zd[i];
       if (act == "Relu") v = v < T(0) ? T(0) : v;
       else if (act == "GeluTanh") v = gelu_tanh(v);
+      else if (act == "Gelu") v = gelu_erf(v);
       out[i] = v;
     }
   });
