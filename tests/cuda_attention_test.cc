@@ -1,5 +1,6 @@
 // The CUDA layer of kiln.FusedAttention (src/backends/cuda/attention.cu) against its CPU reference: the
-// tensor-core kernel (tactics cuda.flash.br64 / br128; float16 and bfloat16, head dims 64 and 128) and the
+// tensor-core kernels (tactics cuda.flash.br64 / br128 on mma.sync, cuda.flash.wgmma on Hopper's wgmma in
+// attention_hopper.cu, which needs an H100 / H200; float16 and bfloat16, head dims 64 and 128) and the
 // one-warp-a-row kernel (cuda.attention.rows; every float type, head dims up to 256), on BERT-base's shapes
 // (BSHD, a [B, 1, S, S] padding mask with a fully masked row), sequence lengths that are not multiples of the
 // 64-key tile, Sq != Sk, causal masking, a key-padding mask [B, 1, 1, Sk], and both nan_to_zero settings.
@@ -11,6 +12,7 @@
 #include <limits>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "backends/cuda/layer.h"
@@ -19,7 +21,8 @@
 namespace kiln::testing {
 namespace {
 
-const char* const kFlashTactics[] = {"cuda.flash.br64", "cuda.flash.br128"};
+const char* const kWgmmaTactic = "cuda.flash.wgmma";
+const char* const kFlashTactics[] = {kWgmmaTactic, "cuda.flash.br64", "cuda.flash.br128"};
 
 // 0 where attended, -inf where not (about a fifth), and the first row of the mask's last two dims wholly -inf
 // when `full_row`.
@@ -150,6 +153,110 @@ TEST(CudaFusedAttention, LongSequence) {
     }
 }
 
+// The Hopper kernel alone, each of its pieces: both dtypes and head dims, both layouts, lengths that are not
+// multiples of its 128-row and 128-key tiles (one tile, a ragged last tile, Sq > Sk and Sq < Sk), causal
+// (the diagonal tile, tiles one warpgroup skips), a padding mask with a fully masked row under both
+// nan_to_zero settings, B > 1 and H > 1.
+void expect_wgmma(const AttentionCase& a) {
+  for (DType p : {DType::kFloat16, DType::kBFloat16}) {
+    SCOPED_TRACE(trace(a, p, kWgmmaTactic));
+    expect_layer_matches_reference(layer_case(a, p, kWgmmaTactic));
+  }
+}
+
+TEST(CudaFusedAttentionWgmma, RaggedLengthsBothLayoutsBothHeadDims) {
+  KILN_SKIP_WITHOUT_GPU();
+  for (int64_t d : {64, 128})
+    for (bool bshd : {false, true})
+      for (auto [sq, sk] : {std::pair<int64_t, int64_t>{77, 200}, {200, 77}, {128, 128}, {1, 5}, {129, 257}}) {
+        AttentionCase a;
+        a.B = 2;
+        a.H = 3;
+        a.D = d;
+        a.bshd = bshd;
+        a.Sq = sq;
+        a.Sk = sk;
+        expect_wgmma(a);
+      }
+}
+
+TEST(CudaFusedAttentionWgmma, Causal) {
+  KILN_SKIP_WITHOUT_GPU();
+  for (int64_t d : {64, 128})
+    for (auto [sq, sk] : {std::pair<int64_t, int64_t>{77, 200}, {300, 300}, {260, 130}, {64, 512}}) {
+      AttentionCase a;
+      a.B = 2;
+      a.H = 2;
+      a.D = d;
+      a.Sq = sq;
+      a.Sk = sk;
+      a.causal = 1;
+      a.bshd = d == 128;
+      expect_wgmma(a);
+    }
+}
+
+TEST(CudaFusedAttentionWgmma, PaddingMaskAndFullyMaskedRows) {
+  KILN_SKIP_WITHOUT_GPU();
+  const Shape padding{2, 1, 200, 200};  // per batch, broadcast over heads; row 0 of each batch wholly masked
+  const Shape key_padding{2, 1, 1, 200};
+  for (const Shape* m : {&padding, &key_padding})
+    for (int64_t d : {64, 128})
+      for (int nz : {0, 1})
+        for (int causal : {0, 1}) {
+          AttentionCase a;
+          a.B = 2;
+          a.H = 3;
+          a.D = d;
+          a.Sq = a.Sk = 200;
+          a.bshd = true;
+          a.mask = m;
+          a.full_row = m == &padding;  // (a key-padding mask's only row would be wholly masked)
+          a.nan_to_zero = nz;
+          a.causal = causal;
+          expect_wgmma(a);
+        }
+}
+
+TEST(CudaFusedAttentionWgmma, LongSequenceManyHeads) {
+  KILN_SKIP_WITHOUT_GPU();
+  for (int causal : {0, 1}) {
+    AttentionCase a;
+    a.B = 1;
+    a.H = 2;
+    a.Sq = a.Sk = 2048;
+    a.D = 128;
+    a.causal = causal;
+    expect_wgmma(a);
+  }
+}
+
+// The wgmma tactic declines what it does not run (float32, head dims other than 64 and 128) at create.
+TEST(CudaFusedAttentionWgmma, RefusesFloat32AndOtherHeadDims) {
+  KILN_SKIP_WITHOUT_GPU();
+  const cuda::LayerKind* kind = cuda::layer_table().find("kiln.FusedAttention");
+  ASSERT_NE(kind, nullptr);
+  for (auto [t, d] : {std::pair<DType, int64_t>{DType::kFloat32, 64}, {DType::kFloat16, 80}, {DType::kBFloat16, 256}}) {
+    ir::Node node;
+    node.op_type = "FusedAttention";
+    node.domain = "kiln";
+    node.attributes = {{"scale", float_attr_of(0.125f)}};
+    cuda::LayerSpec spec;
+    spec.node = &node;
+    for (int i = 0; i < 3; ++i) {
+      cuda::TensorDesc in;
+      in.dtype = t;
+      in.has_rank = true;
+      in.shape = {1, 2, 16, d};
+      spec.inputs.push_back(in);
+    }
+    spec.outputs = {spec.inputs[0]};
+    auto layer = kind->create(spec, kWgmmaTactic, detail::test_handles());
+    ASSERT_FALSE(layer.ok()) << dtype_name(t) << " D" << d;
+    EXPECT_EQ(layer.status().code(), StatusCode::kUnsupported);
+  }
+}
+
 // check() needs no GPU.
 std::string check_of(const std::vector<cuda::TensorDesc>& inputs, const std::map<std::string, ir::Attribute>& attrs) {
   const cuda::LayerKind* kind = cuda::layer_table().find("kiln.FusedAttention");
@@ -171,6 +278,17 @@ cuda::TensorDesc desc(DType t, const Shape& s) {
   d.has_rank = true;
   d.shape = s;
   return d;
+}
+
+TEST(CudaFusedAttention, WgmmaTacticIsTriedFirst) {
+  const cuda::LayerKind* kind = cuda::layer_table().find("kiln.FusedAttention");
+  ASSERT_NE(kind, nullptr);
+  ir::Node node;
+  cuda::LayerSpec spec;
+  spec.node = &node;
+  const std::vector<std::string> tactics = kind->tactics(spec);
+  ASSERT_FALSE(tactics.empty());
+  EXPECT_EQ(tactics[0], kWgmmaTactic);
 }
 
 TEST(CudaFusedAttention, CheckRefusesWhatItCannotRun) {

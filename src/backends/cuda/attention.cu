@@ -2,7 +2,10 @@
 // MatMul -> scale -> mask -> Softmax -> MatMul): Y = softmax(scale * Q K^T + Mask [+ causal]) V per batch
 // and head, without writing the [Sq, Sk] score matrix anywhere.
 //
-// Two kernels:
+// Three kernels:
+// - wgmma_attention_kernel (tactic "cuda.flash.wgmma", attention_hopper.cu): the same algorithm on Hopper's
+//   warpgroup matrix instructions (sm_90a), float16 / bfloat16, head dims 64 and 128; compute capability 9.0
+//   only (the sm_90a code runs nowhere else).
 // - flash_attention_kernel (tactics "cuda.flash.br64", "cuda.flash.br128"): FlashAttention-2's forward for
 //   float16 / bfloat16 and head dims 64 and 128. A block owns BR query rows of one (batch, head), 16 per warp;
 //   it streams the keys and values through shared memory in tiles of 64 (cp.async, double-buffered), computes
@@ -28,34 +31,14 @@
 #include <string>
 #include <vector>
 
+#include "backends/cuda/attention_params.cuh"
 #include "backends/cuda/device_common.cuh"
 #include "backends/cuda/layer.h"
 
 namespace kiln::cuda {
 namespace {
 
-constexpr float kLog2e = 1.4426950408889634f;
-
-// Strides (in elements) of one attention operand; the head dim is contiguous.
-struct OperandStrides {
-  int64_t batch = 0, head = 0, seq = 0;
-};
-
-struct AttentionParams {
-  int B = 0, H = 0, Sq = 0, Sk = 0, D = 0;
-  OperandStrides q, k, v, y;
-  // Mask strides over [B, H, Sq, Sk] (0 along broadcast dims); has_mask false: no mask.
-  bool has_mask = false;
-  int64_t mask_strides[4] = {0, 0, 0, 0};
-  float scale_log2 = 0;  // scale * log2(e): the logits are kept in base 2
-  bool causal = false;
-  bool nan_to_zero = false;
-};
-
-template <class T>
-__device__ __forceinline__ float mask_at(const T* mask, const AttentionParams& p, int b, int h, int i, int j) {
-  return to_f(mask[b * p.mask_strides[0] + h * p.mask_strides[1] + i * p.mask_strides[2] + j * p.mask_strides[3]]);
-}
+constexpr float kLog2e = kAttentionLog2e;
 
 // ---------------------------------------------------------------------------------------------------------
 // The fallback: one warp per query row. Each lane holds up to 8 of the row's head-dim values of q and of the
@@ -120,18 +103,6 @@ __global__ void attention_rows_kernel(const T* __restrict__ q, const T* __restri
 
 constexpr int kBlockKeys = 64;  // keys per tile (BC)
 
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16 bytes global -> shared, zero-filled when !valid (rows past the sequence).
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
-  const int bytes = valid ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::); }
-
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
@@ -158,18 +129,6 @@ __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], 
         "{%0,%1,%2,%3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-}
-
-// Two floats as one register of two T (the lower address first).
-template <class T>
-__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
-  if constexpr (std::is_same_v<T, __half>) {
-    const __half2 h = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&h);
-  } else {
-    const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&h);
   }
 }
 
@@ -390,6 +349,17 @@ const char* kPrefix = "CUDA kiln.FusedAttention: ";
 const char* kRowsTactic = "cuda.attention.rows";
 const char* kFlash64 = "cuda.flash.br64";
 const char* kFlash128 = "cuda.flash.br128";
+const char* kWgmma = "cuda.flash.wgmma";
+
+// The sm_90a code of the Hopper kernel runs on compute capability 9.0 only.
+bool device_is_sm90() {
+  int device = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return false;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess)
+    return false;
+  return major == 9 && minor == 0;
+}
 
 struct Geometry {
   bool bshd = false;
@@ -470,9 +440,12 @@ class AttentionLayer : public Layer {
       if (!spec.inputs[i].is_static()) return InvalidArgument(std::string(kPrefix) + "create needs concrete shapes");
     dtype_ = spec.inputs[0].dtype;
     tactic_ = tactic;
-    if (tactic != kRowsTactic && !((tactic == kFlash64 || tactic == kFlash128) && flash_fits(dtype_, g.D)))
+    if (tactic != kRowsTactic && !((tactic == kFlash64 || tactic == kFlash128) && flash_fits(dtype_, g.D)) &&
+        !(tactic == kWgmma && wgmma_attention_fits(dtype_, g.D)))
       return Unsupported(std::string(kPrefix) + "tactic '" + tactic + "' does not run " + dtype_name(dtype_) +
                          " with head dim " + std::to_string(g.D));
+    if (tactic == kWgmma && !device_is_sm90())
+      return Unsupported(std::string(kPrefix) + "tactic '" + tactic + "' needs a device of compute capability 9.0");
     p_.B = static_cast<int>(g.B);
     p_.H = static_cast<int>(g.H);
     p_.Sq = static_cast<int>(g.Sq);
@@ -486,7 +459,11 @@ class AttentionLayer : public Layer {
     p_.scale_log2 = spec.attr_float("scale", 1.0f) * kLog2e;
     p_.causal = spec.attr_int("causal", 0) == 1;
     p_.nan_to_zero = spec.attr_int("nan_to_zero", 0) == 1;
-    if (tactic != kRowsTactic) {
+    if (tactic == kWgmma) {
+      // run() falls back to the mma.sync kernel on unaligned operands: both opt in.
+      KILN_RETURN_IF_ERROR(opt_in_wgmma_attention(dtype_, p_.D));
+      KILN_RETURN_IF_ERROR(dtype_ == DType::kFloat16 ? opt_in<__half>(true) : opt_in<__nv_bfloat16>(true));
+    } else if (tactic != kRowsTactic) {
       const bool br128 = tactic == kFlash128;
       KILN_RETURN_IF_ERROR(dtype_ == DType::kFloat16 ? opt_in<__half>(br128) : opt_in<__nv_bfloat16>(br128));
     }
@@ -513,8 +490,9 @@ class AttentionLayer : public Layer {
     // cp.async moves 16-byte chunks: the tensor-core kernel needs 16-byte aligned rows (the strides are
     // multiples of D, 64 or 128, so the base pointers decide).
     const bool aligned = aligned16(q) && aligned16(k) && aligned16(v) && aligned16(y);
+    if (tactic_ == kWgmma && aligned) return launch_wgmma_attention(dtype_, p_, q, k, v, mask, y, h.stream);
     if (tactic_ != kRowsTactic && aligned) {
-      const bool br128 = tactic_ == kFlash128;
+      const bool br128 = tactic_ == kFlash128 || tactic_ == kWgmma;
       if (dtype_ == DType::kFloat16) return flash<__half>(br128, q, k, v, mask, y, h.stream);
       return flash<__nv_bfloat16>(br128, q, k, v, mask, y, h.stream);
     }
@@ -557,8 +535,9 @@ void register_attention_layers(LayerTable& table) {
     Geometry g;
     return check_attention(spec, &g);
   };
-  // The tensor-core tactics first (they refuse what they do not run: float32, other head dims).
-  k.tactics = [](const LayerSpec&) { return std::vector<std::string>{kFlash128, kFlash64, kRowsTactic}; };
+  // The tensor-core tactics first (they refuse what they do not run: float32, other head dims, the wgmma one
+  // devices other than Hopper).
+  k.tactics = [](const LayerSpec&) { return std::vector<std::string>{kWgmma, kFlash128, kFlash64, kRowsTactic}; };
   k.create = [](const LayerSpec& spec, const std::string& tactic, const CudaHandles&) -> Result<std::unique_ptr<Layer>> {
     auto layer = std::make_unique<AttentionLayer>();
     KILN_RETURN_IF_ERROR(layer->init(spec, tactic));

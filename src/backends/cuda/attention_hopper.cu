@@ -1,0 +1,412 @@
+// kiln.FusedAttention's Hopper kernel (tactic "cuda.flash.wgmma", chosen in attention.cu): FlashAttention's
+// forward with the warpgroup matrix instructions of sm_90a (wgmma.mma_async), float16 / bfloat16, head dims 64
+// and 128. mma.sync, which the FlashAttention-2 kernel in attention.cu uses, cannot feed an H100's tensor cores.
+//
+// A block of 256 threads (two warpgroups) owns 128 query rows of one (batch, head), 64 per warpgroup. Every
+// thread copies (cp.async, 16 bytes) the Q tile once and the key and value tiles of kKeys keys, double
+// buffered, into shared memory in the layout wgmma reads with the 128-byte swizzle: a tile of R rows and D
+// columns is D / 64 slabs of R rows of 128 bytes (64 elements), and the 16-byte chunk c of row r sits at
+// chunk c ^ (r % 8) of its row. Each slab is 1024-byte aligned, since the hardware applies the swizzle to
+// address bits [4, 7) ^ [7, 10).
+// - S = Q K^T: m64n{kKeys}k16, A = Q and B = K from shared memory, both K-major (the head dim contiguous);
+//   k-step s reads slab s / 4 from byte 32 * (s % 4) of its rows.
+// - The online softmax runs on S's accumulator fragments in registers as in attention.cu's kernel, and
+//   P (converted to T) stays there: the accumulator layout of m64nN is the A-from-registers layout of m64k16.
+// - O += P V: m64n{D}k16 with A = P from registers and B = V from shared memory. V's tile is [keys, D], D
+//   contiguous: B is MN-major, read with the transpose bit; its 64-column slabs are LBO apart and its groups
+//   of 8 keys 1024 bytes (SBO).
+// Each product is waited for before its accumulators are read (wgmma.wait_group 0): the two warpgroups of a
+// block and the blocks of an SM overlap one's softmax with another's products.
+//
+// The wgmma code exists only in the sm_90a pass; the build also embeds compute_90 PTX, where the kernel is a
+// trap (the layer only picks this tactic on a device of compute capability 9.0, which loads the sm_90a code).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cmath>
+
+#include "backends/cuda/attention_params.cuh"
+#include "backends/cuda/device_common.cuh"
+
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define KILN_HAVE_WGMMA 1
+#else
+#define KILN_HAVE_WGMMA 0
+#endif
+
+namespace kiln::cuda {
+namespace {
+
+constexpr int kWgThreads = 256;  // two warpgroups
+constexpr int kQRows = 128;      // query rows a block, 64 a warpgroup
+constexpr int kKeys = 128;       // keys a tile
+
+template <int D>
+constexpr size_t wgmma_smem_bytes() {
+  // Q, two stages of K and of V, and 1024 bytes to align the start to the swizzle's period.
+  return static_cast<size_t>(kQRows + 4 * kKeys) * D * 2 + 1024;
+}
+
+#if KILN_HAVE_WGMMA
+
+// The shared-memory matrix descriptor (PTX ISA, "Matrix Descriptor Format"): start address, leading and stride
+// byte offsets (all >> 4), base offset 0 (the tiles are 1024-byte aligned), swizzle mode 1 = 128 bytes.
+__device__ __forceinline__ uint64_t sw128_desc(uint32_t start, uint32_t lbo, uint32_t sbo) {
+  return static_cast<uint64_t>((start & 0x3FFFF) >> 4) | (static_cast<uint64_t>((lbo >> 4) & 0x3FFF) << 16) |
+         (static_cast<uint64_t>((sbo >> 4) & 0x3FFF) << 32) | (uint64_t{1} << 62);
+}
+
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+// Generic-proxy writes to shared memory (cp.async, ordinary stores) made visible to the async proxy (wgmma).
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+// The compiler sees a wgmma's accumulators written when the instruction is issued, not when wait_group
+// returns: this empty volatile asm on each register after the wait keeps its reads from moving above it.
+template <int N>
+__device__ __forceinline__ void order_registers(float (&r)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
+}
+
+// d (+)= A B, m64nNk16, f32 accumulators; A and B from shared memory, both K-major; accumulate 0: d = A B.
+template <class T, int N>
+__device__ __forceinline__ void wgmma_ss(float (&d)[N / 2], uint64_t a, uint64_t b, int accumulate);
+// d += A B, m64nNk16; A from registers (the m16n8k16 A layout per warp), B from shared memory, MN-major.
+template <class T, int N>
+__device__ __forceinline__ void wgmma_rs_tb(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t b);
+
+template <>
+__device__ __forceinline__ void wgmma_rs_tb<__half, 64>(float (&d)[32], const uint32_t (&a)[4], uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+}
+
+template <>
+__device__ __forceinline__ void wgmma_rs_tb<__nv_bfloat16, 64>(float (&d)[32], const uint32_t (&a)[4], uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+}
+
+template <>
+__device__ __forceinline__ void wgmma_ss<__half, 128>(float (&d)[64], uint64_t a, uint64_t b, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(a), "l"(b), "r"(accumulate));
+}
+
+template <>
+__device__ __forceinline__ void wgmma_rs_tb<__half, 128>(float (&d)[64], const uint32_t (&a)[4], uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+}
+
+template <>
+__device__ __forceinline__ void wgmma_ss<__nv_bfloat16, 128>(float (&d)[64], uint64_t a, uint64_t b, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(a), "l"(b), "r"(accumulate));
+}
+
+template <>
+__device__ __forceinline__ void wgmma_rs_tb<__nv_bfloat16, 128>(float (&d)[64], const uint32_t (&a)[4], uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+}
+
+// Byte offset of the 16-byte chunk c of row r in a swizzled tile of ROWS rows (see the top of the file).
+template <int ROWS>
+__device__ __forceinline__ uint32_t chunk_offset(int r, int c) {
+  return (c / 8) * (ROWS * 128) + r * 128 + (((c % 8) ^ (r % 8)) * 16);
+}
+
+// Rows [0, ROWS) of an operand from `src` (rows at or past `len` zero-filled) into a swizzled tile.
+template <class T, int D, int ROWS>
+__device__ __forceinline__ void load_tile_sw128(unsigned char* tile, const T* src, int64_t seq_stride, int len) {
+  constexpr int kChunks = ROWS * D / 8;
+  static_assert(kChunks % kWgThreads == 0);
+#pragma unroll
+  for (int c = threadIdx.x; c < kChunks; c += kWgThreads) {
+    const int r = c / (D / 8), cc = c % (D / 8);
+    const bool valid = r < len;
+    cp_async16(tile + chunk_offset<ROWS>(r, cc), src + static_cast<int64_t>(valid ? r : 0) * seq_stride + cc * 8,
+               valid);
+  }
+}
+
+#endif  // KILN_HAVE_WGMMA
+
+template <class T, int D>
+__global__ void __launch_bounds__(kWgThreads, 1)
+    wgmma_attention_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                           const T* __restrict__ mask, T* __restrict__ y, AttentionParams p) {
+#if KILN_HAVE_WGMMA
+  constexpr int kSRegs = kKeys / 2;  // m64n{kKeys} accumulators a thread
+  constexpr int kORegs = D / 2;      // m64n{D}
+  constexpr int kQBytes = kQRows * D * 2, kTileBytes = kKeys * D * 2;
+  extern __shared__ unsigned char smem_raw[];
+  const uint32_t raw = smem_addr(smem_raw);
+  unsigned char* const smem = smem_raw + (((raw + 1023) & ~1023u) - raw);
+  unsigned char* const q_tile = smem;
+  auto k_tile = [&](int stage) { return smem + kQBytes + stage * kTileBytes; };
+  auto v_tile = [&](int stage) { return smem + kQBytes + (2 + stage) * kTileBytes; };
+
+  const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+  const int h = blockIdx.y, b = blockIdx.z;
+  const int q0 = blockIdx.x * kQRows;
+  const int wg_row0 = q0 + wg * 64;
+  const T* qb = q + b * p.q.batch + h * p.q.head;
+  const T* kb = k + b * p.k.batch + h * p.k.head;
+  const T* vb = v + b * p.v.batch + h * p.v.head;
+
+  // Causal: the block's last row sees keys up to itself, the warpgroup's last row up to wg_row0 + 63; the
+  // warpgroup skips the products of tiles wholly past that (all their logits would be -inf).
+  const int key_end = p.causal ? min(p.Sk, q0 + kQRows) : p.Sk;
+  const int wg_key_end = p.causal ? min(p.Sk, wg_row0 + 64) : p.Sk;
+  const int n_tiles = (key_end + kKeys - 1) / kKeys;
+
+  load_tile_sw128<T, D, kQRows>(q_tile, qb + static_cast<int64_t>(q0) * p.q.seq, p.q.seq, p.Sq - q0);
+  if (n_tiles > 0) {
+    load_tile_sw128<T, D, kKeys>(k_tile(0), kb, p.k.seq, p.Sk);
+    load_tile_sw128<T, D, kKeys>(v_tile(0), vb, p.v.seq, p.Sk);
+  }
+  cp_async_commit();
+
+  // This thread's rows (as in an m16n8 accumulator, per warp of the warpgroup): r = lane / 4 and r + 8 of
+  // the warp's 16; its columns in each n8 slice t of an accumulator: 8t + 2 (lane % 4) and the next.
+  const int row_a = wg_row0 + warp * 16 + lane / 4, row_b = row_a + 8;
+  float s[kSRegs], o[kORegs];
+#pragma unroll
+  for (int i = 0; i < kSRegs; ++i) s[i] = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kORegs; ++i) o[i] = 0.0f;
+  float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;
+  const uint32_t q_addr = smem_addr(q_tile) + wg * 64 * 128;
+
+  for (int tile = 0; tile < n_tiles; ++tile) {
+    cp_async_wait_all();
+    fence_proxy_async();
+    __syncthreads();  // this tile's K and V are in; both warpgroups are done with the other stage
+    if (tile + 1 < n_tiles) {
+      const int next = (tile + 1) * kKeys;
+      load_tile_sw128<T, D, kKeys>(k_tile((tile + 1) % 2), kb + static_cast<int64_t>(next) * p.k.seq, p.k.seq,
+                                   p.Sk - next);
+      load_tile_sw128<T, D, kKeys>(v_tile((tile + 1) % 2), vb + static_cast<int64_t>(next) * p.v.seq, p.v.seq,
+                                   p.Sk - next);
+    }
+    cp_async_commit();
+    const int key0 = tile * kKeys;
+    if (key0 >= wg_key_end) continue;
+
+    // S = Q K^T over the head dim, k16 steps.
+    const uint32_t k_addr = smem_addr(k_tile(tile % 2));
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ++ks) {
+      const uint64_t da = sw128_desc(q_addr + (ks / 4) * (kQRows * 128) + (ks % 4) * 32, 16, 1024);
+      const uint64_t db = sw128_desc(k_addr + (ks / 4) * (kKeys * 128) + (ks % 4) * 32, 16, 1024);
+      wgmma_ss<T, kKeys>(s, da, db, ks > 0);
+    }
+    wgmma_commit();
+    wgmma_wait_all();
+    order_registers(s);
+
+    // Logits in base 2, masked; the tile's row maxima. Only a tile that crosses the end of the keys or the
+    // causal diagonal needs the bounds test.
+    const bool edge = key0 + kKeys > p.Sk || (p.causal && key0 + kKeys - 1 > wg_row0);
+    float tmax_a = -INFINITY, tmax_b = -INFINITY;
+#pragma unroll
+    for (int t = 0; t < kKeys / 8; ++t) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int j = key0 + t * 8 + 2 * (lane % 4) + (e % 2);
+        const int i = e < 2 ? row_a : row_b;
+        float x = s[4 * t + e] * p.scale_log2;
+        if (edge && (j >= p.Sk || (p.causal && j > i))) x = -INFINITY;
+        else if (p.has_mask && i < p.Sq) x += mask_at(mask, p, b, h, i, j) * kAttentionLog2e;
+        s[4 * t + e] = x;
+        if (e < 2) tmax_a = fmaxf(tmax_a, x);
+        else tmax_b = fmaxf(tmax_b, x);
+      }
+    }
+#pragma unroll
+    for (int off = 1; off < 4; off *= 2) {
+      tmax_a = fmaxf(tmax_a, __shfl_xor_sync(0xffffffffu, tmax_a, off));
+      tmax_b = fmaxf(tmax_b, __shfl_xor_sync(0xffffffffu, tmax_b, off));
+    }
+    // A max of -inf (every logit so far masked) is used as 0, so that exp2(-inf - max) is 0, not NaN.
+    const float mnew_a = fmaxf(m_a, tmax_a), mnew_b = fmaxf(m_b, tmax_b);
+    const float use_a = mnew_a == -INFINITY ? 0.0f : mnew_a, use_b = mnew_b == -INFINITY ? 0.0f : mnew_b;
+    const float alpha_a = exp2f(m_a - use_a), alpha_b = exp2f(m_b - use_b);
+    m_a = mnew_a;
+    m_b = mnew_b;
+    l_a *= alpha_a;
+    l_b *= alpha_b;
+#pragma unroll
+    for (int t = 0; t < D / 8; ++t) {
+      o[4 * t + 0] *= alpha_a;
+      o[4 * t + 1] *= alpha_a;
+      o[4 * t + 2] *= alpha_b;
+      o[4 * t + 3] *= alpha_b;
+    }
+    // P = exp2(x - max), summed, packed as the A operand of P V: k16 step u covers n8 slices 2u and 2u + 1,
+    // registers {slice 2u row a, slice 2u row b, slice 2u + 1 row a, slice 2u + 1 row b}.
+    uint32_t pf[kKeys / 16][4];
+#pragma unroll
+    for (int t = 0; t < kKeys / 8; ++t) {
+      const float p0 = exp2f(s[4 * t + 0] - use_a), p1 = exp2f(s[4 * t + 1] - use_a);
+      const float p2 = exp2f(s[4 * t + 2] - use_b), p3 = exp2f(s[4 * t + 3] - use_b);
+      l_a += p0 + p1;
+      l_b += p2 + p3;
+      pf[t / 2][(t % 2) * 2 + 0] = pack2<T>(p0, p1);
+      pf[t / 2][(t % 2) * 2 + 1] = pack2<T>(p2, p3);
+    }
+
+    // O += P V over the tile's keys, k16 steps.
+    const uint32_t v_addr = smem_addr(v_tile(tile % 2));
+    wgmma_fence();
+#pragma unroll
+    for (int u = 0; u < kKeys / 16; ++u)
+      wgmma_rs_tb<T, D>(o, pf[u], sw128_desc(v_addr + u * 16 * 128, kKeys * 128, 1024));
+    wgmma_commit();
+    wgmma_wait_all();
+    order_registers(o);
+  }
+  cp_async_wait_all();
+
+  // The row sums over the quad, then Y = O / l (0 or NaN for a row with no key, as softmax over all -inf).
+#pragma unroll
+  for (int off = 1; off < 4; off *= 2) {
+    l_a += __shfl_xor_sync(0xffffffffu, l_a, off);
+    l_b += __shfl_xor_sync(0xffffffffu, l_b, off);
+  }
+  const float empty = p.nan_to_zero ? 0.0f : NAN;
+  const float inv_a = l_a > 0.0f ? 1.0f / l_a : 0.0f, inv_b = l_b > 0.0f ? 1.0f / l_b : 0.0f;
+  T* yb = y + b * p.y.batch + h * p.y.head;
+#pragma unroll
+  for (int t = 0; t < D / 8; ++t) {
+    const int d = t * 8 + 2 * (lane % 4);
+    if (row_a < p.Sq) {
+      const float y0 = l_a > 0.0f ? o[4 * t + 0] * inv_a : empty, y1 = l_a > 0.0f ? o[4 * t + 1] * inv_a : empty;
+      *reinterpret_cast<uint32_t*>(yb + static_cast<int64_t>(row_a) * p.y.seq + d) = pack2<T>(y0, y1);
+    }
+    if (row_b < p.Sq) {
+      const float y2 = l_b > 0.0f ? o[4 * t + 2] * inv_b : empty, y3 = l_b > 0.0f ? o[4 * t + 3] * inv_b : empty;
+      *reinterpret_cast<uint32_t*>(yb + static_cast<int64_t>(row_b) * p.y.seq + d) = pack2<T>(y2, y3);
+    }
+  }
+#else
+  __trap();  // not an sm_90a device: the layer never launches this
+#endif
+}
+
+template <class T, int D>
+Status opt_in() {
+  if (cudaFuncSetAttribute(wgmma_attention_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           static_cast<int>(wgmma_smem_bytes<D>())) != cudaSuccess)
+    return launch_status("wgmma_attention_kernel (shared memory opt-in)");
+  return OkStatus();
+}
+
+template <class T, int D>
+Status launch(const AttentionParams& p, const void* q, const void* k, const void* v, const void* mask, void* y,
+              cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(ceil_div(p.Sq, kQRows)), static_cast<unsigned>(p.H),
+                  static_cast<unsigned>(p.B));
+  wgmma_attention_kernel<T, D><<<grid, kWgThreads, wgmma_smem_bytes<D>(), stream>>>(
+      static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), static_cast<const T*>(mask),
+      static_cast<T*>(y), p);
+  return launch_status("wgmma_attention_kernel");
+}
+
+}  // namespace
+
+bool wgmma_attention_fits(DType t, int64_t head_dim) {
+  return (t == DType::kFloat16 || t == DType::kBFloat16) && (head_dim == 64 || head_dim == 128);
+}
+
+Status opt_in_wgmma_attention(DType t, int head_dim) {
+  if (t == DType::kFloat16) return head_dim == 64 ? opt_in<__half, 64>() : opt_in<__half, 128>();
+  return head_dim == 64 ? opt_in<__nv_bfloat16, 64>() : opt_in<__nv_bfloat16, 128>();
+}
+
+Status launch_wgmma_attention(DType t, const AttentionParams& p, const void* q, const void* k, const void* v,
+                              const void* mask, void* y, cudaStream_t stream) {
+  if (t == DType::kFloat16)
+    return p.D == 64 ? launch<__half, 64>(p, q, k, v, mask, y, stream) : launch<__half, 128>(p, q, k, v, mask, y, stream);
+  return p.D == 64 ? launch<__nv_bfloat16, 64>(p, q, k, v, mask, y, stream)
+                   : launch<__nv_bfloat16, 128>(p, q, k, v, mask, y, stream);
+}
+
+}  // namespace kiln::cuda
