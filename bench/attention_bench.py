@@ -8,6 +8,10 @@ fuse_attention turns into one node), runs `kiln bench --fp16 --no-data-transfers
 median GPU time and TFLOP/s = 4 * B * H * S^2 * D / time (the two matrix products; the softmax not counted,
 as FlashAttention's papers count). The engine's layer list is checked to hold one FusedAttention layer.
 
+Besides the builder's own pick (kiln_ms), each tensor-core tactic is timed alone (tactics.<name>): the build's
+timing cache is rewritten to name that tactic for the attention layer, and the engine rebuilt from it (a
+tactic that refuses the problem, e.g. cuda.flash.wgmma off Hopper, fails its build and says why).
+
     python3 bench/attention_bench.py --kiln build-gpu/kiln --out OUT_DIR
 """
 import argparse
@@ -66,6 +70,48 @@ def torch_sdpa_ms(b, h, s, d):
         return str(ex)[:200]
 
 
+TACTICS = ["cuda.flash.wgmma", "cuda.flash.br128", "cuda.flash.br64"]
+
+
+def bench_engine(kiln, engine, jpath):
+    """Median GPU ms of an engine, or (None, stderr)."""
+    cmd = [kiln, "bench", engine, "--fp16", "--no-data-transfers", "--iterations", "50", "--duration", "1",
+           "--json", jpath]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if p.returncode != 0:
+        return None, p.stderr[-800:]
+    return json.load(open(jpath))["gpu_compute_ms"]["median"], ""
+
+
+def forced_tactic_ms(kiln, path, cache, tactic):
+    """Builds `path` with the attention layer's cached tactic replaced by `tactic`, then times it."""
+    entries = json.load(open(cache))
+    keys = [k for k in entries["entries"] if "kiln.FusedAttention" in k]
+    if not keys:
+        return {"error": "no kiln.FusedAttention entry in the timing cache"}
+    for k in keys:
+        entries["entries"][k] = {"tactic": tactic, "ms": 0.0}
+    forced = cache.replace(".cache.json", "." + tactic + ".cache.json")
+    json.dump(entries, open(forced, "w"))
+    engine = path.replace(".onnx", "." + tactic + ".kiln")
+    build = subprocess.run([kiln, "build", path, "--fp16", "--timing-cache", forced, "-o", engine],
+                           capture_output=True, text=True, timeout=300)
+    out = {}
+    if build.returncode != 0:
+        out["error"] = build.stderr[-800:]
+    else:
+        insp = subprocess.run([kiln, "inspect", engine], capture_output=True, text=True, timeout=300)
+        if "kernel=" + tactic not in insp.stdout:
+            out["error"] = "the engine does not run " + tactic
+        else:
+            ms, err = bench_engine(kiln, engine, engine.replace(".kiln", ".json"))
+            out.update({"ms": ms} if ms is not None else {"error": err})
+    for f in (forced, engine):
+        if os.path.exists(f):
+            os.remove(f)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--kiln", required=True)
@@ -79,8 +125,9 @@ def main():
         flops = 4.0 * b * h * s * s * d
         jpath = path.replace(".onnx", ".json")
         engine = path.replace(".onnx", ".kiln")
-        build = subprocess.run([args.kiln, "build", path, "--fp16", "-o", engine], capture_output=True, text=True,
-                               timeout=300)
+        cache = path.replace(".onnx", ".cache.json")
+        build = subprocess.run([args.kiln, "build", path, "--fp16", "--timing-cache", cache, "-o", engine],
+                               capture_output=True, text=True, timeout=300)
         cmd = [args.kiln, "bench", engine if build.returncode == 0 else path, "--fp16", "--no-data-transfers", "--iterations", "50", "--duration", "1",
                "--json", jpath]
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -93,6 +140,13 @@ def main():
             row["stderr"] = p.stderr[-800:]
         insp = subprocess.run([args.kiln, "inspect", engine], capture_output=True, text=True, timeout=300)
         row["layers"] = [l.strip() for l in insp.stdout.splitlines() if l.strip().startswith("#")]
+        if build.returncode == 0 and os.path.exists(cache):
+            row["tactics"] = {}
+            for t in TACTICS:
+                r = forced_tactic_ms(args.kiln, path, cache, t)
+                if "ms" in r:
+                    r["tflops"] = flops / r["ms"] / 1e9
+                row["tactics"][t] = r
         t = torch_sdpa_ms(b, h, s, d)
         if isinstance(t, float):
             row.update(torch_sdpa_ms=t, torch_sdpa_tflops=flops / t / 1e9)
@@ -100,7 +154,7 @@ def main():
             row["torch_error"] = t
         rows.append(row)
         print(json.dumps(row), flush=True)
-        for f in (path, engine):
+        for f in (path, engine, cache):
             if os.path.exists(f):
                 os.remove(f)
     res = {"date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": rows}
