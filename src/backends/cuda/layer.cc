@@ -185,6 +185,7 @@ const LayerTable& layer_table() {
     register_shape_layers(t);
     register_index_layers(t);
     register_logical_layers(t);
+    register_pointwise_layers(t);
     return t;
   }();
   return table;

@@ -155,6 +155,7 @@ void register_pad_layers(LayerTable& table);  // pad.cu: Pad
 void register_shape_layers(LayerTable& table);  // shape_ops.cu: Reshape, Flatten, Squeeze, Unsqueeze, Identity (views), Transpose, Expand, Tile
 void register_index_layers(LayerTable& table);  // index_ops.cu: Concat, Split, Slice, Gather, GatherElements, Range
 void register_logical_layers(LayerTable& table);  // logical.cu: comparisons, And, Or, Xor, Not, IsNaN, IsInf
+void register_pointwise_layers(LayerTable& table);  // pointwise_layer.cc: kiln.Pointwise (NVRTC-generated kernels)
 
 // A CUDA runtime error as a Status naming the call ("cudaMemcpyAsync failed: cudaErrorInvalidValue: ...").
 Status cuda_status(cudaError_t e, const char* call);

@@ -4,9 +4,12 @@
 // float16 and bfloat16 are loaded and stored through PTX conversions, so the source needs no header at all.
 #include "backends/cuda/pointwise_codegen.h"
 
+#include <cuda_runtime.h>
 #include <nvrtc.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <sstream>
 
@@ -89,12 +92,11 @@ std::string expression(Op op, const std::string& a, const std::string& b, bool d
   return a;
 }
 
-// Input i's element at offset `off`, converted to the computation's type T.
-std::string load(DType t, size_t i, const std::string& off) {
-  const std::string p = "in" + std::to_string(i) + "[" + off + "]";
-  if (t == DType::kFloat16) return "(T)kiln_h2f(" + p + ")";
-  if (t == DType::kBFloat16) return "(T)kiln_bf2f(" + p + ")";
-  return "(T)" + p;
+// A stored element `v` of dtype t as the computation's type T.
+std::string to_compute(DType t, const std::string& v) {
+  if (t == DType::kFloat16) return "(T)kiln_h2f(" + v + ")";
+  if (t == DType::kBFloat16) return "(T)kiln_bf2f(" + v + ")";
+  return "(T)" + v;
 }
 
 std::string store(DType t, const std::string& v) {
@@ -103,40 +105,62 @@ std::string store(DType t, const std::string& v) {
   return std::string("(") + storage_type(t) + ")" + v;
 }
 
+// The version of the kernels' parameters (PointwiseArgs' layout, the entry points): part of every
+// kernel's name, so that an engine whose CUBINs were made for another layout is refused, not misread.
+constexpr const char* kAbiVersion = "pointwise-abi-1";
+
+// FNV-1a, 64 bits: the same on every platform (std::hash is not), so that names made at build time are
+// recomputed at load time.
+uint64_t fnv1a(const std::string& s) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : s) {
+    h ^= c;
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
 }  // namespace
 
-Result<PointwiseKernelSpec> pointwise_kernel_spec(const ir::Node& node, const std::vector<Shape>& input_shapes,
-                                                 const std::vector<DType>& input_dtypes) {
+Result<PointwiseKernelSpec> pointwise_kernel_spec(const ir::Node& node, const std::vector<DType>& input_dtypes,
+                                                 size_t rank) {
   const std::string who = node.describe() + ": ";
-  if (input_shapes.empty() || input_shapes.size() != input_dtypes.size() || input_shapes.size() != node.inputs.size())
-    return InvalidArgument(who + "needs one shape and one dtype per input (" + std::to_string(node.inputs.size()) +
-                           " inputs), got " + std::to_string(input_shapes.size()) + " and " +
-                           std::to_string(input_dtypes.size()));
+  if (input_dtypes.empty() || input_dtypes.size() != node.inputs.size())
+    return InvalidArgument(who + "needs one dtype per input (" + std::to_string(node.inputs.size()) +
+                           " inputs), got " + std::to_string(input_dtypes.size()));
+  if (input_dtypes.size() > kPointwiseMaxInputs)
+    return Unsupported(who + std::to_string(input_dtypes.size()) + " inputs are more than the " +
+                       std::to_string(kPointwiseMaxInputs) + " the CUDA code generator takes");
   PointwiseKernelSpec spec;
   if (const ir::Attribute* p = node.attr("program")) spec.program = p->strings;
-  auto program = pointwise::parse_program(spec.program, input_shapes.size());
+  auto program = pointwise::parse_program(spec.program, input_dtypes.size());
   if (!program.ok()) return InvalidArgument(who + program.status().message());
-  auto out = cpu::broadcast_shapes(input_shapes);
-  if (!out.ok()) return InvalidArgument(who + "inputs do not broadcast: " + out.status().message());
-  if (out->size() > kPointwiseMaxRank)
-    return Unsupported(who + "output rank " + std::to_string(out->size()) + " is above " +
-                       std::to_string(kPointwiseMaxRank));
+  if (rank > kPointwiseMaxRank)
+    return Unsupported(who + "output rank " + std::to_string(rank) + " is above " + std::to_string(kPointwiseMaxRank));
   for (size_t i = 0; i < input_dtypes.size(); ++i)
     if (!supported_dtype(input_dtypes[i]))
       return Unsupported(who + "input " + std::to_string(i) + " has dtype " + dtype_name(input_dtypes[i]) +
                          " (float32, float64, float16 or bfloat16)");
   spec.input_dtypes = input_dtypes;
-  spec.out_dims = *out;
   spec.out_dtype = input_dtypes[0];
-  for (const Shape& s : input_shapes) {
-    std::vector<int64_t> strides(out->size(), 0);
-    const std::vector<int64_t> own = cpu::strides_of(s);
-    const size_t lead = out->size() - s.size();
-    for (size_t d = 0; d < s.size(); ++d)
-      if (s[d] != 1) strides[lead + d] = own[d];
-    spec.input_strides.push_back(std::move(strides));
-  }
+  spec.rank = rank;
   return spec;
+}
+
+std::string pointwise_kernel_name(const PointwiseKernelSpec& spec) {
+  std::string key = kAbiVersion;
+  key += "\nrank " + std::to_string(spec.rank) + "\nout " + dtype_name(spec.out_dtype) + "\nin";
+  for (DType t : spec.input_dtypes) key += " " + dtype_name(t);
+  for (const std::string& line : spec.program) key += "\n" + line;
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "kiln_pointwise_%016llx", static_cast<unsigned long long>(fnv1a(key)));
+  return buf;
+}
+
+int pointwise_vector_width(const PointwiseKernelSpec& spec) {
+  size_t smallest = dtype_size(spec.out_dtype);
+  for (DType t : spec.input_dtypes) smallest = std::min(smallest, dtype_size(t));
+  return kPointwiseVectorBytes / static_cast<int>(smallest == 0 ? 1 : smallest);
 }
 
 Result<std::string> pointwise_kernel_source(const PointwiseKernelSpec& spec, const std::string& kernel_name,
@@ -144,70 +168,115 @@ Result<std::string> pointwise_kernel_source(const PointwiseKernelSpec& spec, con
   const size_t n_in = spec.input_dtypes.size();
   auto program = pointwise::parse_program(spec.program, n_in);
   if (!program.ok()) return InvalidArgument(what + ": " + program.status().message());
-  if (n_in == 0 || spec.input_strides.size() != n_in || spec.out_dims.size() > kPointwiseMaxRank ||
-      !supported_dtype(spec.out_dtype))
+  if (n_in == 0 || n_in > kPointwiseMaxInputs || spec.rank > kPointwiseMaxRank || !supported_dtype(spec.out_dtype))
     return InvalidArgument(what + ": inconsistent kernel spec (make it with pointwise_kernel_spec)");
   for (size_t i = 0; i < n_in; ++i)
-    if (!supported_dtype(spec.input_dtypes[i]) || spec.input_strides[i].size() != spec.out_dims.size())
+    if (!supported_dtype(spec.input_dtypes[i]))
       return InvalidArgument(what + ": inconsistent kernel spec for input " + std::to_string(i));
   const bool dbl = spec.out_dtype == DType::kFloat64;
-  const size_t rank = spec.out_dims.size();
-  const std::vector<int64_t> dense = cpu::strides_of(spec.out_dims);
+  const std::string nin = std::to_string(n_in);
 
   std::ostringstream s;
   s << "// kiln.Pointwise " << what << ", generated by Kiln (pointwise_codegen.cc)\n";
   s << "typedef " << (dbl ? "double" : "float") << " T;\n";
   s << "#define EXP " << (dbl ? "exp" : "expf") << "\n" << kHelpers << "#undef EXP\n";
-  s << "extern \"C\" __global__ void " << kernel_name << "(";
-  for (size_t i = 0; i < n_in; ++i)
-    s << "const " << storage_type(spec.input_dtypes[i]) << "* __restrict__ in" << i << ", ";
-  s << storage_type(spec.out_dtype) << "* __restrict__ out, long long n) {\n";
-  s << "  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {\n";
-  // An input of the output's own layout reads at i; the others from the output's coordinates.
-  std::vector<bool> dense_input(n_in);
-  bool need_coords = false;
-  for (size_t i = 0; i < n_in; ++i) {
-    dense_input[i] = true;
-    for (size_t d = 0; d < rank; ++d)
-      if (spec.out_dims[d] != 1 && spec.input_strides[i][d] != dense[d]) dense_input[i] = false;
-    need_coords |= !dense_input[i];
-  }
-  if (need_coords) {
-    s << "    long long r = i;\n";
-    for (size_t d = rank; d-- > 0;) {
-      s << "    const long long c" << d << " = r % " << spec.out_dims[d] << "LL;";
-      s << (d > 0 ? " r /= " + std::to_string(spec.out_dims[d]) + "LL;\n" : "\n");
-    }
-  }
-  for (size_t i = 0; i < n_in; ++i) {
-    s << "    const long long o" << i << " = ";
-    if (dense_input[i]) {
-      s << "i;\n";
-      continue;
-    }
-    std::string sum;
-    for (size_t d = 0; d < rank; ++d)
-      if (spec.input_strides[i][d] != 0 && spec.out_dims[d] != 1)
-        sum += (sum.empty() ? "" : " + ") + ("c" + std::to_string(d) + " * " + std::to_string(spec.input_strides[i][d]) + "LL");
-    s << (sum.empty() ? "0" : sum) << ";\n";
-  }
+  s << "#define KILN_RANK " << spec.rank << "\n#define KILN_VEC " << pointwise_vector_width(spec) << "\n";
+  // The layout PointwiseArgs::words fills (pointwise_codegen.h): long longs only, so no padding.
+  s << "struct KilnArgs { long long n; long long dims[" << kPointwiseMaxRank << "]; long long strides[" << nin
+    << "][" << kPointwiseMaxRank << "]; long long scalar_mask; };\n";
+  s << "template <class S, int N> struct __align__(16) KilnChunk { S v[N]; };\n";
+
+  // The program, once, over the inputs' values; both kernels call it.
+  s << "__device__ __forceinline__ T kiln_program(";
+  for (size_t i = 0; i < n_in; ++i) s << (i ? ", " : "") << "const T in" << i;
+  s << ") {\n";
   for (size_t k = 0; k < program->code.size(); ++k) {
     const pointwise::Instruction& ins = program->code[k];
     std::string arg[2];
     for (size_t a = 0; a < ins.args.size(); ++a) {
       const Operand& o = ins.args[a];
-      if (o.kind == Operand::Kind::kInput)
-        arg[a] = load(spec.input_dtypes[o.index], static_cast<size_t>(o.index), "o" + std::to_string(o.index));
-      else if (o.kind == Operand::Kind::kTemp)
-        arg[a] = "t" + std::to_string(o.index);
-      else
-        arg[a] = literal(o.literal, dbl);
+      if (o.kind == Operand::Kind::kInput) arg[a] = "in" + std::to_string(o.index);
+      else if (o.kind == Operand::Kind::kTemp) arg[a] = "t" + std::to_string(o.index);
+      else arg[a] = literal(o.literal, dbl);
       arg[a] = "(" + arg[a] + ")";
     }
-    s << "    const T t" << k << " = " << expression(ins.op, arg[0], arg[1], dbl) << ";\n";
+    s << "  const T t" << k << " = " << expression(ins.op, arg[0], arg[1], dbl) << ";\n";
   }
-  s << "    out[i] = " << store(spec.out_dtype, "t" + std::to_string(program->code.size() - 1)) << ";\n";
-  s << "  }\n}\n";
+  s << "  return t" << program->code.size() - 1 << ";\n}\n";
+
+  // Output element i's offsets into the inputs: its coordinates over p.dims, times each input's strides.
+  // I is unsigned int when n < 2^31 (32-bit division is several times cheaper), long long otherwise.
+  s << "template <class I>\n__device__ __forceinline__ void kiln_offsets(I i, const KilnArgs& p, long long (&o)["
+    << nin << "]) {\n"
+    << "#pragma unroll\n  for (int k = 0; k < " << nin << "; ++k) o[k] = 0;\n"
+    << "#pragma unroll\n  for (int d = KILN_RANK - 1; d >= 0; --d) {\n"
+    << "    const I dim = (I)p.dims[d];\n    const I c = i % dim;\n    i /= dim;\n"
+    << "#pragma unroll\n    for (int k = 0; k < " << nin << "; ++k) o[k] += (long long)c * p.strides[k][d];\n"
+    << "  }\n}\n";
+
+  std::string params;
+  for (size_t i = 0; i < n_in; ++i)
+    params += std::string("const ") + storage_type(spec.input_dtypes[i]) + "* __restrict__ in" + std::to_string(i) + ", ";
+  params += std::string(storage_type(spec.out_dtype)) + "* __restrict__ out, const KilnArgs p";
+  // The program's call on input i's element at offset off[i] (an expression per input).
+  auto call = [&](const std::vector<std::string>& off) {
+    std::string c = "kiln_program(";
+    for (size_t i = 0; i < n_in; ++i)
+      c += (i ? ", " : "") + to_compute(spec.input_dtypes[i], "in" + std::to_string(i) + "[" + off[i] + "]");
+    return store(spec.out_dtype, c + ")");
+  };
+  std::vector<std::string> strided(n_in), at_t(n_in);
+  for (size_t i = 0; i < n_in; ++i) {
+    strided[i] = "o[" + std::to_string(i) + "]";
+    at_t[i] = "((p.scalar_mask >> " + std::to_string(i) + ") & 1LL) ? 0LL : t";
+  }
+
+  s << "extern \"C\" __global__ void __launch_bounds__(256) " << kernel_name << "(" << params << ") {\n"
+    << "  long long o[" << nin << "];\n"
+    << "  if (p.n <= 2147483647LL) {\n"
+    << "    const unsigned step = gridDim.x * blockDim.x;\n"
+    << "    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < (unsigned)p.n; i += step) {\n"
+    << "      kiln_offsets<unsigned>(i, p, o);\n"
+    << "      out[i] = " << call(strided) << ";\n    }\n"
+    << "  } else {\n"
+    << "    const long long step = (long long)gridDim.x * blockDim.x;\n"
+    << "    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < p.n; i += step) {\n"
+    << "      kiln_offsets<long long>(i, p, o);\n"
+    << "      out[i] = " << call(strided) << ";\n    }\n"
+    << "  }\n}\n";
+
+  // The vectorized kernel: KILN_VEC elements a thread, each full-size input read (and out written) in
+  // 16-byte chunks, each one-element input read once; the last n % KILN_VEC elements one a thread.
+  s << "extern \"C\" __global__ void __launch_bounds__(256) " << kernel_name << "_vec(" << params << ") {\n"
+    << "  const long long start = (long long)blockIdx.x * blockDim.x + threadIdx.x;\n"
+    << "  const long long step = (long long)gridDim.x * blockDim.x;\n"
+    << "  const long long chunks = p.n / KILN_VEC;\n"
+    << "  for (long long c = start; c < chunks; c += step) {\n"
+    << "    const long long e = c * KILN_VEC;\n";
+  for (size_t i = 0; i < n_in; ++i) {
+    const std::string in = "in" + std::to_string(i), a = "a" + std::to_string(i), st = storage_type(spec.input_dtypes[i]);
+    s << "    T " << a << "[KILN_VEC];\n"
+      << "    if ((p.scalar_mask >> " << i << ") & 1LL) {\n"
+      << "      const T v = " << to_compute(spec.input_dtypes[i], in + "[0]") << ";\n"
+      << "#pragma unroll\n      for (int j = 0; j < KILN_VEC; ++j) " << a << "[j] = v;\n"
+      << "    } else {\n"
+      << "      const KilnChunk<" << st << ", KILN_VEC> q = *reinterpret_cast<const KilnChunk<" << st
+      << ", KILN_VEC>*>(" << in << " + e);\n"
+      << "#pragma unroll\n      for (int j = 0; j < KILN_VEC; ++j) " << a << "[j] = "
+      << to_compute(spec.input_dtypes[i], "q.v[j]") << ";\n"
+      << "    }\n";
+  }
+  std::string args;
+  for (size_t i = 0; i < n_in; ++i) args += (i ? ", " : "") + std::string("a") + std::to_string(i) + "[j]";
+  const std::string so = storage_type(spec.out_dtype);
+  s << "    KilnChunk<" << so << ", KILN_VEC> r;\n"
+    << "#pragma unroll\n    for (int j = 0; j < KILN_VEC; ++j) r.v[j] = "
+    << store(spec.out_dtype, "kiln_program(" + args + ")") << ";\n"
+    << "    *reinterpret_cast<KilnChunk<" << so << ", KILN_VEC>*>(out + e) = r;\n"
+    << "  }\n"
+    << "  const long long t = chunks * KILN_VEC + start;\n"
+    << "  if (t < p.n) out[t] = " << call(at_t) << ";\n"
+    << "}\n";
   return s.str();
 }
 
@@ -245,6 +314,68 @@ Result<std::vector<char>> compile_to_cubin(const std::string& source, const std:
   nvrtcDestroyProgram(&prog);
   if (!st.ok()) return st;
   return cubin;
+}
+
+Result<CompiledPointwise> compile_pointwise(const PointwiseKernelSpec& spec, const std::string& arch,
+                                            const std::string& what) {
+  CompiledPointwise k;
+  k.kernel = pointwise_kernel_name(spec);
+  KILN_ASSIGN_OR_RETURN(std::string source, pointwise_kernel_source(spec, k.kernel, what));
+  auto cubin = compile_to_cubin(source, k.kernel, arch);
+  if (!cubin.ok()) return Status(cubin.status().code(), what + ": " + cubin.status().message());
+  k.cubin.assign(cubin->begin(), cubin->end());
+  return k;
+}
+
+Result<std::string> current_device_arch() {
+  int dev = 0, major = 0, minor = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    return Unsupported(std::string("no CUDA device to compile kiln.Pointwise kernels for: ") + cudaGetErrorName(e) +
+                       ": " + cudaGetErrorString(e));
+  }
+  return "sm_" + std::to_string(major) + std::to_string(minor);
+}
+
+Result<PointwiseArgs> pointwise_args(const PointwiseKernelSpec& spec, const std::vector<Shape>& input_shapes,
+                                     const std::string& what) {
+  const size_t n_in = spec.input_dtypes.size();
+  if (input_shapes.size() != n_in)
+    return InvalidArgument(what + ": " + std::to_string(input_shapes.size()) + " input shapes for " +
+                           std::to_string(n_in) + " inputs");
+  for (size_t i = 0; i < n_in; ++i)
+    for (int64_t d : input_shapes[i])
+      if (d < 0) return InvalidArgument(what + ": input " + std::to_string(i) + " has unknown dims " + shape_to_string(input_shapes[i]));
+  auto out = cpu::broadcast_shapes(input_shapes);
+  if (!out.ok()) return InvalidArgument(what + ": inputs do not broadcast: " + out.status().message());
+  if (out->size() != spec.rank)
+    return InvalidArgument(what + ": the output has rank " + std::to_string(out->size()) + ", the kernel rank " +
+                           std::to_string(spec.rank));
+  PointwiseArgs a;
+  a.out_shape = *out;
+  a.n = shape_numel(*out);
+  a.vectorizable = true;
+  a.words.assign(1 + kPointwiseMaxRank * (n_in + 1) + 1, 0);
+  a.words[0] = a.n;
+  for (size_t d = 0; d < kPointwiseMaxRank; ++d) a.words[1 + d] = d < out->size() ? (*out)[d] : 1;
+  int64_t scalar_mask = 0;
+  for (size_t i = 0; i < n_in; ++i) {
+    const Shape& s = input_shapes[i];
+    const std::vector<int64_t> own = cpu::strides_of(s);
+    const size_t lead = out->size() - s.size();
+    int64_t* strides = a.words.data() + 1 + kPointwiseMaxRank * (i + 1);
+    for (size_t d = 0; d < s.size(); ++d)
+      if (s[d] != 1) strides[lead + d] = own[d];
+    // An input with the output's element count broadcasts along no dim: it is laid out as the output.
+    const int64_t numel = shape_numel(s);
+    if (numel == 1) scalar_mask |= int64_t(1) << i;
+    else if (numel != a.n) a.vectorizable = false;
+  }
+  a.words.back() = scalar_mask;
+  return a;
 }
 
 }  // namespace kiln::cuda
