@@ -24,6 +24,7 @@ struct TacticTime {
   std::string tactic;
   double ms = -1;
   std::string error;
+  double setup_ms = -1;  // wall time to make the tactic ready (a cuDNN plan may compile kernels): build time
 };
 
 class Backend {

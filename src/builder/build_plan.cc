@@ -5,8 +5,11 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <iostream>
+#include <map>
 #include <sstream>
 
 #include "backends/backend.h"
@@ -16,6 +19,7 @@
 #include "passes/passes.h"
 #ifdef KILN_HAVE_CUDA
 #include "backends/cuda/cuda_backend.h"
+#include "backends/cuda/pointwise_codegen.h"
 #endif
 
 namespace kiln::builder {
@@ -74,6 +78,47 @@ class Progress {
   bool enabled_;
   std::chrono::steady_clock::time_point last_{};
 };
+
+#ifdef KILN_HAVE_CUDA
+// Each kiln.Pointwise the GPU runs gets its kernel now, compiled by NVRTC into the node's `cubin` and
+// `kernel` attributes, so that the engine carries it and the runtime needs no compiler. The kernel depends
+// on the program, the dtypes and the output rank only (its name hashes them): nodes alike share one
+// compilation.
+Status attach_pointwise_kernels(ir::Graph& g, const std::vector<engine::LayerInfo>& layers) {
+  std::map<std::string, cuda::CompiledPointwise> compiled;  // by kernel name
+  std::string arch;
+  for (size_t i = 0; i < g.nodes.size(); ++i) {
+    ir::Node& n = g.nodes[i];
+    if (layers[i].backend != "cuda" || n.domain != "kiln" || n.op_type != "Pointwise") continue;
+    std::vector<DType> dtypes;
+    size_t rank = 0;
+    for (const std::string& in : n.inputs) {
+      auto init = g.initializers.find(in);
+      const ir::TypeInfo* t = init == g.initializers.end() ? g.type_of(in) : nullptr;
+      if (init == g.initializers.end() && (t == nullptr || !t->has_shape))
+        return Internal(n.describe() + ": the type of input '" + in + "' is not known");
+      dtypes.push_back(t ? t->dtype : init->second.dtype());
+      rank = std::max(rank, t ? t->dims.size() : init->second.shape().size());
+    }
+    KILN_ASSIGN_OR_RETURN(cuda::PointwiseKernelSpec spec, cuda::pointwise_kernel_spec(n, dtypes, rank));
+    auto it = compiled.find(cuda::pointwise_kernel_name(spec));
+    if (it == compiled.end()) {
+      if (arch.empty()) {
+        KILN_ASSIGN_OR_RETURN(arch, cuda::current_device_arch());
+      }
+      KILN_ASSIGN_OR_RETURN(cuda::CompiledPointwise k, cuda::compile_pointwise(spec, arch, n.describe()));
+      it = compiled.emplace(k.kernel, std::move(k)).first;
+    }
+    ir::Attribute kernel, cubin;
+    kernel.type = cubin.type = ir::Attribute::Type::kString;
+    kernel.s = it->second.kernel;
+    cubin.s = it->second.cubin;
+    n.attributes["kernel"] = std::move(kernel);
+    n.attributes["cubin"] = std::move(cubin);
+  }
+  return OkStatus();
+}
+#endif
 
 }  // namespace
 
@@ -152,6 +197,9 @@ Result<engine::Plan> build_plan(const ir::Model& model, const engine::BuildSetti
       return Unsupported("--strict-gpu: " + std::to_string(fallbacks.size()) + " layers cannot run on the GPU:" +
                          report.str().substr(report.str().find(':') + 1));
     logger.log(fallbacks.empty() ? Severity::kInfo : Severity::kWarning, "build: " + report.str());
+#ifdef KILN_HAVE_CUDA
+    KILN_RETURN_IF_ERROR(attach_pointwise_kernels(m.graph, plan.layers));
+#endif
   }
 
   // Tactic selection: time every candidate of a GPU layer that has more than one, at the build shapes.
@@ -197,6 +245,17 @@ Result<engine::Plan> build_plan(const ir::Model& model, const engine::BuildSetti
         layer.time_ms = best->ms;
         cache.put(key, *best);
         ++timed;
+        // Where build time goes (kiln build --verbose): the slowest tactic to set up, and all of them.
+        const backends::TacticTime* slowest = &times->front();
+        double setup = 0;
+        for (const auto& t : *times) {
+          setup += std::max(t.setup_ms, 0.0);
+          if (t.setup_ms > slowest->setup_ms) slowest = &t;
+        }
+        char line[160];
+        std::snprintf(line, sizeof(line), ": %s at %.4f ms; %zu tactics set up in %.0f ms (slowest %s, %.0f ms)",
+                      best->tactic.c_str(), best->ms, times->size(), setup, slowest->tactic.c_str(), slowest->setup_ms);
+        logger.log(Severity::kInfo, "tactics of " + n.name + line);
       }
       progress.update(static_cast<int>(k + 1));
     }

@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <chrono>
 #include <mutex>
 #include <random>
 
@@ -86,7 +87,9 @@ Result<std::vector<backends::TacticTime>> time_tactics(const ir::Node& node, con
   std::vector<backends::TacticTime> result;
   for (const std::string& tactic : tactics) {
     backends::TacticTime t{tactic, -1, ""};
+    const auto setup_start = std::chrono::steady_clock::now();
     auto layer = kind->create(spec, tactic, h);
+    t.setup_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - setup_start).count();
     if (!layer.ok()) {
       t.error = layer.status().message();
       result.push_back(t);
