@@ -48,22 +48,6 @@ Tensor random_mask(const Shape& shape) {
   return t;
 }
 
-// Equal within tol relative to 1 + |want|, a NaN only where the other has one.
-void expect_close(const Tensor& got, const Tensor& want, double tol, const std::string& what) {
-  ASSERT_EQ(got.shape(), want.shape()) << what;
-  ASSERT_EQ(got.dtype(), want.dtype()) << what;
-  const Tensor g = cast_tensor(got, DType::kFloat64).value(), w = cast_tensor(want, DType::kFloat64).value();
-  int bad = 0;
-  for (int64_t i = 0; i < g.numel() && bad < 5; ++i) {
-    const double a = g.data<double>()[i], b = w.data<double>()[i];
-    if ((std::isnan(a) && std::isnan(b)) || a == b) continue;
-    if (!(std::fabs(a - b) <= tol * (1.0 + std::fabs(b)))) {
-      ++bad;
-      ADD_FAILURE() << what << ": element " << i << ": got " << a << ", want " << b;
-    }
-  }
-}
-
 int64_t count_nans(const Tensor& t) {
   const Tensor f = cast_tensor(t, DType::kFloat64).value();
   int64_t n = 0;
@@ -278,12 +262,6 @@ Builder bert_like(bool with_mask, int64_t d = 8) {
   return b;
 }
 
-std::vector<std::string> ops(const ir::Model& m) {
-  std::vector<std::string> r;
-  for (const auto& n : m.graph.nodes) r.push_back(n.domain.empty() ? n.op_type : n.domain + "." + n.op_type);
-  return r;
-}
-
 const ir::Node* find_op(const ir::Model& m, const std::string& op) {
   for (const auto& n : m.graph.nodes)
     if (n.op_type == op) return &n;
@@ -294,16 +272,15 @@ const ir::Node* find_op(const ir::Model& m, const std::string& op) {
 // graph's outputs before and after; returns how many attentions were fused.
 int fuse_and_compare(Builder& b, bool masked_softmax_first = true) {
   EXPECT_TRUE(passes::infer_shapes(b.m).ok());
-  const std::vector<Tensor> before = b.run();
-  if (masked_softmax_first) EXPECT_TRUE(passes::fuse_masked_softmax(b.m).ok());
   int fused = -1;
-  EXPECT_TRUE(passes::fuse_attention(b.m, &fused).ok());
-  EXPECT_TRUE(passes::eliminate_dead_nodes(b.m).ok());
-  EXPECT_TRUE(passes::infer_shapes(b.m).ok());
-  const std::vector<Tensor> after = b.run();
-  EXPECT_EQ(before.size(), after.size());
-  for (size_t i = 0; i < before.size() && i < after.size(); ++i)
-    expect_close(after[i], before[i], 1e-5, "output " + std::to_string(i));
+  b.apply_and_compare(
+      [&](ir::Model& m) -> Status {
+        if (masked_softmax_first) KILN_RETURN_IF_ERROR(passes::fuse_masked_softmax(m));
+        KILN_RETURN_IF_ERROR(passes::fuse_attention(m, &fused));
+        KILN_RETURN_IF_ERROR(passes::eliminate_dead_nodes(m));
+        return passes::infer_shapes(m);
+      },
+      1e-5);
   return fused;
 }
 
@@ -319,7 +296,7 @@ TEST(FuseAttention, BertPatternBecomesOneBshdNode) {
     SCOPED_TRACE(with_mask ? "masked softmax" : "plain softmax");
     Builder b = bert_like(with_mask);
     EXPECT_EQ(fuse_and_compare(b), 1);
-    ASSERT_EQ(ops(b.m), (std::vector<std::string>{"kiln.FusedAttention"}));
+    ASSERT_EQ(op_types(b.m), (std::vector<std::string>{"kiln.FusedAttention"}));
     const ir::Node& f = b.m.graph.nodes[0];
     EXPECT_EQ(f.name, with_mask ? "tq + tk + tv + mq + mk + qk + add + softmax + isnan + where + pv + to"
                                 : "tq + tk + tv + mq + mk + qk + softmax + pv + to");
@@ -342,7 +319,7 @@ TEST(FuseAttention, SoftmaxOfAddWithoutTheMaskedSoftmaxPass) {
   b.m.graph.nodes.erase(b.m.graph.nodes.begin() + 8, b.m.graph.nodes.begin() + 10);  // isnan, where
   b.m.graph.nodes[7].outputs[0] = "p";
   EXPECT_EQ(fuse_and_compare(b, /*masked_softmax_first=*/false), 1);
-  ASSERT_EQ(ops(b.m), (std::vector<std::string>{"kiln.FusedAttention"}));
+  ASSERT_EQ(op_types(b.m), (std::vector<std::string>{"kiln.FusedAttention"}));
   EXPECT_EQ(b.m.graph.nodes[0].inputs, (std::vector<std::string>{"q", "k", "v", "mask"}));
   EXPECT_EQ(attr(b.m.graph.nodes[0], "nan_to_zero").i, 0);
   EXPECT_GT(count_nans(b.run()[0]), 0);
@@ -362,7 +339,7 @@ TEST(FuseAttention, BhsdPatternWithDivScaling) {
   b.node("MatMul", {"p", "v"}, {"y"}, "pv");
   b.output("y");
   EXPECT_EQ(fuse_and_compare(b), 1);
-  ASSERT_EQ(ops(b.m), (std::vector<std::string>{"kiln.FusedAttention"}));
+  ASSERT_EQ(op_types(b.m), (std::vector<std::string>{"kiln.FusedAttention"}));
   const ir::Node& f = b.m.graph.nodes[0];
   EXPECT_EQ(f.name, "tk + qk + div + softmax + pv");
   EXPECT_EQ(f.inputs, (std::vector<std::string>{"q", "k", "v"}));
@@ -376,7 +353,7 @@ TEST(FuseAttention, WithoutScalingTheScaleIsOne) {
   b.m.graph.nodes.erase(b.m.graph.nodes.begin() + 3, b.m.graph.nodes.begin() + 5);  // mq, mk
   b.m.graph.nodes[3].inputs = {"qt", "kt"};
   EXPECT_EQ(fuse_and_compare(b), 1);
-  ASSERT_EQ(ops(b.m), (std::vector<std::string>{"kiln.FusedAttention"}));
+  ASSERT_EQ(op_types(b.m), (std::vector<std::string>{"kiln.FusedAttention"}));
   EXPECT_EQ(attr(b.m.graph.nodes[0], "scale").f, 1.0f);
   EXPECT_EQ(attr(b.m.graph.nodes[0], "layout").s, "BSHD");
 }
@@ -397,7 +374,7 @@ TEST(FuseAttention, MixedLayoutsFuseInBhsdKeepingTheTransposesNeeded) {
     b.node("MatMul", {"p", "v"}, {"y"}, "pv");
     b.output("y");
     EXPECT_EQ(fuse_and_compare(b), 1);
-    ASSERT_EQ(ops(b.m), (std::vector<std::string>{"Transpose", "kiln.FusedAttention"}));
+    ASSERT_EQ(op_types(b.m), (std::vector<std::string>{"Transpose", "kiln.FusedAttention"}));
     const ir::Node& f = b.m.graph.nodes[1];
     EXPECT_EQ(f.inputs, (std::vector<std::string>{"qt", "k", "v"}));
     EXPECT_EQ(attr(f, "layout").s, "BHSD");
@@ -416,7 +393,7 @@ TEST(FuseAttention, MixedLayoutsFuseInBhsdKeepingTheTransposesNeeded) {
     Builder b = bert_like(true);
     b.output("kt");
     EXPECT_EQ(fuse_and_compare(b), 1);
-    EXPECT_EQ(ops(b.m), (std::vector<std::string>{"Transpose", "kiln.FusedAttention"}));
+    EXPECT_EQ(op_types(b.m), (std::vector<std::string>{"Transpose", "kiln.FusedAttention"}));
     EXPECT_EQ(b.m.graph.nodes[1].inputs[1], "k");
     EXPECT_EQ(b.m.graph.nodes[1].name, "tq + tv + mq + mk + qk + add + softmax + isnan + where + pv + to");
   }

@@ -56,42 +56,6 @@ struct Builder : GraphBuilder {
   }
 };
 
-std::vector<Tensor> run(const ir::Model& m, const std::map<std::string, Tensor>& feeds) {
-  auto g = runtime::PreparedGraph::prepare(m.graph, m.opsets);
-  EXPECT_TRUE(g.ok()) << g.status().to_string();
-  if (!g.ok()) return {};
-  std::map<std::string, Value> in;
-  for (const auto& [k, v] : feeds) in[k] = v;
-  auto out = g->run(in);
-  EXPECT_TRUE(out.ok()) << out.status().to_string();
-  std::vector<Tensor> r;
-  if (out.ok())
-    for (const Value& v : *out) r.push_back(v.tensor());
-  return r;
-}
-
-// `after` computes what `before` computes on the builder's inputs, within `tol` relative (to values above 1).
-void expect_same_outputs(const ir::Model& before, const ir::Model& after, const std::map<std::string, Tensor>& feeds,
-                         float tol) {
-  std::vector<Tensor> want = run(before, feeds), got = run(after, feeds);
-  ASSERT_FALSE(want.empty());
-  ASSERT_EQ(want.size(), got.size());
-  for (size_t i = 0; i < want.size(); ++i) {
-    ASSERT_EQ(want[i].shape(), got[i].shape()) << "output " << i;
-    ASSERT_EQ(got[i].dtype(), DType::kFloat32);
-    for (int64_t j = 0; j < want[i].numel(); ++j) {
-      const float a = want[i].data<float>()[j], b = got[i].data<float>()[j];
-      ASSERT_NEAR(a, b, tol * std::max(1.0f, std::fabs(a))) << "output " << i << " element " << j;
-    }
-  }
-}
-
-std::vector<std::string> op_types(const ir::Model& m) {
-  std::vector<std::string> ops;
-  for (const auto& n : m.graph.nodes) ops.push_back((n.domain.empty() ? "" : n.domain + ".") + n.op_type);
-  return ops;
-}
-
 using Ops = std::vector<std::string>;
 
 // ---------------------------------------------------------------------------------------------------------

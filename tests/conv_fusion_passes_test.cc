@@ -7,6 +7,7 @@
 #include <functional>
 #include <random>
 
+#include "graph_builder.h"
 #include "ir/op_registry.h"
 #include "onnx/importer.h"
 #include "passes/passes.h"
@@ -65,11 +66,7 @@ ir::Model import(const onnx::ModelProto& p) {
   return m;
 }
 
-std::vector<std::string> op_types(const ir::Model& m) {
-  std::vector<std::string> ops;
-  for (const auto& n : m.graph.nodes) ops.push_back(n.op_type);
-  return ops;
-}
+using testing::op_types;
 
 int count_op(const ir::Model& m, const std::string& op) {
   int k = 0;
@@ -85,40 +82,19 @@ const ir::Node* find_node(const ir::Model& m, const std::string& name) {
 
 bool has_fused_conv_kernel() { return ir::OpRegistry::global().find("kiln", "FusedConv") != nullptr; }
 
-std::map<std::string, Value> random_inputs(const ir::Model& m) {
-  std::map<std::string, Value> in;
+std::map<std::string, Tensor> random_inputs(const ir::Model& m) {
+  std::map<std::string, Tensor> in;
   for (const auto& v : m.graph.inputs) {
     Shape s = v.type.static_shape();
-    in[v.name] = Value(Tensor::from_vector(DType::kFloat32, s, random_values(shape_numel(s))));
+    in[v.name] = Tensor::from_vector(DType::kFloat32, s, random_values(shape_numel(s)));
   }
   return in;
 }
 
-std::vector<Value> run(const ir::Model& m, const std::map<std::string, Value>& inputs) {
-  auto pg = runtime::PreparedGraph::prepare(m.graph, m.opsets);
-  EXPECT_TRUE(pg.ok()) << pg.status().to_string();
-  if (!pg.ok()) return {};
-  auto out = pg.value().run(inputs);
-  EXPECT_TRUE(out.ok()) << out.status().to_string();
-  return out.ok() ? std::move(out).value() : std::vector<Value>{};
-}
-
-// `after` computes what `before` computes, within `tol` (relative to values above 1).
-void expect_same_outputs(const ir::Model& before, const ir::Model& after, float tol = 1e-5f) {
+// `after` computes what `before` computes on fresh random inputs, within `tol` (relative to values above 1).
+void expect_same_outputs(const ir::Model& before, const ir::Model& after, double tol = 1e-5) {
   if (!has_fused_conv_kernel()) GTEST_SKIP() << "no CPU kernel for kiln.FusedConv in this build";
-  std::map<std::string, Value> in = random_inputs(before);
-  std::vector<Value> want = run(before, in), got = run(after, in);
-  ASSERT_FALSE(want.empty());
-  ASSERT_EQ(want.size(), got.size());
-  for (size_t i = 0; i < want.size(); ++i) {
-    const Tensor& a = want[i].tensor();
-    const Tensor& b = got[i].tensor();
-    ASSERT_EQ(a.shape(), b.shape()) << "output " << i;
-    ASSERT_EQ(b.dtype(), DType::kFloat32);
-    for (int64_t j = 0; j < a.numel(); ++j)
-      ASSERT_NEAR(a.data<float>()[j], b.data<float>()[j], tol * std::max(1.0f, std::fabs(a.data<float>()[j])))
-          << "output " << i << " element " << j;
-  }
+  testing::expect_same_outputs(before, after, random_inputs(before), tol);
 }
 
 std::string attr_s(const ir::Node& n, const std::string& name) { return n.attr(name) ? n.attr(name)->s : "<none>"; }
@@ -199,7 +175,7 @@ TEST(ConvFusionPasses, FusedNodeTakesTheLastNodesPlace) {
   testing::add_node(g, "Relu", {"s"}, {"y"}, "relu");
   ir::Model before = import(p), m = before;
   ASSERT_TRUE(passes::fuse_conv_activation(m).ok());
-  EXPECT_EQ(op_types(m), (std::vector<std::string>{"Sigmoid", "FusedConv"}));
+  EXPECT_EQ(op_types(m), (std::vector<std::string>{"Sigmoid", "kiln.FusedConv"}));
   EXPECT_EQ(m.graph.nodes[1].name, "conv + add + relu");
   expect_same_outputs(before, m);
 }
@@ -340,7 +316,7 @@ TEST(ConvFusionPasses, EachActivationFuses) {
       int fused = 0;
       ASSERT_TRUE(passes::fuse_conv_activation(m, &fused).ok());
       EXPECT_EQ(fused, 1);
-      ASSERT_EQ(op_types(m), (std::vector<std::string>{"FusedConv"}));
+      ASSERT_EQ(op_types(m), (std::vector<std::string>{"kiln.FusedConv"}));
       const ir::Node& f = m.graph.nodes[0];
       EXPECT_EQ(f.name, want_name);
       EXPECT_EQ(f.outputs, (std::vector<std::string>{"y"}));
@@ -396,7 +372,7 @@ TEST(ConvFusionPasses, BottleneckThroughBothPasses) {
   int fused = 0, converted = 0;
   ASSERT_TRUE(passes::fuse_conv_activation(m, &fused).ok());
   EXPECT_EQ(fused, 3);
-  EXPECT_EQ(op_types(m), (std::vector<std::string>{"FusedConv", "FusedConv", "FusedConv"}));
+  EXPECT_EQ(op_types(m), (std::vector<std::string>{"kiln.FusedConv", "kiln.FusedConv", "kiln.FusedConv"}));
   EXPECT_EQ(m.graph.nodes[2].name, "conv3 + add3 + relu3");
   EXPECT_EQ(m.graph.nodes[2].inputs, (std::vector<std::string>{"r2", "conv3_w", "conv3_b", "x"}));
   expect_same_outputs(before, m);
@@ -406,7 +382,8 @@ TEST(ConvFusionPasses, BottleneckThroughBothPasses) {
   EXPECT_EQ(converted, 3);
   // One transpose in (x, read by conv1 and as conv3's residual), one out (y); none between the convs.
   EXPECT_EQ(count_op(m, "Transpose"), 2);
-  EXPECT_EQ(op_types(m), (std::vector<std::string>{"Transpose", "FusedConv", "FusedConv", "FusedConv", "Transpose"}));
+  EXPECT_EQ(op_types(m), (std::vector<std::string>{"Transpose", "kiln.FusedConv", "kiln.FusedConv", "kiln.FusedConv",
+                                                   "Transpose"}));
   const ir::Node& in = m.graph.nodes[0];
   EXPECT_EQ(in.attr("perm")->ints, (std::vector<int64_t>{0, 2, 3, 1}));
   EXPECT_EQ(in.inputs[0], "x");
@@ -457,8 +434,8 @@ TEST(ConvFusionPasses, PlainAndGroupedConvsAroundAMaxPool) {
   auto eligible = [](const ir::Node& n) { return n.name != "skipped"; };
   ASSERT_TRUE(passes::convert_conv_layout(m, eligible, &converted).ok());
   EXPECT_EQ(converted, 2);
-  EXPECT_EQ(op_types(m), (std::vector<std::string>{"Transpose", "FusedConv", "Transpose", "MaxPool", "Transpose",
-                                                   "FusedConv", "Transpose", "Conv"}));
+  EXPECT_EQ(op_types(m), (std::vector<std::string>{"Transpose", "kiln.FusedConv", "Transpose", "MaxPool",
+                                                   "Transpose", "kiln.FusedConv", "Transpose", "Conv"}));
   const ir::Node* stem = find_node(m, "stem");
   ASSERT_NE(stem, nullptr);
   EXPECT_EQ(stem->domain, "kiln");
@@ -500,7 +477,8 @@ TEST(ConvFusionPasses, ImageStemChannelsArePaddedToEight) {
   auto eligible = [&m](const ir::Node& n) { return passes::conv_suits_channels_last(m.graph, n); };
   ASSERT_TRUE(passes::convert_conv_layout(m, eligible, &converted).ok());
   EXPECT_EQ(converted, 1);
-  EXPECT_EQ(op_types(m), (std::vector<std::string>{"Cast", "Transpose", "Pad", "FusedConv", "Transpose", "Cast"}));
+  EXPECT_EQ(op_types(m),
+            (std::vector<std::string>{"Cast", "Transpose", "Pad", "kiln.FusedConv", "Transpose", "Cast"}));
   const ir::Node& conv = *find_node(m, "stem + relu");
   EXPECT_EQ(m.graph.type_of(conv.inputs[0])->to_string(), "float16[2,12,12,8]");
   const Tensor& w = m.graph.initializers.at(conv.inputs[1]);
@@ -529,8 +507,8 @@ TEST(ConvFusionPasses, HalfPrecisionBottleneckGoesChannelsLast) {
   auto eligible = [&m](const ir::Node& n) { return passes::conv_suits_channels_last(m.graph, n); };
   ASSERT_TRUE(passes::convert_conv_layout(m, eligible, &converted).ok());
   EXPECT_EQ(converted, 3);
-  EXPECT_EQ(op_types(m), (std::vector<std::string>{"Cast", "Transpose", "FusedConv", "FusedConv", "FusedConv",
-                                                   "Transpose", "Cast"}));
+  EXPECT_EQ(op_types(m), (std::vector<std::string>{"Cast", "Transpose", "kiln.FusedConv", "kiln.FusedConv",
+                                                   "kiln.FusedConv", "Transpose", "Cast"}));
   const Tensor& w = m.graph.initializers.at(m.graph.nodes[3].inputs[1]);
   EXPECT_EQ(w.dtype(), DType::kFloat16);
   EXPECT_EQ(w.shape(), (Shape{8, 3, 3, 8}));
@@ -579,8 +557,9 @@ TEST(ConvFusionPasses, HalfPrecisionPoolsStayChannelsLast) {
   // As the builder does next: the stem's Transpose back, which the pool no longer reads, goes.
   ASSERT_TRUE(passes::eliminate_dead_nodes(m, &removed).ok());
   ASSERT_TRUE(passes::infer_shapes(m).ok());
-  EXPECT_EQ(op_types(m), (std::vector<std::string>{"Cast", "Transpose", "Pad", "FusedConv", "ChannelsLastPool",
-                                                   "FusedConv", "ChannelsLastPool", "Transpose", "Flatten", "Cast"}));
+  EXPECT_EQ(op_types(m), (std::vector<std::string>{"Cast", "Transpose", "Pad", "kiln.FusedConv",
+                                                   "kiln.ChannelsLastPool", "kiln.FusedConv", "kiln.ChannelsLastPool",
+                                                   "Transpose", "Flatten", "Cast"}));
   const ir::Node* max = find_node(m, "pool");
   ASSERT_NE(max, nullptr);
   EXPECT_EQ(max->domain, "kiln");

@@ -72,12 +72,6 @@ struct Builder : GraphBuilder {
   using GraphBuilder::GraphBuilder;
 };
 
-std::vector<std::string> ops(const ir::Model& m) {
-  std::vector<std::string> r;
-  for (const auto& n : m.graph.nodes) r.push_back(n.domain.empty() ? n.op_type : n.domain + "." + n.op_type);
-  return r;
-}
-
 const ir::Node& node_named(const ir::Model& m, const std::string& name) {
   for (const auto& n : m.graph.nodes)
     if (n.name == name) return n;
@@ -121,9 +115,9 @@ TEST(EliminateCommonSubexpressions, DuplicatesMergeLinkByLink) {
   b.node("Add", {"e1", "e2"}, {"y"}, "add");
   b.output("y");
   ASSERT_TRUE(passes::infer_shapes(b.m).ok());
-  EXPECT_EQ(ops(b.m), (std::vector<std::string>{"Mul", "Exp", "Mul", "Exp", "Add"}));
+  EXPECT_EQ(op_types(b.m), (std::vector<std::string>{"Mul", "Exp", "Mul", "Exp", "Add"}));
   EXPECT_EQ(merge_and_compare(b), 3);
-  EXPECT_EQ(ops(b.m), (std::vector<std::string>{"Mul", "Exp", "Add"}));
+  EXPECT_EQ(op_types(b.m), (std::vector<std::string>{"Mul", "Exp", "Add"}));
   EXPECT_EQ(node_named(b.m, "add").inputs, (std::vector<std::string>{"e1", "e1"}));
   EXPECT_TRUE(b.m.graph.initializers.count("w1"));
   EXPECT_FALSE(b.m.graph.initializers.count("w2"));
@@ -147,7 +141,7 @@ TEST(EliminateCommonSubexpressions, GraphOutputNamesSurvive) {
   b.node("Sigmoid", {"x"}, {"y3"}, "sigmoid_out");  // a graph output duplicating a computed value: kept
   for (const char* o : {"y1", "y2", "z", "z2", "y3"}) b.output(o);
   EXPECT_EQ(merge_and_compare(b), 1);
-  EXPECT_EQ(ops(b.m), (std::vector<std::string>{"Relu", "Relu", "Neg", "Sigmoid", "Abs", "Sigmoid"}));
+  EXPECT_EQ(op_types(b.m), (std::vector<std::string>{"Relu", "Relu", "Neg", "Sigmoid", "Abs", "Sigmoid"}));
   EXPECT_EQ(node_named(b.m, "neg").inputs, (std::vector<std::string>{"y1"}));
   EXPECT_EQ(node_named(b.m, "relu_out2").outputs, (std::vector<std::string>{"y2"}));
   EXPECT_EQ(node_named(b.m, "sigmoid_out").outputs, (std::vector<std::string>{"y3"}));
@@ -245,8 +239,8 @@ TEST(EliminateCommonSubexpressions, EqualConstantsBecomeOne) {
   EXPECT_EQ(node_named(b.m, "add_z1").inputs[1], "z1");
   EXPECT_FALSE(b.m.graph.initializers.count("c2"));
   for (const char* kept : {"c1", "c3", "c4", "c5", "z0", "z1"}) EXPECT_TRUE(b.m.graph.initializers.count(kept)) << kept;
-  EXPECT_EQ(ops(b.m), (std::vector<std::string>{"Constant", "Add", "Mul", "Sub", "Cast", "Div", "Div", "Max", "Max",
-                                                "Min", "Div", "Add"}));
+  EXPECT_EQ(op_types(b.m), (std::vector<std::string>{"Constant", "Add", "Mul", "Sub", "Cast", "Div", "Div", "Max",
+                                                     "Max", "Min", "Div", "Add"}));
 }
 
 // A branch of If: out = op(v) for an outer value v.
@@ -283,7 +277,7 @@ TEST(EliminateCommonSubexpressions, SubgraphsCompareByValueAndTheirReadsAreRenam
   for (const char* o : {"y", "s4", "s5"}) b.output(o);
   const ir::Model original = b.m;  // shares the subgraphs
   EXPECT_EQ(merge_and_compare(b), 2);  // relu2, if2
-  EXPECT_EQ(ops(b.m), (std::vector<std::string>{"Relu", "If", "If", "If", "If", "Sum", "Shape", "Shape"}));
+  EXPECT_EQ(op_types(b.m), (std::vector<std::string>{"Relu", "If", "If", "If", "If", "Sum", "Shape", "Shape"}));
   EXPECT_EQ(node_named(b.m, "sum").inputs, (std::vector<std::string>{"o1", "o1", "o3"}));
   const ir::Node& if3 = node_named(b.m, "if3");
   EXPECT_EQ(if3.attr("then_branch")->g->nodes[0].inputs[0], "r1");

@@ -1,20 +1,81 @@
 // A graph built in code, for the pass tests: typed inputs with the values a run feeds them, initializers,
 // nodes in order, and a run of the whole graph on the CPU executor (the unoptimized reference a pass's
 // result is compared with). Each test file derives its own Builder for the patterns it builds.
+// Beside it, what every pass test asks of a graph: its ops in order, and whether a rewritten graph computes
+// what the original did (expect_close, expect_same_outputs, GraphBuilder::apply_and_compare).
 #pragma once
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
+#include <functional>
 #include <map>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "core/cast.h"
 #include "ir/graph.h"
+#include "kiln/status.h"
 #include "kiln/tensor.h"
 #include "runtime/executor.h"
 
 namespace kiln::testing {
+
+// The graph's nodes in order, each as "op" or "domain.op" ("kiln.FusedConv").
+inline std::vector<std::string> op_types(const ir::Model& m) {
+  std::vector<std::string> r;
+  for (const auto& n : m.graph.nodes) r.push_back(n.domain.empty() ? n.op_type : n.domain + "." + n.op_type);
+  return r;
+}
+
+// Same shape and dtype, and each element within tol of want's relative to values above 1 (absolute below),
+// compared in float64; infinities exactly, a NaN only where want has one; non-float tensors exactly.
+// Reports at most five elements.
+inline void expect_close(const Tensor& got, const Tensor& want, double tol, const std::string& what) {
+  ASSERT_EQ(got.shape(), want.shape()) << what;
+  ASSERT_EQ(got.dtype(), want.dtype()) << what;
+  if (!dtype_is_float(want.dtype())) {
+    EXPECT_EQ(got.to_int64_vector(), want.to_int64_vector()) << what;
+    return;
+  }
+  const Tensor g = cast_tensor(got, DType::kFloat64).value(), w = cast_tensor(want, DType::kFloat64).value();
+  int bad = 0;
+  for (int64_t i = 0; i < g.numel() && bad < 5; ++i) {
+    const double a = g.data<double>()[i], b = w.data<double>()[i];
+    if ((std::isnan(a) && std::isnan(b)) || a == b) continue;
+    if (!(std::fabs(a - b) <= tol * std::max(1.0, std::fabs(b)))) {
+      ++bad;
+      ADD_FAILURE() << what << ": element " << i << ": got " << a << ", want " << b;
+    }
+  }
+}
+
+// The model's outputs on the CPU executor, fed `feeds`; a failure fails the test and gives none.
+inline std::vector<Tensor> run_graph(const ir::Model& m, const std::map<std::string, Tensor>& feeds) {
+  auto g = runtime::PreparedGraph::prepare(m.graph, m.opsets);
+  EXPECT_TRUE(g.ok()) << g.status().to_string();
+  if (!g.ok()) return {};
+  std::map<std::string, Value> in;
+  for (const auto& [k, v] : feeds) in[k] = v;
+  auto out = g->run(in);
+  EXPECT_TRUE(out.ok()) << out.status().to_string();
+  std::vector<Tensor> r;
+  if (out.ok())
+    for (const Value& v : *out) r.push_back(v.tensor());
+  return r;
+}
+
+// `after` (a rewrite of `before`) computes what `before` computes on `feeds`, each output within tol
+// (as expect_close has it).
+inline void expect_same_outputs(const ir::Model& before, const ir::Model& after,
+                                const std::map<std::string, Tensor>& feeds, double tol) {
+  const std::vector<Tensor> want = run_graph(before, feeds), got = run_graph(after, feeds);
+  ASSERT_FALSE(want.empty());
+  ASSERT_EQ(want.size(), got.size());
+  for (size_t i = 0; i < want.size(); ++i) expect_close(got[i], want[i], tol, "output " + std::to_string(i));
+}
 
 struct GraphBuilder {
   ir::Model m;
@@ -55,18 +116,14 @@ struct GraphBuilder {
     return m.graph.nodes.back();
   }
   // The graph's outputs on the CPU executor, fed `feeds`; a failure fails the test and gives none.
-  std::vector<Tensor> run() const {
-    auto g = runtime::PreparedGraph::prepare(m.graph, m.opsets);
-    EXPECT_TRUE(g.ok()) << g.status().to_string();
-    if (!g.ok()) return {};
-    std::map<std::string, Value> in;
-    for (const auto& [k, v] : feeds) in[k] = v;
-    auto out = g->run(in);
-    EXPECT_TRUE(out.ok()) << out.status().to_string();
-    std::vector<Tensor> r;
-    if (out.ok())
-      for (const Value& v : *out) r.push_back(v.tensor());
-    return r;
+  std::vector<Tensor> run() const { return run_graph(m, feeds); }
+  // Rewrites m in place with `passes` (the passes under test, in the builder's order) and expects the result
+  // to compute what m did before, within tol; a pass's error fails the test and skips the comparison.
+  void apply_and_compare(const std::function<Status(ir::Model&)>& passes, double tol) {
+    const ir::Model before = m;
+    const Status st = passes(m);
+    ASSERT_TRUE(st.ok()) << st.to_string();
+    expect_same_outputs(before, m, feeds, tol);
   }
 };
 

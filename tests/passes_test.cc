@@ -4,6 +4,7 @@
 #include <cmath>
 #include <set>
 
+#include "graph_builder.h"
 #include "onnx/importer.h"
 #include "passes/passes.h"
 #include "test_models.h"
@@ -17,11 +18,7 @@ ir::Model import(const onnx::ModelProto& m) {
   return std::move(model).value();
 }
 
-std::vector<std::string> op_types(const ir::Model& m) {
-  std::vector<std::string> ops;
-  for (const auto& n : m.graph.nodes) ops.push_back(n.op_type);
-  return ops;
-}
+using testing::op_types;
 
 TEST(Passes, InferShapesKeepsSymbolsAndFoldsNothingDynamic) {
   ir::Model m = import(testing::mlp_with_shape_chain());
