@@ -24,6 +24,9 @@
 // residual Z. Such convolutions also get the tactics "cuda.cublaslt.h0".."h3" (matmul_tactics(): the cuBLASLt
 // Gemm layer of matmul.h on reshaped views of the same device buffers). They matter for ResNet's layer3/4
 // at batch 1: a 49 x 512 output leaves cuDNN's tiles almost idle, where cuBLASLt has split-K kernels.
+//
+// Channels-last float16/bfloat16 convolutions of 4 or 8 input channels (ResNet's stem, its 3 channels padded
+// to 8) also get the tactic "cuda.conv.stem": a tensor-core direct convolution (stem_conv.cu).
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -37,6 +40,11 @@
 #include "backends/cuda/matmul.h"
 
 namespace kiln::cuda {
+
+// stem_conv.cu: why the tactic "cuda.conv.stem" cannot run a node ("" when it can), and its layer.
+std::string stem_conv_ineligible(const LayerSpec& spec);
+Result<std::unique_ptr<Layer>> create_stem_conv(const LayerSpec& spec, const CudaHandles& h);
+
 namespace {
 
 using namespace cudnn_conv;
@@ -44,6 +52,7 @@ using namespace cudnn_conv;
 const char* const kOp = "CUDA kiln.FusedConv";
 const char* const kFusedPrefix = "cuda.cudnn.fused.algo";
 const char* const kUnfused = "cuda.cudnn.unfused";
+const char* const kStem = "cuda.conv.stem";
 
 // [N, S..., C] -> [N, C, S...] (for X, Z and Y) or [M, k..., C/g] -> [M, C/g, k...] (for W): the ONNX-layout
 // shape that the geometry code and cuDNN's dims take.
@@ -167,6 +176,7 @@ std::vector<std::string> fused_conv_tactics(const LayerSpec& spec) {
   for (const std::string& name : cudnn_graph_tactics()) t.push_back(name);
   if (gemm_ineligible(spec).empty())
     for (const std::string& name : matmul_tactics()) t.push_back(name);
+  if (stem_conv_ineligible(spec).empty()) t.push_back(kStem);
   return t;
 }
 
@@ -428,6 +438,10 @@ Result<std::unique_ptr<Layer>> create_graph_conv(const LayerSpec& spec, const st
 Result<std::unique_ptr<Layer>> create_fused_conv(const LayerSpec& spec, const std::string& tactic, const CudaHandles& h) {
   if (is_gemm_tactic(tactic)) return FusedConvGemmLayer::create(spec, tactic, h);
   if (is_cudnn_graph_tactic(tactic)) return create_graph_conv(spec, tactic, h);
+  if (tactic == kStem) {
+    if (std::string why = check_fused_conv(spec); !why.empty()) return Unsupported(why);
+    return create_stem_conv(spec, h);
+  }
   return FusedConvLayer::create(spec, tactic, h);
 }
 

@@ -1,0 +1,414 @@
+// Tactic "cuda.conv.stem" of kiln.FusedConv: a direct convolution on the tensor cores for convolutions with
+// few input channels, such as ResNet's stem (X [N, 224, 224, 8] NHWC, the RGB channels padded to 8 by
+// convert_conv_layout, W [64, 7, 7, 8] KRSC, stride 2, pad 3, bias, Relu). cuDNN's GEMM kernels are built
+// for deep reductions and spend most of their time on 3 useful channels; here the reduction is the whole
+// window at once.
+//
+// The convolution is an implicit GEMM: rows are output pixels, columns output channels, and the reduction
+// runs over (r, s, c) with c fastest. An 8-channel pixel is one 16-byte chunk (4-channel inputs are padded
+// with zeros in shared memory), so a k16 step of mma.sync m16n8k16 covers two window positions (r, s): each
+// A-fragment row (an output pixel) is two chunks of the input patch, which ldmatrix reads directly, with the
+// address of each lane's pixel and window position. The window's positions are padded to an even count; the
+// padding's weights and A halves are zero.
+//
+// Blocks are persistent: each loads the weights of its BN output channels (64, or 32 when K is not a multiple
+// of 64) into shared memory once and then walks output tiles of 8 rows x 16 columns of one image, double-
+// buffering the input patch each tile needs ((8-1)*stride + R rows x (16-1)*stride + S columns, zero outside
+// the image, loaded with cp.async while the previous tile computes). Warp w computes rows 2w and 2w+1 of the
+// tile (two m16 tiles) times the BN channels. The epilogue adds the bias, applies the activation, rounds to T
+// once and goes through shared memory (the patch buffer just used) so that each pixel's channels leave in
+// 16-byte stores.
+//
+// Bank conflicts: an ldmatrix phase reads 8 chunks; the patch is stored with its columns de-interleaved by the
+// stride (column c at (c % stride) * ceil(cols / stride) + c / stride), so the 8 pixels of a phase read 8
+// consecutive chunks; weight rows have an odd number of chunks, so 8 channels at one k read 8 different
+// bank groups; the epilogue's staging rows are XOR-swizzled.
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "backends/cuda/conv_common.h"
+#include "backends/cuda/device_common.cuh"
+#include "backends/cuda/layer.h"
+#include "backends/cuda/mma_sm80.cuh"
+
+namespace kiln::cuda {
+namespace {
+
+using namespace sm80;
+
+constexpr int kTileRows = 8, kTileCols = 16;  // output pixels of a tile; 112 = 14 * 8 = 7 * 16 for ResNet
+constexpr int kWarps = kTileRows / 2;         // two rows (two m16 tiles) per warp
+constexpr int kBlockThreads = 32 * kWarps;
+constexpr int kMaxKernel = 7;
+constexpr int kMaxStride = 16;
+constexpr size_t kSmemCap = 227 * 1024;  // sm_90's opt-in limit per block; create() asks the device too
+
+const char* const kOp = "CUDA kiln.FusedConv (tactic cuda.conv.stem)";
+
+enum StemAct : int { kActNone, kActRelu, kActClip, kActLeakyRelu };
+
+struct StemParams {
+  int H = 0, W = 0;                  // input image (X is [N, H, W, C])
+  int P = 0, Q = 0, K = 0;           // output image and channels (Y is [N, P, Q, K])
+  int R = 0, S = 0, sh = 1, sw = 1, pad_h = 0, pad_w = 0;
+  int RS = 0, ksteps = 0, kq = 0;    // window positions, k16 steps (two positions each), kq = 2 * ksteps
+  int ws = 0;                        // weight row stride in chunks: kq + 1 (odd)
+  int prow = 0, pcol = 0;            // patch extent
+  int wd = 0, row_chunks = 0;        // de-interleaved columns per stride phase; row_chunks = sw * wd
+  int buf_chunks = 0;                // one patch (or staging) buffer
+  int tiles_q = 0, tiles_p = 0, tiles = 0;
+  int act = kActNone;
+  float lo = 0, hi = 0, alpha = 0;   // Clip's bounds, LeakyRelu's slope
+};
+
+// Shared-memory layout of a problem, in 16-byte chunks unless named bytes.
+struct StemLayout {
+  int ksteps, kq, ws, prow, pcol, wd, row_chunks, buf_chunks;
+  size_t bytes;
+};
+
+StemLayout layout_for(int64_t r, int64_t s, int64_t sh, int64_t sw, int bn) {
+  StemLayout l;
+  const int rs = static_cast<int>(r * s);
+  l.ksteps = (rs + 1) / 2;
+  l.kq = 2 * l.ksteps;
+  l.ws = l.kq + 1;
+  l.prow = static_cast<int>((kTileRows - 1) * sh + r);
+  l.pcol = static_cast<int>((kTileCols - 1) * sw + s);
+  l.wd = static_cast<int>((l.pcol + sw - 1) / sw);
+  l.row_chunks = static_cast<int>(sw) * l.wd;
+  const int patch = l.prow * l.row_chunks, stage = kWarps * 32 * bn / 8;
+  l.buf_chunks = std::max(patch, stage);
+  l.bytes = (static_cast<size_t>(bn) * l.ws + 2 * static_cast<size_t>(l.buf_chunks)) * 16 + l.kq * sizeof(int) + bn * sizeof(float);
+  return l;
+}
+
+__device__ __forceinline__ float activate(float v, const StemParams& p) {
+  switch (p.act) {
+    case kActRelu: return v < 0.0f ? 0.0f : v;  // NaN stays NaN, as in the reference
+    case kActClip: {
+      const float c = v < p.lo ? p.lo : v;
+      return c > p.hi ? p.hi : c;
+    }
+    case kActLeakyRelu: return v < 0.0f ? v * p.alpha : v;
+    default: return v;
+  }
+}
+
+// The tile's output image, row tile and column tile.
+__device__ __forceinline__ void tile_coords(const StemParams& p, int tile, int* n, int* tp, int* tq) {
+  *tq = tile % p.tiles_q;
+  const int rest = tile / p.tiles_q;
+  *tp = rest % p.tiles_p;
+  *n = rest / p.tiles_p;
+}
+
+// Issues the cp.async copies of a tile's input patch into buf (the caller commits). Pixels outside the image
+// are zero (the convolution's padding); with C = 4 the chunk's upper 8 bytes are zeroed by a plain store.
+template <class T, int C>
+__device__ __forceinline__ void load_patch(uint4* buf, const T* x, const StemParams& p, int tile) {
+  int n, tp, tq;
+  tile_coords(p, tile, &n, &tp, &tq);
+  const int y0 = tp * kTileRows * p.sh - p.pad_h, x0 = tq * kTileCols * p.sw - p.pad_w;
+  const T* img = x + static_cast<int64_t>(n) * p.H * p.W * C;
+  for (int i = threadIdx.x; i < p.prow * p.pcol; i += kBlockThreads) {
+    const int r = i / p.pcol, c = i - r * p.pcol;
+    const int iy = y0 + r, ix = x0 + c;
+    const bool valid = iy >= 0 && iy < p.H && ix >= 0 && ix < p.W;
+    const T* src = valid ? img + (static_cast<int64_t>(iy) * p.W + ix) * C : x;
+    uint4* dst = buf + r * p.row_chunks + (c % p.sw) * p.wd + c / p.sw;
+    if constexpr (C == 8) {
+      cp_async16(dst, src, valid);
+    } else {
+      cp_async8(dst, src, valid);
+      reinterpret_cast<uint2*>(dst)[1] = make_uint2(0u, 0u);
+    }
+  }
+}
+
+// The fragments of k step ks: A for the warp's two m16 tiles (pixel rows at chunk bases base0 / base1, window
+// offset `off` for this lane's half), B for the block's BN channels. `tail`: the step's second window position
+// is padding, whose A half is zeroed (its weights are zero too, but 0 * inf would be NaN).
+template <int NB>
+__device__ __forceinline__ void load_frags(uint32_t (&a)[2][4], uint32_t (&b)[NB][4], const uint4* patch, const uint4* w_s,
+                                           int base0, int base1, int off, int wrow, int wcol, int ws, int ks, bool tail) {
+  ldmatrix_x4(a[0], patch + base0 + off);
+  ldmatrix_x4(a[1], patch + base1 + off);
+#pragma unroll
+  for (int j = 0; j < NB; ++j) ldmatrix_x4(b[j], w_s + (16 * j + wrow) * ws + 2 * ks + wcol);
+  if (tail) a[0][2] = a[0][3] = a[1][2] = a[1][3] = 0u;
+}
+
+template <class T, int NB>
+__device__ __forceinline__ void mma_step(float (&acc)[2][2 * NB][4], const uint32_t (&a)[2][4], const uint32_t (&b)[NB][4]) {
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int j = 0; j < NB; ++j) {
+      mma16816<T>(acc[mt][2 * j], a[mt], b[j][0], b[j][1]);
+      mma16816<T>(acc[mt][2 * j + 1], a[mt], b[j][2], b[j][3]);
+    }
+}
+
+// XOR swizzle of the epilogue's staging rows (CPR chunks a pixel): the 8 pixels one store phase writes at one
+// chunk, and the pixels one load phase reads, fall in 8 different bank groups.
+template <int CPR>
+__device__ __forceinline__ int stage_swizzle(int pix) {
+  return (pix * CPR / 8) % CPR;
+}
+
+template <class T, int C, int BN>
+__global__ void __launch_bounds__(kBlockThreads) stem_conv_kernel(const void* xv, const void* wv, const void* bv, void* yv,
+                                                                  StemParams p) {
+  constexpr int NB = BN / 16;  // ldmatrix.x4 loads of B per k step (two n8 tiles each)
+  constexpr int CPR = BN / 8;  // n8 tiles; output chunks per pixel
+  const T* x = static_cast<const T*>(xv);
+  const T* w = static_cast<const T*>(wv);
+  const T* bias = static_cast<const T*>(bv);
+  T* y = static_cast<T*>(yv);
+  extern __shared__ uint4 smem[];
+  uint4* w_s = smem;                                             // [BN][ws] chunks
+  uint4* bufs = w_s + BN * p.ws;                                 // two patch / staging buffers
+  int* off_tab = reinterpret_cast<int*>(bufs + 2 * p.buf_chunks);  // [kq] chunk offset of window position q
+  float* bias_s = reinterpret_cast<float*>(off_tab + p.kq);       // [BN]
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int k0 = blockIdx.y * BN;
+
+  int tile = blockIdx.x;
+  if (tile < p.tiles) load_patch<T, C>(bufs, x, p, tile);
+  cp_async_commit();
+
+  // The block's weights, once: chunk (n, q) holds W[k0 + n, q / S, q % S, 0..C), zero past C and past RS.
+  for (int i = tid; i < BN * p.kq; i += kBlockThreads) {
+    const int n = i / p.kq, q = i - n * p.kq;
+    Pack<T> v;
+#pragma unroll
+    for (int c = 0; c < 8; ++c) v.v[c] = from_f<T>(0.0f);
+    if (q < p.RS) {
+      const T* src = w + (static_cast<int64_t>(k0 + n) * p.RS + q) * C;
+#pragma unroll
+      for (int c = 0; c < C; ++c) v.v[c] = src[c];
+    }
+    *reinterpret_cast<Pack<T>*>(w_s + n * p.ws + q) = v;
+  }
+  for (int q = tid; q < p.kq; q += kBlockThreads) {
+    int off = 0;  // the padding position reads a valid chunk; its A half is zeroed
+    if (q < p.RS) {
+      const int r = q / p.S, s = q - r * p.S;
+      off = r * p.row_chunks + (s % p.sw) * p.wd + s / p.sw;
+    }
+    off_tab[q] = off;
+  }
+  for (int n = tid; n < BN; n += kBlockThreads) bias_s[n] = bias != nullptr ? to_f(bias[k0 + n]) : 0.0f;
+
+  // ldmatrix addressing. A: lanes 0-15 give pixels 0-15 at the step's first window position, lanes 16-31 the
+  // same pixels at the second. B (x4 = two n8 tiles): lanes 0-7 / 8-15 rows 0-7 at the first / second
+  // position, lanes 16-31 the same for rows 8-15.
+  const int px = lane % 16, half = lane / 16;
+  const int base0 = 2 * warp * p.sh * p.row_chunks + px;
+  const int base1 = base0 + p.sh * p.row_chunks;
+  const int wrow = lane % 8 + (lane / 16) * 8, wcol = (lane / 8) % 2;
+  const bool odd = p.RS % 2 == 1;
+  const int g = lane / 4, t4 = lane % 4;  // accumulator layout: rows g and g + 8, columns 2 * t4, 2 * t4 + 1
+
+  for (int it = 0; tile < p.tiles; ++it, tile += gridDim.x) {
+    uint4* cur = bufs + (it & 1) * p.buf_chunks;
+    cp_async_wait_all();
+    __syncthreads();  // the patch is in; every warp is done with the other buffer's staging
+    const int next = tile + gridDim.x;
+    if (next < p.tiles) load_patch<T, C>(bufs + ((it + 1) & 1) * p.buf_chunks, x, p, next);
+    cp_async_commit();
+
+    float acc[2][2 * NB][4] = {};
+    uint32_t a0[2][4], b0[NB][4], a1[2][4], b1[NB][4];
+    // Software-pipelined: the fragments of step ks + 1 load while step ks multiplies.
+    load_frags<NB>(a0, b0, cur, w_s, base0, base1, off_tab[half], wrow, wcol, p.ws, 0, odd && p.ksteps == 1);
+    for (int ks = 0; ks < p.ksteps; ks += 2) {
+      if (ks + 1 < p.ksteps)
+        load_frags<NB>(a1, b1, cur, w_s, base0, base1, off_tab[2 * (ks + 1) + half], wrow, wcol, p.ws, ks + 1,
+                       odd && ks + 2 == p.ksteps);
+      mma_step<T, NB>(acc, a0, b0);
+      if (ks + 1 >= p.ksteps) break;
+      if (ks + 2 < p.ksteps)
+        load_frags<NB>(a0, b0, cur, w_s, base0, base1, off_tab[2 * (ks + 2) + half], wrow, wcol, p.ws, ks + 2,
+                       odd && ks + 3 == p.ksteps);
+      mma_step<T, NB>(acc, a1, b1);
+    }
+    __syncthreads();  // every warp is done reading the patch: its buffer becomes the staging area
+
+    // Epilogue: bias, activation, one rounding; staged per warp (32 pixels x BN channels), then 16-byte stores.
+    uint4* stage = cur + warp * 32 * CPR;
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < CPR; ++nt)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int pix = mt * 16 + h * 8 + g, ch = nt * 8 + 2 * t4;
+          const float v0 = activate(acc[mt][nt][2 * h] + bias_s[ch], p);
+          const float v1 = activate(acc[mt][nt][2 * h + 1] + bias_s[ch + 1], p);
+          reinterpret_cast<uint32_t*>(stage + pix * CPR + (nt ^ stage_swizzle<CPR>(pix)))[t4] = pack2<T>(v0, v1);
+        }
+    __syncwarp();
+    int n, tp, tq;
+    tile_coords(p, tile, &n, &tp, &tq);
+#pragma unroll
+    for (int k = 0; k < CPR; ++k) {
+      const int i = lane + 32 * k, pix = i / CPR, j = i % CPR;
+      const int oy = tp * kTileRows + 2 * warp + pix / 16, ox = tq * kTileCols + pix % 16;
+      if (oy < p.P && ox < p.Q) {
+        const uint4 v = stage[pix * CPR + (j ^ stage_swizzle<CPR>(pix))];
+        *reinterpret_cast<uint4*>(y + ((static_cast<int64_t>(n) * p.P + oy) * p.Q + ox) * p.K + k0 + 8 * j) = v;
+      }
+    }
+  }
+  cp_async_wait_all();  // no copy may be left in flight when the block exits (none is: the last was empty)
+}
+
+using StemKernel = void (*)(const void*, const void*, const void*, void*, StemParams);
+
+template <class T>
+StemKernel kernel_for(int c, int bn) {
+  if (c == 8) return bn == 64 ? stem_conv_kernel<T, 8, 64> : stem_conv_kernel<T, 8, 32>;
+  return bn == 64 ? stem_conv_kernel<T, 4, 64> : stem_conv_kernel<T, 4, 32>;
+}
+
+class StemConvLayer final : public Layer {
+ public:
+  Status run(const std::vector<DeviceTensor>& inputs, const std::vector<DeviceTensor>& outputs, void*,
+             const CudaHandles& h) const override {
+    if (nothing_to_do_) return OkStatus();
+    const void* x = inputs[0].data;
+    const void* b = has_bias_ ? inputs[2].data : nullptr;
+    void* y = outputs[0].data;
+    // cp.async copies a pixel (C * 2 bytes) at a time and the epilogue stores 16 bytes: the base pointers decide.
+    if (!aligned_to(x, static_cast<size_t>(c_) * 2) || !aligned16(y))
+      return InvalidArgument(std::string(kOp) + ": needs X aligned to " + std::to_string(c_ * 2) +
+                             " bytes and Y to 16 bytes");
+    kernel_<<<grid_, kBlockThreads, smem_, h.stream>>>(x, inputs[1].data, b, y, p_);
+    return launch_status("stem_conv_kernel");
+  }
+
+  StemParams p_;
+  StemKernel kernel_ = nullptr;
+  dim3 grid_;
+  size_t smem_ = 0;
+  int c_ = 8;
+  bool has_bias_ = false, nothing_to_do_ = false;
+};
+
+}  // namespace
+
+// "" when the tactic can run the node, otherwise why not. Reads attributes, dtypes and W's shape (an
+// initializer's, known at build time); X's dims may still be symbolic.
+std::string stem_conv_ineligible(const LayerSpec& spec) {
+  const std::string op = kOp;
+  if (spec.attr_int("channels_last", 0) != 1) return op + ": needs channels_last = 1 (NHWC)";
+  if (spec.inputs.size() < 2 || !spec.inputs[0].present() || !spec.inputs[1].present()) return op + ": needs X and W";
+  const TensorDesc& x = spec.inputs[0];
+  const TensorDesc& w = spec.inputs[1];
+  if (x.dtype != DType::kFloat16 && x.dtype != DType::kBFloat16)
+    return op + ": runs float16 and bfloat16, not " + dtype_name(x.dtype);
+  if (spec.inputs.size() > 3 && spec.inputs[3].present()) return op + ": takes no residual input Z";
+  const std::string act = spec.attr_string("activation", "");
+  if (!act.empty() && act != "Relu" && act != "Clip" && act != "LeakyRelu")
+    return op + ": applies Relu, Clip and LeakyRelu, not " + act;
+  if (spec.attr_int("group", 1) != 1) return op + ": needs group 1, got " + std::to_string(spec.attr_int("group", 1));
+  for (int64_t d : spec.attr_ints("dilations", {1, 1}))
+    if (d != 1) return op + ": needs dilations of 1, got " + shape_to_string(spec.attr_ints("dilations"));
+  if (!x.has_rank || !w.has_rank || x.shape.size() != 4 || w.shape.size() != 4)
+    return op + ": needs a 2-D convolution (X and W of rank 4)";
+  if (!w.is_static()) return op + ": needs W's shape";
+  const Shape& ws = w.shape;  // [K, R, S, C]
+  if (ws[3] != 4 && ws[3] != 8) return op + ": needs 4 or 8 input channels, W is " + shape_to_string(ws);
+  if (ws[0] % 32 != 0 || ws[0] == 0) return op + ": needs output channels a multiple of 32, W is " + shape_to_string(ws);
+  if (ws[1] > kMaxKernel || ws[2] > kMaxKernel) return op + ": needs a kernel of at most 7x7, W is " + shape_to_string(ws);
+  const std::vector<int64_t> strides = spec.attr_ints("strides", {1, 1});
+  if (strides.size() != 2 || strides[0] > kMaxStride || strides[1] > kMaxStride || strides[0] < 1 || strides[1] < 1)
+    return op + ": needs 2 strides of 1 to " + std::to_string(kMaxStride) + ", got " + shape_to_string(strides);
+  const StemLayout l = layout_for(ws[1], ws[2], strides[0], strides[1], ws[0] % 64 == 0 ? 64 : 32);
+  if (l.bytes > kSmemCap)
+    return op + ": strides " + shape_to_string(strides) + " and W " + shape_to_string(ws) + " need " + std::to_string(l.bytes) +
+           " bytes of shared memory, over " + std::to_string(kSmemCap);
+  return "";
+}
+
+// The layer at concrete shapes (the caller ran FusedConv's check first).
+Result<std::unique_ptr<Layer>> create_stem_conv(const LayerSpec& spec, const CudaHandles&) {
+  const std::string op = kOp;
+  if (std::string why = stem_conv_ineligible(spec); !why.empty()) return Unsupported(why);
+  const TensorDesc& xd = spec.inputs[0];
+  const TensorDesc& wd = spec.inputs[1];
+  if (!xd.is_static()) return InvalidArgument(op + ": create needs concrete shapes");
+  const Shape& xs = xd.shape;  // [N, H, W, C]
+  const Shape& ws = wd.shape;  // [K, R, S, C]
+  cudnn_conv::Geometry g;
+  if (std::string why = cudnn_conv::conv_geometry(spec, {xs[0], xs[3], xs[1], xs[2]}, {ws[0], ws[3], ws[1], ws[2]}, &g, op);
+      !why.empty())
+    return InvalidArgument(why);
+  auto layer = std::make_unique<StemConvLayer>();
+  layer->has_bias_ = spec.inputs.size() > 2 && spec.inputs[2].present();
+  layer->c_ = static_cast<int>(ws[3]);
+  if (g.N == 0 || g.out[0] == 0 || g.out[1] == 0) {
+    layer->nothing_to_do_ = true;
+    return std::unique_ptr<Layer>(std::move(layer));
+  }
+  constexpr int64_t kDimCap = int64_t(1) << 24;  // keeps every in-tile index of the kernel in int
+  for (int64_t v : {xs[1], xs[2], g.pad_begin[0], g.pad_begin[1]})
+    if (v > kDimCap) return Unsupported(op + ": X " + shape_to_string(xs) + " or its pads are over 2^24");
+  const int bn = ws[0] % 64 == 0 ? 64 : 32;
+  const StemLayout l = layout_for(ws[1], ws[2], g.strides[0], g.strides[1], bn);
+  StemParams& p = layer->p_;
+  p.H = static_cast<int>(xs[1]);
+  p.W = static_cast<int>(xs[2]);
+  p.P = static_cast<int>(g.out[0]);
+  p.Q = static_cast<int>(g.out[1]);
+  p.K = static_cast<int>(ws[0]);
+  p.R = static_cast<int>(ws[1]);
+  p.S = static_cast<int>(ws[2]);
+  p.sh = static_cast<int>(g.strides[0]);
+  p.sw = static_cast<int>(g.strides[1]);
+  p.pad_h = static_cast<int>(g.pad_begin[0]);
+  p.pad_w = static_cast<int>(g.pad_begin[1]);
+  p.RS = p.R * p.S;
+  p.ksteps = l.ksteps;
+  p.kq = l.kq;
+  p.ws = l.ws;
+  p.prow = l.prow;
+  p.pcol = l.pcol;
+  p.wd = l.wd;
+  p.row_chunks = l.row_chunks;
+  p.buf_chunks = l.buf_chunks;
+  p.tiles_p = static_cast<int>(ceil_div(p.P, kTileRows));
+  p.tiles_q = static_cast<int>(ceil_div(p.Q, kTileCols));
+  const int64_t tiles = g.N * p.tiles_p * p.tiles_q;
+  if (tiles > INT32_MAX) return Unsupported(op + ": " + std::to_string(tiles) + " output tiles are over 2^31 - 1");
+  p.tiles = static_cast<int>(tiles);
+  const std::string act = spec.attr_string("activation", "");
+  p.act = act == "Relu" ? kActRelu : act == "Clip" ? kActClip : act == "LeakyRelu" ? kActLeakyRelu : kActNone;
+  p.lo = spec.attr_float("activation_min", -INFINITY);
+  p.hi = spec.attr_float("activation_max", INFINITY);
+  p.alpha = spec.attr_float("activation_alpha", 0.01f);
+
+  layer->kernel_ = xd.dtype == DType::kFloat16 ? kernel_for<__half>(layer->c_, bn) : kernel_for<__nv_bfloat16>(layer->c_, bn);
+  layer->smem_ = l.bytes;
+  int dev = 0, optin = 0, per_sm = 0;
+  KILN_CUDA_TRY(cudaGetDevice(&dev));
+  KILN_CUDA_TRY(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  if (l.bytes > static_cast<size_t>(optin))
+    return Unsupported(op + ": needs " + std::to_string(l.bytes) + " bytes of shared memory, the device allows " + std::to_string(optin));
+  KILN_CUDA_TRY(cudaFuncSetAttribute(reinterpret_cast<const void*>(layer->kernel_), cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                     static_cast<int>(l.bytes)));
+  KILN_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, layer->kernel_, kBlockThreads, l.bytes));
+  if (per_sm < 1) return Unsupported(op + ": no block fits on an SM");
+  // Persistent blocks: as many as run at once, split over the output-channel blocks (grid.y).
+  const int kblocks = p.K / bn;
+  if (kblocks > 65535) return Unsupported(op + ": " + std::to_string(p.K) + " output channels are too many");
+  const int64_t resident = std::max<int64_t>(1, static_cast<int64_t>(sm_count()) * per_sm / kblocks);
+  layer->grid_ = dim3(static_cast<unsigned>(std::min<int64_t>(tiles, resident)), static_cast<unsigned>(kblocks));
+  return std::unique_ptr<Layer>(std::move(layer));
+}
+
+}  // namespace kiln::cuda

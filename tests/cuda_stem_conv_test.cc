@@ -1,0 +1,287 @@
+// The tactic "cuda.conv.stem" of kiln.FusedConv (src/backends/cuda/stem_conv.cu: a tensor-core direct
+// convolution for NHWC inputs of 4 or 8 channels) against the CPU reference, on ResNet's stem at batch 2 and
+// on odd sizes, strides, pads, kernels, channel counts and activations, in float16 and bfloat16; which specs
+// list the tactic and which creates refuse it (no GPU needed); and, for the record, its time on ResNet-50's
+// stem at batch 256 next to cuDNN's.
+//
+// Tolerances: a sum of K = R * S * C products of values in [-1, 1], its error growing like sqrt(K), plus the
+// output's one rounding.
+#ifdef KILN_HAVE_CUDA
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "cuda_layer_harness.h"
+
+namespace kiln::testing {
+namespace {
+
+using Attrs = std::map<std::string, ir::Attribute>;
+
+const char* const kStem = "cuda.conv.stem";
+
+struct StemCase {
+  Shape x;           // [N, H, W, C]
+  int64_t k = 64;    // output channels
+  int64_t r = 7, s = 7;
+  int64_t sh = 2, sw = 2;
+  int64_t pad = 3;   // on every side
+  std::string act = "Relu";
+  bool bias = true;
+  Attrs extra;       // activation parameters
+};
+
+Attrs stem_attrs(const StemCase& c) {
+  Attrs a = {{"channels_last", int_attr(1)},
+             {"activation", string_attr(c.act)},
+             {"strides", ints_attr({c.sh, c.sw})},
+             {"pads", ints_attr({c.pad, c.pad, c.pad, c.pad})}};
+  for (const auto& [name, value] : c.extra) a[name] = value;
+  return a;
+}
+
+std::string describe(const StemCase& c, DType t) {
+  return shape_to_string(c.x) + " -> " + std::to_string(c.k) + ", kernel " + std::to_string(c.r) + "x" + std::to_string(c.s) +
+         ", stride " + std::to_string(c.sh) + "," + std::to_string(c.sw) + ", pad " + std::to_string(c.pad) + ", act '" + c.act +
+         "'" + (c.bias ? " +B " : " ") + dtype_name(t);
+}
+
+void expect_stem_matches(const StemCase& c, DType t) {
+  SCOPED_TRACE(describe(c, t));
+  const Tensor x = random_float(c.x), w = random_float({c.k, c.r, c.s, c.x[3]}), b = random_float({c.k});
+  LayerCase lc;
+  lc.op = "FusedConv";
+  lc.domain = "kiln";
+  lc.opset = 1;
+  lc.inputs = {Value(x), Value(w), c.bias ? Value(b) : Value()};
+  lc.attrs = stem_attrs(c);
+  lc.precision = t;
+  lc.only_tactic = kStem;
+  const double root_k = std::sqrt(static_cast<double>(c.r * c.s * c.x[3]));
+  lc.rtol = t == DType::kFloat16 ? 1e-2 : 2e-2;
+  lc.atol = lc.rtol + 1e-3 * root_k;
+  expect_layer_matches_reference(lc);
+}
+
+TEST(CudaStemConv, ResNetStem) {
+  KILN_SKIP_WITHOUT_GPU();
+  StemCase c;
+  c.x = {2, 224, 224, 8};  // convert_conv_layout pads the 3 channels to 8 (with zeros; random here)
+  expect_stem_matches(c, DType::kFloat16);
+  c.act = "";
+  expect_stem_matches(c, DType::kBFloat16);
+}
+
+// 17 x 23 leaves partial tiles in both directions at every stride; 4 channels take the zero-padded chunk path.
+TEST(CudaStemConv, OddSizes) {
+  KILN_SKIP_WITHOUT_GPU();
+  for (DType t : {DType::kFloat16, DType::kBFloat16})
+    for (int64_t kernel : {3, 7})
+      for (int64_t stride : {1, 2})
+        for (int64_t pad = 0; pad <= 3; ++pad) {
+          StemCase c;
+          c.x = {1, 17, 23, 4};
+          c.r = c.s = kernel;
+          c.sh = c.sw = stride;
+          c.pad = pad;
+          c.act = pad % 2 == 0 ? "Relu" : "";
+          expect_stem_matches(c, t);
+          if (::testing::Test::HasFatalFailure()) return;
+        }
+}
+
+// Output channels in blocks of 32 (K = 32, 96) and 64 (K = 128, two blocks); batches with more tiles than
+// resident blocks (each block then loops, double-buffering the patch); non-square kernels and strides; no
+// bias; Clip and LeakyRelu.
+TEST(CudaStemConv, ChannelBlocksTilesAndActivations) {
+  KILN_SKIP_WITHOUT_GPU();
+  for (DType t : {DType::kFloat16, DType::kBFloat16}) {
+    StemCase a;
+    a.x = {64, 17, 23, 8};
+    a.k = 128;
+    a.r = a.s = 3;
+    a.sh = a.sw = 1;
+    a.pad = 1;
+    expect_stem_matches(a, t);
+    StemCase b = a;
+    b.x = {48, 17, 23, 4};
+    b.k = 96;
+    b.r = 5;
+    b.s = 3;
+    b.sh = 2;
+    b.pad = 2;
+    b.bias = false;
+    b.act = "Clip";
+    b.extra = {{"activation_min", float_attr_of(0.0f)}, {"activation_max", float_attr_of(6.0f)}};
+    expect_stem_matches(b, t);
+    StemCase c;
+    c.x = {3, 31, 29, 8};
+    c.k = 32;
+    c.r = 1;
+    c.s = 7;
+    c.sh = 1;
+    c.sw = 3;
+    c.pad = 3;
+    c.act = "LeakyRelu";
+    c.extra = {{"activation_alpha", float_attr_of(0.2f)}};
+    expect_stem_matches(c, t);
+    StemCase d;  // an odd number of window positions with one k step (the tail half zeroed)
+    d.x = {2, 9, 11, 8};
+    d.r = d.s = 1;
+    d.sh = d.sw = 1;
+    d.pad = 0;
+    expect_stem_matches(d, t);
+    if (::testing::Test::HasFatalFailure()) return;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Which specs list the tactic, and what create refuses (neither needs a GPU).
+
+cuda::LayerSpec stem_spec(ir::Node* node, std::vector<cuda::TensorDesc> ins, Attrs attrs) {
+  node->name = "stem";
+  node->op_type = "FusedConv";
+  node->domain = "kiln";
+  node->attributes = std::move(attrs);
+  for (const auto& d : ins) node->inputs.push_back(d.present() ? "x" : "");
+  node->outputs = {"y"};
+  cuda::LayerSpec spec;
+  spec.node = node;
+  spec.opset = 1;
+  spec.inputs = std::move(ins);
+  spec.outputs = {desc(spec.inputs[0].dtype, {})};
+  return spec;
+}
+
+struct SpecCase {
+  std::string what;
+  std::vector<cuda::TensorDesc> ins;
+  Attrs attrs;
+};
+
+Attrs nhwc_attrs(int64_t group = 1) {
+  return {{"channels_last", int_attr(1)}, {"pads", ints_attr({1, 1, 1, 1})}, {"group", int_attr(group)}, {"activation", string_attr("Relu")}};
+}
+
+// Specs the tactic does not run, each refused by the tactic list and by create with Unsupported.
+std::vector<SpecCase> refused_specs() {
+  const auto h = DType::kFloat16;
+  std::vector<SpecCase> v;
+  v.push_back({"16 channels", {desc(h, {1, 8, 8, 16}), desc(h, {64, 3, 3, 16}), desc(h, {64})}, nhwc_attrs()});
+  v.push_back({"residual Z", {desc(h, {1, 8, 8, 8}), desc(h, {64, 3, 3, 8}), desc(h, {64}), desc(h, {1, 8, 8, 64})}, nhwc_attrs()});
+  v.push_back({"group 2", {desc(h, {1, 8, 8, 8}), desc(h, {64, 3, 3, 4}), desc(h, {64})}, nhwc_attrs(2)});
+  v.push_back({"float32", {desc(DType::kFloat32, {1, 8, 8, 8}), desc(DType::kFloat32, {64, 3, 3, 8})}, nhwc_attrs()});
+  Attrs nchw = nhwc_attrs();
+  nchw["channels_last"] = int_attr(0);
+  v.push_back({"NCHW", {desc(h, {1, 8, 8, 8}), desc(h, {64, 8, 3, 3})}, nchw});
+  v.push_back({"48 outputs", {desc(h, {1, 8, 8, 8}), desc(h, {48, 3, 3, 8})}, nhwc_attrs()});
+  Attrs big = nhwc_attrs();
+  big["pads"] = ints_attr({4, 4, 4, 4});
+  v.push_back({"9x9 kernel", {desc(h, {1, 16, 16, 8}), desc(h, {64, 9, 9, 8})}, big});
+  Attrs sigmoid = nhwc_attrs();
+  sigmoid["activation"] = string_attr("Sigmoid");
+  v.push_back({"Sigmoid", {desc(h, {1, 8, 8, 8}), desc(h, {64, 3, 3, 8})}, sigmoid});
+  Attrs dilated = nhwc_attrs();
+  dilated["dilations"] = ints_attr({2, 2});
+  dilated["pads"] = ints_attr({2, 2, 2, 2});
+  v.push_back({"dilation 2", {desc(h, {1, 8, 8, 8}), desc(h, {64, 3, 3, 8})}, dilated});
+  return v;
+}
+
+bool lists_stem(const cuda::LayerSpec& spec) {
+  const cuda::LayerKind* kind = cuda::layer_table().find("kiln.FusedConv");
+  const std::vector<std::string> t = kind->tactics(spec);
+  return std::find(t.begin(), t.end(), kStem) != t.end();
+}
+
+TEST(CudaStemConvCheck, ListedForTheStem) {
+  ASSERT_NE(cuda::layer_table().find("kiln.FusedConv"), nullptr);
+  const Attrs stem = {{"channels_last", int_attr(1)}, {"pads", ints_attr({3, 3, 3, 3})}, {"strides", ints_attr({2, 2})},
+                      {"activation", string_attr("Relu")}};
+  for (DType t : {DType::kFloat16, DType::kBFloat16}) {
+    ir::Node a, b;
+    EXPECT_TRUE(lists_stem(stem_spec(&a, {desc(t, {256, 224, 224, 8}), desc(t, {64, 7, 7, 8}), desc(t, {64})}, stem)));
+    EXPECT_TRUE(lists_stem(stem_spec(&b, {desc(t, {-1, 224, 224, 4}), desc(t, {64, 7, 7, 4})}, stem)));  // symbolic batch
+  }
+}
+
+TEST(CudaStemConvCheck, RefusedElsewhereWithUnsupported) {
+  const cuda::LayerKind* kind = cuda::layer_table().find("kiln.FusedConv");
+  ASSERT_NE(kind, nullptr);
+  for (const SpecCase& c : refused_specs()) {
+    SCOPED_TRACE(c.what);
+    ir::Node node;
+    const cuda::LayerSpec spec = stem_spec(&node, c.ins, c.attrs);
+    EXPECT_EQ(kind->check(spec), "");  // FusedConv itself runs them (through cuDNN)
+    EXPECT_FALSE(lists_stem(spec));
+    // create refuses before it touches the device.
+    auto layer = kind->create(spec, kStem, cuda::CudaHandles{});
+    ASSERT_FALSE(layer.ok());
+    EXPECT_EQ(layer.status().code(), StatusCode::kUnsupported) << layer.status().to_string();
+    EXPECT_NE(layer.status().message().find("cuda.conv.stem"), std::string::npos) << layer.status().to_string();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// ResNet-50's stem at batch 256 (X [256, 224, 224, 8] float16, W [64, 7, 7, 8], bias, Relu): the stem tactic's
+// time and cuDNN's (default and IMPLICIT_PRECOMP_GEMM), median of 20 runs after 5, printed. Its correctness
+// is ResNetStem's; the target is 0.45 ms on an H100.
+TEST(CudaStemConvBench, ResNetStemBatch256) {
+  KILN_SKIP_WITHOUT_GPU();
+  const auto h = DType::kFloat16;
+  const Shape xs = {256, 224, 224, 8}, ws = {64, 7, 7, 8}, ys = {256, 112, 112, 64};
+  const Attrs attrs = {{"channels_last", int_attr(1)}, {"pads", ints_attr({3, 3, 3, 3})}, {"strides", ints_attr({2, 2})},
+                       {"activation", string_attr("Relu")}};
+  ir::Node node;
+  cuda::LayerSpec spec = stem_spec(&node, {desc(h, xs), desc(h, ws), desc(h, {64})}, attrs);
+  spec.outputs = {desc(h, ys)};
+  const cuda::LayerKind* kind = cuda::layer_table().find("kiln.FusedConv");
+  ASSERT_NE(kind, nullptr);
+  ASSERT_EQ(kind->check(spec), "");
+  // The values do not matter for the time: bytes 0x3C make every element about 1.05 (float16 0x3C3C).
+  detail::DeviceMem x(shape_numel(xs) * 2), w(shape_numel(ws) * 2), b(64 * 2), y(shape_numel(ys) * 2);
+  ASSERT_EQ(cudaMemset(x.p, 0x3C, shape_numel(xs) * 2), cudaSuccess);
+  ASSERT_EQ(cudaMemset(w.p, 0x3C, shape_numel(ws) * 2), cudaSuccess);
+  ASSERT_EQ(cudaMemset(b.p, 0x3C, 64 * 2), cudaSuccess);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const std::vector<cuda::DeviceTensor> ins = {{x.p, h, xs}, {w.p, h, ws}, {b.p, h, {64}}};
+  const std::vector<cuda::DeviceTensor> outs = {{y.p, h, ys}};
+  const cuda::CudaHandles& handles = detail::test_handles();
+  for (const char* tactic : {kStem, "default", "cuda.cudnn.fused.algo1"}) {
+    auto layer = kind->create(spec, tactic, handles);
+    if (std::string(tactic) == kStem) ASSERT_TRUE(layer.ok()) << layer.status().to_string();
+    if (!layer.ok()) {
+      std::printf("  %s: not run (%s)\n", tactic, layer.status().to_string().c_str());
+      continue;
+    }
+    std::unique_ptr<detail::DeviceMem> wsp;
+    if ((*layer)->workspace_bytes() > 0) wsp = std::make_unique<detail::DeviceMem>((*layer)->workspace_bytes());
+    cudaEvent_t e0, e1;
+    cudaEventCreate(&e0);
+    cudaEventCreate(&e1);
+    std::vector<float> ms;
+    for (int it = 0; it < 25; ++it) {
+      cudaEventRecord(e0, handles.stream);
+      ASSERT_TRUE((*layer)->run(ins, outs, wsp ? wsp->p : nullptr, handles).ok());
+      cudaEventRecord(e1, handles.stream);
+      ASSERT_EQ(cudaEventSynchronize(e1), cudaSuccess);
+      float t = 0;
+      cudaEventElapsedTime(&t, e0, e1);
+      if (it >= 5) ms.push_back(t);
+    }
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    std::sort(ms.begin(), ms.end());
+    std::printf("  ResNet-50 stem, batch 256, float16: %s %.3f ms (median of 20)\n", tactic, ms[ms.size() / 2]);
+  }
+}
+
+}  // namespace
+}  // namespace kiln::testing
+
+#endif  // KILN_HAVE_CUDA
