@@ -22,7 +22,8 @@ namespace kiln::testing {
 namespace {
 
 const char* const kWgmmaTactic = "cuda.flash.wgmma";
-const char* const kFlashTactics[] = {kWgmmaTactic, "cuda.flash.br64", "cuda.flash.br128"};
+const char* const kWgmmaTactics[] = {kWgmmaTactic, "cuda.flash.wgmma.lockstep"};
+const char* const kFlashTactics[] = {kWgmmaTactic, "cuda.flash.wgmma.lockstep", "cuda.flash.br64", "cuda.flash.br128"};
 
 // 0 where attended, -inf where not (about a fifth), and the first row of the mask's last two dims wholly -inf
 // when `full_row`.
@@ -153,15 +154,16 @@ TEST(CudaFusedAttention, LongSequence) {
     }
 }
 
-// The Hopper kernel alone, each of its pieces: both dtypes and head dims, both layouts, lengths that are not
+// The Hopper kernel alone (both schedules), each of its pieces: both dtypes and head dims, both layouts, lengths that are not
 // multiples of its 128-row and 128-key tiles (one tile, a ragged last tile, Sq > Sk and Sq < Sk), causal
 // (the diagonal tile, tiles one warpgroup skips), a padding mask with a fully masked row under both
 // nan_to_zero settings, B > 1 and H > 1.
 void expect_wgmma(const AttentionCase& a) {
-  for (DType p : {DType::kFloat16, DType::kBFloat16}) {
-    SCOPED_TRACE(trace(a, p, kWgmmaTactic));
-    expect_layer_matches_reference(layer_case(a, p, kWgmmaTactic));
-  }
+  for (DType p : {DType::kFloat16, DType::kBFloat16})
+    for (const char* t : kWgmmaTactics) {
+      SCOPED_TRACE(trace(a, p, t));
+      expect_layer_matches_reference(layer_case(a, p, t));
+    }
 }
 
 TEST(CudaFusedAttentionWgmma, RaggedLengthsBothLayoutsBothHeadDims) {
@@ -251,9 +253,11 @@ TEST(CudaFusedAttentionWgmma, RefusesFloat32AndOtherHeadDims) {
       spec.inputs.push_back(in);
     }
     spec.outputs = {spec.inputs[0]};
-    auto layer = kind->create(spec, kWgmmaTactic, detail::test_handles());
-    ASSERT_FALSE(layer.ok()) << dtype_name(t) << " D" << d;
-    EXPECT_EQ(layer.status().code(), StatusCode::kUnsupported);
+    for (const char* tactic : kWgmmaTactics) {
+      auto layer = kind->create(spec, tactic, detail::test_handles());
+      ASSERT_FALSE(layer.ok()) << tactic << " " << dtype_name(t) << " D" << d;
+      EXPECT_EQ(layer.status().code(), StatusCode::kUnsupported);
+    }
   }
 }
 

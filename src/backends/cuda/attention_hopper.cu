@@ -3,8 +3,8 @@
 // and 128. mma.sync, which the FlashAttention-2 kernel in attention.cu uses, cannot feed an H100's tensor cores.
 //
 // A block of 256 threads (two warpgroups) owns 128 query rows of one (batch, head), 64 per warpgroup. Every
-// thread copies (cp.async, 16 bytes) the Q tile once and the key and value tiles of kKeys keys, double
-// buffered, into shared memory in the layout wgmma reads with the 128-byte swizzle: a tile of R rows and D
+// thread copies (cp.async, 16 bytes) the Q tile once and the key and value tiles of kKeys keys (three
+// stages, the next tile loading while this one is used), into shared memory in the layout wgmma reads with the 128-byte swizzle: a tile of R rows and D
 // columns is D / 64 slabs of R rows of 128 bytes (64 elements), and the 16-byte chunk c of row r sits at
 // chunk c ^ (r % 8) of its row. Each slab is 1024-byte aligned, since the hardware applies the swizzle to
 // address bits [4, 7) ^ [7, 10).
@@ -15,8 +15,9 @@
 // - O += P V: m64n{D}k16 with A = P from registers and B = V from shared memory. V's tile is [keys, D], D
 //   contiguous: B is MN-major, read with the transpose bit; its 64-column slabs are LBO apart and its groups
 //   of 8 keys 1024 bytes (SBO).
-// Each product is waited for before its accumulators are read (wgmma.wait_group 0): the two warpgroups of a
-// block and the blocks of an SM overlap one's softmax with another's products.
+// Each product is waited for before its accumulators are read (wgmma.wait_group 0). Tactic "cuda.flash.wgmma"
+// staggers the two warpgroups by half a tile so that one's softmax overlaps the other's products (STAGGER
+// below); "cuda.flash.wgmma.lockstep" runs them together, the simpler schedule to compare it with.
 //
 // The wgmma code exists only in the sm_90a pass; the build also embeds compute_90 PTX, where the kernel is a
 // trap (the layer only picks this tactic on a device of compute capability 9.0, which loads the sm_90a code).
@@ -40,12 +41,15 @@ namespace {
 constexpr int kWgThreads = 256;  // two warpgroups
 constexpr int kQRows = 128;      // query rows a block, 64 a warpgroup
 constexpr int kKeys = 128;       // keys a tile
+constexpr int kStages = 3;       // K and V tiles in shared memory (see the kernel's loop)
 
 template <int D>
 constexpr size_t wgmma_smem_bytes() {
-  // Q, two stages of K and of V, and 1024 bytes to align the start to the swizzle's period.
-  return static_cast<size_t>(kQRows + 4 * kKeys) * D * 2 + 1024;
+  // Q, the stages of K and of V, and 1024 bytes to align the start to the swizzle's period: 225 KiB at D 128,
+  // under the 227 KiB a block may have.
+  return static_cast<size_t>(kQRows + 2 * kStages * kKeys) * D * 2 + 1024;
 }
+static_assert(wgmma_smem_bytes<128>() <= 227 * 1024);
 
 #if KILN_HAVE_WGMMA
 
@@ -205,9 +209,24 @@ __device__ __forceinline__ void load_tile_sw128(unsigned char* tile, const T* sr
   }
 }
 
+// O += P V over one tile's keys (k16 steps), P in registers, V's tile at v_addr; waited for.
+template <class T, int D>
+__device__ __forceinline__ void wgmma_pv(float (&o)[D / 2], const uint32_t (&pf)[kKeys / 16][4], uint32_t v_addr) {
+  wgmma_fence();
+#pragma unroll
+  for (int u = 0; u < kKeys / 16; ++u)
+    wgmma_rs_tb<T, D>(o, pf[u], sw128_desc(v_addr + u * 16 * 128, kKeys * 128, 1024));
+  wgmma_commit();
+  wgmma_wait_all();
+  order_registers(o);
+}
+
 #endif  // KILN_HAVE_WGMMA
 
-template <class T, int D>
+// STAGGER: the second warpgroup issues a tile's P V at the start of the next tile instead of at the end of its
+// own, so that after each barrier one warpgroup's products overlap the other's softmax (FlashAttention-3's
+// "ping-pong", by schedule rather than by named barriers). Off: both warpgroups run the same steps together.
+template <class T, int D, bool STAGGER>
 __global__ void __launch_bounds__(kWgThreads, 1)
     wgmma_attention_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                            const T* __restrict__ mask, T* __restrict__ y, AttentionParams p) {
@@ -220,7 +239,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   unsigned char* const smem = smem_raw + (((raw + 1023) & ~1023u) - raw);
   unsigned char* const q_tile = smem;
   auto k_tile = [&](int stage) { return smem + kQBytes + stage * kTileBytes; };
-  auto v_tile = [&](int stage) { return smem + kQBytes + (2 + stage) * kTileBytes; };
+  auto v_tile = [&](int stage) { return smem + kQBytes + (kStages + stage) * kTileBytes; };
 
   const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
   const int h = blockIdx.y, b = blockIdx.z;
@@ -253,24 +272,33 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   for (int i = 0; i < kORegs; ++i) o[i] = 0.0f;
   float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;
   const uint32_t q_addr = smem_addr(q_tile) + wg * 64 * 128;
+  // P of the last tile, and (STAGGER, second warpgroup) whether its P V is still to issue, from which stage.
+  uint32_t pf[kKeys / 16][4];
+  const bool defer = STAGGER && wg == 1;
+  bool pending = false;
+  int pending_stage = 0;
 
+  // Tile t sits in stage t % kStages. The loads of tile t + 1 overwrite tile t - 2, which both warpgroups are
+  // done with by the barrier of tile t (the deferred P V of tile t - 2 ran in iteration t - 1).
   for (int tile = 0; tile < n_tiles; ++tile) {
     cp_async_wait_all();
     fence_proxy_async();
-    __syncthreads();  // this tile's K and V are in; both warpgroups are done with the other stage
+    __syncthreads();  // this tile's K and V are in; both warpgroups are done with tile - 2's stage
     if (tile + 1 < n_tiles) {
-      const int next = (tile + 1) * kKeys;
-      load_tile_sw128<T, D, kKeys>(k_tile((tile + 1) % 2), kb + static_cast<int64_t>(next) * p.k.seq, p.k.seq,
-                                   p.Sk - next);
-      load_tile_sw128<T, D, kKeys>(v_tile((tile + 1) % 2), vb + static_cast<int64_t>(next) * p.v.seq, p.v.seq,
-                                   p.Sk - next);
+      const int next = (tile + 1) * kKeys, stage = (tile + 1) % kStages;
+      load_tile_sw128<T, D, kKeys>(k_tile(stage), kb + static_cast<int64_t>(next) * p.k.seq, p.k.seq, p.Sk - next);
+      load_tile_sw128<T, D, kKeys>(v_tile(stage), vb + static_cast<int64_t>(next) * p.v.seq, p.v.seq, p.Sk - next);
     }
     cp_async_commit();
+    if (pending) {  // the previous tile's P V; O complete before this tile's rescale
+      wgmma_pv<T, D>(o, pf, smem_addr(v_tile(pending_stage)));
+      pending = false;
+    }
     const int key0 = tile * kKeys;
     if (key0 >= wg_key_end) continue;
 
     // S = Q K^T over the head dim, k16 steps.
-    const uint32_t k_addr = smem_addr(k_tile(tile % 2));
+    const uint32_t k_addr = smem_addr(k_tile(tile % kStages));
     wgmma_fence();
 #pragma unroll
     for (int ks = 0; ks < D / 16; ++ks) {
@@ -322,7 +350,6 @@ __global__ void __launch_bounds__(kWgThreads, 1)
     }
     // P = exp2(x - max), summed, packed as the A operand of P V: k16 step u covers n8 slices 2u and 2u + 1,
     // registers {slice 2u row a, slice 2u row b, slice 2u + 1 row a, slice 2u + 1 row b}.
-    uint32_t pf[kKeys / 16][4];
 #pragma unroll
     for (int t = 0; t < kKeys / 8; ++t) {
       const float p0 = exp2f(s[4 * t + 0] - use_a), p1 = exp2f(s[4 * t + 1] - use_a);
@@ -333,16 +360,15 @@ __global__ void __launch_bounds__(kWgThreads, 1)
       pf[t / 2][(t % 2) * 2 + 1] = pack2<T>(p2, p3);
     }
 
-    // O += P V over the tile's keys, k16 steps.
-    const uint32_t v_addr = smem_addr(v_tile(tile % 2));
-    wgmma_fence();
-#pragma unroll
-    for (int u = 0; u < kKeys / 16; ++u)
-      wgmma_rs_tb<T, D>(o, pf[u], sw128_desc(v_addr + u * 16 * 128, kKeys * 128, 1024));
-    wgmma_commit();
-    wgmma_wait_all();
-    order_registers(o);
+    // O += P V, now or (deferring) after the next barrier.
+    if (defer) {
+      pending = true;
+      pending_stage = tile % kStages;
+    } else {
+      wgmma_pv<T, D>(o, pf, smem_addr(v_tile(tile % kStages)));
+    }
   }
+  if (pending) wgmma_pv<T, D>(o, pf, smem_addr(v_tile(pending_stage)));
   cp_async_wait_all();
 
   // The row sums over the quad, then Y = O / l (0 or NaN for a row with no key, as softmax over all -inf).
@@ -371,20 +397,20 @@ __global__ void __launch_bounds__(kWgThreads, 1)
 #endif
 }
 
-template <class T, int D>
+template <class T, int D, bool STAGGER>
 Status opt_in() {
-  if (cudaFuncSetAttribute(wgmma_attention_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+  if (cudaFuncSetAttribute(wgmma_attention_kernel<T, D, STAGGER>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                            static_cast<int>(wgmma_smem_bytes<D>())) != cudaSuccess)
     return launch_status("wgmma_attention_kernel (shared memory opt-in)");
   return OkStatus();
 }
 
-template <class T, int D>
+template <class T, int D, bool STAGGER>
 Status launch(const AttentionParams& p, const void* q, const void* k, const void* v, const void* mask, void* y,
               cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(ceil_div(p.Sq, kQRows)), static_cast<unsigned>(p.H),
                   static_cast<unsigned>(p.B));
-  wgmma_attention_kernel<T, D><<<grid, kWgThreads, wgmma_smem_bytes<D>(), stream>>>(
+  wgmma_attention_kernel<T, D, STAGGER><<<grid, kWgThreads, wgmma_smem_bytes<D>(), stream>>>(
       static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), static_cast<const T*>(mask),
       static_cast<T*>(y), p);
   return launch_status("wgmma_attention_kernel");
@@ -396,17 +422,30 @@ bool wgmma_attention_fits(DType t, int64_t head_dim) {
   return (t == DType::kFloat16 || t == DType::kBFloat16) && (head_dim == 64 || head_dim == 128);
 }
 
-Status opt_in_wgmma_attention(DType t, int head_dim) {
-  if (t == DType::kFloat16) return head_dim == 64 ? opt_in<__half, 64>() : opt_in<__half, 128>();
-  return head_dim == 64 ? opt_in<__nv_bfloat16, 64>() : opt_in<__nv_bfloat16, 128>();
+template <class T, bool STAGGER>
+Status opt_in_typed(int head_dim) {
+  return head_dim == 64 ? opt_in<T, 64, STAGGER>() : opt_in<T, 128, STAGGER>();
 }
 
-Status launch_wgmma_attention(DType t, const AttentionParams& p, const void* q, const void* k, const void* v,
-                              const void* mask, void* y, cudaStream_t stream) {
+template <class T, bool STAGGER>
+Status launch_typed(const AttentionParams& p, const void* q, const void* k, const void* v, const void* mask, void* y,
+                    cudaStream_t stream) {
+  return p.D == 64 ? launch<T, 64, STAGGER>(p, q, k, v, mask, y, stream)
+                   : launch<T, 128, STAGGER>(p, q, k, v, mask, y, stream);
+}
+
+Status opt_in_wgmma_attention(DType t, int head_dim, bool stagger) {
+  if (t == DType::kFloat16) return stagger ? opt_in_typed<__half, true>(head_dim) : opt_in_typed<__half, false>(head_dim);
+  return stagger ? opt_in_typed<__nv_bfloat16, true>(head_dim) : opt_in_typed<__nv_bfloat16, false>(head_dim);
+}
+
+Status launch_wgmma_attention(DType t, bool stagger, const AttentionParams& p, const void* q, const void* k,
+                              const void* v, const void* mask, void* y, cudaStream_t stream) {
   if (t == DType::kFloat16)
-    return p.D == 64 ? launch<__half, 64>(p, q, k, v, mask, y, stream) : launch<__half, 128>(p, q, k, v, mask, y, stream);
-  return p.D == 64 ? launch<__nv_bfloat16, 64>(p, q, k, v, mask, y, stream)
-                   : launch<__nv_bfloat16, 128>(p, q, k, v, mask, y, stream);
+    return stagger ? launch_typed<__half, true>(p, q, k, v, mask, y, stream)
+                   : launch_typed<__half, false>(p, q, k, v, mask, y, stream);
+  return stagger ? launch_typed<__nv_bfloat16, true>(p, q, k, v, mask, y, stream)
+                 : launch_typed<__nv_bfloat16, false>(p, q, k, v, mask, y, stream);
 }
 
 }  // namespace kiln::cuda

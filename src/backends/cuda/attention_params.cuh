@@ -60,12 +60,12 @@ __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
   }
 }
 
-// The Hopper kernel (attention_hopper.cu): float16 / bfloat16, head dims 64 and 128, 16-byte aligned operands.
-// opt_in raises the kernel's shared-memory limit (once, when a layer is created; never in run(), which may be
-// captured into a CUDA graph).
+// The Hopper kernel (attention_hopper.cu): float16 / bfloat16, head dims 64 and 128, 16-byte aligned operands;
+// `stagger` picks its schedule (the two warpgroups half a tile apart, or together). opt_in raises the kernel's
+// shared-memory limit (once, when a layer is created; never in run(), which may be captured into a CUDA graph).
 bool wgmma_attention_fits(DType t, int64_t head_dim);
-Status opt_in_wgmma_attention(DType t, int head_dim);
-Status launch_wgmma_attention(DType t, const AttentionParams& p, const void* q, const void* k, const void* v,
-                              const void* mask, void* y, cudaStream_t stream);
+Status opt_in_wgmma_attention(DType t, int head_dim, bool stagger);
+Status launch_wgmma_attention(DType t, bool stagger, const AttentionParams& p, const void* q, const void* k,
+                              const void* v, const void* mask, void* y, cudaStream_t stream);
 
 }  // namespace kiln::cuda
