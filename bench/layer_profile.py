@@ -55,9 +55,16 @@ def main():
     onnx_path, shapes = export_model(args.model, args.out)
     engine = os.path.join(args.out, f"{args.model}_b{args.batch}.kiln")
     t0 = time.time()
-    b = subprocess.run([args.kiln, "build", onnx_path, "--fp16", "--shapes", shapes(args.batch), "-o", engine],
+    b = subprocess.run([args.kiln, "build", onnx_path, "--fp16", "--verbose", "--shapes", shapes(args.batch), "-o", engine],
                        capture_output=True, text=True, timeout=400)
     build_s = time.time() - t0
+    # Where the build time went: "tactics of LAYER: BEST at MS ms; N tactics set up in S ms (slowest T, U ms)".
+    setups = []
+    for line in (b.stdout + b.stderr).splitlines():
+        m = re.search(r"tactics of (.*): (\S+) at ([\d.]+) ms; (\d+) tactics set up in (\d+) ms \(slowest (\S+), (-?\d+) ms\)", line)
+        if m:
+            setups.append({"layer": m.group(1), "best": m.group(2), "best_ms": float(m.group(3)), "tactics": int(m.group(4)),
+                           "setup_ms": int(m.group(5)), "slowest": m.group(6), "slowest_ms": int(m.group(7))})
     if b.returncode != 0:
         print(b.stderr[-2000:])
         return 1
@@ -79,10 +86,14 @@ def main():
         i = info.get(l["layer"], {})
         rows.append({"layer": l["layer"], "op": l["op_type"], "ms": l["ms"], "tactic": i.get("tactic"), "out": i.get("out")})
     result = {"model": args.model, "batch": args.batch, "total_ms": total, "build_s": round(build_s, 1),
-              "gpu_compute_median_ms": prof.get("gpu_compute_ms", {}).get("median"), "layers": rows}
+              "gpu_compute_median_ms": prof.get("gpu_compute_ms", {}).get("median"), "layers": rows,
+              "tactic_setup_ms_total": sum(x["setup_ms"] for x in setups), "tactic_setup": setups}
     json.dump(result, open(os.path.join(args.out, f"profile_{args.model}_b{args.batch}.json"), "w"), indent=1)
     print(f"{args.model} batch {args.batch}: {total:.3f} ms over {len(rows)} layers (median GPU time of the "
           f"unprofiled runs {result['gpu_compute_median_ms']}); built in {build_s:.1f} s, empty timing cache")
+    print(f"tactic setup: {result['tactic_setup_ms_total'] / 1000:.1f} s over {len(setups)} timed layers; slowest:")
+    for x in sorted(setups, key=lambda x: -x["setup_ms"])[:10]:
+        print(f"  {x['setup_ms']:6d} ms  {x['tactics']} tactics, slowest {x['slowest']} {x['slowest_ms']} ms  {x['layer'][:60]}")
     for r in sorted(rows, key=lambda r: -r["ms"])[:args.top]:
         print(f"{r['ms']:8.4f} ms {100 * r['ms'] / total:5.1f}%  {r['op']:<18} {str(r['tactic']):<26} {r['out']}  {r['layer'][:60]}")
     os.remove(engine)
