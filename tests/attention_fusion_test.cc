@@ -262,12 +262,6 @@ Builder bert_like(bool with_mask, int64_t d = 8) {
   return b;
 }
 
-const ir::Node* find_op(const ir::Model& m, const std::string& op) {
-  for (const auto& n : m.graph.nodes)
-    if (n.op_type == op) return &n;
-  return nullptr;
-}
-
 // Runs fuse_masked_softmax (unless told not to) and fuse_attention after shape inference, comparing the
 // graph's outputs before and after; returns how many attentions were fused.
 int fuse_and_compare(Builder& b, bool masked_softmax_first = true) {

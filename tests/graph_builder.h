@@ -30,6 +30,13 @@ inline std::vector<std::string> op_types(const ir::Model& m) {
   return r;
 }
 
+// The graph's first node of op type `op` (any domain), or null.
+inline const ir::Node* find_op(const ir::Model& m, const std::string& op) {
+  for (const auto& n : m.graph.nodes)
+    if (n.op_type == op) return &n;
+  return nullptr;
+}
+
 // Same shape and dtype, and each element within tol of want's relative to values above 1 (absolute below),
 // compared in float64; infinities exactly, a NaN only where want has one; non-float tensors exactly.
 // Reports at most five elements.

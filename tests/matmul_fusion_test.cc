@@ -163,12 +163,6 @@ struct Builder : GraphBuilder {
   void attr(ir::Node& n, const std::string& name, const std::string& s) { n.attributes[name] = string_attr(s); }
 };
 
-const ir::Node* find_op(const ir::Model& m, const std::string& op) {
-  for (const auto& n : m.graph.nodes)
-    if (n.op_type == op) return &n;
-  return nullptr;
-}
-
 std::string attr_s(const ir::Node& n, const std::string& name) {
   const ir::Attribute* a = n.attr(name);
   return a ? a->s : "<absent>";
