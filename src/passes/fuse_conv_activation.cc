@@ -49,10 +49,8 @@ struct ActivationMatch {
   std::string output;
 };
 
-// The activation after `cur`, or false when there is none the fused conv can take. `readers_of` lists every
-// node reading a value (the SiLU pattern has two readers of `cur`, which GraphReaders cannot answer).
-bool match_activation(const ir::Model& model, const GraphReaders& readers,
-                      const std::map<std::string, std::vector<size_t>>& readers_of, const std::vector<bool>& absorbed,
+// The activation after `cur`, or false when there is none the fused conv can take.
+bool match_activation(const ir::Model& model, const GraphReaders& readers, const std::vector<bool>& absorbed,
                       const std::string& cur, ActivationMatch* m) {
   const ir::Graph& g = model.graph;
   auto set_name = [&](const char* name) {
@@ -94,11 +92,9 @@ bool match_activation(const ir::Model& model, const GraphReaders& readers,
     }
   }
   // SiLU: Sigmoid(cur) read only by Mul(cur, Sigmoid(cur)), cur read by nothing else.
-  auto it = readers_of.find(cur);
-  if (it == readers_of.end() || it->second.size() != 2) return false;
-  for (const auto& o : g.outputs)
-    if (o.name == cur) return false;
-  for (size_t s : it->second) {
+  const std::vector<size_t>& cur_readers = readers.readers(cur);
+  if (cur_readers.size() != 2 || readers.is_graph_output(cur)) return false;
+  for (size_t s : cur_readers) {
     const ir::Node& sig = g.nodes[s];
     if (absorbed[s] || !is_onnx(sig, "Sigmoid") || sig.inputs.size() != 1 || sig.inputs[0] != cur || sig.outputs.size() != 1)
       continue;
@@ -107,7 +103,7 @@ bool match_activation(const ir::Model& model, const GraphReaders& readers,
     const ir::Node& mn = g.nodes[mul];
     const std::vector<std::string> want1 = {cur, sig.outputs[0]}, want2 = {sig.outputs[0], cur};
     if (!is_onnx(mn, "Mul") || (mn.inputs != want1 && mn.inputs != want2) || mn.outputs.size() != 1) return false;
-    const size_t other = it->second[0] == s ? it->second[1] : it->second[0];
+    const size_t other = cur_readers[0] == s ? cur_readers[1] : cur_readers[0];
     if (other != static_cast<size_t>(mul)) return false;
     m->nodes = {s, static_cast<size_t>(mul)};  // the Mul reads the Sigmoid: it comes later
     m->output = mn.outputs[0];
@@ -124,9 +120,6 @@ Status fuse_conv_activation(ir::Model& model, int* fused) {
   // A link of the chain may be absorbed only when the chain is its sole reader and it is no graph output,
   // or the intermediate value would vanish under someone.
   const GraphReaders readers(g);
-  std::map<std::string, std::vector<size_t>> readers_of;
-  for (size_t k = 0; k < g.nodes.size(); ++k)
-    for (const auto& v : runtime::node_reads(g.nodes[k])) readers_of[v].push_back(k);
 
   std::vector<bool> absorbed(g.nodes.size(), false);
   std::map<size_t, ir::Node> replacement;  // position of the chain's last node -> the fused node
@@ -149,7 +142,7 @@ Status fuse_conv_activation(ir::Model& model, int* fused) {
       }
     }
     ActivationMatch act;
-    if (match_activation(model, readers, readers_of, absorbed, cur, &act)) {
+    if (match_activation(model, readers, absorbed, cur, &act)) {
       chain.insert(chain.end(), act.nodes.begin(), act.nodes.end());
       cur = act.output;
     }

@@ -28,6 +28,14 @@ class GraphReaders {
     auto it = readers_.find(value);
     return it != readers_.end() && it->second.size() == 1 ? static_cast<long>(it->second[0]) : -1;
   }
+  // Every node that reads `value`, each once and in graph order, whether or not it is a graph output: the
+  // patterns whose first value has two readers (SiLU's Sigmoid and Mul) ask this with is_graph_output.
+  const std::vector<size_t>& readers(const std::string& value) const {
+    static const std::vector<size_t> kNone;
+    auto it = readers_.find(value);
+    return it != readers_.end() ? it->second : kNone;
+  }
+  bool is_graph_output(const std::string& value) const { return graph_outputs_.count(value) != 0; }
 
  private:
   std::map<std::string, std::vector<size_t>> readers_;
