@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "builder/graph_dump.h"
+#include "builder/optimize_graph.h"
 #include "core/cast.h"
 #include "graph_builder.h"
 #include "kernel_harness.h"
@@ -164,6 +166,41 @@ TEST(PointwiseOp, BadProgramsAndInputsAreErrorsNamingTheNode) {
   EXPECT_NE(ints.status.message().find("must be a float tensor"), std::string::npos) << ints.status.message();
 }
 
+// An engine's kiln.Pointwise carries its CUDA kernel (`cubin`, `kernel`; builder/build_plan.cc): the CPU
+// reference, which runs the node where the GPU does not, reads only `program`.
+TEST(PointwiseOp, CpuReferenceIgnoresTheStoredKernel) {
+  const Tensor x = random_tensor({3, 4}), b = random_tensor({4});
+  const std::vector<std::string> program = {"t0 = add in0 in1", "t1 = sigmoid t0"};
+  OpRun plain = run_pointwise({x, b}, program);
+  ASSERT_TRUE(plain.status.ok()) << plain.status.to_string();
+  ir::Attribute cubin = string_attr(std::string("\x7f" "ELF\0\x01\x02", 7)), kernel = string_attr("kiln_pointwise_0");
+  OpRun with = run_kernel("kiln", "Pointwise", {x, b},
+                          {{"program", program_attr(program)}, {"cubin", cubin}, {"kernel", kernel}}, 1, 1, "pw");
+  ASSERT_TRUE(with.status.ok()) << with.status.to_string();
+  expect_close(with.outputs[0].tensor(), plain.outputs[0].tensor(), 0, "with cubin");
+}
+
+// `kiln inspect --graph` shows a stored kernel's size, not its bytes.
+TEST(PointwiseOp, GraphDumpShowsTheCubinsSize) {
+  ir::Model m;
+  m.opsets[""] = 17;
+  m.opsets["kiln"] = 1;
+  ir::Node n;
+  n.name = "pw";
+  n.domain = "kiln";
+  n.op_type = "Pointwise";
+  n.inputs = {"x"};
+  n.outputs = {"y"};
+  n.attributes["program"] = program_attr({"t0 = neg in0"});
+  n.attributes["cubin"] = string_attr(std::string("\x7f" "ELF\0\x01\x02", 7));
+  n.attributes["kernel"] = string_attr("kiln_pointwise_0123456789abcdef");
+  m.graph.nodes.push_back(n);
+  const std::string dump = builder::dump_graph(m);
+  EXPECT_NE(dump.find("pw: kiln.Pointwise(x) cubin: 7 bytes kernel=\"kiln_pointwise_0123456789abcdef\" program=[\"t0 = neg in0\"] ->"),
+            std::string::npos) << dump;
+  EXPECT_EQ(dump.find("ELF"), std::string::npos) << dump;
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // The pass
 
@@ -310,6 +347,79 @@ TEST(FusePointwisePass, LeavesMixedDtypesDynamicShapesAndOldOpsetsAlone) {
     b.node("Mul", {"e", "x"}, "y", "mul");
     b.output("y");
     EXPECT_EQ(b.fuse_and_compare(1e-12), 1);
+  }
+}
+
+// optimize_graph runs the pass for GPU engines at opt level 2 and up, last: after the other fusions (a
+// GELU stays kiln.Gelu), and after precision lowering, so a group is in its final dtype and never straddles
+// a pin. Not for the CPU target.
+TEST(FusePointwisePass, OptimizeGraphRunsItLastForGpuEnginesOnly) {
+  auto model = [] {
+    Builder b;
+    b.input("x", {2, 3, 8});
+    b.constant("bias", {8});
+    b.m.graph.initializers["half"] = scalar(0.5f);
+    b.m.graph.initializers["sqrt2"] = scalar(1.41421356f);
+    b.m.graph.initializers["one"] = scalar(1.0f);
+    b.node("Add", {"x", "bias"}, "a", "add");
+    b.node("Mul", {"a", "half"}, "m", "mul");
+    b.node("Sigmoid", {"m"}, "s", "sig");
+    b.node("Mul", {"a", "s"}, "y", "mul2");
+    // An erf GELU of y: recognize_gelu claims it before fuse_pointwise runs.
+    b.node("Div", {"y", "sqrt2"}, "g0", "gelu.div");
+    b.node("Erf", {"g0"}, "g1", "gelu.erf");
+    b.node("Add", {"g1", "one"}, "g2", "gelu.add");
+    b.node("Mul", {"y", "g2"}, "g3", "gelu.mul");
+    b.node("Mul", {"g3", "half"}, "z", "gelu.half");
+    b.output("z");
+    return b;
+  };
+  auto optimize = [&](Builder& b, bool gpu, int level, builder::Precision precision, std::map<std::string, std::string> pins) {
+    builder::OptimizeOptions o;
+    o.for_gpu = gpu;
+    o.opt_level = level;
+    o.precision = precision;
+    o.layer_precisions = std::move(pins);
+    o.can_run_in_half = [](const ir::Model&, const ir::Node&) { return true; };
+    Logger quiet(Severity::kError);
+    const std::vector<Tensor> before = b.run();
+    Status st = builder::optimize_graph(b.m, o, quiet);
+    EXPECT_TRUE(st.ok()) << st.to_string();
+    const std::vector<Tensor> after = b.run();
+    ASSERT_EQ(before.size(), after.size());
+    const double tol = precision == builder::Precision::kFloat32 ? 1e-5 : 2e-2;
+    for (size_t i = 0; i < before.size(); ++i)
+      expect_close(cast_tensor(after[i], DType::kFloat32).value(), before[i], tol, "output " + std::to_string(i));
+  };
+  {
+    Builder b = model();
+    optimize(b, true, 2, builder::Precision::kFloat32, {});
+    EXPECT_EQ(b.ops(), (std::vector<std::string>{"kiln.Pointwise", "kiln.Gelu"}));
+    EXPECT_EQ(b.node_at(0).name, "add + mul + sig + mul2");
+    EXPECT_EQ(b.m.graph.initializers.count("half"), 0u);  // a literal now: dropped once the GELU's is too
+  }
+  for (const auto& [level, gpu] : std::vector<std::pair<int, bool>>{{3, false}, {1, true}}) {
+    Builder b = model();
+    optimize(b, gpu, level, builder::Precision::kFloat32, {});
+    for (const std::string& op : b.ops()) EXPECT_NE(op, "kiln.Pointwise") << "level " << level << " gpu " << gpu;
+  }
+  {
+    Builder b = model();  // --fp16: the group computes between the Casts lowering put at its borders
+    optimize(b, true, 2, builder::Precision::kFloat16, {});
+    EXPECT_EQ(b.ops(), (std::vector<std::string>{"Cast", "kiln.Pointwise", "kiln.Gelu", "Cast"}));
+    const ir::TypeInfo* t = b.m.graph.type_of(b.node_at(1).outputs[0]);
+    ASSERT_NE(t, nullptr);
+    EXPECT_EQ(t->dtype, DType::kFloat16);
+  }
+  {
+    Builder b = model();  // a pin to fp32 inside the group splits it where the dtype changes
+    optimize(b, true, 2, builder::Precision::kFloat16, {{"sig", "fp32"}});
+    bool sigmoid_alone = false;
+    for (const ir::Node& n : b.m.graph.nodes) {
+      if (n.op_type == "Sigmoid") sigmoid_alone = true;
+      EXPECT_EQ(n.name.find("sig +"), std::string::npos) << n.name;
+    }
+    EXPECT_TRUE(sigmoid_alone);
   }
 }
 

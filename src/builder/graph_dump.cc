@@ -74,7 +74,11 @@ std::string dump_graph(const ir::Model& m) {
         os << ": " << tensor_text(it->second);
     }
     os << ")";
-    for (const auto& [name, a] : n.attributes) os << " " << name << "=" << attribute_text(a);
+    for (const auto& [name, a] : n.attributes) {
+      // kiln.Pointwise's compiled kernel (builder/build_plan.cc): its size, not its bytes.
+      if (name == "cubin" && a.type == ir::Attribute::Type::kString) os << " cubin: " << a.s.size() << " bytes";
+      else os << " " << name << "=" << attribute_text(a);
+    }
     os << " ->";
     for (size_t i = 0; i < n.outputs.size(); ++i)
       os << (i ? ", " : " ") << (n.outputs[i].empty() ? "\"\"" : n.outputs[i] + ": " + type_text(g, n.outputs[i]));

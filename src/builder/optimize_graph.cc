@@ -150,6 +150,23 @@ Status optimize_graph(ir::Model& m, const OptimizeOptions& o, Logger& logger, st
     if (converted > 0)
       logger.log(Severity::kInfo, "optimizer: " + std::to_string(converted) + " convolutions made channels-last");
   }
+  // Pointwise fusion last, for GPU engines: what is left of the elementwise ops once the fusions above
+  // claimed theirs (epilogues of Conv and MatMul, GELU, SiLU, LayerNorm, softmax, attention: each is one
+  // library call or tuned kernel, better than a generated one) becomes kiln.Pointwise, one generated kernel
+  // a group. After lower_precision, because it fuses only ops of one dtype: the precisions are settled (a
+  // group never straddles a --layer-precision pin, and its kernel is compiled for its final types), and the
+  // Casts lowering inserted bound the groups. After convert_conv_layout, whose transposes it leaves alone.
+  // The CPU target gains nothing: its reference would run the same arithmetic, one op at a time or not.
+  if (o.for_gpu && o.opt_level >= 2) {
+    int fused = 0;
+    KILN_RETURN_IF_ERROR(passes::fuse_pointwise(m, &fused));
+    if (fused > 0) {
+      int removed = 0;
+      KILN_RETURN_IF_ERROR(passes::eliminate_dead_nodes(m, &removed));  // constants that became literals
+      KILN_RETURN_IF_ERROR(passes::infer_shapes(m));
+      logger.log(Severity::kInfo, "optimizer: " + std::to_string(fused) + " groups of elementwise ops fused into kiln.Pointwise");
+    }
+  }
   if (lowered_out != nullptr) *lowered_out = std::move(lowered);
   return OkStatus();
 }

@@ -6,8 +6,9 @@
 // so the intermediate values vanish and the group stays convex (nothing outside runs between two of its
 // members). Scalar float constants become literals of the program.
 //
-// NOT run by builder/optimize_graph.cc yet: the CUDA layer of kiln.Pointwise does not exist, and a fused
-// node the GPU cannot run would fall back to the CPU, slower than the ops it replaced.
+// builder/optimize_graph.cc runs it for GPU engines, last (after the other fusions and precision
+// lowering). It makes only nodes the CUDA layer (backends/cuda/pointwise_layer.cc) can run: a fused node
+// falling back to the CPU would be slower than the ops it replaced.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -23,8 +24,14 @@
 namespace kiln::passes {
 namespace {
 
-// The highest rank the CUDA code generator handles.
+// The highest rank and the most inputs the CUDA code generator handles (pointwise_codegen.h).
 constexpr size_t kMaxRank = 6;
+constexpr size_t kMaxInputs = 32;
+
+// The dtypes the generated kernels load and store (not the fp8 / fp4 ones).
+bool kernel_dtype(DType t) {
+  return t == DType::kFloat32 || t == DType::kFloat16 || t == DType::kBFloat16 || t == DType::kFloat64;
+}
 
 struct ValueType {
   DType dtype = DType::kUndefined;
@@ -50,7 +57,7 @@ bool fusable(const ir::Graph& g, const ir::Node& n, DType* dtype, pointwise::Op*
   if (!n.domain.empty() || n.outputs.size() != 1 || !pointwise::op_of_onnx(n.op_type, op)) return false;
   if (n.inputs.size() != static_cast<size_t>(pointwise::op_arity(*op))) return false;
   ValueType out;
-  if (!static_type(g, n.outputs[0], &out) || !dtype_is_float(out.dtype) || out.shape.size() > kMaxRank) return false;
+  if (!static_type(g, n.outputs[0], &out) || !kernel_dtype(out.dtype) || out.shape.size() > kMaxRank) return false;
   if (*dtype == DType::kUndefined) *dtype = out.dtype;
   if (out.dtype != *dtype) return false;
   for (const std::string& in : n.inputs) {
@@ -143,6 +150,7 @@ Status fuse_pointwise(ir::Model& model, int* fused) {
       names.push_back(n.name);
     }
     if (pw.inputs.empty()) continue;  // constants only: fold_constants' work
+    if (pw.inputs.size() > kMaxInputs) continue;  // rare: the ops stay as they are
     for (size_t i = 0; i < names.size(); ++i) pw.name += (i ? " + " : "") + names[i];
     pw.attributes["program"] = std::move(program);
     for (size_t m : group) absorbed[m] = m != root;
