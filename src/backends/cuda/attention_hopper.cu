@@ -321,21 +321,32 @@ __global__ void __launch_bounds__(kWgThreads, 1)
     order_registers(s);
 
     // Logits in base 2, masked; the tile's row maxima. Only a tile that crosses the end of the keys or the
-    // causal diagonal needs the bounds test.
+    // causal diagonal needs the bounds test, and only a mask the mask's reads: the rest (most tiles) take the
+    // first loop, free of per-element branches.
     const bool edge = key0 + kKeys > p.Sk || (p.causal && key0 + kKeys - 1 > wg_row0);
     float tmax_a = -INFINITY, tmax_b = -INFINITY;
+    if (!edge && !p.has_mask) {
 #pragma unroll
-    for (int t = 0; t < kKeys / 8; ++t) {
+      for (int t = 0; t < kKeys / 8; ++t) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int j = key0 + t * 8 + 2 * (lane % 4) + (e % 2);
-        const int i = e < 2 ? row_a : row_b;
-        float x = s[4 * t + e] * p.scale_log2;
-        if (edge && (j >= p.Sk || (p.causal && j > i))) x = -INFINITY;
-        else if (p.has_mask && i < p.Sq) x += mask_at(mask, p, b, h, i, j) * kAttentionLog2e;
-        s[4 * t + e] = x;
-        if (e < 2) tmax_a = fmaxf(tmax_a, x);
-        else tmax_b = fmaxf(tmax_b, x);
+        for (int e = 0; e < 4; ++e) s[4 * t + e] *= p.scale_log2;
+        tmax_a = fmaxf(tmax_a, fmaxf(s[4 * t + 0], s[4 * t + 1]));
+        tmax_b = fmaxf(tmax_b, fmaxf(s[4 * t + 2], s[4 * t + 3]));
+      }
+    } else {
+#pragma unroll
+      for (int t = 0; t < kKeys / 8; ++t) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int j = key0 + t * 8 + 2 * (lane % 4) + (e % 2);
+          const int i = e < 2 ? row_a : row_b;
+          float x = s[4 * t + e] * p.scale_log2;
+          if (edge && (j >= p.Sk || (p.causal && j > i))) x = -INFINITY;
+          else if (p.has_mask && i < p.Sq) x += mask_at(mask, p, b, h, i, j) * kAttentionLog2e;
+          s[4 * t + e] = x;
+          if (e < 2) tmax_a = fmaxf(tmax_a, x);
+          else tmax_b = fmaxf(tmax_b, x);
+        }
       }
     }
 #pragma unroll
