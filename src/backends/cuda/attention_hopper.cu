@@ -322,17 +322,20 @@ __global__ void __launch_bounds__(kWgThreads, 1)
 
     // Logits in base 2, masked; the tile's row maxima. Only a tile that crosses the end of the keys or the
     // causal diagonal needs the bounds test, and only a mask the mask's reads: the rest (most tiles) take the
-    // first loop, free of per-element branches.
+    // first loop, free of per-element branches, which leaves S unscaled (`sc`, the factor still to apply, is
+    // folded into the exponent's FFMA; with a positive scale the maximum of S scaled is the scaled maximum).
     const bool edge = key0 + kKeys > p.Sk || (p.causal && key0 + kKeys - 1 > wg_row0);
+    const bool plain = !edge && !p.has_mask && p.scale_log2 > 0.0f;
+    const float sc = plain ? p.scale_log2 : 1.0f;
     float tmax_a = -INFINITY, tmax_b = -INFINITY;
-    if (!edge && !p.has_mask) {
+    if (plain) {
 #pragma unroll
       for (int t = 0; t < kKeys / 8; ++t) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) s[4 * t + e] *= p.scale_log2;
         tmax_a = fmaxf(tmax_a, fmaxf(s[4 * t + 0], s[4 * t + 1]));
         tmax_b = fmaxf(tmax_b, fmaxf(s[4 * t + 2], s[4 * t + 3]));
       }
+      tmax_a *= sc;
+      tmax_b *= sc;
     } else {
 #pragma unroll
       for (int t = 0; t < kKeys / 8; ++t) {
@@ -369,12 +372,12 @@ __global__ void __launch_bounds__(kWgThreads, 1)
       o[4 * t + 2] *= alpha_b;
       o[4 * t + 3] *= alpha_b;
     }
-    // P = exp2(x - max), summed, packed as the A operand of P V: k16 step u covers n8 slices 2u and 2u + 1,
+    // P = exp2(sc S - max), summed, packed as the A operand of P V: k16 step u covers n8 slices 2u and 2u + 1,
     // registers {slice 2u row a, slice 2u row b, slice 2u + 1 row a, slice 2u + 1 row b}.
 #pragma unroll
     for (int t = 0; t < kKeys / 8; ++t) {
-      const float p0 = fast_exp2(s[4 * t + 0] - use_a), p1 = fast_exp2(s[4 * t + 1] - use_a);
-      const float p2 = fast_exp2(s[4 * t + 2] - use_b), p3 = fast_exp2(s[4 * t + 3] - use_b);
+      const float p0 = fast_exp2(fmaf(s[4 * t + 0], sc, -use_a)), p1 = fast_exp2(fmaf(s[4 * t + 1], sc, -use_a));
+      const float p2 = fast_exp2(fmaf(s[4 * t + 2], sc, -use_b)), p3 = fast_exp2(fmaf(s[4 * t + 3], sc, -use_b));
       l_a += p0 + p1;
       l_b += p2 + p3;
       pf[t / 2][(t % 2) * 2 + 0] = pack2<T>(p0, p1);
