@@ -17,6 +17,7 @@ tactic that refuses the problem, e.g. cuda.flash.wgmma off Hopper, fails its bui
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -101,7 +102,7 @@ def forced_tactic_ms(kiln, path, cache, tactic):
         out["error"] = build.stderr[-800:]
     else:
         insp = subprocess.run([kiln, "inspect", engine], capture_output=True, text=True, timeout=300)
-        if "kernel=" + tactic not in insp.stdout:
+        if not re.search("kernel=" + re.escape(tactic) + r"(\s|$)", insp.stdout, re.M):
             out["error"] = "the engine does not run " + tactic
         else:
             ms, err = bench_engine(kiln, engine, engine.replace(".kiln", ".json"))
