@@ -7,6 +7,7 @@
 #include <limits>
 #include <map>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -374,6 +375,7 @@ TEST(FusePointwisePass, OptimizeGraphRunsItLastForGpuEnginesOnly) {
     b.output("z");
     return b;
   };
+  std::set<std::string> lowered;
   auto optimize = [&](Builder& b, bool gpu, int level, builder::Precision precision, std::map<std::string, std::string> pins) {
     builder::OptimizeOptions o;
     o.for_gpu = gpu;
@@ -383,7 +385,8 @@ TEST(FusePointwisePass, OptimizeGraphRunsItLastForGpuEnginesOnly) {
     o.can_run_in_half = [](const ir::Model&, const ir::Node&) { return true; };
     Logger quiet(Severity::kError);
     const std::vector<Tensor> before = b.run();
-    Status st = builder::optimize_graph(b.m, o, quiet);
+    lowered.clear();
+    Status st = builder::optimize_graph(b.m, o, quiet, &lowered);
     EXPECT_TRUE(st.ok()) << st.to_string();
     const std::vector<Tensor> after = b.run();
     ASSERT_EQ(before.size(), after.size());
@@ -410,6 +413,7 @@ TEST(FusePointwisePass, OptimizeGraphRunsItLastForGpuEnginesOnly) {
     const ir::TypeInfo* t = b.m.graph.type_of(b.node_at(1).outputs[0]);
     ASSERT_NE(t, nullptr);
     EXPECT_EQ(t->dtype, DType::kFloat16);
+    EXPECT_EQ(lowered.count("add + mul + sig + mul2"), 1u);  // the build reports the layer as fp16
   }
   {
     Builder b = model();  // a pin to fp32 inside the group splits it where the dtype changes

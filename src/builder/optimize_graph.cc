@@ -160,6 +160,10 @@ Status optimize_graph(ir::Model& m, const OptimizeOptions& o, Logger& logger, st
   if (o.for_gpu && o.opt_level >= 2) {
     int fused = 0;
     KILN_RETURN_IF_ERROR(passes::fuse_pointwise(m, &fused));
+    // A group is in one dtype: lowered where its parts were (the build reports the layer's precision).
+    for (const ir::Node& n : m.graph.nodes)
+      if (n.domain == "kiln" && n.op_type == "Pointwise" && lowered.count(parts_of(n.name).front()))
+        lowered.insert(n.name);
     if (fused > 0) {
       int removed = 0;
       KILN_RETURN_IF_ERROR(passes::eliminate_dead_nodes(m, &removed));  // constants that became literals
