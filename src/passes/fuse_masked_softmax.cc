@@ -34,15 +34,9 @@ Status fuse_masked_softmax(ir::Model& model, int* fused) {
   if (fused) *fused = 0;
   if (model.default_opset() < 13) return OkStatus();
   const GraphReaders readers(g);
-  // Every reader of each value (P has two: IsNaN and Where), subgraph reads included.
-  std::map<std::string, std::vector<size_t>> reads;
-  for (size_t k = 0; k < g.nodes.size(); ++k)
-    for (const auto& v : runtime::node_reads(g.nodes[k])) reads[v].push_back(k);
   std::map<std::string, size_t> producer;
   for (size_t k = 0; k < g.nodes.size(); ++k)
     for (const auto& o : g.nodes[k].outputs) producer[o] = k;
-  std::map<std::string, bool> graph_output;
-  for (const auto& o : g.outputs) graph_output[o.name] = true;
 
   std::vector<bool> absorbed(g.nodes.size(), false);
   std::map<size_t, ir::Node> replacement;  // position of the chain's last node -> the fused node
@@ -75,9 +69,10 @@ Status fuse_masked_softmax(ir::Model& model, int* fused) {
     // IsNaN(P) and Where(IsNaN(P), 0, P): P read by those two alone, N by the Where alone.
     std::string out = p;
     bool nan_to_zero = false;
-    if (auto rit = reads.find(p); !graph_output.count(p) && rit != reads.end() && rit->second.size() == 2) {
+    const std::vector<size_t>& p_readers = readers.readers(p);
+    if (!readers.is_graph_output(p) && p_readers.size() == 2) {
       for (int i = 0; i < 2 && !nan_to_zero; ++i) {
-        const size_t isnan_at = rit->second[i], where_at = rit->second[1 - i];
+        const size_t isnan_at = p_readers[i], where_at = p_readers[1 - i];
         const ir::Node& isnan = g.nodes[isnan_at];
         const ir::Node& where = g.nodes[where_at];
         if (absorbed[isnan_at] || absorbed[where_at] || !is_onnx(isnan, "IsNaN") || !is_onnx(where, "Where")) continue;

@@ -29,7 +29,8 @@ class GraphReaders {
     return it != readers_.end() && it->second.size() == 1 ? static_cast<long>(it->second[0]) : -1;
   }
   // Every node that reads `value`, each once and in graph order, whether or not it is a graph output: the
-  // patterns whose first value has two readers (SiLU's Sigmoid and Mul) ask this with is_graph_output.
+  // patterns with a value read twice inside them (SiLU's y, LayerNorm's x - mean, the masked softmax's P)
+  // ask this together with is_graph_output.
   const std::vector<size_t>& readers(const std::string& value) const {
     static const std::vector<size_t> kNone;
     auto it = readers_.find(value);

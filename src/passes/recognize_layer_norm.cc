@@ -12,7 +12,6 @@
 #include <algorithm>
 #include <map>
 #include <optional>
-#include <set>
 #include <vector>
 
 #include "core/cast.h"
@@ -33,12 +32,7 @@ struct Match {
 
 class LayerNormMatcher {
  public:
-  explicit LayerNormMatcher(const ir::Graph& g) : g_(g), readers_(g) {
-    for (size_t k = 0; k < g.nodes.size(); ++k) {
-      for (const auto& v : runtime::node_reads(g.nodes[k])) all_readers_[v].insert(k);
-    }
-    for (const auto& o : g.outputs) graph_outputs_.insert(o.name);
-  }
+  explicit LayerNormMatcher(const ir::Graph& g) : g_(g), readers_(g) {}
 
   // The LayerNorm whose first ReduceMean (the mean of x) is node k, if there is one.
   std::optional<Match> at(size_t k) {
@@ -59,11 +53,11 @@ class LayerNormMatcher {
       return std::nullopt;
     const std::string& d = sub->outputs[0];
     // d is read twice: by the square and by the Div, and by nothing else.
-    auto it = all_readers_.find(d);
-    if (graph_outputs_.count(d) || it == all_readers_.end() || it->second.size() != 2) return std::nullopt;
+    const std::vector<size_t>& d_readers = readers_.readers(d);
+    if (readers_.is_graph_output(d) || d_readers.size() != 2) return std::nullopt;
     const ir::Node* square = nullptr;
     const ir::Node* div = nullptr;
-    for (size_t r : it->second) {
+    for (size_t r : d_readers) {
       const ir::Node& n = g_.nodes[r];
       if (n.inputs.size() != 2 || n.outputs.size() != 1) return std::nullopt;
       if (is_onnx(n, "Div") && n.inputs[0] == d && n.inputs[1] != d) div = &n;
@@ -142,8 +136,6 @@ class LayerNormMatcher {
 
   const ir::Graph& g_;
   GraphReaders readers_;
-  std::map<std::string, std::set<size_t>> all_readers_;  // distinct nodes reading a value (subgraphs too)
-  std::set<std::string> graph_outputs_;
 };
 
 }  // namespace
