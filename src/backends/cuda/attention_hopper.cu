@@ -3,11 +3,11 @@
 // and 128. mma.sync, which the FlashAttention-2 kernel in attention.cu uses, cannot feed an H100's tensor cores.
 //
 // A block of 256 threads (two warpgroups) owns 128 query rows of one (batch, head), 64 per warpgroup. Every
-// thread copies (cp.async, 16 bytes) the Q tile once and the key and value tiles of kKeys keys (three
-// stages, the next tile loading while this one is used), into shared memory in the layout wgmma reads with the 128-byte swizzle: a tile of R rows and D
-// columns is D / 64 slabs of R rows of 128 bytes (64 elements), and the 16-byte chunk c of row r sits at
-// chunk c ^ (r % 8) of its row. Each slab is 1024-byte aligned, since the hardware applies the swizzle to
-// address bits [4, 7) ^ [7, 10).
+// thread copies (cp.async, 16 bytes) the Q tile once and the key and value tiles of kKeys keys (three stages,
+// the next tile loading while this one is used) into shared memory, in the layout wgmma reads with the
+// 128-byte swizzle: a tile of R rows and D columns is D / 64 slabs of R rows of 128 bytes (64 elements), and
+// the 16-byte chunk c of row r sits at chunk c ^ (r % 8) of its row. Each slab is 1024-byte aligned, since the
+// hardware applies the swizzle to address bits [4, 7) ^ [7, 10).
 // - S = Q K^T: m64n{kKeys}k16, A = Q and B = K from shared memory, both K-major (the head dim contiguous);
 //   k-step s reads slab s / 4 from byte 32 * (s % 4) of its rows.
 // - The online softmax runs on S's accumulator fragments in registers as in attention.cu's kernel, and
@@ -95,7 +95,8 @@ __device__ __forceinline__ void wgmma_rs_tb<__half, 64>(float (&d)[32], const ui
       "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
       "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
-      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31},"
+      "{%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
         "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
         "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
@@ -109,7 +110,8 @@ __device__ __forceinline__ void wgmma_rs_tb<__nv_bfloat16, 64>(float (&d)[32], c
       "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
       "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
-      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31},"
+      "{%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
         "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
         "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
@@ -145,7 +147,8 @@ __device__ __forceinline__ void wgmma_rs_tb<__half, 128>(float (&d)[64], const u
       "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
       "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
       "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
-      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63},"
+      "{%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
         "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
         "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
@@ -185,7 +188,8 @@ __device__ __forceinline__ void wgmma_rs_tb<__nv_bfloat16, 128>(float (&d)[64], 
       "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
       "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
       "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
-      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63},"
+      "{%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
         "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
         "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
@@ -459,7 +463,8 @@ Status launch_typed(const AttentionParams& p, const void* q, const void* k, cons
 }
 
 Status opt_in_wgmma_attention(DType t, int head_dim, bool stagger) {
-  if (t == DType::kFloat16) return stagger ? opt_in_typed<__half, true>(head_dim) : opt_in_typed<__half, false>(head_dim);
+  if (t == DType::kFloat16)
+    return stagger ? opt_in_typed<__half, true>(head_dim) : opt_in_typed<__half, false>(head_dim);
   return stagger ? opt_in_typed<__nv_bfloat16, true>(head_dim) : opt_in_typed<__nv_bfloat16, false>(head_dim);
 }
 
