@@ -224,10 +224,7 @@ Status fuse_attention(ir::Model& model, int* fused) {
 
     std::sort(c.nodes.begin(), c.nodes.end());
     ir::Node f;
-    for (size_t i : c.nodes) {
-      absorbed[i] = true;
-      f.name += (f.name.empty() ? "" : " + ") + g.nodes[i].name;
-    }
+    f.name = absorb_chain(g, c.nodes, absorbed);
     f.op_type = "FusedAttention";
     f.domain = "kiln";
     f.inputs = {q, key, v};

@@ -161,11 +161,7 @@ Status fuse_conv_activation(ir::Model& model, int* fused) {
     if (!z.empty()) f.inputs.push_back(z);
     while (f.inputs.size() > 2 && f.inputs.back().empty()) f.inputs.pop_back();
     f.outputs = {cur};
-    for (size_t c : chain) {
-      f.name += (f.name.empty() ? "" : " + ") + g.nodes[c].name;
-      absorbed[c] = true;
-      if (c != chain.back()) g.value_types.erase(g.nodes[c].outputs[0]);  // gone with its node
-    }
+    f.name = absorb_chain(g, chain, absorbed);
     // In the last node's place: every input (the residual included) is computed before it, and the values
     // that disappear were read by the chain alone.
     replacement[chain.back()] = std::move(f);

@@ -91,10 +91,7 @@ Status fuse_masked_softmax(ir::Model& model, int* fused) {
 
     std::sort(chain.begin(), chain.end());
     ir::Node f;
-    for (size_t i : chain) {
-      absorbed[i] = true;
-      f.name += (f.name.empty() ? "" : " + ") + g.nodes[i].name;
-    }
+    f.name = absorb_chain(g, chain, absorbed);
     f.op_type = "MaskedSoftmax";
     f.domain = "kiln";
     f.inputs = mask.empty() ? std::vector<std::string>{x} : std::vector<std::string>{x, mask};

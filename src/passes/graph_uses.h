@@ -113,6 +113,21 @@ inline bool is_scalar_near(const ir::Graph& g, const std::string& name, double w
   return std::fabs(v - want) <= 1e-4 * std::max(1.0, std::fabs(want));
 }
 
+// Marks `chain` (the positions of the nodes one fused node replaces, in graph order; the fused node takes the
+// last one's place) absorbed and returns the fused node's name: theirs joined by " + ", so that a
+// --layer-precision pin of any of them still finds it. The values of all but the last vanish, and their
+// types with them.
+inline std::string absorb_chain(ir::Graph& g, const std::vector<size_t>& chain, std::vector<bool>& absorbed) {
+  std::string name;
+  for (size_t i : chain) {
+    absorbed[i] = true;
+    name += (name.empty() ? "" : " + ") + g.nodes[i].name;
+    if (i != chain.back())
+      for (const auto& o : g.nodes[i].outputs) g.value_types.erase(o);
+  }
+  return name;
+}
+
 // The last step of every fusion pass: each fused node takes the place of the last node of the chain it
 // replaces (its inputs, a residual or mask included, are all computed before that node, and the chain's
 // intermediate values had the chain as their only readers), the other absorbed nodes go, and the model

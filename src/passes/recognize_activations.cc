@@ -154,11 +154,7 @@ Status recognize_activations(ir::Model& model, int* found) {
     for (size_t i : m->nodes) clash = clash || absorbed[i];
     if (clash) continue;
     ir::Node act;
-    for (size_t i : m->nodes) {
-      absorbed[i] = true;
-      act.name += (act.name.empty() ? "" : " + ") + g.nodes[i].name;
-      if (i != m->nodes.back()) g.value_types.erase(g.nodes[i].outputs[0]);  // gone with its node
-    }
+    act.name = absorb_chain(g, m->nodes, absorbed);
     act.op_type = m->op;
     if (m->op == "Swish" && opset < 24) {  // kiln.Swish: ONNX Swish at any opset
       act.domain = "kiln";

@@ -155,11 +155,7 @@ Status recognize_layer_norm(ir::Model& model, int* found) {
     for (size_t i : m->nodes) clash = clash || absorbed[i];
     if (clash) continue;
     ir::Node ln;
-    for (size_t i : m->nodes) {
-      absorbed[i] = true;
-      ln.name += (ln.name.empty() ? "" : " + ") + g.nodes[i].name;
-      if (i != m->nodes.back()) g.value_types.erase(g.nodes[i].outputs[0]);  // gone with its node
-    }
+    ln.name = absorb_chain(g, m->nodes, absorbed);
     if (m->gamma.empty()) {  // LayerNormalization's Scale is required: ones
       std::vector<ir::Dim> xd;
       (void)dims_of(g, m->x, &xd);
