@@ -1,6 +1,7 @@
 // The CUDA layer of kiln.FusedAttention (src/backends/cuda/attention.cu) against its CPU reference: the
-// tensor-core kernels (tactics cuda.flash.br64 / br128 on mma.sync, cuda.flash.wgmma on Hopper's wgmma in
-// attention_hopper.cu, which needs an H100 / H200; float16 and bfloat16, head dims 64 and 128) and the
+// tensor-core kernels (tactics cuda.flash.br64 / br128 on mma.sync, cuda.flash.wgmma and its lockstep schedule
+// on Hopper's wgmma in attention_hopper.cu, which need an H100 / H200; float16 and bfloat16, head dims 64 and
+// 128) and the
 // one-warp-a-row kernel (cuda.attention.rows; every float type, head dims up to 256), on BERT-base's shapes
 // (BSHD, a [B, 1, S, S] padding mask with a fully masked row), sequence lengths that are not multiples of the
 // 64-key tile, Sq != Sk, causal masking, a key-padding mask [B, 1, 1, Sk], and both nan_to_zero settings.
@@ -23,7 +24,8 @@ namespace {
 
 const char* const kWgmmaTactic = "cuda.flash.wgmma";
 const char* const kWgmmaTactics[] = {kWgmmaTactic, "cuda.flash.wgmma.lockstep"};
-const char* const kFlashTactics[] = {kWgmmaTactic, "cuda.flash.wgmma.lockstep", "cuda.flash.br64", "cuda.flash.br128"};
+const char* const kFlashTactics[] = {kWgmmaTactic, "cuda.flash.wgmma.lockstep", "cuda.flash.br64",
+                                     "cuda.flash.br128"};
 
 // 0 where attended, -inf where not (about a fifth), and the first row of the mask's last two dims wholly -inf
 // when `full_row`.
@@ -154,10 +156,10 @@ TEST(CudaFusedAttention, LongSequence) {
     }
 }
 
-// The Hopper kernel alone (both schedules), each of its pieces: both dtypes and head dims, both layouts, lengths that are not
-// multiples of its 128-row and 128-key tiles (one tile, a ragged last tile, Sq > Sk and Sq < Sk), causal
-// (the diagonal tile, tiles one warpgroup skips), a padding mask with a fully masked row under both
-// nan_to_zero settings, B > 1 and H > 1.
+// The Hopper kernel alone (both schedules), each of its pieces: both dtypes and head dims, both layouts,
+// lengths that are not multiples of its 128-row and 128-key tiles (one tile, a ragged last tile, Sq > Sk and
+// Sq < Sk), causal (the diagonal tile, tiles one warpgroup skips), a padding mask with a fully masked row under
+// both nan_to_zero settings, B > 1 and H > 1.
 void expect_wgmma(const AttentionCase& a) {
   for (DType p : {DType::kFloat16, DType::kBFloat16})
     for (const char* t : kWgmmaTactics) {
@@ -233,34 +235,6 @@ TEST(CudaFusedAttentionWgmma, LongSequenceManyHeads) {
   }
 }
 
-// The wgmma tactic declines what it does not run (float32, head dims other than 64 and 128) at create.
-TEST(CudaFusedAttentionWgmma, RefusesFloat32AndOtherHeadDims) {
-  KILN_SKIP_WITHOUT_GPU();
-  const cuda::LayerKind* kind = cuda::layer_table().find("kiln.FusedAttention");
-  ASSERT_NE(kind, nullptr);
-  for (auto [t, d] : {std::pair<DType, int64_t>{DType::kFloat32, 64}, {DType::kFloat16, 80}, {DType::kBFloat16, 256}}) {
-    ir::Node node;
-    node.op_type = "FusedAttention";
-    node.domain = "kiln";
-    node.attributes = {{"scale", float_attr_of(0.125f)}};
-    cuda::LayerSpec spec;
-    spec.node = &node;
-    for (int i = 0; i < 3; ++i) {
-      cuda::TensorDesc in;
-      in.dtype = t;
-      in.has_rank = true;
-      in.shape = {1, 2, 16, d};
-      spec.inputs.push_back(in);
-    }
-    spec.outputs = {spec.inputs[0]};
-    for (const char* tactic : kWgmmaTactics) {
-      auto layer = kind->create(spec, tactic, detail::test_handles());
-      ASSERT_FALSE(layer.ok()) << tactic << " " << dtype_name(t) << " D" << d;
-      EXPECT_EQ(layer.status().code(), StatusCode::kUnsupported);
-    }
-  }
-}
-
 // check() needs no GPU.
 std::string check_of(const std::vector<cuda::TensorDesc>& inputs, const std::map<std::string, ir::Attribute>& attrs) {
   const cuda::LayerKind* kind = cuda::layer_table().find("kiln.FusedAttention");
@@ -282,6 +256,28 @@ cuda::TensorDesc desc(DType t, const Shape& s) {
   d.has_rank = true;
   d.shape = s;
   return d;
+}
+
+// The wgmma tactics decline what they do not run (float32, head dims other than 64 and 128) at create.
+TEST(CudaFusedAttentionWgmma, RefusesFloat32AndOtherHeadDims) {
+  KILN_SKIP_WITHOUT_GPU();
+  const cuda::LayerKind* kind = cuda::layer_table().find("kiln.FusedAttention");
+  ASSERT_NE(kind, nullptr);
+  for (auto [t, d] : {std::pair<DType, int64_t>{DType::kFloat32, 64}, {DType::kFloat16, 80}, {DType::kBFloat16, 256}}) {
+    ir::Node node;
+    node.op_type = "FusedAttention";
+    node.domain = "kiln";
+    node.attributes = {{"scale", float_attr_of(0.125f)}};
+    cuda::LayerSpec spec;
+    spec.node = &node;
+    spec.inputs = {desc(t, {1, 2, 16, d}), desc(t, {1, 2, 16, d}), desc(t, {1, 2, 16, d})};
+    spec.outputs = {desc(t, {1, 2, 16, d})};
+    for (const char* tactic : kWgmmaTactics) {
+      auto layer = kind->create(spec, tactic, detail::test_handles());
+      ASSERT_FALSE(layer.ok()) << tactic << " " << dtype_name(t) << " D" << d;
+      EXPECT_EQ(layer.status().code(), StatusCode::kUnsupported);
+    }
+  }
 }
 
 TEST(CudaFusedAttention, WgmmaTacticIsTriedFirst) {
