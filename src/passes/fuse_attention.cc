@@ -52,17 +52,16 @@ bool mask_fits(const ir::Graph& g, const std::string& s, const std::string& mask
 struct Chain {
   const ir::Graph& g;
   const GraphReaders& readers;
-  const std::map<std::string, size_t>& producer;
   const std::vector<bool>& absorbed;
   std::vector<size_t> nodes;
   double scale = 1.0;
 
   // The node producing `value` when the node at `reader` is its sole reader and it is still free.
   const ir::Node* sole_producer(const std::string& value, long reader, size_t* at) const {
-    auto it = producer.find(value);
-    if (it == producer.end() || absorbed[it->second] || readers.sole_reader(value) != reader) return nullptr;
-    *at = it->second;
-    return &g.nodes[it->second];
+    const long p = readers.producer(value);
+    if (p < 0 || absorbed[p] || readers.sole_reader(value) != reader) return nullptr;
+    *at = static_cast<size_t>(p);
+    return &g.nodes[*at];
   }
   // Peels Mul(x, c), Mul(c, x) and Div(x, c) by scalar float constants off `value` (read by the node at
   // `reader`), folding c into the scale; returns what is left and the node that reads it.
@@ -146,9 +145,6 @@ Status fuse_attention(ir::Model& model, int* fused) {
   ir::Graph& g = model.graph;
   if (fused) *fused = 0;
   const GraphReaders readers(g);
-  std::map<std::string, size_t> producer;
-  for (size_t k = 0; k < g.nodes.size(); ++k)
-    for (const auto& o : g.nodes[k].outputs) producer[o] = k;
 
   std::vector<bool> absorbed(g.nodes.size(), false);
   std::map<size_t, ir::Node> replacement;  // position of the chain's last node -> the fused node
@@ -156,7 +152,7 @@ Status fuse_attention(ir::Model& model, int* fused) {
     // The anchor: O = MatMul(P, Vt).
     const ir::Node& pv = g.nodes[k];
     if (!is_onnx(pv, "MatMul") || absorbed[k] || pv.inputs.size() != 2 || pv.outputs.size() != 1) continue;
-    Chain c{g, readers, producer, absorbed, {k}, 1.0};
+    Chain c{g, readers, absorbed, {k}, 1.0};
     std::string s, mask;
     bool nan_to_zero = false;
     long s_reader = -1;
@@ -173,10 +169,10 @@ Status fuse_attention(ir::Model& model, int* fused) {
     // Each operand in both layouts where the graph has it: a transpose whose output only the chain reads
     // is absorbed when the node reads its input; one with other readers stays, read through or not.
     auto transposed_from = [&](const std::string& v, const std::vector<int64_t>& perm, size_t* at) -> const ir::Node* {
-      auto it = producer.find(v);
-      if (it == producer.end() || absorbed[it->second] || !has_perm(g.nodes[it->second], perm)) return nullptr;
-      *at = it->second;
-      return &g.nodes[it->second];
+      const long p = readers.producer(v);
+      if (p < 0 || absorbed[p] || !has_perm(g.nodes[p], perm)) return nullptr;
+      *at = static_cast<size_t>(p);
+      return &g.nodes[*at];
     };
     auto only_chain_reads = [&](const std::string& v, long reader) { return readers.sole_reader(v) == reader; };
     size_t qt_at = 0, kt_at = 0, vt_at = 0, ot_at = 0;

@@ -34,9 +34,6 @@ Status fuse_masked_softmax(ir::Model& model, int* fused) {
   if (fused) *fused = 0;
   if (model.default_opset() < 13) return OkStatus();
   const GraphReaders readers(g);
-  std::map<std::string, size_t> producer;
-  for (size_t k = 0; k < g.nodes.size(); ++k)
-    for (const auto& o : g.nodes[k].outputs) producer[o] = k;
 
   std::vector<bool> absorbed(g.nodes.size(), false);
   std::map<size_t, ir::Node> replacement;  // position of the chain's last node -> the fused node
@@ -53,14 +50,14 @@ Status fuse_masked_softmax(ir::Model& model, int* fused) {
     std::vector<size_t> chain;  // absorbed nodes, in graph order
     std::string x = a, mask;
     // Add(S, mask) or Add(mask, S), read by the Softmax alone.
-    if (auto it = producer.find(a); it != producer.end() && readers.sole_reader(a) == static_cast<long>(k)) {
-      const ir::Node& add = g.nodes[it->second];
-      if (is_onnx(add, "Add") && !absorbed[it->second] && add.inputs.size() == 2 && add.outputs.size() == 1) {
+    if (const long add_at = readers.producer(a); add_at >= 0 && readers.sole_reader(a) == static_cast<long>(k)) {
+      const ir::Node& add = g.nodes[add_at];
+      if (is_onnx(add, "Add") && !absorbed[add_at] && add.inputs.size() == 2 && add.outputs.size() == 1) {
         for (int m = 1; m >= 0; --m)  // the mask second first: Add(scores, mask) is what torch writes
           if (add.inputs[m] != add.inputs[1 - m] && mask_broadcasts_into(g, add.inputs[1 - m], add.inputs[m])) {
             x = add.inputs[1 - m];
             mask = add.inputs[m];
-            chain.push_back(it->second);
+            chain.push_back(static_cast<size_t>(add_at));
             break;
           }
       }

@@ -1,6 +1,7 @@
 // What the fusion passes ask of a graph before absorbing a node into a fused one: who reads a value (a link
-// of a fused chain may vanish only when the chain is its sole reader and it is no graph output), and the
-// value of a scalar constant operand (GELU's 0.5 and sqrt(2), a bias).
+// of a fused chain may vanish only when the chain is its sole reader and it is no graph output) and which
+// node computes it, and the value of a scalar constant operand (GELU's 0.5 and sqrt(2), a bias); and the
+// steps that put a fused node in its chain's place.
 #pragma once
 
 #include <algorithm>
@@ -18,8 +19,10 @@ namespace kiln::passes {
 class GraphReaders {
  public:
   explicit GraphReaders(const ir::Graph& g) {
-    for (size_t k = 0; k < g.nodes.size(); ++k)
+    for (size_t k = 0; k < g.nodes.size(); ++k) {
       for (const auto& v : runtime::node_reads(g.nodes[k])) readers_[v].push_back(k);  // subgraph reads too
+      for (const auto& o : g.nodes[k].outputs) producers_[o] = k;
+    }
     for (const auto& o : g.outputs) graph_outputs_.insert(o.name);
   }
   // The one node that reads `value`; -1 when none or several do, or the value is a graph output.
@@ -37,10 +40,16 @@ class GraphReaders {
     return it != readers_.end() ? it->second : kNone;
   }
   bool is_graph_output(const std::string& value) const { return graph_outputs_.count(value) != 0; }
+  // The node that computes `value`; -1 for a graph input, an initializer or an unknown name.
+  long producer(const std::string& value) const {
+    auto it = producers_.find(value);
+    return it != producers_.end() ? static_cast<long>(it->second) : -1;
+  }
 
  private:
   std::map<std::string, std::vector<size_t>> readers_;
   std::set<std::string> graph_outputs_;
+  std::map<std::string, size_t> producers_;
 };
 
 // The constant tensor `name` holds: an initializer that is not a graph input (an input with a default
