@@ -462,9 +462,7 @@ class AttentionLayer : public Layer {
     p_.causal = spec.attr_int("causal", 0) == 1;
     p_.nan_to_zero = spec.attr_int("nan_to_zero", 0) == 1;
     if (wgmma) {
-      // run() falls back to the mma.sync kernel on unaligned operands: both opt in.
       KILN_RETURN_IF_ERROR(opt_in_wgmma_attention(dtype_, p_.D, tactic == kWgmma));
-      KILN_RETURN_IF_ERROR(dtype_ == DType::kFloat16 ? opt_in<__half>(true) : opt_in<__nv_bfloat16>(true));
     } else if (tactic != kRowsTactic) {
       const bool br128 = tactic == kFlash128;
       KILN_RETURN_IF_ERROR(dtype_ == DType::kFloat16 ? opt_in<__half>(br128) : opt_in<__nv_bfloat16>(br128));
@@ -489,13 +487,13 @@ class AttentionLayer : public Layer {
     const void* mask = p_.has_mask ? inputs[3].data : nullptr;
     const void *q = inputs[0].data, *k = inputs[1].data, *v = inputs[2].data;
     void* y = outputs[0].data;
-    // cp.async moves 16-byte chunks: the tensor-core kernel needs 16-byte aligned rows (the strides are
-    // multiples of D, 64 or 128, so the base pointers decide).
+    // cp.async moves 16-byte chunks: the tensor-core kernels need 16-byte aligned rows (the strides are
+    // multiples of D, 64 or 128, so the base pointers decide); unaligned operands take the row kernel.
     const bool aligned = aligned16(q) && aligned16(k) && aligned16(v) && aligned16(y);
-    const bool wgmma = tactic_ == kWgmma || tactic_ == kWgmmaLockstep;
-    if (wgmma && aligned) return launch_wgmma_attention(dtype_, tactic_ == kWgmma, p_, q, k, v, mask, y, h.stream);
+    if ((tactic_ == kWgmma || tactic_ == kWgmmaLockstep) && aligned)
+      return launch_wgmma_attention(dtype_, tactic_ == kWgmma, p_, q, k, v, mask, y, h.stream);
     if (tactic_ != kRowsTactic && aligned) {
-      const bool br128 = tactic_ == kFlash128 || wgmma;
+      const bool br128 = tactic_ == kFlash128;
       if (dtype_ == DType::kFloat16) return flash<__half>(br128, q, k, v, mask, y, h.stream);
       return flash<__nv_bfloat16>(br128, q, k, v, mask, y, h.stream);
     }
