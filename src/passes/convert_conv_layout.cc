@@ -16,6 +16,7 @@
 #include <map>
 #include <set>
 
+#include "passes/graph_uses.h"
 #include "passes/passes.h"
 #include "runtime/executor.h"
 
@@ -79,13 +80,7 @@ Tensor weights_to_krsc(const Tensor& w, int64_t c_out) {
 
 class LayoutConverter {
  public:
-  LayoutConverter(ir::Graph& g, int opset) : g_(g), opset_(opset) {
-    for (const auto& v : g.inputs) names_.insert(v.name);
-    for (const auto& v : g.outputs) names_.insert(v.name);
-    for (const auto& [name, t] : g.initializers) names_.insert(name);
-    for (const auto& n : g.nodes)
-      for (const auto& o : n.outputs) names_.insert(o);
-  }
+  LayoutConverter(ir::Graph& g, int opset) : g_(g), opset_(opset), fresh_(g) {}
 
   // Converts the eligible convolutions; returns how many. Checks them all before changing anything, so
   // that an error leaves the model as it was.
@@ -133,7 +128,7 @@ class LayoutConverter {
       // The conv now writes an NHWC twin; the original name keeps its NCHW value through a Transpose back,
       // so every other reader (and a graph output) is unchanged.
       const std::string nchw = n.outputs[0];
-      const std::string nhwc = fresh(nchw + "__nhwc");
+      const std::string nhwc = fresh_(nchw + "__nhwc");
       g_.value_types[nhwc] = permuted(y, kToNhwc);
       n.outputs[0] = nhwc;
       const int index = n.index;
@@ -173,7 +168,7 @@ class LayoutConverter {
       n.attributes["mode"].s = mode;
       n.inputs[0] = source->second;
       const std::string nchw = n.outputs[0];
-      const std::string nhwc = fresh(nchw + "__nhwc");
+      const std::string nhwc = fresh_(nchw + "__nhwc");
       g_.value_types[nhwc] = permuted(*y, kToNhwc);
       n.outputs = {nhwc};
       back.push_back(transpose(nchw + "__to_nchw", nhwc, nchw, kToNchw, n.index));
@@ -209,13 +204,6 @@ class LayoutConverter {
     return max ? "max" : "average";
   }
 
-  std::string fresh(const std::string& base) {
-    std::string name = base;
-    for (int i = 1; names_.count(name); ++i) name = base + "_" + std::to_string(i);
-    names_.insert(name);
-    return name;
-  }
-
   ir::Node transpose(const std::string& name, const std::string& in, const std::string& out,
                      const std::vector<int64_t>& perm, int index) {
     ir::Node t;
@@ -232,7 +220,7 @@ class LayoutConverter {
   // The NHWC twin of an NCHW value, made once however many convolutions read it.
   std::string to_nhwc(const std::string& value, int index, std::vector<ir::Node>* out) {
     if (auto it = nhwc_.find(value); it != nhwc_.end()) return it->second;
-    const std::string twin = fresh(value + "__nhwc");
+    const std::string twin = fresh_(value + "__nhwc");
     g_.value_types[twin] = permuted(*g_.type_of(value), kToNhwc);
     out->push_back(transpose(value + "__to_nhwc", value, twin, kToNhwc, index));
     return nhwc_[value] = twin;
@@ -242,7 +230,7 @@ class LayoutConverter {
   // eliminate_dead_nodes to drop if unread).
   std::string krsc_weights(const std::string& w, int64_t c) {
     if (auto it = krsc_.find(w); it != krsc_.end()) return it->second;
-    const std::string name = fresh(w + "__krsc");
+    const std::string name = fresh_(w + "__krsc");
     g_.initializers[name] = weights_to_krsc(g_.initializers.at(w), c);
     return krsc_[w] = name;
   }
@@ -253,7 +241,7 @@ class LayoutConverter {
     ir::TypeInfo t = *g_.type_of(nhwc);
     const int64_t extra = to - c;
     t.dims[3] = ir::Dim::of(to);
-    const std::string twin = fresh(nhwc + "__pad" + std::to_string(to));
+    const std::string twin = fresh_(nhwc + "__pad" + std::to_string(to));
     g_.value_types[twin] = t;
     ir::Node pad;
     pad.name = nhwc + "__pad_channels";
@@ -262,7 +250,7 @@ class LayoutConverter {
     pad.outputs = {twin};
     const std::vector<int64_t> pads = {0, 0, 0, 0, 0, 0, 0, extra};  // begins, then ends: C's end only
     if (opset_ >= 11) {  // pads as an input (constant mode, zero value: the defaults)
-      const std::string pads_name = fresh(twin + "_pads");
+      const std::string pads_name = fresh_(twin + "_pads");
       g_.initializers[pads_name] = Tensor::from_vector<int64_t>(DType::kInt64, {8}, pads);
       pad.inputs = {nhwc, pads_name};
     } else {
@@ -276,7 +264,7 @@ class LayoutConverter {
 
   ir::Graph& g_;
   const int opset_;
-  std::set<std::string> names_;
+  FreshNames fresh_;  // new value and initializer names that shadow none
   std::map<std::string, std::string> nhwc_, krsc_, padded_;
 };
 

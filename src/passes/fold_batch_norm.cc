@@ -38,13 +38,9 @@ const Tensor* per_channel(const ir::Graph& g, const std::string& name, int64_t m
 
 class Folder {
  public:
-  explicit Folder(ir::Graph& g) : g_(g) {
-    for (const auto& [name, t] : g.initializers) names_.insert(name);
-    for (const auto& in : g.inputs) names_.insert(in.name);
-    for (const auto& n : g.nodes) {
-      for (const auto& o : n.outputs) names_.insert(o);
+  explicit Folder(ir::Graph& g) : g_(g), fresh_(g) {
+    for (const auto& n : g.nodes)
       for (const auto& v : runtime::node_reads(n)) read_.insert(v);
-    }
     for (const auto& o : g.outputs) read_.insert(o.name);
   }
   const std::set<std::string>& read() const { return read_; }
@@ -75,8 +71,8 @@ class Folder {
       b2.data<double>()[c] = (bias - mean->scalar_as_double(c)) * k + shift->scalar_as_double(c);
     }
     const DType dt = w->dtype();
-    const std::string w_name = fresh(conv.inputs[1] + "__bn_folded");
-    const std::string b_name = fresh((has_bias ? conv.inputs[2] : conv.inputs[1]) + "__bn_folded_bias");
+    const std::string w_name = fresh_(conv.inputs[1] + "__bn_folded");
+    const std::string b_name = fresh_((has_bias ? conv.inputs[2] : conv.inputs[1]) + "__bn_folded_bias");
     KILN_ASSIGN_OR_RETURN(g_.initializers[w_name], cast_tensor(w2, dt));
     KILN_ASSIGN_OR_RETURN(g_.initializers[b_name], cast_tensor(b2, dt));
     conv.inputs.resize(3);
@@ -89,16 +85,9 @@ class Folder {
   }
 
  private:
-  std::string fresh(const std::string& base) {
-    std::string name = base;
-    for (int i = 1; names_.count(name); ++i) name = base + "_" + std::to_string(i);
-    names_.insert(name);
-    return name;
-  }
-
   ir::Graph& g_;
-  std::set<std::string> names_;  // every value and initializer name, so new initializers shadow none
-  std::set<std::string> read_;   // values some node (or subgraph) or the graph's outputs read
+  FreshNames fresh_;            // new initializer names that shadow none
+  std::set<std::string> read_;  // values some node (or subgraph) or the graph's outputs read
 };
 
 }  // namespace

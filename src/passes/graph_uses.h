@@ -122,6 +122,28 @@ inline bool is_scalar_near(const ir::Graph& g, const std::string& name, double w
   return std::fabs(v - want) <= 1e-4 * std::max(1.0, std::fabs(want));
 }
 
+// Names for the values and initializers a pass adds that clash with none of the graph's (its inputs,
+// outputs, initializers and node outputs) nor with one given out before: `base`, else base_1, base_2, ...
+class FreshNames {
+ public:
+  explicit FreshNames(const ir::Graph& g) {
+    for (const auto& v : g.inputs) taken_.insert(v.name);
+    for (const auto& v : g.outputs) taken_.insert(v.name);
+    for (const auto& [name, t] : g.initializers) taken_.insert(name);
+    for (const auto& n : g.nodes)
+      for (const auto& o : n.outputs) taken_.insert(o);
+  }
+  std::string operator()(const std::string& base) {
+    std::string name = base;
+    for (int i = 1; taken_.count(name); ++i) name = base + "_" + std::to_string(i);
+    taken_.insert(name);
+    return name;
+  }
+
+ private:
+  std::set<std::string> taken_;
+};
+
 // Marks `chain` (the positions of the nodes one fused node replaces, in graph order; the fused node takes the
 // last one's place) absorbed and returns the fused node's name: theirs joined by " + ", so that a
 // --layer-precision pin of any of them still finds it. The values of all but the last vanish, and their

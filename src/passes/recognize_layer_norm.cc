@@ -147,6 +147,7 @@ Status recognize_layer_norm(ir::Model& model, int* found) {
   std::vector<bool> absorbed(g.nodes.size(), false);
   std::map<size_t, ir::Node> replacement;  // position of the pattern's last node -> the LayerNormalization
   LayerNormMatcher matcher(g);
+  FreshNames fresh(g);
   for (size_t k = 0; k < g.nodes.size(); ++k) {
     if (absorbed[k]) continue;
     std::optional<Match> m = matcher.at(k);
@@ -159,9 +160,7 @@ Status recognize_layer_norm(ir::Model& model, int* found) {
     if (m->gamma.empty()) {  // LayerNormalization's Scale is required: ones
       std::vector<ir::Dim> xd;
       (void)dims_of(g, m->x, &xd);
-      std::string name = m->y + "__layer_norm_scale";
-      for (int i = 1; g.initializers.count(name) || g.type_of(name) != nullptr; ++i)
-        name = m->y + "__layer_norm_scale_" + std::to_string(i);
+      const std::string name = fresh(m->y + "__layer_norm_scale");
       Tensor ones(DType::kFloat64, {xd.back().value});
       std::fill(ones.data<double>(), ones.data<double>() + ones.numel(), 1.0);
       KILN_ASSIGN_OR_RETURN(g.initializers[name], cast_tensor(ones, dtype_of(g, m->x)));
