@@ -132,13 +132,6 @@ bool match_softmax(Chain& c, const ir::Model& model, const std::string& p, long 
   return true;
 }
 
-ir::Attribute int_attribute(int64_t v) {
-  ir::Attribute a;
-  a.type = ir::Attribute::Type::kInt;
-  a.i = v;
-  return a;
-}
-
 }  // namespace
 
 Status fuse_attention(ir::Model& model, int* fused) {
@@ -227,14 +220,8 @@ Status fuse_attention(ir::Model& model, int* fused) {
     if (!mask.empty()) f.inputs.push_back(mask);
     f.outputs = {out};
     f.index = g.nodes[c.nodes.back()].index;
-    ir::Attribute layout;
-    layout.type = ir::Attribute::Type::kString;
-    layout.s = bshd ? "BSHD" : "BHSD";
-    f.attributes["layout"] = layout;
-    ir::Attribute scale;
-    scale.type = ir::Attribute::Type::kFloat;
-    scale.f = static_cast<float>(c.scale);
-    f.attributes["scale"] = scale;
+    f.attributes["layout"] = string_attribute(bshd ? "BSHD" : "BHSD");
+    f.attributes["scale"] = float_attribute(static_cast<float>(c.scale));
     f.attributes["nan_to_zero"] = int_attribute(nan_to_zero ? 1 : 0);
     replacement[c.nodes.back()] = std::move(f);
   }

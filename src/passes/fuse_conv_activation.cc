@@ -21,13 +21,6 @@ bool same_static_type(const ir::TypeInfo* a, const ir::TypeInfo* b) {
          a->dtype != DType::kUndefined && a->static_shape() == b->static_shape();
 }
 
-ir::Attribute float_attribute(float v) {
-  ir::Attribute a;
-  a.type = ir::Attribute::Type::kFloat;
-  a.f = v;
-  return a;
-}
-
 // The value of Clip's bound input `name` (opset 11+): unbounded when absent, false when it is not a
 // one-element float constant (a computed bound cannot be baked into the fused node).
 bool clip_bound(const ir::Graph& g, const std::string& name, float unbounded, float* out) {
@@ -53,10 +46,7 @@ struct ActivationMatch {
 bool match_activation(const ir::Model& model, const GraphReaders& readers, const std::vector<bool>& absorbed,
                       const std::string& cur, ActivationMatch* m) {
   const ir::Graph& g = model.graph;
-  auto set_name = [&](const char* name) {
-    m->attributes["activation"].type = ir::Attribute::Type::kString;
-    m->attributes["activation"].s = name;
-  };
+  auto set_name = [&](const std::string& name) { m->attributes["activation"] = string_attribute(name); };
   const long next = readers.sole_reader(cur);
   if (next >= 0 && !absorbed[next] && g.nodes[next].outputs.size() == 1 && !g.nodes[next].inputs.empty() &&
       g.nodes[next].inputs[0] == cur) {
@@ -64,7 +54,7 @@ bool match_activation(const ir::Model& model, const GraphReaders& readers, const
     m->nodes = {static_cast<size_t>(next)};
     m->output = n.outputs[0];
     if (n.inputs.size() == 1 && (is_onnx(n, "Relu") || is_onnx(n, "Sigmoid") || is_onnx(n, "HardSwish"))) {
-      set_name(n.op_type.c_str());
+      set_name(n.op_type);
       return true;
     }
     if (n.inputs.size() == 1 && is_onnx(n, "LeakyRelu")) {
@@ -153,10 +143,9 @@ Status fuse_conv_activation(ir::Model& model, int* fused) {
     f.domain = "kiln";
     f.index = conv.index;
     f.attributes = conv.attributes;
-    f.attributes["activation"].type = ir::Attribute::Type::kString;
+    f.attributes["activation"] = string_attribute("");
     for (const auto& [name, value] : act.attributes) f.attributes[name] = value;
-    f.attributes["channels_last"].type = ir::Attribute::Type::kInt;
-    f.attributes["channels_last"].i = 0;
+    f.attributes["channels_last"] = int_attribute(0);
     f.inputs = {conv.inputs[0], conv.inputs[1], conv.inputs.size() > 2 ? conv.inputs[2] : ""};
     if (!z.empty()) f.inputs.push_back(z);
     while (f.inputs.size() > 2 && f.inputs.back().empty()) f.inputs.pop_back();

@@ -94,14 +94,8 @@ Status fuse_masked_softmax(ir::Model& model, int* fused) {
     f.inputs = mask.empty() ? std::vector<std::string>{x} : std::vector<std::string>{x, mask};
     f.outputs = {out};
     f.index = g.nodes[chain.back()].index;
-    ir::Attribute ax;
-    ax.type = ir::Attribute::Type::kInt;
-    ax.i = -1;
-    f.attributes["axis"] = ax;
-    ir::Attribute nz;
-    nz.type = ir::Attribute::Type::kInt;
-    nz.i = nan_to_zero ? 1 : 0;
-    f.attributes["nan_to_zero"] = nz;
+    f.attributes["axis"] = int_attribute(-1);
+    f.attributes["nan_to_zero"] = int_attribute(nan_to_zero ? 1 : 0);
     replacement[chain.back()] = std::move(f);
   }
   if (fused) *fused = static_cast<int>(replacement.size());

@@ -9,6 +9,7 @@
 #include <map>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "ir/graph.h"
@@ -120,6 +121,26 @@ inline bool is_scalar_near(const ir::Graph& g, const std::string& name, double w
   if (t->rank() == 1 && other_rank < 1) return false;
   const double v = t->scalar_as_double(0);
   return std::fabs(v - want) <= 1e-4 * std::max(1.0, std::fabs(want));
+}
+
+// The attributes of the nodes a pass makes.
+inline ir::Attribute int_attribute(int64_t v) {
+  ir::Attribute a;
+  a.type = ir::Attribute::Type::kInt;
+  a.i = v;
+  return a;
+}
+inline ir::Attribute float_attribute(float v) {
+  ir::Attribute a;
+  a.type = ir::Attribute::Type::kFloat;
+  a.f = v;
+  return a;
+}
+inline ir::Attribute string_attribute(std::string v) {
+  ir::Attribute a;
+  a.type = ir::Attribute::Type::kString;
+  a.s = std::move(v);
+  return a;
 }
 
 // Names for the values and initializers a pass adds that clash with none of the graph's (its inputs,

@@ -171,10 +171,8 @@ Status recognize_layer_norm(ir::Model& model, int* found) {
     ln.inputs = {m->x, m->gamma};
     if (!m->beta.empty()) ln.inputs.push_back(m->beta);
     ln.outputs = {m->y};
-    ln.attributes["axis"].type = ir::Attribute::Type::kInt;
-    ln.attributes["axis"].i = -1;
-    ln.attributes["epsilon"].type = ir::Attribute::Type::kFloat;
-    ln.attributes["epsilon"].f = static_cast<float>(m->eps);
+    ln.attributes["axis"] = int_attribute(-1);
+    ln.attributes["epsilon"] = float_attribute(static_cast<float>(m->eps));
     replacement[m->nodes.back()] = std::move(ln);
   }
   if (found) *found = static_cast<int>(replacement.size());
