@@ -216,6 +216,7 @@ Result<engine::Plan> build_plan(const ir::Model& model, const engine::BuildSetti
       if (names.size() > 1) to_time.emplace_back(i, std::move(names));
     }
     Progress progress(static_cast<int>(to_time.size()), to_time.size() > 8);
+    const auto tactics_start = std::chrono::steady_clock::now();
     int timed = 0, cached = 0;
     for (size_t k = 0; k < to_time.size(); ++k) {
       const auto& [index, names] = to_time[k];
@@ -231,7 +232,10 @@ Result<engine::Plan> build_plan(const ir::Model& model, const engine::BuildSetti
         progress.update(static_cast<int>(k + 1));
         continue;
       }
+      const auto timing_start = std::chrono::steady_clock::now();
       auto times = gpu->time_tactics(n, m.graph, opset, tf32, names);
+      const double timing_ms =
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - timing_start).count();
       if (!times.ok()) {
         logger.log(Severity::kInfo, n.describe() + ": tactics not timed (" + times.status().message() + ")");
       } else {
@@ -252,16 +256,19 @@ Result<engine::Plan> build_plan(const ir::Model& model, const engine::BuildSetti
           setup += std::max(t.setup_ms, 0.0);
           if (t.setup_ms > slowest->setup_ms) slowest = &t;
         }
-        char line[160];
-        std::snprintf(line, sizeof(line), ": %s at %.4f ms; %zu tactics set up in %.0f ms (slowest %s, %.0f ms)",
-                      best->tactic.c_str(), best->ms, times->size(), setup, slowest->tactic.c_str(), slowest->setup_ms);
+        char line[200];
+        std::snprintf(line, sizeof(line), ": %s at %.4f ms; %zu tactics timed in %.0f ms, set up in %.0f ms (slowest %s, %.0f ms)",
+                      best->tactic.c_str(), best->ms, times->size(), timing_ms, setup, slowest->tactic.c_str(),
+                      slowest->setup_ms);
         logger.log(Severity::kInfo, "tactics of " + n.name + line);
       }
       progress.update(static_cast<int>(k + 1));
     }
     if (!to_time.empty())
       logger.log(Severity::kInfo, "tactics: " + std::to_string(timed) + " layers timed, " + std::to_string(cached) +
-                                      " from the timing cache");
+                                      " from the timing cache, in " +
+                                      std::to_string(std::chrono::duration<double>(std::chrono::steady_clock::now() -
+                                                                                   tactics_start).count()) + " s");
     if (!settings.timing_cache.empty()) KILN_RETURN_IF_ERROR(cache.save(settings.timing_cache));
   }
   return plan;

@@ -58,6 +58,10 @@ Status launch_where(DType dtype, const void* cond, const Shape& cond_shape, cons
 bool cast_supports(DType from, DType to);
 Status launch_cast(DType from, const void* x, DType to, void* y, int64_t n, cudaStream_t stream);
 
+// Fills n elements of a float32 / float16 / bfloat16 buffer with values uniform in [lo, hi), the same for the
+// same seed (random_fill.cu; the tactic timer's inputs).
+Status launch_fill_uniform(DType dtype, void* p, int64_t n, uint64_t seed, float lo, float hi, cudaStream_t stream);
+
 // The numpy broadcast of shapes; false when they do not broadcast.
 bool broadcast_shape(const Shape& a, const Shape& b, Shape* out);
 
