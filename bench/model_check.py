@@ -4,7 +4,7 @@
 
 Two phases:
 1. Export (needs torch; skipped with --models): ResNet-50, MobileNetV2 and ViT-B/16 (torchvision), BERT-base
-   (seq 128, the second sequence padded through attention_mask) and GPT-2 (seq 128, causal) from transformers,
+   (seq 128, the second sequence padded through attention_mask) and GPT-2 (seq 128, causal, the second sequence padded too) from transformers,
    random weights (nothing can be downloaded on the GPU machine), seed 0, batch 2, with gpu_models.py's export()
    (torch.onnx.export, opset 17, dynamo=False, dynamic batch). Each model is WORK/models/NAME.onnx plus
    NAME.npz: the inputs under the ONNX input names and PyTorch's float32 outputs (computed on the CPU, so no TF32)
@@ -87,8 +87,28 @@ def torch_models(batch, seq):
 
     def vision(ctor):
         def make():
-            return ctor(weights=None).eval(), {"input": torch.randn(batch, 3, 224, 224)}
+            return realistic(ctor(weights=None)).eval(), {"input": torch.randn(batch, 3, 224, 224)}
         return make
+
+    def realistic(m):
+        """torchvision's fresh weights give outputs far from a trained model's scale: BatchNorm's running
+        statistics are 0 and 1, so MobileNetV2's activations shrink layer after layer to ~1e-9 at its output
+        (below float16's smallest value: any half-precision engine returns 0 there), and ViT's classifier is
+        zero (every output 0, which checks nothing). Statistics and affine parameters like a trained
+        network's, and a random classifier, keep every output O(1)."""
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for mod in m.modules():
+                if isinstance(mod, torch.nn.BatchNorm2d):
+                    c = mod.num_features
+                    mod.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
+                    mod.running_var.copy_(torch.rand(c, generator=g) * 0.5 + 0.1)
+                    mod.weight.copy_(torch.rand(c, generator=g) + 0.5)
+                    mod.bias.copy_(torch.randn(c, generator=g) * 0.1)
+            head = getattr(getattr(m, "heads", None), "head", None)
+            if isinstance(head, torch.nn.Linear):
+                head.weight.copy_(torch.randn(head.weight.shape, generator=g) * 0.02)
+        return m
 
     class LastHidden(torch.nn.Module):
         """A transformers model whose ONNX output is its last hidden state only (no pooler, no cache)."""
@@ -116,7 +136,13 @@ def torch_models(batch, seq):
     def gpt2(**config):
         from transformers import GPT2Config, GPT2Model
         m = GPT2Model(GPT2Config(**config)).eval()  # GPT-2 small: 12 layers, hidden 768, causal attention
-        return wrap(m, ["input_ids"], gpt2, config), {"input_ids": torch.randint(0, 50257, (batch, seq))}
+        ids = torch.randint(0, 50257, (batch, seq))
+        # With an attention mask (the second sequence padded at its end, as a batch of prompts is), and because
+        # without one transformers looks for packed sequences with aten::diff, which ONNX cannot export.
+        mask = torch.ones_like(ids)
+        mask[1:, seq // 2:] = 0
+        names = ["input_ids", "attention_mask"]
+        return wrap(m, names, gpt2, config), dict(zip(names, [ids, mask]))
 
     def wrap(m, names, maker, config):
         w = LastHidden(m, names).eval()
