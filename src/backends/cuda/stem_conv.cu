@@ -12,12 +12,18 @@
 // padding's weights and A halves are zero.
 //
 // Blocks are persistent: each loads the weights of its BN output channels (64, or 32 when K is not a multiple
-// of 64) into shared memory once and then walks output tiles of 8 rows x 16 columns of one image, double-
-// buffering the input patch each tile needs ((8-1)*stride + R rows x (16-1)*stride + S columns, zero outside
-// the image, loaded with cp.async while the previous tile computes). Warp w computes rows 2w and 2w+1 of the
-// tile (two m16 tiles) times the BN channels. The epilogue adds the bias, applies the activation, rounds to T
-// once and goes through shared memory (the patch buffer just used) so that each pixel's channels leave in
-// 16-byte stores.
+// of 64) into shared memory once and then walks output tiles of 16 rows x 16 columns of one image, double-
+// buffering the input patch each tile needs ((16-1)*stride + R rows x (16-1)*stride + S columns, zero outside
+// the image, loaded with cp.async while the previous tile computes). Warp w computes rows 4w..4w+3 of the
+// tile (four m16 tiles, 64 pixels) times the BN channels: per k step 4 ldmatrix of A and BN/16 of B feed
+// 4 * BN/8 mma (8 loads for 32 mma at BN = 64; shared-memory bandwidth, not the tensor cores, bounded the
+// earlier 32-pixel warps' 6 loads per 16 mma). The fragments of step k + 1 load while step k multiplies; the
+// last two or three steps (where the padding position's zeroing happens) run after the loop, so that its
+// loads are unconditional and the two fragment sets stay in fixed registers. 4 warps of at most 255
+// registers and ~96 KB of shared memory (ResNet's stem) give 2 blocks an SM, so that one block's epilogue and
+// patch wait overlap the other's products. The epilogue adds the bias, applies the
+// activation, rounds to T once and goes through shared memory (the patch buffer just used, 32 channels at a
+// time so that the staging fits in it) so that each pixel's channels leave in 16-byte stores.
 //
 // Bank conflicts: an ldmatrix phase reads 8 chunks; the patch is stored with its columns de-interleaved by the
 // stride (column c at (c % stride) * ceil(cols / stride) + c / stride), so the 8 pixels of a phase read 8
@@ -38,16 +44,18 @@ namespace {
 
 using namespace sm80;
 
-constexpr int kTileRows = 8, kTileCols = 16;  // output pixels of a tile; 112 = 14 * 8 = 7 * 16 for ResNet
-constexpr int kWarps = kTileRows / 2;         // two rows (two m16 tiles) per warp
+constexpr int kTileRows = 16, kTileCols = 16;  // output pixels of a tile; 112 = 7 * 16 for ResNet
+constexpr int kRowsPerWarp = 4;                 // m16 tiles per warp, one output row of 16 pixels each
+constexpr int kWarps = kTileRows / kRowsPerWarp;
+constexpr int kWarpPixels = kRowsPerWarp * kTileCols;
+constexpr int kStageChunks = 4;                 // the epilogue stages 32 channels (4 chunks) a pass
 constexpr int kBlockThreads = 32 * kWarps;
+static_assert(kTileCols == 16, "an m16 tile is one output row of the tile");
 constexpr int kMaxKernel = 7;
 constexpr int kMaxStride = 16;
 constexpr size_t kSmemCap = 227 * 1024;  // sm_90's opt-in limit per block; create() asks the device too
 
 const char* const kOp = "CUDA kiln.FusedConv (tactic cuda.conv.stem)";
-
-enum StemAct : int { kActNone, kActRelu, kActClip, kActLeakyRelu };
 
 struct StemParams {
   int H = 0, W = 0;                  // input image (X is [N, H, W, C])
@@ -59,8 +67,7 @@ struct StemParams {
   int wd = 0, row_chunks = 0;        // de-interleaved columns per stride phase; row_chunks = sw * wd
   int buf_chunks = 0;                // one patch (or staging) buffer
   int tiles_q = 0, tiles_p = 0, tiles = 0;
-  int act = kActNone;
-  float lo = 0, hi = 0, alpha = 0;   // Clip's bounds, LeakyRelu's slope
+  float lo = 0, hi = 0, slope = 1;   // every activation as clip(v < 0 ? v * slope : v, lo, hi)
 };
 
 // Shared-memory layout of a problem, in 16-byte chunks unless named bytes.
@@ -79,22 +86,18 @@ StemLayout layout_for(int64_t r, int64_t s, int64_t sh, int64_t sw, int bn) {
   l.pcol = static_cast<int>((kTileCols - 1) * sw + s);
   l.wd = static_cast<int>((l.pcol + sw - 1) / sw);
   l.row_chunks = static_cast<int>(sw) * l.wd;
-  const int patch = l.prow * l.row_chunks, stage = kWarps * 32 * bn / 8;
+  const int patch = l.prow * l.row_chunks, stage = kWarps * kWarpPixels * std::min(bn / 8, kStageChunks);
   l.buf_chunks = std::max(patch, stage);
   l.bytes = (static_cast<size_t>(bn) * l.ws + 2 * static_cast<size_t>(l.buf_chunks)) * 16 + l.kq * sizeof(int) + bn * sizeof(float);
   return l;
 }
 
+// Relu is clip(v, 0, inf), none clip(v, -inf, inf), LeakyRelu the slope alone: no branch per value. Compares,
+// not fminf / fmaxf, so that NaN stays NaN, as in the reference.
 __device__ __forceinline__ float activate(float v, const StemParams& p) {
-  switch (p.act) {
-    case kActRelu: return v < 0.0f ? 0.0f : v;  // NaN stays NaN, as in the reference
-    case kActClip: {
-      const float c = v < p.lo ? p.lo : v;
-      return c > p.hi ? p.hi : c;
-    }
-    case kActLeakyRelu: return v < 0.0f ? v * p.alpha : v;
-    default: return v;
-  }
+  v = v < 0.0f ? v * p.slope : v;
+  v = v < p.lo ? p.lo : v;
+  return v > p.hi ? p.hi : v;
 }
 
 // The tile's output image, row tile and column tile.
@@ -128,23 +131,27 @@ __device__ __forceinline__ void load_patch(uint4* buf, const T* x, const StemPar
   }
 }
 
-// The fragments of k step ks: A for the warp's two m16 tiles (pixel rows at chunk bases base0 / base1, window
-// offset `off` for this lane's half), B for the block's BN channels. `tail`: the step's second window position
-// is padding, whose A half is zeroed (its weights are zero too, but 0 * inf would be NaN).
-template <int NB>
-__device__ __forceinline__ void load_frags(uint32_t (&a)[2][4], uint32_t (&b)[NB][4], const uint4* patch, const uint4* w_s,
-                                           int base0, int base1, int off, int wrow, int wcol, int ws, int ks, bool tail) {
-  ldmatrix_x4(a[0], patch + base0 + off);
-  ldmatrix_x4(a[1], patch + base1 + off);
+// The fragments of one k step: A for the warp's m16 tiles (this lane's pixel of tile 0 at `pa`, already at the
+// step's window position for this lane's half; tile mt is mt * rstep chunks further), B for the block's BN
+// channels (this lane's weight chunk of channel tile 0 at `pb`, tile j 16 * j * ws chunks further). `tail`:
+// the step's second window position is padding, whose A half is zeroed (its weights are zero too, but 0 * inf
+// would be NaN).
+template <int MT, int NB>
+__device__ __forceinline__ void load_frags(uint32_t (&a)[MT][4], uint32_t (&b)[NB][4], const uint4* pa, int rstep, const uint4* pb,
+                                           int ws, bool tail) {
 #pragma unroll
-  for (int j = 0; j < NB; ++j) ldmatrix_x4(b[j], w_s + (16 * j + wrow) * ws + 2 * ks + wcol);
-  if (tail) a[0][2] = a[0][3] = a[1][2] = a[1][3] = 0u;
+  for (int mt = 0; mt < MT; ++mt) ldmatrix_x4(a[mt], pa + mt * rstep);
+#pragma unroll
+  for (int j = 0; j < NB; ++j) ldmatrix_x4(b[j], pb + 16 * j * ws);
+  if (tail)
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) a[mt][2] = a[mt][3] = 0u;
 }
 
-template <class T, int NB>
-__device__ __forceinline__ void mma_step(float (&acc)[2][2 * NB][4], const uint32_t (&a)[2][4], const uint32_t (&b)[NB][4]) {
+template <class T, int MT, int NB>
+__device__ __forceinline__ void mma_step(float (&acc)[MT][2 * NB][4], const uint32_t (&a)[MT][4], const uint32_t (&b)[NB][4]) {
 #pragma unroll
-  for (int mt = 0; mt < 2; ++mt)
+  for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
     for (int j = 0; j < NB; ++j) {
       mma16816<T>(acc[mt][2 * j], a[mt], b[j][0], b[j][1]);
@@ -160,10 +167,13 @@ __device__ __forceinline__ int stage_swizzle(int pix) {
 }
 
 template <class T, int C, int BN>
-__global__ void __launch_bounds__(kBlockThreads) stem_conv_kernel(const void* xv, const void* wv, const void* bv, void* yv,
+__global__ void __launch_bounds__(kBlockThreads, 2) stem_conv_kernel(const void* xv, const void* wv, const void* bv, void* yv,
                                                                   StemParams p) {
+  constexpr int MT = kRowsPerWarp;
   constexpr int NB = BN / 16;  // ldmatrix.x4 loads of B per k step (two n8 tiles each)
   constexpr int CPR = BN / 8;  // n8 tiles; output chunks per pixel
+  constexpr int SC = kStageChunks;
+  static_assert(CPR % SC == 0, "the epilogue stages whole passes");
   const T* x = static_cast<const T*>(xv);
   const T* w = static_cast<const T*>(wv);
   const T* bias = static_cast<const T*>(bv);
@@ -207,10 +217,11 @@ __global__ void __launch_bounds__(kBlockThreads) stem_conv_kernel(const void* xv
   // same pixels at the second. B (x4 = two n8 tiles): lanes 0-7 / 8-15 rows 0-7 at the first / second
   // position, lanes 16-31 the same for rows 8-15.
   const int px = lane % 16, half = lane / 16;
-  const int base0 = 2 * warp * p.sh * p.row_chunks + px;
-  const int base1 = base0 + p.sh * p.row_chunks;
-  const int wrow = lane % 8 + (lane / 16) * 8, wcol = (lane / 8) % 2;
+  const int rstep = p.sh * p.row_chunks;  // one output row down
+  const int abase = kRowsPerWarp * warp * rstep + px;
+  const uint4* wb = w_s + (lane % 8 + (lane / 16) * 8) * p.ws + (lane / 8) % 2;
   const bool odd = p.RS % 2 == 1;
+  const int last = p.ksteps - 1;
   const int g = lane / 4, t4 = lane % 4;  // accumulator layout: rows g and g + 8, columns 2 * t4, 2 * t4 + 1
 
   for (int it = 0; tile < p.tiles; ++it, tile += gridDim.x) {
@@ -221,46 +232,58 @@ __global__ void __launch_bounds__(kBlockThreads) stem_conv_kernel(const void* xv
     if (next < p.tiles) load_patch<T, C>(bufs + ((it + 1) & 1) * p.buf_chunks, x, p, next);
     cp_async_commit();
 
-    float acc[2][2 * NB][4] = {};
-    uint32_t a0[2][4], b0[NB][4], a1[2][4], b1[NB][4];
-    // Software-pipelined: the fragments of step ks + 1 load while step ks multiplies.
-    load_frags<NB>(a0, b0, cur, w_s, base0, base1, off_tab[half], wrow, wcol, p.ws, 0, odd && p.ksteps == 1);
-    for (int ks = 0; ks < p.ksteps; ks += 2) {
-      if (ks + 1 < p.ksteps)
-        load_frags<NB>(a1, b1, cur, w_s, base0, base1, off_tab[2 * (ks + 1) + half], wrow, wcol, p.ws, ks + 1,
-                       odd && ks + 2 == p.ksteps);
-      mma_step<T, NB>(acc, a0, b0);
-      if (ks + 1 >= p.ksteps) break;
-      if (ks + 2 < p.ksteps)
-        load_frags<NB>(a0, b0, cur, w_s, base0, base1, off_tab[2 * (ks + 2) + half], wrow, wcol, p.ws, ks + 2,
-                       odd && ks + 3 == p.ksteps);
-      mma_step<T, NB>(acc, a1, b1);
+    float acc[MT][2 * NB][4] = {};
+    uint32_t a0[MT][4], b0[NB][4], a1[MT][4], b1[NB][4];
+    const uint4* pa = cur + abase;
+    // Steps ks (in a0/b0) and ks + 1 (a1/b1) a pair; the loads of a step go out while the one before multiplies.
+    // The loop runs the steps before the last two or three, whose loads are unconditional and never the tail:
+    // a zeroing select or a skipped load there makes ptxas copy the fragments between registers every step.
+    load_frags<MT, NB>(a0, b0, pa + off_tab[half], rstep, wb, p.ws, odd && last == 0);
+    int ks = 0;
+    for (; ks + 2 < last; ks += 2) {
+      const int off1 = off_tab[2 * (ks + 1) + half], off2 = off_tab[2 * (ks + 2) + half];
+      load_frags<MT, NB>(a1, b1, pa + off1, rstep, wb + 2 * (ks + 1), p.ws, false);
+      mma_step<T, MT, NB>(acc, a0, b0);
+      load_frags<MT, NB>(a0, b0, pa + off2, rstep, wb + 2 * (ks + 2), p.ws, false);
+      mma_step<T, MT, NB>(acc, a1, b1);
     }
+    // Steps ks .. last remain (one to three); a0/b0 hold step ks.
+    if (ks + 1 <= last)
+      load_frags<MT, NB>(a1, b1, pa + off_tab[2 * (ks + 1) + half], rstep, wb + 2 * (ks + 1), p.ws, odd && ks + 1 == last);
+    mma_step<T, MT, NB>(acc, a0, b0);
+    if (ks + 2 <= last) load_frags<MT, NB>(a0, b0, pa + off_tab[2 * last + half], rstep, wb + 2 * last, p.ws, odd);
+    if (ks + 1 <= last) mma_step<T, MT, NB>(acc, a1, b1);
+    if (ks + 2 <= last) mma_step<T, MT, NB>(acc, a0, b0);
     __syncthreads();  // every warp is done reading the patch: its buffer becomes the staging area
 
-    // Epilogue: bias, activation, one rounding; staged per warp (32 pixels x BN channels), then 16-byte stores.
-    uint4* stage = cur + warp * 32 * CPR;
-#pragma unroll
-    for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-      for (int nt = 0; nt < CPR; ++nt)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int pix = mt * 16 + h * 8 + g, ch = nt * 8 + 2 * t4;
-          const float v0 = activate(acc[mt][nt][2 * h] + bias_s[ch], p);
-          const float v1 = activate(acc[mt][nt][2 * h + 1] + bias_s[ch + 1], p);
-          reinterpret_cast<uint32_t*>(stage + pix * CPR + (nt ^ stage_swizzle<CPR>(pix)))[t4] = pack2<T>(v0, v1);
-        }
-    __syncwarp();
+    // Epilogue: bias, activation, one rounding; staged per warp (64 pixels x 32 channels a pass), then 16-byte
+    // stores, 4 lanes a pixel.
     int n, tp, tq;
     tile_coords(p, tile, &n, &tp, &tq);
+    uint4* stage = cur + warp * kWarpPixels * SC;
 #pragma unroll
-    for (int k = 0; k < CPR; ++k) {
-      const int i = lane + 32 * k, pix = i / CPR, j = i % CPR;
-      const int oy = tp * kTileRows + 2 * warp + pix / 16, ox = tq * kTileCols + pix % 16;
-      if (oy < p.P && ox < p.Q) {
-        const uint4 v = stage[pix * CPR + (j ^ stage_swizzle<CPR>(pix))];
-        *reinterpret_cast<uint4*>(y + ((static_cast<int64_t>(n) * p.P + oy) * p.Q + ox) * p.K + k0 + 8 * j) = v;
+    for (int pass = 0; pass < CPR / SC; ++pass) {
+      if (pass > 0) __syncwarp();  // the previous pass's stores have read the staging area
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nl = 0; nl < SC; ++nl)
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int nt = pass * SC + nl, pix = mt * 16 + h * 8 + g, ch = nt * 8 + 2 * t4;
+            const float v0 = activate(acc[mt][nt][2 * h] + bias_s[ch], p);
+            const float v1 = activate(acc[mt][nt][2 * h + 1] + bias_s[ch + 1], p);
+            reinterpret_cast<uint32_t*>(stage + pix * SC + (nl ^ stage_swizzle<SC>(pix)))[t4] = pack2<T>(v0, v1);
+          }
+      __syncwarp();
+#pragma unroll
+      for (int k = 0; k < kWarpPixels * SC / 32; ++k) {
+        const int i = lane + 32 * k, pix = i / SC, j = i % SC;
+        const int oy = tp * kTileRows + kRowsPerWarp * warp + pix / kTileCols, ox = tq * kTileCols + pix % kTileCols;
+        if (oy < p.P && ox < p.Q) {
+          const uint4 v = stage[pix * SC + (j ^ stage_swizzle<SC>(pix))];
+          *reinterpret_cast<uint4*>(y + ((static_cast<int64_t>(n) * p.P + oy) * p.Q + ox) * p.K + k0 + 8 * (pass * SC + j)) = v;
+        }
       }
     }
   }
@@ -387,10 +410,9 @@ Result<std::unique_ptr<Layer>> create_stem_conv(const LayerSpec& spec, const Cud
   if (tiles > INT32_MAX) return Unsupported(op + ": " + std::to_string(tiles) + " output tiles are over 2^31 - 1");
   p.tiles = static_cast<int>(tiles);
   const std::string act = spec.attr_string("activation", "");
-  p.act = act == "Relu" ? kActRelu : act == "Clip" ? kActClip : act == "LeakyRelu" ? kActLeakyRelu : kActNone;
-  p.lo = spec.attr_float("activation_min", -INFINITY);
-  p.hi = spec.attr_float("activation_max", INFINITY);
-  p.alpha = spec.attr_float("activation_alpha", 0.01f);
+  p.lo = act == "Relu" ? 0.0f : act == "Clip" ? spec.attr_float("activation_min", -INFINITY) : -INFINITY;
+  p.hi = act == "Clip" ? spec.attr_float("activation_max", INFINITY) : INFINITY;
+  p.slope = act == "LeakyRelu" ? spec.attr_float("activation_alpha", 0.01f) : 1.0f;
 
   layer->kernel_ = xd.dtype == DType::kFloat16 ? kernel_for<__half>(layer->c_, bn) : kernel_for<__nv_bfloat16>(layer->c_, bn);
   layer->smem_ = l.bytes;
