@@ -104,9 +104,11 @@ Status fold_constants(ir::Model& model, int* folded) {
 
 Status fold_constants_to_fixpoint(ir::Model& model, int* folded) {
   // Each round can make more shapes static (an Expand whose shape input was just folded, say), and so more
-  // Shape nodes foldable: a transformer's shape arithmetic needs several rounds.
+  // Shape nodes foldable: a transformer's shape arithmetic needs several rounds a layer (ViT-B/16's twelve
+  // layers needed more than 32). Every round but the last folds a node, so the node count bounds them.
   int total = 0;
-  for (int round = 0; round < 32; ++round) {
+  const size_t max_rounds = model.graph.nodes.size() + 1;
+  for (size_t round = 0; round < max_rounds; ++round) {
     int count = 0;
     KILN_RETURN_IF_ERROR(infer_shapes(model));
     KILN_RETURN_IF_ERROR(fold_constants(model, &count));
