@@ -3,9 +3,10 @@
 // and head, without writing the [Sq, Sk] score matrix anywhere.
 //
 // Three kernels:
-// - wgmma_attention_kernel (tactics "cuda.flash.wgmma", "cuda.flash.wgmma.lockstep"; attention_hopper.cu): the
-//   same algorithm on Hopper's warpgroup matrix instructions (sm_90a), float16 / bfloat16, head dims 64 and
-//   128, in two schedules; compute capability 9.0 only (the sm_90a code runs nowhere else).
+// - wgmma_attention_kernel (tactics "cuda.flash.wgmma.pipe", "cuda.flash.wgmma", "cuda.flash.wgmma.lockstep";
+//   attention_hopper.cu): the same algorithm on Hopper's warpgroup matrix instructions (sm_90a), float16 /
+//   bfloat16, head dims 64 and 128, in three schedules; compute capability 9.0 only (the sm_90a code runs
+//   nowhere else).
 // - flash_attention_kernel (tactics "cuda.flash.br64", "cuda.flash.br128"): FlashAttention-2's forward for
 //   float16 / bfloat16 and head dims 64 and 128. A block owns BR query rows of one (batch, head), 16 per warp;
 //   it streams the keys and values through shared memory in tiles of 64 (cp.async, double-buffered), computes
@@ -349,8 +350,18 @@ const char* kPrefix = "CUDA kiln.FusedAttention: ";
 const char* kRowsTactic = "cuda.attention.rows";
 const char* kFlash64 = "cuda.flash.br64";
 const char* kFlash128 = "cuda.flash.br128";
+const char* kWgmmaPipe = "cuda.flash.wgmma.pipe";
 const char* kWgmma = "cuda.flash.wgmma";
 const char* kWgmmaLockstep = "cuda.flash.wgmma.lockstep";
+
+// The Hopper kernel's schedule a tactic names; false when it is not one of the wgmma tactics.
+bool wgmma_schedule(const std::string& tactic, WgmmaSchedule* sched) {
+  if (tactic == kWgmmaPipe) *sched = WgmmaSchedule::kPipelined;
+  else if (tactic == kWgmma) *sched = WgmmaSchedule::kStagger;
+  else if (tactic == kWgmmaLockstep) *sched = WgmmaSchedule::kLockstep;
+  else return false;
+  return true;
+}
 
 // The sm_90a code of the Hopper kernel runs on compute capability 9.0 only.
 bool device_is_sm90() {
@@ -441,11 +452,12 @@ class AttentionLayer : public Layer {
       if (!spec.inputs[i].is_static()) return InvalidArgument(std::string(kPrefix) + "create needs concrete shapes");
     dtype_ = spec.inputs[0].dtype;
     tactic_ = tactic;
-    const bool wgmma = tactic == kWgmma || tactic == kWgmmaLockstep;
+    const bool wgmma = wgmma_schedule(tactic, &sched_);
     if (tactic != kRowsTactic && !((tactic == kFlash64 || tactic == kFlash128) && flash_fits(dtype_, g.D)) &&
         !(wgmma && wgmma_attention_fits(dtype_, g.D)))
       return Unsupported(std::string(kPrefix) + "tactic '" + tactic + "' does not run " + dtype_name(dtype_) +
                          " with head dim " + std::to_string(g.D));
+    wgmma_ = wgmma;
     if (wgmma && !device_is_sm90())
       return Unsupported(std::string(kPrefix) + "tactic '" + tactic + "' needs a device of compute capability 9.0");
     p_.B = static_cast<int>(g.B);
@@ -462,7 +474,7 @@ class AttentionLayer : public Layer {
     p_.causal = spec.attr_int("causal", 0) == 1;
     p_.nan_to_zero = spec.attr_int("nan_to_zero", 0) == 1;
     if (wgmma) {
-      KILN_RETURN_IF_ERROR(opt_in_wgmma_attention(dtype_, p_.D, tactic == kWgmma));
+      KILN_RETURN_IF_ERROR(opt_in_wgmma_attention(dtype_, p_.D, sched_));
     } else if (tactic != kRowsTactic) {
       const bool br128 = tactic == kFlash128;
       KILN_RETURN_IF_ERROR(dtype_ == DType::kFloat16 ? opt_in<__half>(br128) : opt_in<__nv_bfloat16>(br128));
@@ -490,8 +502,7 @@ class AttentionLayer : public Layer {
     // cp.async moves 16-byte chunks: the tensor-core kernels need 16-byte aligned rows (the strides are
     // multiples of D, 64 or 128, so the base pointers decide); unaligned operands take the row kernel.
     const bool aligned = aligned16(q) && aligned16(k) && aligned16(v) && aligned16(y);
-    if ((tactic_ == kWgmma || tactic_ == kWgmmaLockstep) && aligned)
-      return launch_wgmma_attention(dtype_, tactic_ == kWgmma, p_, q, k, v, mask, y, h.stream);
+    if (wgmma_ && aligned) return launch_wgmma_attention(dtype_, sched_, p_, q, k, v, mask, y, h.stream);
     if (tactic_ != kRowsTactic && aligned) {
       const bool br128 = tactic_ == kFlash128;
       if (dtype_ == DType::kFloat16) return flash<__half>(br128, q, k, v, mask, y, h.stream);
@@ -524,6 +535,8 @@ class AttentionLayer : public Layer {
 
   DType dtype_ = DType::kFloat32;
   std::string tactic_;
+  bool wgmma_ = false;
+  WgmmaSchedule sched_ = WgmmaSchedule::kStagger;
   AttentionParams p_;
 };
 
@@ -539,7 +552,7 @@ void register_attention_layers(LayerTable& table) {
   // The tensor-core tactics first (they refuse what they do not run: float32, other head dims, the wgmma one
   // devices other than Hopper).
   k.tactics = [](const LayerSpec&) {
-    return std::vector<std::string>{kWgmma, kWgmmaLockstep, kFlash128, kFlash64, kRowsTactic};
+    return std::vector<std::string>{kWgmmaPipe, kWgmma, kWgmmaLockstep, kFlash128, kFlash64, kRowsTactic};
   };
   k.create = [](const LayerSpec& spec, const std::string& tactic, const CudaHandles&) -> Result<std::unique_ptr<Layer>> {
     auto layer = std::make_unique<AttentionLayer>();

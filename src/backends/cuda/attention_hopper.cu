@@ -62,7 +62,11 @@ __device__ __forceinline__ uint64_t sw128_desc(uint32_t start, uint32_t lbo, uin
 
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+// Waits until at most N of this warpgroup's committed groups are in flight (they complete in order).
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
 // Generic-proxy writes to shared memory (cp.async, ordinary stores) made visible to the async proxy (wgmma).
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
@@ -207,38 +211,161 @@ __device__ __forceinline__ uint32_t chunk_offset(int r, int c) {
   return (c / 8) * (ROWS * 128) + r * 128 + (((c % 8) ^ (r % 8)) * 16);
 }
 
-// Rows [0, ROWS) of an operand from `src` (rows at or past `len` zero-filled) into a swizzled tile.
+// Rows [0, ROWS) of an operand from `src` (rows at or past `len` zero-filled) into a swizzled tile. Thread x
+// copies chunk x % (D / 8) of rows x / (D / 8) + i * kRowStep: a fixed trip count, and the shared-memory offset
+// and the swizzle (row % 8 is the same in every pass) computed once, so each chunk costs a compare, a select
+// and an add (the tile is loaded while the tensor cores run, from the same issue slots as the softmax).
 template <class T, int D, int ROWS>
 __device__ __forceinline__ void load_tile_sw128(unsigned char* tile, const T* src, int64_t seq_stride, int len) {
-  constexpr int kChunks = ROWS * D / 8;
-  static_assert(kChunks % kWgThreads == 0);
+  constexpr int kRowChunks = D / 8, kRowStep = kWgThreads / kRowChunks;
+  static_assert(ROWS % kRowStep == 0 && kRowStep % 8 == 0);
+  const int r0 = threadIdx.x / kRowChunks, cc = threadIdx.x % kRowChunks;
+  const uint32_t dst = smem_addr(tile) + chunk_offset<ROWS>(r0, cc);
+  const T* from = src + r0 * seq_stride + cc * 8;
+  const int64_t step = kRowStep * seq_stride;
 #pragma unroll
-  for (int c = threadIdx.x; c < kChunks; c += kWgThreads) {
-    const int r = c / (D / 8), cc = c % (D / 8);
-    const bool valid = r < len;
-    cp_async16(tile + chunk_offset<ROWS>(r, cc), src + static_cast<int64_t>(valid ? r : 0) * seq_stride + cc * 8,
-               valid);
+  for (int i = 0; i < ROWS / kRowStep; ++i) {
+    const bool valid = r0 + i * kRowStep < len;
+    cp_async16(dst + i * kRowStep * 128, valid ? from + i * step : src, valid);
   }
 }
 
-// O += P V over one tile's keys (k16 steps), P in registers, V's tile at v_addr; waited for.
+// S = Q K^T over the head dim (k16 steps), issued and committed as one group, not waited for.
 template <class T, int D>
-__device__ __forceinline__ void wgmma_pv(float (&o)[D / 2], const uint32_t (&pf)[kKeys / 16][4], uint32_t v_addr) {
-  wgmma_fence();
+__device__ __forceinline__ void wgmma_qk_issue(float (&s)[kKeys / 2], uint32_t q_addr, uint32_t k_addr) {
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ++ks) {
+    const uint64_t da = sw128_desc(q_addr + (ks / 4) * (kQRows * 128) + (ks % 4) * 32, 16, 1024);
+    const uint64_t db = sw128_desc(k_addr + (ks / 4) * (kKeys * 128) + (ks % 4) * 32, 16, 1024);
+    wgmma_ss<T, kKeys>(s, da, db, ks > 0);
+  }
+  wgmma_commit();
+}
+
+// O += P V over one tile's keys (k16 steps), P in registers, V's tile at v_addr; committed, not waited for.
+template <class T, int D>
+__device__ __forceinline__ void wgmma_pv_issue(float (&o)[D / 2], const uint32_t (&pf)[kKeys / 16][4],
+                                               uint32_t v_addr) {
 #pragma unroll
   for (int u = 0; u < kKeys / 16; ++u)
     wgmma_rs_tb<T, D>(o, pf[u], sw128_desc(v_addr + u * 16 * 128, kKeys * 128, 1024));
   wgmma_commit();
-  wgmma_wait_all();
+}
+
+// O += P V, waited for.
+template <class T, int D>
+__device__ __forceinline__ void wgmma_pv(float (&o)[D / 2], const uint32_t (&pf)[kKeys / 16][4], uint32_t v_addr) {
+  wgmma_fence();
+  wgmma_pv_issue<T, D>(o, pf, v_addr);
+  wgmma_wait<0>();
   order_registers(o);
+}
+
+// The running softmax state of this thread's two rows (a: lane / 4 of its warp's 16, b: 8 below).
+struct RowState {
+  float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;
+};
+
+// One tile's S (in registers) to P = exp2(logit - running max), in place, as floats; updates the running max
+// and sum and returns in alpha_* the factor O must be rescaled by.
+//
+// Logits in base 2, masked. Only a tile that crosses the end of the keys or the causal diagonal needs the
+// bounds test, and only a mask the mask's reads: the rest (most tiles) take the first loop, free of
+// per-element branches, which leaves S unscaled (`sc`, the factor still to apply, is folded into the
+// exponent's FFMA; with a positive scale the maximum of S scaled is the scaled maximum).
+template <class T>
+__device__ __forceinline__ void online_softmax(float (&s)[kKeys / 2], RowState& st, float& alpha_a, float& alpha_b,
+                                               const T* mask, const AttentionParams& p, int b, int h, int key0,
+                                               int row_a, int row_b, int wg_row0, int lane) {
+  const bool edge = key0 + kKeys > p.Sk || (p.causal && key0 + kKeys - 1 > wg_row0);
+  const bool plain = !edge && !p.has_mask && p.scale_log2 > 0.0f;
+  const float sc = plain ? p.scale_log2 : 1.0f;
+  float tmax_a = -INFINITY, tmax_b = -INFINITY;
+  if (plain) {
+#pragma unroll
+    for (int t = 0; t < kKeys / 8; ++t) {
+      tmax_a = fmaxf(tmax_a, fmaxf(s[4 * t + 0], s[4 * t + 1]));
+      tmax_b = fmaxf(tmax_b, fmaxf(s[4 * t + 2], s[4 * t + 3]));
+    }
+    tmax_a *= sc;
+    tmax_b *= sc;
+  } else {
+#pragma unroll
+    for (int t = 0; t < kKeys / 8; ++t) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int j = key0 + t * 8 + 2 * (lane % 4) + (e % 2);
+        const int i = e < 2 ? row_a : row_b;
+        float x = s[4 * t + e] * p.scale_log2;
+        if (edge && (j >= p.Sk || (p.causal && j > i))) x = -INFINITY;
+        else if (p.has_mask && i < p.Sq) x += mask_at(mask, p, b, h, i, j) * kAttentionLog2e;
+        s[4 * t + e] = x;
+        if (e < 2) tmax_a = fmaxf(tmax_a, x);
+        else tmax_b = fmaxf(tmax_b, x);
+      }
+    }
+  }
+#pragma unroll
+  for (int off = 1; off < 4; off *= 2) {
+    tmax_a = fmaxf(tmax_a, __shfl_xor_sync(0xffffffffu, tmax_a, off));
+    tmax_b = fmaxf(tmax_b, __shfl_xor_sync(0xffffffffu, tmax_b, off));
+  }
+  // A max of -inf (every logit so far masked) is used as 0, so that exp2(-inf - max) is 0, not NaN.
+  const float mnew_a = fmaxf(st.m_a, tmax_a), mnew_b = fmaxf(st.m_b, tmax_b);
+  const float use_a = mnew_a == -INFINITY ? 0.0f : mnew_a, use_b = mnew_b == -INFINITY ? 0.0f : mnew_b;
+  alpha_a = fast_exp2(st.m_a - use_a);
+  alpha_b = fast_exp2(st.m_b - use_b);
+  st.m_a = mnew_a;
+  st.m_b = mnew_b;
+  st.l_a *= alpha_a;
+  st.l_b *= alpha_b;
+#pragma unroll
+  for (int t = 0; t < kKeys / 8; ++t) {
+    s[4 * t + 0] = fast_exp2(fmaf(s[4 * t + 0], sc, -use_a));
+    s[4 * t + 1] = fast_exp2(fmaf(s[4 * t + 1], sc, -use_a));
+    s[4 * t + 2] = fast_exp2(fmaf(s[4 * t + 2], sc, -use_b));
+    s[4 * t + 3] = fast_exp2(fmaf(s[4 * t + 3], sc, -use_b));
+    st.l_a += s[4 * t + 0] + s[4 * t + 1];
+    st.l_b += s[4 * t + 2] + s[4 * t + 3];
+  }
+}
+
+template <int D>
+__device__ __forceinline__ void rescale_rows(float (&o)[D / 2], float alpha_a, float alpha_b) {
+#pragma unroll
+  for (int t = 0; t < D / 8; ++t) {
+    o[4 * t + 0] *= alpha_a;
+    o[4 * t + 1] *= alpha_a;
+    o[4 * t + 2] *= alpha_b;
+    o[4 * t + 3] *= alpha_b;
+  }
+}
+
+// P packed as the A operand of P V: k16 step u covers n8 slices 2u and 2u + 1, registers {slice 2u row a,
+// slice 2u row b, slice 2u + 1 row a, slice 2u + 1 row b}.
+template <class T>
+__device__ __forceinline__ void pack_p(const float (&s)[kKeys / 2], uint32_t (&pf)[kKeys / 16][4]) {
+#pragma unroll
+  for (int t = 0; t < kKeys / 8; ++t) {
+    pf[t / 2][(t % 2) * 2 + 0] = pack2<T>(s[4 * t + 0], s[4 * t + 1]);
+    pf[t / 2][(t % 2) * 2 + 1] = pack2<T>(s[4 * t + 2], s[4 * t + 3]);
+  }
 }
 
 #endif  // KILN_HAVE_WGMMA
 
-// STAGGER: the second warpgroup issues a tile's P V at the start of the next tile instead of at the end of its
-// own, so that after each barrier one warpgroup's products overlap the other's softmax (FlashAttention-3's
-// "ping-pong", by schedule rather than by named barriers). Off: both warpgroups run the same steps together.
-template <class T, int D, bool STAGGER>
+// The schedules (WgmmaSchedule, attention_params.cuh):
+// - kLockstep: per tile, both warpgroups issue S = Q K^T, wait, run the softmax, issue P V, wait.
+// - kStagger: the second warpgroup issues a tile's P V at the start of the next tile instead of at the end of
+//   its own, so that after each barrier one warpgroup's products overlap the other's softmax
+//   (FlashAttention-3's "ping-pong", by schedule rather than by named barriers).
+// - kPipelined: FlashAttention-3's intra-warpgroup overlap. Each warpgroup issues tile j's S = Q K^T and then
+//   tile j - 1's P V as two commit groups, waits for the first only (wait_group 1) and runs tile j's softmax
+//   while the tensor cores do the P V; then waits for the P V, rescales O and packs tile j's P, whose P V
+//   goes with tile j + 1's S. The softmax leaves P as floats in S's registers until then: the registers of
+//   the P in flight are the wgmma's until it completes. The next tile's loads are issued after the products,
+//   so that their address arithmetic does not delay them.
+template <class T, int D, WgmmaSchedule SCHED>
 __global__ void __launch_bounds__(kWgThreads, 1)
     wgmma_attention_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                            const T* __restrict__ mask, T* __restrict__ y, AttentionParams p) {
@@ -246,6 +373,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   constexpr int kSRegs = kKeys / 2;  // m64n{kKeys} accumulators a thread
   constexpr int kORegs = D / 2;      // m64n{D}
   constexpr int kQBytes = kQRows * D * 2, kTileBytes = kKeys * D * 2;
+  constexpr bool kPipe = SCHED == WgmmaSchedule::kPipelined;
   extern __shared__ unsigned char smem_raw[];
   const uint32_t raw = smem_addr(smem_raw);
   unsigned char* const smem = smem_raw + (((raw + 1023) & ~1023u) - raw);
@@ -284,122 +412,97 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   for (int i = 0; i < kSRegs; ++i) s[i] = 0.0f;
 #pragma unroll
   for (int i = 0; i < kORegs; ++i) o[i] = 0.0f;
-  float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;
+  RowState st;
   const uint32_t q_addr = smem_addr(q_tile) + wg * 64 * 128;
-  // P of the last tile, and (STAGGER, second warpgroup) whether its P V is still to issue, from which stage.
-  uint32_t pf[kKeys / 16][4];
-  const bool defer = STAGGER && wg == 1;
-  bool pending = false;
-  int pending_stage = 0;
+  uint32_t pf[kKeys / 16][4];  // P of the last tile
 
   // Tile t sits in stage t % kStages. The loads of tile t + 1 overwrite tile t - 2, which both warpgroups are
-  // done with by the barrier of tile t (the deferred P V of tile t - 2 ran in iteration t - 1).
-  for (int tile = 0; tile < n_tiles; ++tile) {
+  // done with by the barrier of tile t (the deferred P V of tile t - 2 ran, and was waited for, in iteration
+  // t - 1).
+  auto wait_tile = []() {
     cp_async_wait_all();
     fence_proxy_async();
     __syncthreads();  // this tile's K and V are in; both warpgroups are done with tile - 2's stage
+  };
+  auto load_next = [&](int tile) {
     if (tile + 1 < n_tiles) {
       const int next = (tile + 1) * kKeys, stage = (tile + 1) % kStages;
       load_tile_sw128<T, D, kKeys>(k_tile(stage), kb + static_cast<int64_t>(next) * p.k.seq, p.k.seq, p.Sk - next);
       load_tile_sw128<T, D, kKeys>(v_tile(stage), vb + static_cast<int64_t>(next) * p.v.seq, p.v.seq, p.Sk - next);
     }
     cp_async_commit();
-    if (pending) {  // the previous tile's P V; O complete before this tile's rescale
-      wgmma_pv<T, D>(o, pf, smem_addr(v_tile(pending_stage)));
-      pending = false;
+  };
+  float alpha_a, alpha_b;
+  if constexpr (kPipe) {
+    // The first tile alone, then the steady state, whose products are issued unconditionally (a wgmma under a
+    // branch ptxas cannot prove uniform is serialized), then (causal: the warpgroup's keys end before the
+    // block's) the barriers and loads of the other warpgroup's last tiles. Every warpgroup has a first tile:
+    // wg_key_end >= 1 where n_tiles >= 1.
+    const int wg_tiles = (wg_key_end + kKeys - 1) / kKeys;
+    if (n_tiles > 0) {
+      wait_tile();
+      wgmma_fence();
+      wgmma_qk_issue<T, D>(s, q_addr, smem_addr(k_tile(0)));
+      load_next(0);
+      wgmma_wait<0>();
+      order_registers(s);
+      online_softmax<T>(s, st, alpha_a, alpha_b, mask, p, b, h, 0, row_a, row_b, wg_row0, lane);
+      pack_p<T>(s, pf);  // (O is 0: nothing to rescale)
     }
-    const int key0 = tile * kKeys;
-    if (key0 >= wg_key_end) continue;
-
-    // S = Q K^T over the head dim, k16 steps.
-    const uint32_t k_addr = smem_addr(k_tile(tile % kStages));
-    wgmma_fence();
-#pragma unroll
-    for (int ks = 0; ks < D / 16; ++ks) {
-      const uint64_t da = sw128_desc(q_addr + (ks / 4) * (kQRows * 128) + (ks % 4) * 32, 16, 1024);
-      const uint64_t db = sw128_desc(k_addr + (ks / 4) * (kKeys * 128) + (ks % 4) * 32, 16, 1024);
-      wgmma_ss<T, kKeys>(s, da, db, ks > 0);
+    for (int tile = 1; tile < wg_tiles; ++tile) {
+      wait_tile();
+      wgmma_fence();
+      wgmma_qk_issue<T, D>(s, q_addr, smem_addr(k_tile(tile % kStages)));
+      wgmma_pv_issue<T, D>(o, pf, smem_addr(v_tile((tile - 1) % kStages)));
+      load_next(tile);
+      wgmma_wait<1>();  // S in; the P V of tile - 1 runs on during the softmax
+      order_registers(s);
+      online_softmax<T>(s, st, alpha_a, alpha_b, mask, p, b, h, tile * kKeys, row_a, row_b, wg_row0, lane);
+      wgmma_wait<0>();
+      order_registers(o);
+      rescale_rows<D>(o, alpha_a, alpha_b);
+      pack_p<T>(s, pf);
     }
-    wgmma_commit();
-    wgmma_wait_all();
-    order_registers(s);
-
-    // Logits in base 2, masked; the tile's row maxima. Only a tile that crosses the end of the keys or the
-    // causal diagonal needs the bounds test, and only a mask the mask's reads: the rest (most tiles) take the
-    // first loop, free of per-element branches, which leaves S unscaled (`sc`, the factor still to apply, is
-    // folded into the exponent's FFMA; with a positive scale the maximum of S scaled is the scaled maximum).
-    const bool edge = key0 + kKeys > p.Sk || (p.causal && key0 + kKeys - 1 > wg_row0);
-    const bool plain = !edge && !p.has_mask && p.scale_log2 > 0.0f;
-    const float sc = plain ? p.scale_log2 : 1.0f;
-    float tmax_a = -INFINITY, tmax_b = -INFINITY;
-    if (plain) {
-#pragma unroll
-      for (int t = 0; t < kKeys / 8; ++t) {
-        tmax_a = fmaxf(tmax_a, fmaxf(s[4 * t + 0], s[4 * t + 1]));
-        tmax_b = fmaxf(tmax_b, fmaxf(s[4 * t + 2], s[4 * t + 3]));
+    if (n_tiles > 0) wgmma_pv<T, D>(o, pf, smem_addr(v_tile((wg_tiles - 1) % kStages)));
+    for (int tile = wg_tiles; tile < n_tiles; ++tile) {
+      wait_tile();
+      load_next(tile);
+    }
+  } else {
+    // P of the last tile, and (kStagger, second warpgroup) whether its P V is still to issue, from which stage.
+    const bool defer = SCHED == WgmmaSchedule::kStagger && wg == 1;
+    bool pending = false;
+    int pending_stage = 0;
+    for (int tile = 0; tile < n_tiles; ++tile) {
+      wait_tile();
+      load_next(tile);
+      if (pending) {  // the previous tile's P V; O complete before this tile's rescale
+        wgmma_pv<T, D>(o, pf, smem_addr(v_tile(pending_stage)));
+        pending = false;
       }
-      tmax_a *= sc;
-      tmax_b *= sc;
-    } else {
-#pragma unroll
-      for (int t = 0; t < kKeys / 8; ++t) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int j = key0 + t * 8 + 2 * (lane % 4) + (e % 2);
-          const int i = e < 2 ? row_a : row_b;
-          float x = s[4 * t + e] * p.scale_log2;
-          if (edge && (j >= p.Sk || (p.causal && j > i))) x = -INFINITY;
-          else if (p.has_mask && i < p.Sq) x += mask_at(mask, p, b, h, i, j) * kAttentionLog2e;
-          s[4 * t + e] = x;
-          if (e < 2) tmax_a = fmaxf(tmax_a, x);
-          else tmax_b = fmaxf(tmax_b, x);
-        }
+      const int key0 = tile * kKeys;
+      if (key0 >= wg_key_end) continue;
+      wgmma_fence();
+      wgmma_qk_issue<T, D>(s, q_addr, smem_addr(k_tile(tile % kStages)));
+      wgmma_wait<0>();
+      order_registers(s);
+      online_softmax<T>(s, st, alpha_a, alpha_b, mask, p, b, h, key0, row_a, row_b, wg_row0, lane);
+      rescale_rows<D>(o, alpha_a, alpha_b);
+      pack_p<T>(s, pf);
+      // O += P V, now or (deferring) after the next barrier.
+      if (defer) {
+        pending = true;
+        pending_stage = tile % kStages;
+      } else {
+        wgmma_pv<T, D>(o, pf, smem_addr(v_tile(tile % kStages)));
       }
     }
-#pragma unroll
-    for (int off = 1; off < 4; off *= 2) {
-      tmax_a = fmaxf(tmax_a, __shfl_xor_sync(0xffffffffu, tmax_a, off));
-      tmax_b = fmaxf(tmax_b, __shfl_xor_sync(0xffffffffu, tmax_b, off));
-    }
-    // A max of -inf (every logit so far masked) is used as 0, so that exp2(-inf - max) is 0, not NaN.
-    const float mnew_a = fmaxf(m_a, tmax_a), mnew_b = fmaxf(m_b, tmax_b);
-    const float use_a = mnew_a == -INFINITY ? 0.0f : mnew_a, use_b = mnew_b == -INFINITY ? 0.0f : mnew_b;
-    const float alpha_a = fast_exp2(m_a - use_a), alpha_b = fast_exp2(m_b - use_b);
-    m_a = mnew_a;
-    m_b = mnew_b;
-    l_a *= alpha_a;
-    l_b *= alpha_b;
-#pragma unroll
-    for (int t = 0; t < D / 8; ++t) {
-      o[4 * t + 0] *= alpha_a;
-      o[4 * t + 1] *= alpha_a;
-      o[4 * t + 2] *= alpha_b;
-      o[4 * t + 3] *= alpha_b;
-    }
-    // P = exp2(sc S - max), summed, packed as the A operand of P V: k16 step u covers n8 slices 2u and 2u + 1,
-    // registers {slice 2u row a, slice 2u row b, slice 2u + 1 row a, slice 2u + 1 row b}.
-#pragma unroll
-    for (int t = 0; t < kKeys / 8; ++t) {
-      const float p0 = fast_exp2(fmaf(s[4 * t + 0], sc, -use_a)), p1 = fast_exp2(fmaf(s[4 * t + 1], sc, -use_a));
-      const float p2 = fast_exp2(fmaf(s[4 * t + 2], sc, -use_b)), p3 = fast_exp2(fmaf(s[4 * t + 3], sc, -use_b));
-      l_a += p0 + p1;
-      l_b += p2 + p3;
-      pf[t / 2][(t % 2) * 2 + 0] = pack2<T>(p0, p1);
-      pf[t / 2][(t % 2) * 2 + 1] = pack2<T>(p2, p3);
-    }
-
-    // O += P V, now or (deferring) after the next barrier.
-    if (defer) {
-      pending = true;
-      pending_stage = tile % kStages;
-    } else {
-      wgmma_pv<T, D>(o, pf, smem_addr(v_tile(tile % kStages)));
-    }
+    if (pending) wgmma_pv<T, D>(o, pf, smem_addr(v_tile(pending_stage)));
   }
-  if (pending) wgmma_pv<T, D>(o, pf, smem_addr(v_tile(pending_stage)));
   cp_async_wait_all();
 
   // The row sums over the quad, then Y = O / l (0 or NaN for a row with no key, as softmax over all -inf).
+  float l_a = st.l_a, l_b = st.l_b;
 #pragma unroll
   for (int off = 1; off < 4; off *= 2) {
     l_a += __shfl_xor_sync(0xffffffffu, l_a, off);
@@ -425,20 +528,20 @@ __global__ void __launch_bounds__(kWgThreads, 1)
 #endif
 }
 
-template <class T, int D, bool STAGGER>
+template <class T, int D, WgmmaSchedule SCHED>
 Status opt_in() {
-  if (cudaFuncSetAttribute(wgmma_attention_kernel<T, D, STAGGER>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+  if (cudaFuncSetAttribute(wgmma_attention_kernel<T, D, SCHED>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                            static_cast<int>(wgmma_smem_bytes<D>())) != cudaSuccess)
     return launch_status("wgmma_attention_kernel (shared memory opt-in)");
   return OkStatus();
 }
 
-template <class T, int D, bool STAGGER>
+template <class T, int D, WgmmaSchedule SCHED>
 Status launch(const AttentionParams& p, const void* q, const void* k, const void* v, const void* mask, void* y,
               cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(ceil_div(p.Sq, kQRows)), static_cast<unsigned>(p.H),
                   static_cast<unsigned>(p.B));
-  wgmma_attention_kernel<T, D, STAGGER><<<grid, kWgThreads, wgmma_smem_bytes<D>(), stream>>>(
+  wgmma_attention_kernel<T, D, SCHED><<<grid, kWgThreads, wgmma_smem_bytes<D>(), stream>>>(
       static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), static_cast<const T*>(mask),
       static_cast<T*>(y), p);
   return launch_status("wgmma_attention_kernel");
@@ -450,31 +553,48 @@ bool wgmma_attention_fits(DType t, int64_t head_dim) {
   return (t == DType::kFloat16 || t == DType::kBFloat16) && (head_dim == 64 || head_dim == 128);
 }
 
-template <class T, bool STAGGER>
+template <class T, WgmmaSchedule SCHED>
 Status opt_in_typed(int head_dim) {
-  return head_dim == 64 ? opt_in<T, 64, STAGGER>() : opt_in<T, 128, STAGGER>();
+  return head_dim == 64 ? opt_in<T, 64, SCHED>() : opt_in<T, 128, SCHED>();
 }
 
-template <class T, bool STAGGER>
+template <class T, WgmmaSchedule SCHED>
 Status launch_typed(const AttentionParams& p, const void* q, const void* k, const void* v, const void* mask, void* y,
                     cudaStream_t stream) {
-  return p.D == 64 ? launch<T, 64, STAGGER>(p, q, k, v, mask, y, stream)
-                   : launch<T, 128, STAGGER>(p, q, k, v, mask, y, stream);
+  return p.D == 64 ? launch<T, 64, SCHED>(p, q, k, v, mask, y, stream)
+                   : launch<T, 128, SCHED>(p, q, k, v, mask, y, stream);
 }
 
-Status opt_in_wgmma_attention(DType t, int head_dim, bool stagger) {
-  if (t == DType::kFloat16)
-    return stagger ? opt_in_typed<__half, true>(head_dim) : opt_in_typed<__half, false>(head_dim);
-  return stagger ? opt_in_typed<__nv_bfloat16, true>(head_dim) : opt_in_typed<__nv_bfloat16, false>(head_dim);
+template <class T>
+Status opt_in_scheduled(int head_dim, WgmmaSchedule sched) {
+  switch (sched) {
+    case WgmmaSchedule::kLockstep: return opt_in_typed<T, WgmmaSchedule::kLockstep>(head_dim);
+    case WgmmaSchedule::kStagger: return opt_in_typed<T, WgmmaSchedule::kStagger>(head_dim);
+    case WgmmaSchedule::kPipelined: break;
+  }
+  return opt_in_typed<T, WgmmaSchedule::kPipelined>(head_dim);
 }
 
-Status launch_wgmma_attention(DType t, bool stagger, const AttentionParams& p, const void* q, const void* k,
+template <class T>
+Status launch_scheduled(WgmmaSchedule sched, const AttentionParams& p, const void* q, const void* k, const void* v,
+                        const void* mask, void* y, cudaStream_t stream) {
+  switch (sched) {
+    case WgmmaSchedule::kLockstep: return launch_typed<T, WgmmaSchedule::kLockstep>(p, q, k, v, mask, y, stream);
+    case WgmmaSchedule::kStagger: return launch_typed<T, WgmmaSchedule::kStagger>(p, q, k, v, mask, y, stream);
+    case WgmmaSchedule::kPipelined: break;
+  }
+  return launch_typed<T, WgmmaSchedule::kPipelined>(p, q, k, v, mask, y, stream);
+}
+
+Status opt_in_wgmma_attention(DType t, int head_dim, WgmmaSchedule sched) {
+  return t == DType::kFloat16 ? opt_in_scheduled<__half>(head_dim, sched)
+                              : opt_in_scheduled<__nv_bfloat16>(head_dim, sched);
+}
+
+Status launch_wgmma_attention(DType t, WgmmaSchedule sched, const AttentionParams& p, const void* q, const void* k,
                               const void* v, const void* mask, void* y, cudaStream_t stream) {
-  if (t == DType::kFloat16)
-    return stagger ? launch_typed<__half, true>(p, q, k, v, mask, y, stream)
-                   : launch_typed<__half, false>(p, q, k, v, mask, y, stream);
-  return stagger ? launch_typed<__nv_bfloat16, true>(p, q, k, v, mask, y, stream)
-                 : launch_typed<__nv_bfloat16, false>(p, q, k, v, mask, y, stream);
+  return t == DType::kFloat16 ? launch_scheduled<__half>(sched, p, q, k, v, mask, y, stream)
+                              : launch_scheduled<__nv_bfloat16>(sched, p, q, k, v, mask, y, stream);
 }
 
 }  // namespace kiln::cuda

@@ -40,10 +40,13 @@ __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
-// 16 bytes global -> shared, zero-filled when !valid (rows past the sequence).
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+// 16 bytes global -> shared (a shared-window address), zero-filled when !valid (rows past the sequence).
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
   const int bytes = valid ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(bytes));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes));
+}
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+  cp_async16(smem_addr(dst), src, valid);
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
@@ -60,12 +63,14 @@ __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
   }
 }
 
-// The Hopper kernel (attention_hopper.cu): float16 / bfloat16, head dims 64 and 128, 16-byte aligned operands;
-// `stagger` picks its schedule (the two warpgroups half a tile apart, or together). opt_in raises the kernel's
-// shared-memory limit (once, when a layer is created; never in run(), which may be captured into a CUDA graph).
+// The Hopper kernel (attention_hopper.cu): float16 / bfloat16, head dims 64 and 128, 16-byte aligned operands,
+// in three schedules of its two warpgroups' products and softmax (the kernel's comment says what each does):
+// one per tactic. opt_in raises the kernel's shared-memory limit (once, when a layer is created; never in run(),
+// which may be captured into a CUDA graph).
+enum class WgmmaSchedule { kLockstep, kStagger, kPipelined };
 bool wgmma_attention_fits(DType t, int64_t head_dim);
-Status opt_in_wgmma_attention(DType t, int head_dim, bool stagger);
-Status launch_wgmma_attention(DType t, bool stagger, const AttentionParams& p, const void* q, const void* k,
+Status opt_in_wgmma_attention(DType t, int head_dim, WgmmaSchedule sched);
+Status launch_wgmma_attention(DType t, WgmmaSchedule sched, const AttentionParams& p, const void* q, const void* k,
                               const void* v, const void* mask, void* y, cudaStream_t stream);
 
 }  // namespace kiln::cuda
