@@ -57,18 +57,12 @@ std::string epilogue_activation(const ir::Node& n) {
   return "";
 }
 
-// A name no value of g has yet, from `base`.
-std::string fresh_name(const ir::Graph& g, const std::string& base) {
-  std::string name = base;
-  for (int i = 1; g.initializers.count(name) || g.value_types.count(name); ++i) name = base + "_" + std::to_string(i);
-  return name;
-}
-
 }  // namespace
 
 Status fuse_matmul_bias(ir::Model& model, int* fused) {
   ir::Graph& g = model.graph;
   const GraphReaders readers(g);
+  FreshNames fresh_name(g);
   std::vector<bool> absorbed(g.nodes.size(), false);
   std::map<size_t, ir::Node> replacement;  // position of the chain's last node -> the fused node
   std::map<std::string, Tensor> flattened;  // [1, N] biases made [N], added once the scan is done
@@ -118,25 +112,18 @@ Status fuse_matmul_bias(ir::Model& model, int* fused) {
 
     std::string bias_input = bias_name;
     if (row) {
-      bias_input = fresh_name(g, bias_name + "_flat");
-      while (flattened.count(bias_input)) bias_input += "_";
+      bias_input = fresh_name(bias_name + "_flat");
       flattened[bias_input] = bias->reshaped({n});
     }
     ir::Node f;
-    for (size_t i : chain) {
-      absorbed[i] = true;
-      f.name += (f.name.empty() ? "" : " + ") + g.nodes[i].name;
-    }
+    f.name = absorb_chain(g, chain, absorbed);
     f.op_type = "FusedMatMul";
     f.domain = "kiln";
     f.inputs = {mm.inputs[0], mm.inputs[1], bias_input};
     if (!z.empty()) f.inputs.push_back(z);
     f.outputs = {out};
     f.index = g.nodes[chain.back()].index;
-    ir::Attribute act;
-    act.type = ir::Attribute::Type::kString;
-    act.s = activation;
-    f.attributes["activation"] = act;
+    f.attributes["activation"] = string_attribute(activation);
     replacement[chain.back()] = std::move(f);
   }
   if (fused) *fused = static_cast<int>(replacement.size());

@@ -46,14 +46,10 @@ Status fuse_matmul_gelu(ir::Model& model, int* fused) {
     const DType t = dtype_of(g, mm.outputs[0]);
     if (!is_half(t) || dtype_of(g, g.nodes[gelu_at].outputs[0]) != t) continue;
     ir::Node f = mm;
-    f.name = mm.name + " + " + g.nodes[gelu_at].name;
+    f.name = absorb_chain(g, {k, static_cast<size_t>(gelu_at)}, absorbed);
     f.outputs = g.nodes[gelu_at].outputs;
     f.index = g.nodes[gelu_at].index;
-    ir::Attribute gelu;
-    gelu.type = ir::Attribute::Type::kString;
-    gelu.s = "Gelu";
-    f.attributes["activation"] = gelu;
-    absorbed[k] = absorbed[gelu_at] = true;
+    f.attributes["activation"] = string_attribute("Gelu");
     replacement[static_cast<size_t>(gelu_at)] = std::move(f);
   }
   if (fused) *fused = static_cast<int>(replacement.size());
