@@ -149,6 +149,14 @@ Status optimize_graph(ir::Model& m, const OptimizeOptions& o, Logger& logger, st
     KILN_RETURN_IF_ERROR(passes::infer_shapes(m));
     if (converted > 0)
       logger.log(Severity::kInfo, "optimizer: " + std::to_string(converted) + " convolutions made channels-last");
+    // The Cast, Transpose and channel Pad left before a channels-last stem become one kernel (kiln.Relayout).
+    int relayouts = 0;
+    KILN_RETURN_IF_ERROR(passes::fuse_relayout(m, &relayouts));
+    if (relayouts > 0) {
+      KILN_RETURN_IF_ERROR(passes::eliminate_dead_nodes(m, &removed));  // the Pads' pads
+      KILN_RETURN_IF_ERROR(passes::infer_shapes(m));
+      logger.log(Severity::kInfo, "optimizer: " + std::to_string(relayouts) + " Cast/Transpose/Pad chains fused into kiln.Relayout");
+    }
   }
   // Pointwise fusion last, for GPU engines: what is left of the elementwise ops once the fusions above
   // claimed theirs (epilogues of Conv and MatMul, GELU, SiLU, LayerNorm, softmax, attention: each is one

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <set>
 
+#include "backends/relayout_spec.h"
 #include "passes/passes.h"
 
 namespace kiln::passes {
@@ -348,6 +349,12 @@ class Inferrer {
       TypeInfo y = *x;
       y.dims[1] = y.dims[2] = Dim::of(1);
       return set(n, 0, y);
+    }
+    if (n.op_type == "Relayout") {  // X's dims permuted and padded (backends/relayout_spec.h), in dtype `to`
+      RelayoutAttrs a;
+      const int64_t rank = x->has_shape ? static_cast<int64_t>(x->dims.size()) : -1;
+      if (!read_relayout_attrs(n, rank, x->dtype, &a).empty()) return;
+      return set(n, 0, x->has_shape ? tensor_type(a.to, relayout_dims(x->dims, a)) : dtype_only(a.to));
     }
     if (n.op_type == "FusedAttention") {  // Y is Q with V's head size, in either layout
       if (x->has_shape && x->dims.size() != 4) return;

@@ -98,6 +98,12 @@ Status convert_conv_layout(ir::Model& model, const std::function<bool(const ir::
 // convert_conv_layout pads them to 8: zero weights and a Pad of the NHWC input). (The builder adds: the
 // target is CUDA.)
 bool conv_suits_channels_last(const ir::Graph& g, const ir::Node& n);
+// A chain of two or more Cast (float to float, at most one), Transpose and Pad (mode constant, value 0 or
+// absent, constant non-negative pads) nodes of float32/float16/bfloat16 data of rank <= 6, in any order, each
+// the sole reader of the value before it (no graph output), becomes one kiln.Relayout, Y = Pad(Cast(Transpose(X,
+// perm), to), pads), named "a + b + c": the composed perm, the cast's dtype, the pads moved to Y's axes.
+// The number of fused nodes goes to *fused.
+Status fuse_relayout(ir::Model& model, int* fused = nullptr);
 
 // [Add(X, Mask) ->] Softmax(axis = last, opset >= 13) [-> IsNaN -> Where(isnan, 0, P)] becomes one
 // kiln.MaskedSoftmax(X, Mask, nan_to_zero): the Add only when the Softmax alone reads it and Mask's static
