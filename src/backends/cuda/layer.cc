@@ -180,6 +180,7 @@ const LayerTable& layer_table() {
     register_reduce_layers(t);
     register_pool_layers(t);
     register_channels_last_pool_layers(t);
+    register_relayout_layers(t);
     register_resize_layers(t);
     register_pad_layers(t);
     register_shape_layers(t);

@@ -150,6 +150,7 @@ void register_attention_layers(LayerTable& table);  // attention.cu: kiln.FusedA
 void register_reduce_layers(LayerTable& table);  // reduce.cu: the Reduce ops, ArgMax, ArgMin, CumSum, TopK
 void register_pool_layers(LayerTable& table);  // pool.cu: MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool
 void register_channels_last_pool_layers(LayerTable& table);  // channels_last_pool.cu: kiln.ChannelsLastPool
+void register_relayout_layers(LayerTable& table);  // relayout.cu: kiln.Relayout (Cast + Transpose + Pad in one)
 void register_resize_layers(LayerTable& table);  // resize.cu: Resize
 void register_pad_layers(LayerTable& table);  // pad.cu: Pad
 void register_shape_layers(LayerTable& table);  // shape_ops.cu: Reshape, Flatten, Squeeze, Unsqueeze, Identity (views), Transpose, Expand, Tile
