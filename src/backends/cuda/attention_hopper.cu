@@ -1,4 +1,5 @@
-// kiln.FusedAttention's Hopper kernel (tactic "cuda.flash.wgmma", chosen in attention.cu): FlashAttention's
+// kiln.FusedAttention's Hopper kernel (tactics "cuda.flash.wgmma.pipe", "cuda.flash.wgmma" and
+// "cuda.flash.wgmma.lockstep", chosen in attention.cu): FlashAttention's
 // forward with the warpgroup matrix instructions of sm_90a (wgmma.mma_async), float16 / bfloat16, head dims 64
 // and 128. mma.sync, which the FlashAttention-2 kernel in attention.cu uses, cannot feed an H100's tensor cores.
 //
@@ -15,9 +16,10 @@
 // - O += P V: m64n{D}k16 with A = P from registers and B = V from shared memory. V's tile is [keys, D], D
 //   contiguous: B is MN-major, read with the transpose bit; its 64-column slabs are LBO apart and its groups
 //   of 8 keys 1024 bytes (SBO).
-// Each product is waited for before its accumulators are read (wgmma.wait_group 0). Tactic "cuda.flash.wgmma"
-// staggers the two warpgroups by half a tile so that one's softmax overlaps the other's products (STAGGER
-// below); "cuda.flash.wgmma.lockstep" runs them together, the simpler schedule to compare it with.
+// Three schedules (WgmmaSchedule, above the kernel): "cuda.flash.wgmma.pipe" overlaps each warpgroup's softmax
+// with its own previous P V (FlashAttention-3's intra-warpgroup pipelining); "cuda.flash.wgmma" staggers the
+// two warpgroups by half a tile so that one's softmax overlaps the other's products; ".lockstep" runs them
+// together, waiting for each product (wgmma.wait_group 0) before reading its accumulators.
 //
 // The wgmma code exists only in the sm_90a pass; the build also embeds compute_90 PTX, where the kernel is a
 // trap (the layer only picks this tactic on a device of compute capability 9.0, which loads the sm_90a code).
@@ -418,7 +420,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
 
   // Tile t sits in stage t % kStages. The loads of tile t + 1 overwrite tile t - 2, which both warpgroups are
   // done with by the barrier of tile t (the deferred P V of tile t - 2 ran, and was waited for, in iteration
-  // t - 1).
+  // t - 1; kPipelined: at the top of iteration t).
   auto wait_tile = []() {
     cp_async_wait_all();
     fence_proxy_async();
@@ -434,10 +436,17 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   };
   float alpha_a, alpha_b;
   if constexpr (kPipe) {
+    // Iteration t waits for the P V of tile t - 2, rescales O to tile t - 1's max and packs tile t - 1's P
+    // (left as floats in S's registers by the softmax: the previous P's registers are the in-flight P V's);
+    // then issues tile t's S = Q K^T and tile t - 1's P V, waits for S only (wait_group 1), and runs tile t's
+    // softmax while the P V runs. The wait_group 0 heads the next iteration rather than ending this one:
+    // ptxas schedules such a wait as early as its block allows, which at the end of this one would be before
+    // the softmax it should overlap; it does not move it across the loop's back edge.
+    //
     // The first tile alone, then the steady state, whose products are issued unconditionally (a wgmma under a
-    // branch ptxas cannot prove uniform is serialized), then (causal: the warpgroup's keys end before the
-    // block's) the barriers and loads of the other warpgroup's last tiles. Every warpgroup has a first tile:
-    // wg_key_end >= 1 where n_tiles >= 1.
+    // branch ptxas cannot prove uniform is serialized), then the last tile's P V, then (causal: the
+    // warpgroup's keys end before the block's) the barriers and loads of the other warpgroup's last tiles.
+    // Every warpgroup has a first tile: wg_key_end >= 1 where n_tiles >= 1.
     const int wg_tiles = (wg_key_end + kKeys - 1) / kKeys;
     if (n_tiles > 0) {
       wait_tile();
@@ -447,23 +456,26 @@ __global__ void __launch_bounds__(kWgThreads, 1)
       wgmma_wait<0>();
       order_registers(s);
       online_softmax<T>(s, st, alpha_a, alpha_b, mask, p, b, h, 0, row_a, row_b, wg_row0, lane);
-      pack_p<T>(s, pf);  // (O is 0: nothing to rescale)
-    }
-    for (int tile = 1; tile < wg_tiles; ++tile) {
-      wait_tile();
-      wgmma_fence();
-      wgmma_qk_issue<T, D>(s, q_addr, smem_addr(k_tile(tile % kStages)));
-      wgmma_pv_issue<T, D>(o, pf, smem_addr(v_tile((tile - 1) % kStages)));
-      load_next(tile);
-      wgmma_wait<1>();  // S in; the P V of tile - 1 runs on during the softmax
-      order_registers(s);
-      online_softmax<T>(s, st, alpha_a, alpha_b, mask, p, b, h, tile * kKeys, row_a, row_b, wg_row0, lane);
+      for (int tile = 1; tile < wg_tiles; ++tile) {
+        wgmma_wait<0>();  // the P V of tile - 2
+        order_registers(o);
+        rescale_rows<D>(o, alpha_a, alpha_b);  // (after tile 0, O is 0 and alpha 0)
+        pack_p<T>(s, pf);
+        wait_tile();
+        wgmma_fence();
+        wgmma_qk_issue<T, D>(s, q_addr, smem_addr(k_tile(tile % kStages)));
+        wgmma_pv_issue<T, D>(o, pf, smem_addr(v_tile((tile - 1) % kStages)));
+        load_next(tile);
+        wgmma_wait<1>();  // S in; the P V of tile - 1 runs on during the softmax
+        order_registers(s);
+        online_softmax<T>(s, st, alpha_a, alpha_b, mask, p, b, h, tile * kKeys, row_a, row_b, wg_row0, lane);
+      }
       wgmma_wait<0>();
       order_registers(o);
       rescale_rows<D>(o, alpha_a, alpha_b);
       pack_p<T>(s, pf);
+      wgmma_pv<T, D>(o, pf, smem_addr(v_tile((wg_tiles - 1) % kStages)));
     }
-    if (n_tiles > 0) wgmma_pv<T, D>(o, pf, smem_addr(v_tile((wg_tiles - 1) % kStages)));
     for (int tile = wg_tiles; tile < n_tiles; ++tile) {
       wait_tile();
       load_next(tile);
