@@ -89,6 +89,28 @@ TEST_F(Cli, BuildRunInspect) {
   EXPECT_EQ(read(path("out/y.npy")), read(path("out2/y.npy")));
 }
 
+// The optimized graph of an ONNX model needs no device: a GPU engine's graph prints on a machine without one.
+TEST_F(Cli, InspectGraphPlansWithoutADevice) {
+  Ran cpu = kiln("inspect --graph --device cpu --shapes x:2x4 " + path("mlp.onnx"));
+  ASSERT_EQ(cpu.exit_code, 0) << cpu.output;
+  EXPECT_NE(cpu.output.find("fc: MatMul("), std::string::npos) << cpu.output;
+  Ran gpu = kiln("inspect --graph --device cuda --fp16 --shapes x:2x4 " + path("mlp.onnx"));
+#ifdef KILN_HAVE_CUDA
+  ASSERT_EQ(gpu.exit_code, 0) << gpu.output;
+  EXPECT_NE(gpu.output.find("kiln.FusedMatMul("), std::string::npos) << gpu.output;  // MatMul + bias fused
+  EXPECT_NE(gpu.output.find("float16["), std::string::npos) << gpu.output;           // and lowered
+#else
+  EXPECT_NE(gpu.exit_code, 0);
+  EXPECT_NE(gpu.output.find("without the CUDA backend"), std::string::npos) << gpu.output;
+#endif
+  Ran both = kiln("inspect --graph --device cuda --fp16 --bf16 " + path("mlp.onnx"));
+  EXPECT_NE(both.exit_code, 0);
+  EXPECT_NE(both.output.find("exclude each other"), std::string::npos) << both.output;
+  Ran missing = kiln("inspect --graph " + path("nothing.onnx"));
+  EXPECT_NE(missing.exit_code, 0);
+  EXPECT_NE(missing.output.find("nothing.onnx"), std::string::npos) << missing.output;
+}
+
 TEST_F(Cli, HelpOnEverySubcommand) {
   for (const char* sub : {"build", "run", "check", "inspect", "ops"}) {
     Ran h = kiln(std::string(sub) + " --help");

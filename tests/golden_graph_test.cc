@@ -47,23 +47,13 @@ struct Target {
 const Target kGpuFp16{"gpu_fp16_opt3", true, Precision::kFloat16, 3};
 const Target kCpu{"cpu_opt3", false, Precision::kFloat32, 3};
 
-#ifdef KILN_HAVE_CUDA
-// What the CUDA backend answers (supports() and can_lower_precision()), asked without a device.
-bool cuda_runs_in_half(const ir::Model& m, const ir::Node& n) {
-  const cuda::LayerKind* kind = cuda::layer_table().find_for(n);
-  if (kind == nullptr || !kind->lowers_to_fp16) return false;
-  const auto opset = m.opsets.find(n.domain);
-  return backends::cuda_layer_refusal(n, m.graph, opset == m.opsets.end() ? 0 : opset->second).empty();
-}
-#endif
-
 Result<ir::Model> optimized(ir::Model m, const Target& t) {
   builder::OptimizeOptions o;
   o.for_gpu = t.gpu;
   o.opt_level = t.opt_level;
   o.precision = t.precision;
 #ifdef KILN_HAVE_CUDA
-  if (t.gpu) o.can_run_in_half = cuda_runs_in_half;
+  if (t.gpu) o.can_run_in_half = backends::cuda_runs_in_half;
 #endif
   Logger quiet(Severity::kError);
   KILN_RETURN_IF_ERROR(builder::optimize_graph(m, o, quiet));
@@ -498,7 +488,7 @@ TEST(OptimizeGraph, PinsFollowFusedLayers) {
   o.for_gpu = true;
   o.precision = Precision::kFloat16;
   o.layer_precisions = {{"block.conv2", "fp32"}};
-  o.can_run_in_half = cuda_runs_in_half;
+  o.can_run_in_half = backends::cuda_runs_in_half;
   Logger quiet(Severity::kError);
   std::set<std::string> lowered;
   ASSERT_TRUE(builder::optimize_graph(b.m, o, quiet, &lowered).ok());

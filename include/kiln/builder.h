@@ -59,6 +59,9 @@ class Builder {
   Result<std::vector<uint8_t>> build_serialized_network(const NetworkDefinition& network, const BuilderConfig& config);
   // The same, as a ready engine (no serialization round trip).
   Result<std::shared_ptr<Engine>> build_engine(const NetworkDefinition& network, const BuilderConfig& config);
+  // The optimized graph the build would make, one line per node (`kiln inspect --graph`), planned without a
+  // device and without timing tactics: a GPU engine's graph can be reviewed on a machine with no GPU.
+  Result<std::string> optimized_graph(const NetworkDefinition& network, const BuilderConfig& config);
 
  private:
   Logger& logger_;

@@ -4,6 +4,7 @@
 #include <sstream>
 
 #include "builder/build_plan.h"
+#include "builder/graph_dump.h"
 #include "engine/plan.h"
 #include "kiln/kiln.h"
 #include "onnx/tensor_proto.h"
@@ -427,8 +428,9 @@ const Tensor* ExecutionContext::output(const std::string& name) const {
 
 // ---- Builder and Runtime ----
 
-Result<std::shared_ptr<Engine>> Builder::build_engine(const NetworkDefinition& network, const BuilderConfig& config) {
-  if (network.empty()) return InvalidArgument("the network is empty: parse a model into it first");
+namespace {
+
+Result<engine::BuildSettings> settings_of(const BuilderConfig& config) {
   engine::BuildSettings settings;
   settings.device = config.device();
   settings.input_shapes = config.input_shapes();
@@ -441,8 +443,30 @@ Result<std::shared_ptr<Engine>> Builder::build_engine(const NetworkDefinition& n
   settings.opt_level = config.opt_level();
   if (settings.opt_level < 0 || settings.opt_level > 3)
     return InvalidArgument("opt level must be 0 to 3, got " + std::to_string(settings.opt_level));
+  return settings;
+}
+
+}  // namespace
+
+Result<std::shared_ptr<Engine>> Builder::build_engine(const NetworkDefinition& network, const BuilderConfig& config) {
+  if (network.empty()) return InvalidArgument("the network is empty: parse a model into it first");
+  KILN_ASSIGN_OR_RETURN(const engine::BuildSettings settings, settings_of(config));
   KILN_ASSIGN_OR_RETURN(engine::Plan plan, builder::build_plan(network.model(), settings, logger_));
   return Engine::create(std::move(plan));
+}
+
+Result<std::string> Builder::optimized_graph(const NetworkDefinition& network, const BuilderConfig& config) {
+  if (network.empty()) return InvalidArgument("the network is empty: parse a model into it first");
+  KILN_ASSIGN_OR_RETURN(engine::BuildSettings settings, settings_of(config));
+  if (settings.device == "auto") {
+#ifdef KILN_HAVE_CUDA
+    settings.device = backends::cuda_device_available() ? "cuda" : "cpu";
+#else
+    settings.device = "cpu";
+#endif
+  }
+  KILN_ASSIGN_OR_RETURN(const ir::Model model, builder::plan_graph(network.model(), settings, logger_));
+  return builder::dump_graph(model);
 }
 
 Result<std::vector<uint8_t>> Builder::build_serialized_network(const NetworkDefinition& network,

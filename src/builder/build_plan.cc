@@ -120,15 +120,46 @@ Status attach_pointwise_kernels(ir::Graph& g, const std::vector<engine::LayerInf
 }
 #endif
 
-}  // namespace
-
-Result<engine::Plan> build_plan(const ir::Model& model, const engine::BuildSettings& settings, Logger& logger) {
-  KILN_ASSIGN_OR_RETURN(std::unique_ptr<backends::Backend> gpu, gpu_backend_for(settings.device));
-  std::unique_ptr<backends::Backend> cpu = backends::make_cpu_backend();
+Status check_precisions(const engine::BuildSettings& settings) {
   for (const auto& [name, p] : settings.layer_precisions)
     if (p != "fp32" && p != "fp16" && p != "bf16")
       return InvalidArgument("layer precision for '" + name + "': '" + p + "' is not fp32, fp16 or bf16");
   if (settings.fp16 && settings.bf16) return InvalidArgument("--fp16 and --bf16 exclude each other: choose one");
+  return OkStatus();
+}
+
+// The optimizer's options for a build with these settings (its can_run_in_half is the caller's).
+OptimizeOptions optimize_options(const engine::BuildSettings& settings, bool for_gpu) {
+  OptimizeOptions options;
+  options.for_gpu = for_gpu;
+  options.opt_level = settings.opt_level;
+  options.precision = settings.fp16 ? Precision::kFloat16 : settings.bf16 ? Precision::kBFloat16 : Precision::kFloat32;
+  options.input_shapes = settings.input_shapes;
+  options.layer_precisions = settings.layer_precisions;
+  return options;
+}
+
+}  // namespace
+
+Result<ir::Model> plan_graph(ir::Model model, const engine::BuildSettings& settings, Logger& logger) {
+  const bool for_gpu = settings.device == "cuda";
+  if (!for_gpu && settings.device != "cpu")
+    return InvalidArgument("planning a graph without a device needs device cpu or cuda, not '" + settings.device + "'");
+  KILN_RETURN_IF_ERROR(check_precisions(settings));
+  OptimizeOptions options = optimize_options(settings, for_gpu);
+#ifdef KILN_HAVE_CUDA
+  if (for_gpu) options.can_run_in_half = backends::cuda_runs_in_half;
+#else
+  if (for_gpu) return Unsupported("this Kiln was built without the CUDA backend");
+#endif
+  KILN_RETURN_IF_ERROR(optimize_graph(model, options, logger));
+  return model;
+}
+
+Result<engine::Plan> build_plan(const ir::Model& model, const engine::BuildSettings& settings, Logger& logger) {
+  KILN_ASSIGN_OR_RETURN(std::unique_ptr<backends::Backend> gpu, gpu_backend_for(settings.device));
+  std::unique_ptr<backends::Backend> cpu = backends::make_cpu_backend();
+  KILN_RETURN_IF_ERROR(check_precisions(settings));
 
   engine::Plan plan;
   plan.kiln_version = KILN_VERSION;
@@ -142,12 +173,7 @@ Result<engine::Plan> build_plan(const ir::Model& model, const engine::BuildSetti
   ir::Model& m = plan.model;
 
   // The graph: everything the optimizer decides without timing on the device (optimize_graph.cc).
-  OptimizeOptions options;
-  options.for_gpu = gpu != nullptr;
-  options.opt_level = settings.opt_level;
-  options.precision = settings.fp16 ? Precision::kFloat16 : settings.bf16 ? Precision::kBFloat16 : Precision::kFloat32;
-  options.input_shapes = settings.input_shapes;
-  options.layer_precisions = settings.layer_precisions;
+  OptimizeOptions options = optimize_options(settings, gpu != nullptr);
   if (gpu)
     options.can_run_in_half = [&gpu](const ir::Model& model, const ir::Node& n) {
       return gpu->supports(n, model.graph, opset_of(model, n), nullptr) && gpu->can_lower_precision(n);

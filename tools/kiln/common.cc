@@ -68,12 +68,16 @@ Result<BuilderConfig> make_builder_config(const BuildFlags& f) {
   return config;
 }
 
-Result<std::shared_ptr<Engine>> load_or_build(const std::string& path, const BuilderConfig& config, Logger& logger) {
+bool is_engine_file(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
-  if (!f) return IoError("cannot open '" + path + "'");
   char magic[8] = {};
   f.read(magic, 8);
-  if (std::string(magic, 7) == "KILNENG") {
+  return std::string(magic, 7) == "KILNENG";
+}
+
+Result<std::shared_ptr<Engine>> load_or_build(const std::string& path, const BuilderConfig& config, Logger& logger) {
+  if (!std::ifstream(path, std::ios::binary)) return IoError("cannot open '" + path + "'");
+  if (is_engine_file(path)) {
     Runtime runtime(logger);
     return runtime.deserialize_engine_file(path);
   }

@@ -26,6 +26,8 @@ Result<BuilderConfig> make_builder_config(const BuildFlags& flags);
 
 // Parses "input:1x3x224x224,mask:1x128" (names may contain ':' only before the last one).
 Result<std::map<std::string, Shape>> parse_shapes(const std::string& text);
+// Whether the file starts as a .kiln engine does (false when it cannot be read).
+bool is_engine_file(const std::string& path);
 // A .kiln file is loaded; anything else is treated as ONNX and built in memory with `config`.
 Result<std::shared_ptr<Engine>> load_or_build(const std::string& path, const BuilderConfig& config, Logger& logger);
 // Prints "error: ..." to stderr and returns 1.

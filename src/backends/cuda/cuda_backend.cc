@@ -101,6 +101,13 @@ std::string cuda_layer_refusal(const ir::Node& node, const ir::Graph& graph, int
   return kind->check(spec);
 }
 
+bool cuda_runs_in_half(const ir::Model& model, const ir::Node& node) {
+  const cuda::LayerKind* kind = cuda::layer_table().find_for(node);
+  if (kind == nullptr || !kind->lowers_to_fp16) return false;
+  const auto opset = model.opsets.find(node.domain);
+  return cuda_layer_refusal(node, model.graph, opset == model.opsets.end() ? 0 : opset->second).empty();
+}
+
 Result<std::unique_ptr<Backend>> make_cuda_backend() {
   int n = 0;
   cudaError_t e = cudaGetDeviceCount(&n);
