@@ -71,8 +71,8 @@ def torch_sdpa_ms(b, h, s, d):
         return str(ex)[:200]
 
 
-TACTICS = ["cuda.flash.wgmma.pipe", "cuda.flash.wgmma", "cuda.flash.wgmma.lockstep", "cuda.flash.br128",
-           "cuda.flash.br64"]
+TACTICS = ["cuda.flash.wgmma.pipe", "cuda.flash.wgmma.pipe.staggered", "cuda.flash.wgmma",
+           "cuda.flash.wgmma.lockstep", "cuda.flash.br128", "cuda.flash.br64"]
 
 
 def bench_engine(kiln, engine, jpath):

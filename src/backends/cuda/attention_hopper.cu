@@ -367,6 +367,7 @@ __device__ __forceinline__ void pack_p(const float (&s)[kKeys / 2], uint32_t (&p
 //   goes with tile j + 1's S. The softmax leaves P as floats in S's registers until then: the registers of
 //   the P in flight are the wgmma's until it completes. The next tile's loads are issued after the products,
 //   so that their address arithmetic does not delay them.
+// - kPipelinedStaggered: kPipelined with the second warpgroup half a step behind the first (see the loop).
 template <class T, int D, WgmmaSchedule SCHED>
 __global__ void __launch_bounds__(kWgThreads, 1)
     wgmma_attention_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
@@ -375,7 +376,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   constexpr int kSRegs = kKeys / 2;  // m64n{kKeys} accumulators a thread
   constexpr int kORegs = D / 2;      // m64n{D}
   constexpr int kQBytes = kQRows * D * 2, kTileBytes = kKeys * D * 2;
-  constexpr bool kPipe = SCHED == WgmmaSchedule::kPipelined;
+  constexpr bool kPipe = SCHED == WgmmaSchedule::kPipelined || SCHED == WgmmaSchedule::kPipelinedStaggered;
   extern __shared__ unsigned char smem_raw[];
   const uint32_t raw = smem_addr(smem_raw);
   unsigned char* const smem = smem_raw + (((raw + 1023) & ~1023u) - raw);
@@ -456,12 +457,23 @@ __global__ void __launch_bounds__(kWgThreads, 1)
       wgmma_wait<0>();
       order_registers(s);
       online_softmax<T>(s, st, alpha_a, alpha_b, mask, p, b, h, 0, row_a, row_b, wg_row0, lane);
+      // kPipelinedStaggered: the second warpgroup rescales and packs after the barrier, so that the first one's
+      // products reach the tensor cores first and the two softmaxes run apart rather than together (on the
+      // same special-function units). Its wait stays before the barrier: the loads after it overwrite tile
+      // t - 2's V.
+      const bool late = SCHED == WgmmaSchedule::kPipelinedStaggered && wg == 1;
       for (int tile = 1; tile < wg_tiles; ++tile) {
         wgmma_wait<0>();  // the P V of tile - 2
         order_registers(o);
-        rescale_rows<D>(o, alpha_a, alpha_b);  // (after tile 0, O is 0 and alpha 0)
-        pack_p<T>(s, pf);
+        if (!late) {
+          rescale_rows<D>(o, alpha_a, alpha_b);  // (after tile 0, O is 0 and alpha 0)
+          pack_p<T>(s, pf);
+        }
         wait_tile();
+        if (late) {
+          rescale_rows<D>(o, alpha_a, alpha_b);
+          pack_p<T>(s, pf);
+        }
         wgmma_fence();
         wgmma_qk_issue<T, D>(s, q_addr, smem_addr(k_tile(tile % kStages)));
         wgmma_pv_issue<T, D>(o, pf, smem_addr(v_tile((tile - 1) % kStages)));
@@ -582,6 +594,7 @@ Status opt_in_scheduled(int head_dim, WgmmaSchedule sched) {
   switch (sched) {
     case WgmmaSchedule::kLockstep: return opt_in_typed<T, WgmmaSchedule::kLockstep>(head_dim);
     case WgmmaSchedule::kStagger: return opt_in_typed<T, WgmmaSchedule::kStagger>(head_dim);
+    case WgmmaSchedule::kPipelinedStaggered: return opt_in_typed<T, WgmmaSchedule::kPipelinedStaggered>(head_dim);
     case WgmmaSchedule::kPipelined: break;
   }
   return opt_in_typed<T, WgmmaSchedule::kPipelined>(head_dim);
@@ -593,6 +606,8 @@ Status launch_scheduled(WgmmaSchedule sched, const AttentionParams& p, const voi
   switch (sched) {
     case WgmmaSchedule::kLockstep: return launch_typed<T, WgmmaSchedule::kLockstep>(p, q, k, v, mask, y, stream);
     case WgmmaSchedule::kStagger: return launch_typed<T, WgmmaSchedule::kStagger>(p, q, k, v, mask, y, stream);
+    case WgmmaSchedule::kPipelinedStaggered:
+      return launch_typed<T, WgmmaSchedule::kPipelinedStaggered>(p, q, k, v, mask, y, stream);
     case WgmmaSchedule::kPipelined: break;
   }
   return launch_typed<T, WgmmaSchedule::kPipelined>(p, q, k, v, mask, y, stream);

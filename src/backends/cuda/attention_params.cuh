@@ -64,10 +64,10 @@ __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
 }
 
 // The Hopper kernel (attention_hopper.cu): float16 / bfloat16, head dims 64 and 128, 16-byte aligned operands,
-// in three schedules of its two warpgroups' products and softmax (the kernel's comment says what each does):
+// in four schedules of its two warpgroups' products and softmax (the kernel's comment says what each does):
 // one per tactic. opt_in raises the kernel's shared-memory limit (once, when a layer is created; never in run(),
 // which may be captured into a CUDA graph).
-enum class WgmmaSchedule { kLockstep, kStagger, kPipelined };
+enum class WgmmaSchedule { kLockstep, kStagger, kPipelined, kPipelinedStaggered };
 bool wgmma_attention_fits(DType t, int64_t head_dim);
 Status opt_in_wgmma_attention(DType t, int head_dim, WgmmaSchedule sched);
 Status launch_wgmma_attention(DType t, WgmmaSchedule sched, const AttentionParams& p, const void* q, const void* k,
