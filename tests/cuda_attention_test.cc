@@ -310,6 +310,47 @@ TEST(CudaFusedAttention, CheckRefusesWhatItCannotRun) {
             std::string::npos);
 }
 
+// packed_qkv = 1 (pack_qkv_projections): Q, K and V read in place from one QKV [B, S, 3, H, D], each with
+// sequence stride 3 H D and K and V H D and 2 H D elements into the row, under every tactic the layer lists
+// (the tensor-core ones for float16 / bfloat16 and head dims 64 and 128), with a padding mask whose first row
+// is fully masked; BERT-base's shape and a ragged length.
+TEST(CudaFusedAttention, PackedQkvEveryTactic) {
+  KILN_SKIP_WITHOUT_GPU();
+  for (DType p : {DType::kFloat16, DType::kBFloat16})
+    for (int64_t d : {64, 128})
+      for (auto [b, s, h] : {std::tuple<int64_t, int64_t, int64_t>{1, 128, 12}, {2, 200, 3}}) {
+        SCOPED_TRACE("packed B" + std::to_string(b) + " S" + std::to_string(s) + " H" + std::to_string(h) + " D" +
+                     std::to_string(d) + " " + dtype_name(p));
+        LayerCase c;
+        c.op = "FusedAttention";
+        c.domain = "kiln";
+        c.opset = 1;
+        c.inputs = {random_float({b, s, 3, h, d}, 0.1f, 1.0f), attention_mask({b, 1, s, s}, /*full_row=*/true)};
+        c.attrs["layout"] = string_attr("BSHD");
+        c.attrs["packed_qkv"] = int_attr(1);
+        c.attrs["scale"] = float_attr_of(2.0f / std::sqrt(static_cast<float>(d)));
+        c.attrs["nan_to_zero"] = int_attr(1);
+        c.precision = p;
+        expect_layer_matches_reference(c);  // only_tactic "": the layer's whole list
+      }
+}
+
+TEST(CudaFusedAttention, PackedQkvCheck) {
+  const auto h = DType::kFloat16;
+  std::map<std::string, ir::Attribute> attrs = {
+      {"scale", float_attr_of(0.125f)}, {"layout", string_attr("BSHD")}, {"packed_qkv", int_attr(1)}};
+  EXPECT_EQ(check_of({desc(h, {2, 8, 3, 4, 64})}, attrs), "");
+  EXPECT_EQ(check_of({desc(h, {2, 8, 3, 4, 64}), desc(h, {2, 1, 1, 8})}, attrs), "");
+  EXPECT_NE(check_of({desc(h, {2, 8, 3, 4, 64}), desc(h, {2, 1, 1, 9})}, attrs).find("does not broadcast"),
+            std::string::npos);
+  EXPECT_NE(check_of({desc(h, {2, 8, 4, 64})}, attrs).find("[B, S, 3, H, D]"), std::string::npos);
+  EXPECT_NE(check_of({desc(h, {2, 8, 2, 4, 64})}, attrs).find("[B, S, 3, H, D]"), std::string::npos);
+  EXPECT_NE(check_of({desc(h, {2, 8, 3, 4, 64}), desc(h, {2, 1, 1, 8}), desc(h, {2, 1, 1, 8})}, attrs)
+                .find("packed_qkv"), std::string::npos);
+  attrs["layout"] = string_attr("BHSD");
+  EXPECT_NE(check_of({desc(h, {2, 8, 3, 4, 64})}, attrs).find("needs layout BSHD"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace kiln::testing
 

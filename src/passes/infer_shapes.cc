@@ -357,6 +357,13 @@ class Inferrer {
       return set(n, 0, x->has_shape ? tensor_type(a.to, relayout_dims(x->dims, a)) : dtype_only(a.to));
     }
     if (n.op_type == "FusedAttention") {  // Y is Q with V's head size, in either layout
+      const ir::Attribute* packed = n.attr("packed_qkv");
+      if (packed != nullptr && packed->type == ir::Attribute::Type::kInt && packed->i == 1) {  // QKV [B, S, 3, H, D]
+        if (!x->has_shape) return set(n, 0, dtype_only(x->dtype));
+        const std::vector<Dim>& d = x->dims;
+        if (d.size() != 5 || (d[2].known() && d[2].value != 3)) return;
+        return set(n, 0, tensor_type(x->dtype, {d[0], d[1], d[3], d[4]}));
+      }
       if (x->has_shape && x->dims.size() != 4) return;
       const TypeInfo* v = n.inputs.size() > 2 ? type(n.inputs[2]) : nullptr;
       TypeInfo y = *x;

@@ -375,6 +375,7 @@ bool device_is_sm90() {
 
 struct Geometry {
   bool bshd = false;
+  bool packed = false;  // packed_qkv: one input QKV [B, S, 3, H, D], the mask second
   int64_t B = 0, H = 0, Sq = 0, Sk = 0, D = 0, Dv = 0;
 };
 
@@ -394,42 +395,73 @@ OperandStrides strides_of(const Shape& s, bool bshd) {
   return st;
 }
 
+// Q, K and V read in place from a packed QKV [B, S, 3, H, D]: a row of the sequence holds the three, so each
+// one's sequence stride is 3 H D (K and V start H D and 2 H D elements in).
+OperandStrides packed_strides(const Shape& s) {
+  OperandStrides st;
+  st.head = s[4];
+  st.seq = 3 * s[3] * s[4];
+  st.batch = s[1] * st.seq;
+  return st;
+}
+
+// Where the mask is among the inputs.
+size_t mask_input(bool packed) { return packed ? 1 : 3; }
+
 // "" and the geometry when the node is one this layer runs; shapes not known yet (-1) pass.
 std::string check_attention(const LayerSpec& spec, Geometry* g) {
   const std::string op = kPrefix;
-  if (spec.inputs.size() < 3 || spec.inputs.size() > 4) return op + "takes inputs Q, K, V and an optional Mask";
-  for (int i = 0; i < 3; ++i)
-    if (!spec.inputs[i].present()) return op + "inputs Q, K and V are required";
+  const int64_t packed = spec.attr_int("packed_qkv", 0);
+  if (packed != 0 && packed != 1) return op + "packed_qkv must be 0 or 1, got " + std::to_string(packed);
+  g->packed = packed == 1;
+  const int operands = g->packed ? 1 : 3;  // the inputs before the mask
+  if (g->packed ? spec.inputs.empty() || spec.inputs.size() > 2 : spec.inputs.size() < 3 || spec.inputs.size() > 4)
+    return op + (g->packed ? "with packed_qkv takes inputs QKV and an optional Mask" : "takes inputs Q, K, V and an optional Mask");
+  for (int i = 0; i < operands; ++i)
+    if (!spec.inputs[i].present()) return op + (g->packed ? "input QKV is required" : "inputs Q, K and V are required");
   const DType t = spec.inputs[0].dtype;
   if (!is_float_dtype(t)) return op + "dtype " + dtype_name(t) + " is not supported (float32, float16, bfloat16 are)";
-  const bool has_mask = spec.inputs.size() == 4 && spec.inputs[3].present();
-  for (int i = 1; i < (has_mask ? 4 : 3); ++i)
+  const size_t m_at = mask_input(g->packed);
+  const bool has_mask = spec.inputs.size() == m_at + 1 && spec.inputs[m_at].present();
+  for (size_t i = 1; i < (has_mask ? m_at + 1 : static_cast<size_t>(operands)); ++i)
     if (spec.inputs[i].dtype != t)
       return op + "input " + std::to_string(i) + " is " + dtype_name(spec.inputs[i].dtype) + ", Q " + dtype_name(t);
   const std::string layout = spec.attr_string("layout", "BHSD");
   if (layout != "BHSD" && layout != "BSHD") return op + "layout '" + layout + "' is not BHSD or BSHD";
   g->bshd = layout == "BSHD";
+  if (g->packed && !g->bshd) return op + "packed_qkv needs layout BSHD, got " + layout;
   for (const char* a : {"causal", "nan_to_zero"}) {
     const int64_t v = spec.attr_int(a, 0);
     if (v != 0 && v != 1) return op + a + " must be 0 or 1, got " + std::to_string(v);
   }
   if (!spec.has_attr("scale")) return op + "attribute scale is required";
-  for (int i = 0; i < 3; ++i)
-    if (spec.inputs[i].has_rank && spec.inputs[i].shape.size() != 4)
-      return op + "Q, K and V must have rank 4, input " + std::to_string(i) + " is " + shape_to_string(spec.inputs[i].shape);
-  if (!spec.inputs[0].is_static() || !spec.inputs[1].is_static() || !spec.inputs[2].is_static()) return "";
-  int64_t bk, hk, dk, bv, hv, sv;
-  bhsd_dims(spec.inputs[0].shape, g->bshd, &g->B, &g->H, &g->Sq, &g->D);
-  bhsd_dims(spec.inputs[1].shape, g->bshd, &bk, &hk, &g->Sk, &dk);
-  bhsd_dims(spec.inputs[2].shape, g->bshd, &bv, &hv, &sv, &g->Dv);
-  if (bk != g->B || bv != g->B || hk != g->H || hv != g->H || dk != g->D || sv != g->Sk || g->Dv != g->D)
-    return op + "Q " + shape_to_string(spec.inputs[0].shape) + ", K " + shape_to_string(spec.inputs[1].shape) + " and V " +
-           shape_to_string(spec.inputs[2].shape) + " do not agree (" + layout + ", equal head dims)";
+  if (g->packed) {
+    const TensorDesc& x = spec.inputs[0];
+    if (x.has_rank && (x.shape.size() != 5 || (x.shape[2] >= 0 && x.shape[2] != 3)))
+      return op + "QKV must be [B, S, 3, H, D] with packed_qkv, got " + shape_to_string(x.shape);
+    if (!x.is_static()) return "";
+    g->B = x.shape[0];
+    g->Sq = g->Sk = x.shape[1];
+    g->H = x.shape[3];
+    g->D = g->Dv = x.shape[4];
+  } else {
+    for (int i = 0; i < 3; ++i)
+      if (spec.inputs[i].has_rank && spec.inputs[i].shape.size() != 4)
+        return op + "Q, K and V must have rank 4, input " + std::to_string(i) + " is " + shape_to_string(spec.inputs[i].shape);
+    if (!spec.inputs[0].is_static() || !spec.inputs[1].is_static() || !spec.inputs[2].is_static()) return "";
+    int64_t bk, hk, dk, bv, hv, sv;
+    bhsd_dims(spec.inputs[0].shape, g->bshd, &g->B, &g->H, &g->Sq, &g->D);
+    bhsd_dims(spec.inputs[1].shape, g->bshd, &bk, &hk, &g->Sk, &dk);
+    bhsd_dims(spec.inputs[2].shape, g->bshd, &bv, &hv, &sv, &g->Dv);
+    if (bk != g->B || bv != g->B || hk != g->H || hv != g->H || dk != g->D || sv != g->Sk || g->Dv != g->D)
+      return op + "Q " + shape_to_string(spec.inputs[0].shape) + ", K " + shape_to_string(spec.inputs[1].shape) + " and V " +
+             shape_to_string(spec.inputs[2].shape) + " do not agree (" + layout + ", equal head dims)";
+  }
   if (g->D > 32 * kMaxPerLane) return op + "head dim " + std::to_string(g->D) + " is over 256";
   if (std::max({g->B, g->H}) > 65535 || g->Sq * g->Sk >= (int64_t{1} << 31))
     return op + "batch or heads over 65535, or a score matrix of 2^31 elements or more";
-  if (has_mask && spec.inputs[3].has_rank) {
-    const Shape& m = spec.inputs[3].shape;
+  if (has_mask && spec.inputs[m_at].has_rank) {
+    const Shape& m = spec.inputs[m_at].shape;
     const Shape full = {g->B, g->H, g->Sq, g->Sk};
     if (m.size() > 4) return op + "Mask " + shape_to_string(m) + " has rank over 4";
     for (size_t i = 0; i < m.size(); ++i) {
@@ -448,7 +480,7 @@ class AttentionLayer : public Layer {
   Status init(const LayerSpec& spec, const std::string& tactic) {
     Geometry g;
     if (std::string why = check_attention(spec, &g); !why.empty()) return Unsupported(why);
-    for (int i = 0; i < 3; ++i)
+    for (int i = 0; i < (g.packed ? 1 : 3); ++i)
       if (!spec.inputs[i].is_static()) return InvalidArgument(std::string(kPrefix) + "create needs concrete shapes");
     dtype_ = spec.inputs[0].dtype;
     tactic_ = tactic;
@@ -465,9 +497,15 @@ class AttentionLayer : public Layer {
     p_.Sq = static_cast<int>(g.Sq);
     p_.Sk = static_cast<int>(g.Sk);
     p_.D = static_cast<int>(g.D);
-    p_.q = strides_of(spec.inputs[0].shape, g.bshd);
-    p_.k = strides_of(spec.inputs[1].shape, g.bshd);
-    p_.v = strides_of(spec.inputs[2].shape, g.bshd);
+    if (g.packed) {
+      p_.q = p_.k = p_.v = packed_strides(spec.inputs[0].shape);
+      kv_offset_bytes_ = g.H * g.D * static_cast<int64_t>(dtype_size(dtype_));
+    } else {
+      p_.q = strides_of(spec.inputs[0].shape, g.bshd);
+      p_.k = strides_of(spec.inputs[1].shape, g.bshd);
+      p_.v = strides_of(spec.inputs[2].shape, g.bshd);
+    }
+    packed_ = g.packed;
     const Shape y_shape = g.bshd ? Shape{g.B, g.Sq, g.H, g.D} : Shape{g.B, g.H, g.Sq, g.D};
     p_.y = strides_of(y_shape, g.bshd);
     p_.scale_log2 = spec.attr_float("scale", 1.0f) * kLog2e;
@@ -479,9 +517,10 @@ class AttentionLayer : public Layer {
       const bool br128 = tactic == kFlash128;
       KILN_RETURN_IF_ERROR(dtype_ == DType::kFloat16 ? opt_in<__half>(br128) : opt_in<__nv_bfloat16>(br128));
     }
-    p_.has_mask = spec.inputs.size() == 4 && spec.inputs[3].present();
+    const size_t m_at = mask_input(g.packed);
+    p_.has_mask = spec.inputs.size() == m_at + 1 && spec.inputs[m_at].present();
     if (p_.has_mask) {
-      const Shape& m = spec.inputs[3].shape;
+      const Shape& m = spec.inputs[m_at].shape;
       // Contiguous strides of the mask, aligned to the right of [B, H, Sq, Sk]; 0 where it broadcasts.
       int64_t stride = 1;
       for (int i = static_cast<int>(m.size()) - 1; i >= 0; --i) {
@@ -496,11 +535,19 @@ class AttentionLayer : public Layer {
   Status run(const std::vector<DeviceTensor>& inputs, const std::vector<DeviceTensor>& outputs, void*,
              const CudaHandles& h) const override {
     if (p_.B == 0 || p_.H == 0 || p_.Sq == 0 || p_.D == 0) return OkStatus();
-    const void* mask = p_.has_mask ? inputs[3].data : nullptr;
-    const void *q = inputs[0].data, *k = inputs[1].data, *v = inputs[2].data;
+    const void* mask = p_.has_mask ? inputs[mask_input(packed_)].data : nullptr;
+    const void *q = inputs[0].data, *k = nullptr, *v = nullptr;
+    if (packed_) {  // K and V in place, H D and 2 H D elements into each row of QKV
+      k = static_cast<const char*>(q) + kv_offset_bytes_;
+      v = static_cast<const char*>(q) + 2 * kv_offset_bytes_;
+    } else {
+      k = inputs[1].data;
+      v = inputs[2].data;
+    }
     void* y = outputs[0].data;
     // cp.async moves 16-byte chunks: the tensor-core kernels need 16-byte aligned rows (the strides are
-    // multiples of D, 64 or 128, so the base pointers decide); unaligned operands take the row kernel.
+    // multiples of D, 64 or 128, so the base pointers decide: K's and V's offset ones when packed);
+    // unaligned operands take the row kernel.
     const bool aligned = aligned16(q) && aligned16(k) && aligned16(v) && aligned16(y);
     if (wgmma_ && aligned) return launch_wgmma_attention(dtype_, sched_, p_, q, k, v, mask, y, h.stream);
     if (tactic_ != kRowsTactic && aligned) {
@@ -536,6 +583,8 @@ class AttentionLayer : public Layer {
   DType dtype_ = DType::kFloat32;
   std::string tactic_;
   bool wgmma_ = false;
+  bool packed_ = false;
+  int64_t kv_offset_bytes_ = 0;  // packed: where K starts in a row of QKV (V twice as far)
   WgmmaSchedule sched_ = WgmmaSchedule::kStagger;
   AttentionParams p_;
 };

@@ -10,8 +10,13 @@
 // the linear projections reshaped to heads give, so the Transposes around attention go); the mask always
 // broadcasts to the logical [B, H, Sq, Sk]. One row of logits at a time, in float32 (float64 for float64),
 // rounded once at the end; a row whose logits are all -inf gives NaN as softmax does, or 0 with nan_to_zero.
+// With packed_qkv = 1 (made by pack_qkv_projections) the inputs are (QKV, Mask): QKV [B, S, 3, H, D], the
+// output of one GEMM for the three projections, Q = QKV[:, :, 0], K = QKV[:, :, 1], V = QKV[:, :, 2] (layout
+// BSHD only); the reference slices them out and computes as above.
 #include <algorithm>
+#include <array>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <vector>
@@ -114,20 +119,40 @@ struct HeadStrides {
   int64_t at(int64_t bi, int64_t hi, int64_t si) const { return bi * b + hi * h + si * s; }
 };
 
+// Q, K and V out of a packed QKV [B, S, 3, H, D]: three [B, S, H, D] tensors.
+std::array<Tensor, 3> unpack_qkv(const Tensor& qkv) {
+  const Shape& s = qkv.shape();
+  const Shape one{s[0], s[1], s[3], s[4]};
+  const size_t chunk = static_cast<size_t>(s[3] * s[4]) * dtype_size(qkv.dtype());  // one (b, s, i) row of H*D
+  const int64_t rows = s[0] * s[1];
+  std::array<Tensor, 3> out{Tensor(qkv.dtype(), one), Tensor(qkv.dtype(), one), Tensor(qkv.dtype(), one)};
+  const auto* src = static_cast<const unsigned char*>(qkv.raw_data());
+  for (int i = 0; i < 3; ++i) {
+    auto* dst = static_cast<unsigned char*>(out[i].raw_data());
+    for (int64_t r = 0; r < rows; ++r) std::memcpy(dst + r * chunk, src + (r * 3 + i) * chunk, chunk);
+  }
+  return out;
+}
+
 Status fused_attention_kernel(KernelContext& ctx) {
-  if (ctx.num_inputs() > 4)
-    return ctx.error("takes 4 inputs (Q, K, V, Mask), got " + std::to_string(ctx.num_inputs()));
+  KILN_ASSIGN_OR_RETURN(const bool packed, flag_attr(ctx, "packed_qkv"));
+  const size_t n_inputs = packed ? 2 : 4, mask_input = packed ? 1 : 3;
+  if (ctx.num_inputs() > n_inputs)
+    return ctx.error(packed ? "with packed_qkv takes 2 inputs (QKV, Mask), got " + std::to_string(ctx.num_inputs())
+                            : "takes 4 inputs (Q, K, V, Mask), got " + std::to_string(ctx.num_inputs()));
   static const char* const kNames[] = {"Q", "K", "V", "Mask"};
-  for (int i = 0; i < 3; ++i)
+  if (packed && !ctx.has_input(0)) return ctx.error("input QKV is required");
+  for (int i = 0; i < (packed ? 0 : 3); ++i)
     if (!ctx.has_input(i)) return ctx.error(std::string("input ") + kNames[i] + " is required");
-  const Tensor& q0 = ctx.input(0);
-  const DType dt = q0.dtype();
+  const bool has_mask = ctx.has_input(mask_input);
+  const DType dt = ctx.input(0).dtype();
   if (dt != DType::kFloat32 && dt != DType::kFloat64 && dt != DType::kFloat16 && dt != DType::kBFloat16)
-    return ctx.error("Q must be float16, bfloat16, float32 or float64, got " + q0.description());
-  for (size_t i = 1; i < 4; ++i)
+    return ctx.error(std::string(packed ? "QKV" : "Q") + " must be float16, bfloat16, float32 or float64, got " +
+                     ctx.input(0).description());
+  for (size_t i = 1; i < n_inputs; ++i)
     if (ctx.has_input(i) && ctx.input(i).dtype() != dt)
-      return ctx.error(std::string(kNames[i]) + " must have Q's dtype " + dtype_name(dt) + ", got " +
-                       ctx.input(i).description());
+      return ctx.error(std::string(kNames[i == mask_input ? 3 : i]) + " must have Q's dtype " + dtype_name(dt) +
+                       ", got " + ctx.input(i).description());
   const std::string layout = ctx.attr_string("layout", "BHSD");
   if (layout != "BHSD" && layout != "BSHD") return ctx.error("layout must be \"BHSD\" or \"BSHD\", got \"" + layout + "\"");
   const bool bshd = layout == "BSHD";
@@ -136,13 +161,27 @@ Status fused_attention_kernel(KernelContext& ctx) {
   KILN_ASSIGN_OR_RETURN(const bool causal, flag_attr(ctx, "causal"));
   KILN_ASSIGN_OR_RETURN(const bool nan_to_zero, flag_attr(ctx, "nan_to_zero"));
 
-  for (int i = 0; i < 3; ++i)
-    if (ctx.input(i).rank() != 4)
-      return ctx.error(std::string(kNames[i]) + " must have rank 4 (" + layout + "), got " +
-                       shape_to_string(ctx.input(i).shape()));
+  std::array<Tensor, 3> unpacked;
+  const Tensor* qkv[3] = {nullptr, nullptr, nullptr};
+  if (packed) {
+    const Tensor& p = ctx.input(0);
+    if (!bshd) return ctx.error("packed_qkv needs layout \"BSHD\", got \"" + layout + "\"");
+    if (p.rank() != 5 || p.dim(2) != 3)
+      return ctx.error("QKV must be [B, S, 3, H, D] with packed_qkv, got " + shape_to_string(p.shape()));
+    unpacked = unpack_qkv(p);
+    for (int i = 0; i < 3; ++i) qkv[i] = &unpacked[i];
+  } else {
+    for (int i = 0; i < 3; ++i) {
+      qkv[i] = &ctx.input(i);
+      if (qkv[i]->rank() != 4)
+        return ctx.error(std::string(kNames[i]) + " must have rank 4 (" + layout + "), got " +
+                         shape_to_string(qkv[i]->shape()));
+    }
+  }
+  const Tensor& q0 = *qkv[0];
   const Shape& qs = q0.shape();
-  const Shape& ks = ctx.input(1).shape();
-  const Shape& vs = ctx.input(2).shape();
+  const Shape& ks = qkv[1]->shape();
+  const Shape& vs = qkv[2]->shape();
   const int ha = bshd ? 2 : 1, sa = bshd ? 1 : 2;  // the axes of H and S in this layout
   const int64_t B = qs[0], H = qs[ha], Sq = qs[sa], D = qs[3], Sk = ks[sa], Dv = vs[3];
   auto mismatch = [&](const char* what, const char* a, const Shape& as, const char* b, const Shape& bs) {
@@ -157,8 +196,8 @@ Status fused_attention_kernel(KernelContext& ctx) {
   const Shape logical{B, H, Sq, Sk};
   std::vector<int64_t> mask_at;
   Tensor mask;
-  if (ctx.has_input(3)) {
-    const Tensor& m0 = ctx.input(3);
+  if (has_mask) {
+    const Tensor& m0 = ctx.input(mask_input);
     auto b = broadcast_shapes(logical, m0.shape());
     if (m0.rank() > 4 || !b.ok() || *b != logical)
       return ctx.error("Mask " + shape_to_string(m0.shape()) + " does not broadcast to [B,H,Sq,Sk] " +
@@ -167,7 +206,7 @@ Status fused_attention_kernel(KernelContext& ctx) {
     mask_at = broadcast_index_map(mask.shape(), logical);
   }
 
-  const Tensor q = widen_to_float32(q0), k = widen_to_float32(ctx.input(1)), v = widen_to_float32(ctx.input(2));
+  const Tensor q = widen_to_float32(q0), k = widen_to_float32(*qkv[1]), v = widen_to_float32(*qkv[2]);
   const Shape ys = bshd ? Shape{B, Sq, H, Dv} : Shape{B, H, Sq, Dv};
   Tensor y(q.dtype(), ys);
   const HeadStrides qst(qs, bshd), kst(ks, bshd), vst(vs, bshd), yst(ys, bshd);
