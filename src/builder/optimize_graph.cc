@@ -59,7 +59,7 @@ Status optimize_graph(ir::Model& m, const OptimizeOptions& o, Logger& logger, st
   // Fusions into the optimizer's kiln.* ops, for GPU engines: each saves a kernel launch and a round trip of
   // the intermediate through memory there (the CPU reference gains nothing from them).
   if (o.for_gpu && o.opt_level >= 2) {
-    int gelus = 0, matmuls = 0, convs = 0, activations = 0, softmaxes = 0, attentions = 0, removed = 0;
+    int gelus = 0, matmuls = 0, convs = 0, activations = 0, softmaxes = 0, attentions = 0, packed = 0, removed = 0;
     KILN_RETURN_IF_ERROR(passes::recognize_gelu(m, &gelus));
     KILN_RETURN_IF_ERROR(passes::infer_shapes(m));
     KILN_RETURN_IF_ERROR(passes::fuse_matmul_bias(m, &matmuls));  // after recognize_gelu: absorbs a tanh GELU
@@ -68,13 +68,15 @@ Status optimize_graph(ir::Model& m, const OptimizeOptions& o, Logger& logger, st
     KILN_RETURN_IF_ERROR(passes::recognize_activations(m, &activations));
     KILN_RETURN_IF_ERROR(passes::fuse_masked_softmax(m, &softmaxes));
     KILN_RETURN_IF_ERROR(passes::fuse_attention(m, &attentions));  // after fuse_masked_softmax: absorbs its node
+    KILN_RETURN_IF_ERROR(passes::pack_qkv_projections(m, &packed));  // one GEMM for the attention's Q, K and V
     KILN_RETURN_IF_ERROR(passes::eliminate_dead_nodes(m, &removed));
     KILN_RETURN_IF_ERROR(passes::infer_shapes(m));
     logger.log(Severity::kInfo, "optimizer: " + std::to_string(gelus) + " GELU recognized, " +
                                     std::to_string(matmuls) + " MatMul + bias and " + std::to_string(convs) +
                                     " Conv + activation fused, " + std::to_string(activations) +
                                     " SiLU / HardSwish recognized, " + std::to_string(softmaxes) +
-                                    " masked softmax, " + std::to_string(attentions) + " attention");
+                                    " masked softmax, " + std::to_string(attentions) + " attention (" +
+                                    std::to_string(packed) + " with Q, K and V packed into one GEMM)");
   }
   auto layer_named = [&](const std::string& name) -> const ir::Node* {
     for (const auto& n : m.graph.nodes)

@@ -120,6 +120,12 @@ Status fuse_masked_softmax(ir::Model& model, int* fused = nullptr);
 // broadcasting to [B,H,Sq,Sk]; every absorbed value read by the chain alone. Run after fuse_masked_softmax
 // and infer_shapes. The number of fused nodes goes to *fused.
 Status fuse_attention(ir::Model& model, int* fused = nullptr);
+// A kiln.FusedAttention (BSHD, not packed) whose Q, K and V are each Reshape(Pi, [B, S, H, D]) (a constant
+// shape, H and D given) of a kiln.FusedMatMul Pi = (A, Wi, bi) of one A, without activation or Z, Wi and bi
+// initializers of one dtype and shape, Pi and the Reshapes read by nothing else: one kiln.FusedMatMul (A,
+// concat(Wq, Wk, Wv), concat(bq, bk, bv)) named "q + k + v", a Reshape to [B, S, 3, H, D], and the attention
+// with packed_qkv = 1 reading it (and the mask). Run after fuse_attention. The number packed goes to *packed.
+Status pack_qkv_projections(ir::Model& model, int* packed = nullptr);
 // Fuses each maximal group of two or more ONNX elementwise nodes (Add Sub Mul Div Neg Abs Exp Log Sqrt Tanh
 // Sigmoid Relu Erf Pow, Max and Min of two inputs) into one kiln.Pointwise with a `program`, named "a + b":
 // every value made inside the group is read only inside it and is no graph output; every value it reads and
