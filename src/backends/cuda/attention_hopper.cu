@@ -215,8 +215,9 @@ __device__ __forceinline__ uint32_t chunk_offset(int r, int c) {
 
 // Rows [0, ROWS) of an operand from `src` (rows at or past `len` zero-filled) into a swizzled tile. Thread x
 // copies chunk x % (D / 8) of rows x / (D / 8) + i * kRowStep: a fixed trip count, and the shared-memory offset
-// and the swizzle (row % 8 is the same in every pass) computed once, so each chunk costs a compare, a select
-// and an add (the tile is loaded while the tensor cores run, from the same issue slots as the softmax).
+// and the swizzle (row % 8 is the same in every pass) computed once, so each chunk of a whole tile costs an
+// add, and of the last one a compare and selects too (the tile is loaded while the tensor cores run, from the
+// same issue slots as the softmax).
 template <class T, int D, int ROWS>
 __device__ __forceinline__ void load_tile_sw128(unsigned char* tile, const T* src, int64_t seq_stride, int len) {
   constexpr int kRowChunks = D / 8, kRowStep = kWgThreads / kRowChunks;
@@ -225,6 +226,11 @@ __device__ __forceinline__ void load_tile_sw128(unsigned char* tile, const T* sr
   const uint32_t dst = smem_addr(tile) + chunk_offset<ROWS>(r0, cc);
   const T* from = src + r0 * seq_stride + cc * 8;
   const int64_t step = kRowStep * seq_stride;
+  if (len >= ROWS) {  // a whole tile (all but the last): no row to test
+#pragma unroll
+    for (int i = 0; i < ROWS / kRowStep; ++i) cp_async16(dst + i * kRowStep * 128, from + i * step, true);
+    return;
+  }
 #pragma unroll
   for (int i = 0; i < ROWS / kRowStep; ++i) {
     const bool valid = r0 + i * kRowStep < len;
