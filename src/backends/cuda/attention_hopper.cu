@@ -62,6 +62,10 @@ __device__ __forceinline__ uint64_t sw128_desc(uint32_t start, uint32_t lbo, uin
          (static_cast<uint64_t>((sbo >> 4) & 0x3FFF) << 32) | (uint64_t{1} << 62);
 }
 
+// The descriptor of the same matrix `bytes` further on (a multiple of 16): the start address field is the
+// address >> 4 in bits [0, 14), and no shared-memory address (under 2^18) carries out of it.
+__device__ __forceinline__ uint64_t desc_advance(uint64_t desc, uint32_t bytes) { return desc + (bytes >> 4); }
+
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 // Waits until at most N of this warpgroup's committed groups are in flight (they complete in order).
@@ -241,11 +245,11 @@ __device__ __forceinline__ void load_tile_sw128(unsigned char* tile, const T* sr
 // S = Q K^T over the head dim (k16 steps), issued and committed as one group, not waited for.
 template <class T, int D>
 __device__ __forceinline__ void wgmma_qk_issue(float (&s)[kKeys / 2], uint32_t q_addr, uint32_t k_addr) {
+  const uint64_t qd = sw128_desc(q_addr, 16, 1024), kd = sw128_desc(k_addr, 16, 1024);
 #pragma unroll
   for (int ks = 0; ks < D / 16; ++ks) {
-    const uint64_t da = sw128_desc(q_addr + (ks / 4) * (kQRows * 128) + (ks % 4) * 32, 16, 1024);
-    const uint64_t db = sw128_desc(k_addr + (ks / 4) * (kKeys * 128) + (ks % 4) * 32, 16, 1024);
-    wgmma_ss<T, kKeys>(s, da, db, ks > 0);
+    wgmma_ss<T, kKeys>(s, desc_advance(qd, (ks / 4) * (kQRows * 128) + (ks % 4) * 32),
+                       desc_advance(kd, (ks / 4) * (kKeys * 128) + (ks % 4) * 32), ks > 0);
   }
   wgmma_commit();
 }
@@ -254,9 +258,9 @@ __device__ __forceinline__ void wgmma_qk_issue(float (&s)[kKeys / 2], uint32_t q
 template <class T, int D>
 __device__ __forceinline__ void wgmma_pv_issue(float (&o)[D / 2], const uint32_t (&pf)[kKeys / 16][4],
                                                uint32_t v_addr) {
+  const uint64_t vd = sw128_desc(v_addr, kKeys * 128, 1024);
 #pragma unroll
-  for (int u = 0; u < kKeys / 16; ++u)
-    wgmma_rs_tb<T, D>(o, pf[u], sw128_desc(v_addr + u * 16 * 128, kKeys * 128, 1024));
+  for (int u = 0; u < kKeys / 16; ++u) wgmma_rs_tb<T, D>(o, pf[u], desc_advance(vd, u * 16 * 128));
   wgmma_commit();
 }
 
