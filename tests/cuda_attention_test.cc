@@ -1,7 +1,7 @@
 // The CUDA layer of kiln.FusedAttention (src/backends/cuda/attention.cu) against its CPU reference: the
-// tensor-core kernels (tactics cuda.flash.br64 / br128 on mma.sync, cuda.flash.wgmma.pipe, cuda.flash.wgmma
-// and its lockstep schedule on Hopper's wgmma in attention_hopper.cu, which need an H100 / H200; float16 and
-// bfloat16, head dims 64 and 128) and the
+// tensor-core kernels (tactics cuda.flash.br64 / br128 on mma.sync; cuda.flash.wgmma.pipe, .pipe.staggered,
+// cuda.flash.wgmma and its lockstep schedule on Hopper's wgmma in attention_hopper.cu, which need an H100 /
+// H200; float16 and bfloat16, head dims 64 and 128) and the
 // one-warp-a-row kernel (cuda.attention.rows; every float type, head dims up to 256), on BERT-base's shapes
 // (BSHD, a [B, 1, S, S] padding mask with a fully masked row), sequence lengths that are not multiples of the
 // 64-key tile, Sq != Sk, causal masking, a key-padding mask [B, 1, 1, Sk], and both nan_to_zero settings.
@@ -23,9 +23,10 @@ namespace kiln::testing {
 namespace {
 
 const char* const kWgmmaTactic = "cuda.flash.wgmma.pipe";  // the one tried first
-const char* const kWgmmaTactics[] = {kWgmmaTactic, "cuda.flash.wgmma", "cuda.flash.wgmma.lockstep"};
-const char* const kFlashTactics[] = {kWgmmaTactic, "cuda.flash.wgmma", "cuda.flash.wgmma.lockstep",
-                                     "cuda.flash.br64", "cuda.flash.br128"};
+const char* const kWgmmaTactics[] = {kWgmmaTactic, "cuda.flash.wgmma.pipe.staggered", "cuda.flash.wgmma",
+                                     "cuda.flash.wgmma.lockstep"};
+const char* const kFlashTactics[] = {kWgmmaTactic, "cuda.flash.wgmma.pipe.staggered", "cuda.flash.wgmma",
+                                     "cuda.flash.wgmma.lockstep", "cuda.flash.br64", "cuda.flash.br128"};
 
 // 0 where attended, -inf where not (about a fifth), and the first row of the mask's last two dims wholly -inf
 // when `full_row`.
@@ -156,7 +157,7 @@ TEST(CudaFusedAttention, LongSequence) {
     }
 }
 
-// The Hopper kernel alone (its three schedules), each of its pieces: both dtypes and head dims, both layouts,
+// The Hopper kernel alone (its four schedules), each of its pieces: both dtypes and head dims, both layouts,
 // lengths that are not multiples of its 128-row and 128-key tiles (one tile, a ragged last tile, Sq > Sk and
 // Sq < Sk), causal (the diagonal tile, tiles one warpgroup skips), a padding mask with a fully masked row under
 // both nan_to_zero settings, B > 1 and H > 1.

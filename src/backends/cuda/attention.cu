@@ -3,10 +3,10 @@
 // and head, without writing the [Sq, Sk] score matrix anywhere.
 //
 // Three kernels:
-// - wgmma_attention_kernel (tactics "cuda.flash.wgmma.pipe", "cuda.flash.wgmma", "cuda.flash.wgmma.lockstep";
-//   attention_hopper.cu): the same algorithm on Hopper's warpgroup matrix instructions (sm_90a), float16 /
-//   bfloat16, head dims 64 and 128, in three schedules; compute capability 9.0 only (the sm_90a code runs
-//   nowhere else).
+// - wgmma_attention_kernel (tactics "cuda.flash.wgmma.pipe", "cuda.flash.wgmma.pipe.staggered",
+//   "cuda.flash.wgmma", "cuda.flash.wgmma.lockstep"; attention_hopper.cu): the same algorithm on Hopper's
+//   warpgroup matrix instructions (sm_90a), float16 / bfloat16, head dims 64 and 128, in four schedules;
+//   compute capability 9.0 only (the sm_90a code runs nowhere else).
 // - flash_attention_kernel (tactics "cuda.flash.br64", "cuda.flash.br128"): FlashAttention-2's forward for
 //   float16 / bfloat16 and head dims 64 and 128. A block owns BR query rows of one (batch, head), 16 per warp;
 //   it streams the keys and values through shared memory in tiles of 64 (cp.async, double-buffered), computes
@@ -351,12 +351,14 @@ const char* kRowsTactic = "cuda.attention.rows";
 const char* kFlash64 = "cuda.flash.br64";
 const char* kFlash128 = "cuda.flash.br128";
 const char* kWgmmaPipe = "cuda.flash.wgmma.pipe";
+const char* kWgmmaPipeStaggered = "cuda.flash.wgmma.pipe.staggered";
 const char* kWgmma = "cuda.flash.wgmma";
 const char* kWgmmaLockstep = "cuda.flash.wgmma.lockstep";
 
 // The Hopper kernel's schedule a tactic names; false when it is not one of the wgmma tactics.
 bool wgmma_schedule(const std::string& tactic, WgmmaSchedule* sched) {
   if (tactic == kWgmmaPipe) *sched = WgmmaSchedule::kPipelined;
+  else if (tactic == kWgmmaPipeStaggered) *sched = WgmmaSchedule::kPipelinedStaggered;
   else if (tactic == kWgmma) *sched = WgmmaSchedule::kStagger;
   else if (tactic == kWgmmaLockstep) *sched = WgmmaSchedule::kLockstep;
   else return false;
@@ -601,7 +603,8 @@ void register_attention_layers(LayerTable& table) {
   // The tensor-core tactics first (they refuse what they do not run: float32, other head dims, the wgmma one
   // devices other than Hopper).
   k.tactics = [](const LayerSpec&) {
-    return std::vector<std::string>{kWgmmaPipe, kWgmma, kWgmmaLockstep, kFlash128, kFlash64, kRowsTactic};
+    return std::vector<std::string>{kWgmmaPipe, kWgmmaPipeStaggered, kWgmma,   kWgmmaLockstep,
+                                    kFlash128,  kFlash64,            kRowsTactic};
   };
   k.create = [](const LayerSpec& spec, const std::string& tactic, const CudaHandles&) -> Result<std::unique_ptr<Layer>> {
     auto layer = std::make_unique<AttentionLayer>();
