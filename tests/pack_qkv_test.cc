@@ -221,6 +221,17 @@ TEST(PackQkvProjections, ProjectionsFirstNoMaskCopiedDims) {
             (std::vector<int64_t>{0, 0, 3, 2, 8}));
 }
 
+// transformers' BERT reshapes with view(B, S, -1, D): H comes from the Reshape's inferred output type.
+TEST(PackQkvProjections, HeadsInferredFromTheReshapesType) {
+  Layer b;
+  b.heads = {2, 6, -1, 8};
+  b.build();
+  EXPECT_EQ(pack_and_compare(b), 1);
+  ASSERT_EQ(op_types(b.m), (std::vector<std::string>{"kiln.FusedMatMul", "Reshape", "kiln.FusedAttention"}));
+  EXPECT_EQ(b.m.graph.initializers.at(b.m.graph.nodes[1].inputs[1]).to_int64_vector(),
+            (std::vector<int64_t>{2, 6, 3, 2, 8}));
+}
+
 TEST(PackQkvProjections, TwoLayersEachPacked) {
   Layer b;
   b.build();

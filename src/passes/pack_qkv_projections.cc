@@ -74,8 +74,17 @@ bool match_projection(const ir::Graph& g, const GraphReaders& readers, const std
   const Tensor* shape = constant_value(g, reshape.inputs[1]);
   if (shape == nullptr || shape->dtype() != DType::kInt64 || shape->rank() != 1 || shape->numel() != 4) return false;
   p->shape = shape->to_int64_vector();
-  // H and D given (not 0, which copies an input dim, nor -1): the packed shape puts the 3 before them.
-  if (p->shape[2] <= 0 || p->shape[3] <= 0) return false;
+  // The packed shape puts the 3 before H and D, so they must be numbers there: a 0 (copy an input dim) or -1
+  // (infer) would then land on another dim. Where the shape says 0 or -1 for them (transformers' BERT writes
+  // view(B, S, -1, D)), the Reshape's inferred output type gives them.
+  if (p->shape[2] <= 0 || p->shape[3] <= 0) {
+    const ir::TypeInfo* t = g.type_of(reshape.outputs[0]);
+    if (t == nullptr || !t->is_static() || t->dims.size() != 4) return false;
+    const Shape out = t->static_shape();
+    p->shape[2] = out[2];
+    p->shape[3] = out[3];
+    if (p->shape[2] <= 0 || p->shape[3] <= 0) return false;
+  }
   const long m = readers.producer(reshape.inputs[0]);
   if (m < 0 || readers.sole_reader(reshape.inputs[0]) != r) return false;
   const ir::Node& mm = g.nodes[m];
