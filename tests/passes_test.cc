@@ -5,6 +5,7 @@
 #include <set>
 
 #include "graph_builder.h"
+#include "kernel_harness.h"
 #include "onnx/importer.h"
 #include "passes/passes.h"
 #include "test_models.h"
@@ -68,6 +69,22 @@ TEST(Passes, FoldingRunsAsManyRoundsAsTheShapeChainNeeds) {
   EXPECT_EQ(folded, kLinks);
   for (const auto& n : b.m.graph.nodes) EXPECT_NE(n.op_type, "Shape") << n.name;
   EXPECT_EQ(b.m.graph.type_of("y40")->to_string(), "float32[2,3]");
+}
+
+// Split's parts from its split input, its attribute, or equal parts (GPT-2's Q/K/V split: unknown types
+// there left most of a GPU engine on the CPU).
+TEST(Passes, InferShapesOfSplit) {
+  testing::GraphBuilder b(18);
+  b.input("x", Tensor(DType::kFloat16, {2, 16, 48}));
+  b.init("sizes", Tensor::from_vector<int64_t>(DType::kInt64, {3}, {16, 16, 16}));
+  b.node("Split", {"x", "sizes"}, {"q", "k", "v"}).attributes["axis"] = testing::int_attr(2);
+  b.node("Split", {"x"}, {"a", "c"}).attributes["axis"] = testing::int_attr(-1);
+  b.node("Split", {"x"}, {"p", "r", "s", "t", "u"}).attributes["axis"] = testing::int_attr(1);  // 4, 4, 4, 4, 0
+  ASSERT_TRUE(passes::infer_shapes(b.m).ok());
+  for (const char* v : {"q", "k", "v"}) EXPECT_EQ(b.m.graph.type_of(v)->to_string(), "float16[2,16,16]") << v;
+  EXPECT_EQ(b.m.graph.type_of("a")->to_string(), "float16[2,16,24]");
+  EXPECT_EQ(b.m.graph.type_of("p")->to_string(), "float16[2,4,48]");
+  EXPECT_EQ(b.m.graph.type_of("u")->to_string(), "float16[2,0,48]");
 }
 
 TEST(Passes, FoldsConstantSubgraphsButNotInputsWithDefaults) {

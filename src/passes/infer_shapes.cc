@@ -290,6 +290,33 @@ class Inferrer {
       out[axis] = known ? Dim::of(sum) : Dim();
       return set(n, 0, tensor_type(x->dtype, out));
     }
+    if (op == "Split") {  // sizes from the split input (opset 13+) or attribute, else equal parts
+      int64_t axis = iattr(n, "axis", 0);
+      if (axis < 0) axis += rank;
+      if (axis < 0 || axis >= rank) return;
+      std::vector<int64_t> sizes;
+      if (n.inputs.size() > 1 && !n.inputs[1].empty()) {
+        const Tensor* c = constant(n.inputs[1]);
+        if (!c) return;
+        sizes = c->to_int64_vector();
+      } else {
+        sizes = iattrs(n, "split");
+      }
+      const size_t parts = n.outputs.size();
+      if (sizes.empty()) {  // equal parts, the last one smaller where the dim does not divide (opset 18)
+        if (!d[axis].known() || parts == 0) return;
+        const int64_t each = (d[axis].value + static_cast<int64_t>(parts) - 1) / static_cast<int64_t>(parts);
+        for (size_t i = 0; i < parts; ++i)
+          sizes.push_back(std::max<int64_t>(0, std::min(each, d[axis].value - each * static_cast<int64_t>(i))));
+      }
+      if (sizes.size() != parts) return;
+      for (size_t i = 0; i < parts; ++i) {
+        std::vector<Dim> out = d;
+        out[axis] = Dim::of(sizes[i]);
+        set(n, i, tensor_type(x->dtype, out));
+      }
+      return;
+    }
     if (op == "Gather") {
       const TypeInfo* idx = type(n.inputs[1]);
       if (!idx || !idx->has_shape) return;
