@@ -228,5 +228,30 @@ TEST(Passes, LowerPrecisionConvertsOncePerValueAndCastsBackAtTheEdges) {
   EXPECT_FALSE(passes::lower_precision(m, DType::kInt8, lower).ok());
 }
 
+// A node whose output type shape inference cannot tell (Tile, here) stays in float32 even where the predicate
+// would lower it: lowered, its readers would take its float16 data for float32 (GPT-2's engines did, before
+// Split was inferred: "inputs must have the same dtype, got float16 and float32" at run time).
+TEST(Passes, LowerPrecisionKeepsNodesWithUnknownOutputTypesInFloat32) {
+  testing::GraphBuilder b;
+  b.input("x", Tensor::from_vector<float>(DType::kFloat32, {2, 3}, {-1, 2, -3, 4, -5, 6}));
+  b.init("reps", Tensor::from_vector<int64_t>(DType::kInt64, {2}, {2, 1}));
+  b.scalar("half", 0.5f);
+  b.node("Relu", {"x"}, {"r"}, "relu");
+  b.node("Tile", {"r", "reps"}, {"t"}, "tile");
+  b.node("Mul", {"t", "half"}, {"y"}, "scale");
+  b.output("y");
+  const std::vector<Tensor> before = b.run();
+  ASSERT_TRUE(passes::infer_shapes(b.m).ok());
+  ASSERT_EQ(b.m.graph.type_of("t"), nullptr);  // if Tile gains inference, pick another op this test
+  std::set<std::string> lowered;
+  ASSERT_TRUE(passes::lower_precision(b.m, DType::kFloat16, [](const ir::Node&) { return true; }, &lowered).ok());
+  EXPECT_EQ(lowered, (std::set<std::string>{"relu"}));
+  EXPECT_EQ(op_types(b.m), (std::vector<std::string>{"Cast", "Relu", "Cast", "Tile", "Mul"}));
+  EXPECT_EQ(b.m.graph.nodes[3].inputs[0], "r");  // the float32 copy
+  const std::vector<Tensor> after = b.run();
+  ASSERT_EQ(after.size(), 1u);
+  testing::expect_close(after[0], before[0], 1e-3, "y");
+}
+
 }  // namespace
 }  // namespace kiln

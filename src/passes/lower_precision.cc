@@ -50,6 +50,11 @@ Status lower_precision(ir::Model& model, DType low, const std::function<bool(con
     return t != nullptr && t->kind == ir::TypeInfo::Kind::kTensor && t->dtype == DType::kFloat32;
   };
 
+  auto has_known_dtype = [&](const std::string& name) {
+    const ir::TypeInfo* t = g.type_of(name);
+    return t != nullptr && t->kind == ir::TypeInfo::Kind::kTensor && t->dtype != DType::kUndefined;
+  };
+
   std::map<std::string, std::string> low_name;  // float32 value -> its lowered twin
   std::set<std::string> fp32_missing;           // float32 values that exist only in lowered form so far
   std::vector<ir::Node> out;
@@ -66,6 +71,10 @@ Status lower_precision(ir::Model& model, DType low, const std::function<bool(con
       lowers = false;
       for (size_t i = 0; i < n.inputs.size(); ++i)
         if (is_fp32(n.inputs[i]) && !input_stays_fp32(n, i)) lowers = true;
+      // An output whose type shape inference does not know could not be told lowered: its readers would take
+      // half-precision data for float32 (a Tile, say). Such a node stays in float32.
+      for (const auto& o : n.outputs)
+        if (!o.empty() && !has_known_dtype(o)) lowers = false;
     }
     if (!lowers) {
       for (const auto& r : runtime::node_reads(n)) need_fp32(r);
