@@ -1,5 +1,5 @@
 // What the two CUDA kernels of kiln.FusedAttention share: the launch parameters (attention.cu fills them from
-// the node), the mask read, the cp.async helpers, and the entry points of the Hopper kernel
+// the node), the mask read, the sm_80 helpers they use (mma_sm80.cuh), and the entry points of the Hopper kernel
 // (attention_hopper.cu), which attention.cu's layer calls.
 #pragma once
 
@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include "backends/cuda/device_common.cuh"
+#include "backends/cuda/mma_sm80.cuh"
 
 namespace kiln::cuda {
 
@@ -36,32 +37,15 @@ __device__ __forceinline__ float mask_at(const T* mask, const AttentionParams& p
   return to_f(mask[b * p.mask_strides[0] + h * p.mask_strides[1] + i * p.mask_strides[2] + j * p.mask_strides[3]]);
 }
 
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16 bytes global -> shared (a shared-window address), zero-filled when !valid (rows past the sequence).
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
-  const int bytes = valid ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes));
-}
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
-  cp_async16(smem_addr(dst), src, valid);
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
-
-// Two floats as one register of two T (the lower address first).
-template <class T>
-__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
-  if constexpr (std::is_same_v<T, __half>) {
-    const __half2 h = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&h);
-  } else {
-    const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&h);
-  }
-}
+// The sm_80 helpers (mma_sm80.cuh) both attention kernels use.
+using sm80::cp_async16;
+using sm80::cp_async_commit;
+using sm80::cp_async_wait_all;
+using sm80::ldmatrix_x4;
+using sm80::ldmatrix_x4_trans;
+using sm80::mma16816;
+using sm80::pack2;
+using sm80::smem_addr;
 
 // The Hopper kernel (attention_hopper.cu): float16 / bfloat16, head dims 64 and 128, 16-byte aligned operands,
 // in four schedules of its two warpgroups' products and softmax (the kernel's comment says what each does):

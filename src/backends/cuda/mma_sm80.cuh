@@ -1,13 +1,11 @@
 // The sm_80+ warp-level tensor-core building blocks the hand-written CUDA kernels share: cp.async copies
 // into shared memory (zero-filled when the source is out of range), ldmatrix loads of 8x8 b16 matrices, the
 // mma.sync m16n8k16 product with float accumulators for float16 and bfloat16, and the float -> T pair
-// packing of its results. Users: stem_conv.cu; attention.cu has its own copy of the same helpers and
-// should include this header instead.
+// packing of its results. Users: stem_conv.cu, and the attention kernels through attention_params.cuh.
 //
 // The asm statements are volatile: ldmatrix reads shared memory written by other threads, and must stay
 // between the __syncthreads() that publish and retire it. The helpers live in namespace sm80 so that a file
-// may include this header next to another one with helpers of the same names (attention_params.cuh has
-// copies of cp_async16, pack2 and smem_addr in kiln::cuda, which should move here).
+// names them (or brings them in with using-declarations) on purpose.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -22,10 +20,14 @@ __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
-// 16 bytes global -> shared, zero-filled when !valid (src is then not read, but must be a valid address).
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+// 16 bytes global -> shared, zero-filled when !valid (src is then not read, but must be a valid address);
+// dst as a shared-window address (smem_addr) or a pointer.
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
   const int bytes = valid ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(bytes));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes));
+}
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+  cp_async16(smem_addr(dst), src, valid);
 }
 // 8 bytes global -> shared (both 8-byte aligned), zero-filled when !valid.
 __device__ __forceinline__ void cp_async8(void* dst, const void* src, bool valid) {
