@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cmath>
 #include <cstdio>
 #include <map>
@@ -277,25 +278,20 @@ inline void expect_layer_matches_reference(const LayerCase& c) {
   }
 }
 
-// Times op's layer ("default" tactic) for spec on h.stream, as the bandwidth tests do: 25 runs, the median of
-// the last 20 in ms (in *median_ms). A failed step fails the test: call it in ASSERT_NO_FATAL_FAILURE.
-inline void time_layer_ms(const std::string& op, const cuda::LayerSpec& spec,
-                          const std::vector<cuda::DeviceTensor>& ins, const std::vector<cuda::DeviceTensor>& outs,
-                          const cuda::CudaHandles& h, double* median_ms) {
-  const cuda::LayerKind* kind = cuda::layer_table().find(op);
-  ASSERT_NE(kind, nullptr);
-  ASSERT_EQ(kind->check(spec), "");
-  auto layer = kind->create(spec, "default", h);
-  ASSERT_TRUE(layer.ok()) << layer.status().to_string();
+// Times a created layer on h.stream: 25 runs, the median of the last 20 in ms (in *median_ms), with a
+// workspace of its size. A failed step fails the test: call it in ASSERT_NO_FATAL_FAILURE.
+inline void time_created_layer_ms(const cuda::Layer& layer, const std::vector<cuda::DeviceTensor>& ins,
+                                  const std::vector<cuda::DeviceTensor>& outs, const cuda::CudaHandles& h,
+                                  double* median_ms) {
   std::unique_ptr<detail::DeviceMem> ws;
-  if ((*layer)->workspace_bytes() > 0) ws = std::make_unique<detail::DeviceMem>((*layer)->workspace_bytes());
+  if (layer.workspace_bytes() > 0) ws = std::make_unique<detail::DeviceMem>(layer.workspace_bytes());
   cudaEvent_t e0, e1;
   cudaEventCreate(&e0);
   cudaEventCreate(&e1);
   std::vector<float> ms;
   for (int it = 0; it < 25; ++it) {
     cudaEventRecord(e0, h.stream);
-    ASSERT_TRUE((*layer)->run(ins, outs, ws ? ws->p : nullptr, h).ok());
+    ASSERT_TRUE(layer.run(ins, outs, ws ? ws->p : nullptr, h).ok());
     cudaEventRecord(e1, h.stream);
     ASSERT_EQ(cudaEventSynchronize(e1), cudaSuccess);
     float t = 0;
@@ -307,6 +303,27 @@ inline void time_layer_ms(const std::string& op, const cuda::LayerSpec& spec,
   std::sort(ms.begin(), ms.end());
   *median_ms = ms[ms.size() / 2];
 }
+
+// Times op's layer ("default" tactic) for spec on h.stream, as the bandwidth tests do (time_created_layer_ms).
+inline void time_layer_ms(const std::string& op, const cuda::LayerSpec& spec,
+                          const std::vector<cuda::DeviceTensor>& ins, const std::vector<cuda::DeviceTensor>& outs,
+                          const cuda::CudaHandles& h, double* median_ms) {
+  const cuda::LayerKind* kind = cuda::layer_table().find(op);
+  ASSERT_NE(kind, nullptr);
+  ASSERT_EQ(kind->check(spec), "");
+  auto layer = kind->create(spec, "default", h);
+  ASSERT_TRUE(layer.ok()) << layer.status().to_string();
+  time_created_layer_ms(**layer, ins, outs, h, median_ms);
+}
+
+// Benchmarks written as tests (they print a time, never assert on one) run only when a bench script asks:
+// KILN_BENCH=1, so the GPU test round stays short.
+#define KILN_SKIP_UNLESS_BENCH()                                                              \
+  do {                                                                                        \
+    const char* kiln_bench_env = std::getenv("KILN_BENCH");                                   \
+    if (kiln_bench_env == nullptr || std::string(kiln_bench_env) != "1")                      \
+      GTEST_SKIP() << "a benchmark: set KILN_BENCH=1 to run it";                              \
+  } while (0)
 
 // ---------------------------------------------------------------------------------------------------------
 // What the data-movement tests (cuda_index_ops_test.cc, cuda_shape_ops_test.cc) share

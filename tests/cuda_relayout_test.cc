@@ -122,8 +122,10 @@ TEST(CudaRelayout, GeneralPerms) {
   expect_relayout({1000003}, DType::kFloat32, {0}, DType::kFloat16, {3, 4}, false);
 }
 
-// ResNet-50's input at batch 256, both tactics: 154 MB read, 205 MB written. Printed for the GPU round.
+// ResNet-50's input at batch 256, both tactics: 154 MB read, 205 MB written. A benchmark, not a test: it
+// prints the times, with KILN_BENCH=1 only.
 TEST(CudaRelayout, ResNet50Batch256Time) {
+  KILN_SKIP_UNLESS_BENCH();
   KILN_SKIP_WITHOUT_GPU();
   const Shape xs = {256, 3, 224, 224}, ys = {256, 224, 224, 8};
   const Tensor x_host(DType::kFloat32, xs), y_host(DType::kFloat16, ys);
@@ -141,23 +143,8 @@ TEST(CudaRelayout, ResNet50Batch256Time) {
   for (const std::string& tactic : kind->tactics(spec)) {
     auto layer = kind->create(spec, tactic, h);
     ASSERT_TRUE(layer.ok()) << layer.status().to_string();
-    cudaEvent_t e0, e1;
-    cudaEventCreate(&e0);
-    cudaEventCreate(&e1);
-    std::vector<float> ms;
-    for (int it = 0; it < 25; ++it) {
-      cudaEventRecord(e0, h.stream);
-      ASSERT_TRUE((*layer)->run(ins, outs, nullptr, h).ok());
-      cudaEventRecord(e1, h.stream);
-      ASSERT_EQ(cudaEventSynchronize(e1), cudaSuccess);
-      float t = 0;
-      cudaEventElapsedTime(&t, e0, e1);
-      if (it >= 5) ms.push_back(t);
-    }
-    cudaEventDestroy(e0);
-    cudaEventDestroy(e1);
-    std::sort(ms.begin(), ms.end());
-    const double median = ms[ms.size() / 2];
+    double median = 0;
+    ASSERT_NO_FATAL_FAILURE(time_created_layer_ms(**layer, ins, outs, h, &median));
     const double gbs = static_cast<double>(x_host.nbytes() + y_host.nbytes()) / (median * 1e-3) / 1e9;
     std::printf("kiln.Relayout [256,3,224,224] float32 -> [256,224,224,8] float16, %s: %.3f ms (%.0f GB/s)\n",
                 tactic.c_str(), median, gbs);

@@ -251,8 +251,7 @@ TEST(CudaStemConvCheck, RefusedElsewhereWithUnsupported) {
 // is ResNetStem's; the target is 0.45 ms on an H100. A benchmark, not a test: it runs only with KILN_BENCH=1
 // in the environment (bench scripts set it), so that the GPU test round stays short.
 TEST(CudaStemConvBench, ResNetStemBatch256) {
-  const char* bench = std::getenv("KILN_BENCH");
-  if (bench == nullptr || std::string(bench) != "1") GTEST_SKIP() << "a benchmark: set KILN_BENCH=1 to run it";
+  KILN_SKIP_UNLESS_BENCH();
   KILN_SKIP_WITHOUT_GPU();
   const auto h = DType::kFloat16;
   const Shape xs = {256, 224, 224, 8}, ws = {64, 7, 7, 8}, ys = {256, 112, 112, 64};
@@ -282,25 +281,9 @@ TEST(CudaStemConvBench, ResNetStemBatch256) {
       std::printf("  %s: not run (%s)\n", tactic, layer.status().to_string().c_str());
       continue;
     }
-    std::unique_ptr<detail::DeviceMem> wsp;
-    if ((*layer)->workspace_bytes() > 0) wsp = std::make_unique<detail::DeviceMem>((*layer)->workspace_bytes());
-    cudaEvent_t e0, e1;
-    cudaEventCreate(&e0);
-    cudaEventCreate(&e1);
-    std::vector<float> ms;
-    for (int it = 0; it < 25; ++it) {
-      cudaEventRecord(e0, handles.stream);
-      ASSERT_TRUE((*layer)->run(ins, outs, wsp ? wsp->p : nullptr, handles).ok());
-      cudaEventRecord(e1, handles.stream);
-      ASSERT_EQ(cudaEventSynchronize(e1), cudaSuccess);
-      float t = 0;
-      cudaEventElapsedTime(&t, e0, e1);
-      if (it >= 5) ms.push_back(t);
-    }
-    cudaEventDestroy(e0);
-    cudaEventDestroy(e1);
-    std::sort(ms.begin(), ms.end());
-    std::printf("  ResNet-50 stem, batch 256, float16: %s %.3f ms (median of 20)\n", tactic, ms[ms.size() / 2]);
+    double median = 0;
+    ASSERT_NO_FATAL_FAILURE(time_created_layer_ms(**layer, ins, outs, handles, &median));
+    std::printf("  ResNet-50 stem, batch 256, float16: %s %.3f ms (median of 20)\n", tactic, median);
   }
 }
 
