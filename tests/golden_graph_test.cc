@@ -24,6 +24,7 @@
 #include "builder/graph_dump.h"
 #include "builder/optimize_graph.h"
 #include "core/cast.h"
+#include "graph_builder.h"
 #include "kernel_harness.h"
 #include "onnx/importer.h"
 #include "passes/passes.h"
@@ -162,17 +163,10 @@ Tensor random_tensor(const Shape& shape, float lo = -1.0f, float hi = 1.0f) {
   return t;
 }
 
+// The model's outputs on the CPU executor (graph_builder.h's run_graph), widened to float64 for comparing.
 std::vector<Tensor> run_cpu(const ir::Model& m, const std::map<std::string, Tensor>& feeds) {
-  auto g = runtime::PreparedGraph::prepare(m.graph, m.opsets);
-  EXPECT_TRUE(g.ok()) << g.status().to_string();
-  if (!g.ok()) return {};
-  std::map<std::string, Value> in;
-  for (const auto& [k, v] : feeds) in[k] = v;
-  auto out = g->run(in);
-  EXPECT_TRUE(out.ok()) << out.status().to_string();
   std::vector<Tensor> r;
-  if (out.ok())
-    for (const Value& v : *out) r.push_back(cast_tensor(v.tensor(), DType::kFloat64).value());
+  for (const Tensor& t : run_graph(m, feeds)) r.push_back(cast_tensor(t, DType::kFloat64).value());
   return r;
 }
 
