@@ -32,7 +32,7 @@ namespace {
 
 constexpr size_t kMaxWorkspace = 32u << 20;  // cuBLASLt's split-K and stream-K kernels want a few MiB
 constexpr int kHeuristicResults = 8;
-constexpr int kTactics = 4;
+constexpr int kTactics = kHeuristicResults;  // the builder times every algorithm the heuristic lists
 constexpr uint32_t kFastAlign = 16;
 
 bool is_float(DType t) { return t == DType::kFloat32 || t == DType::kFloat16 || t == DType::kBFloat16; }
