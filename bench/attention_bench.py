@@ -22,46 +22,54 @@ import subprocess
 import sys
 import time
 
-CONFIGS = [  # (batch, heads, seq, head_dim)
-    (8, 16, 2048, 128),  # the issue's target: sequence 2048, head dim 128 (16k tokens, FlashAttention's setting)
-    (2, 16, 8192, 128),
-    (16, 16, 1024, 64),
-    (128, 12, 128, 64),  # BERT-base at batch 128
-    (1, 12, 128, 64),    # BERT-base at batch 1
+CONFIGS = [  # (batch, heads, seq, head_dim, mask): mask None, "keys" ([B, 1, 1, S]) or "full" ([B, 1, S, S])
+    (8, 16, 2048, 128, None),  # the issue's target: sequence 2048, head dim 128 (FlashAttention's setting)
+    (2, 16, 8192, 128, None),
+    (16, 16, 1024, 64, None),
+    (128, 12, 128, 64, None),  # BERT-base at batch 128 (sequence 128), without and with its padding mask
+    (128, 12, 128, 64, "keys"),
+    (128, 12, 128, 64, "full"),  # the mask as transformers' export expands it
+    (1, 12, 128, 64, None),    # BERT-base at batch 1
+    (1, 12, 128, 64, "keys"),
 ]
 
 
-def attention_model(path, b, h, s, d):
+def attention_model(path, b, h, s, d, mask=None):
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
     shape = [b, h, s, d]
     inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT16, shape) for n in ("q", "k", "v")]
+    if mask:  # an additive mask, added to the scaled logits before the softmax
+        inputs.append(helper.make_tensor_value_info("mask", TensorProto.FLOAT16, [b, 1, 1 if mask == "keys" else s, s]))
     out = helper.make_tensor_value_info("y", TensorProto.FLOAT16, shape)
     scale = numpy_helper.from_array(np.array(1.0 / d ** 0.5, dtype=np.float16), "scale")
     nodes = [
         helper.make_node("Transpose", ["k"], ["kt"], name="k_transpose", perm=[0, 1, 3, 2]),
         helper.make_node("MatMul", ["q", "kt"], ["s"], name="qk"),
         helper.make_node("Mul", ["s", "scale"], ["ss"], name="scale"),
-        helper.make_node("Softmax", ["ss"], ["p"], name="softmax", axis=-1),
+        helper.make_node("Softmax", ["ssm" if mask else "ss"], ["p"], name="softmax", axis=-1),
         helper.make_node("MatMul", ["p", "v"], ["y"], name="pv"),
     ]
+    if mask:
+        nodes.insert(3, helper.make_node("Add", ["ss", "mask"], ["ssm"], name="add_mask"))
     g = helper.make_graph(nodes, "attention", inputs, [out], [scale])
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
 
 
-def torch_sdpa_ms(b, h, s, d):
+def torch_sdpa_ms(b, h, s, d, mask=None):
     try:
         import torch
         import torch.nn.functional as F
         q, k, v = (torch.randn(b, h, s, d, device="cuda", dtype=torch.half) for _ in range(3))
+        m = None if not mask else torch.randn(b, 1, 1 if mask == "keys" else s, s, device="cuda", dtype=torch.half)
         ms = []
         for _ in range(5):
-            F.scaled_dot_product_attention(q, k, v)
+            F.scaled_dot_product_attention(q, k, v, attn_mask=m)
         for _ in range(20):
             a, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             a.record()
-            F.scaled_dot_product_attention(q, k, v)
+            F.scaled_dot_product_attention(q, k, v, attn_mask=m)
             e.record()
             torch.cuda.synchronize()
             ms.append(a.elapsed_time(e))
@@ -118,12 +126,15 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--kiln", required=True)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--max-seq", type=int, default=1 << 30, help="only the configurations up to this sequence length")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     rows = []
-    for b, h, s, d in CONFIGS:
-        path = os.path.join(args.out, f"attention_b{b}_h{h}_s{s}_d{d}.onnx")
-        attention_model(path, b, h, s, d)
+    for b, h, s, d, mask in CONFIGS:
+        if s > args.max_seq:
+            continue
+        path = os.path.join(args.out, f"attention_b{b}_h{h}_s{s}_d{d}{'_mask_' + mask if mask else ''}.onnx")
+        attention_model(path, b, h, s, d, mask)
         flops = 4.0 * b * h * s * s * d
         jpath = path.replace(".onnx", ".json")
         engine = path.replace(".onnx", ".kiln")
@@ -133,7 +144,7 @@ def main():
         cmd = [args.kiln, "bench", engine if build.returncode == 0 else path, "--fp16", "--no-data-transfers", "--iterations", "50", "--duration", "1",
                "--json", jpath]
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        row = {"batch": b, "heads": h, "seq": s, "head_dim": d, "cmd": " ".join(cmd), "rc": p.returncode}
+        row = {"batch": b, "heads": h, "seq": s, "head_dim": d, "mask": mask, "cmd": " ".join(cmd), "rc": p.returncode}
         if p.returncode == 0:
             j = json.load(open(jpath))
             ms = j["gpu_compute_ms"]["median"]
@@ -149,7 +160,7 @@ def main():
                 if "ms" in r:
                     r["tflops"] = flops / r["ms"] / 1e9
                 row["tactics"][t] = r
-        t = torch_sdpa_ms(b, h, s, d)
+        t = torch_sdpa_ms(b, h, s, d, mask)
         if isinstance(t, float):
             row.update(torch_sdpa_ms=t, torch_sdpa_tflops=flops / t / 1e9)
         else:
