@@ -13,6 +13,7 @@
 #include "graph_builder.h"
 #include "kernel_harness.h"
 #include "passes/passes.h"
+#include "random_tensors.h"
 #include "runtime/executor.h"
 #ifdef KILN_HAVE_CUDA
 #include "cuda_layer_harness.h"
@@ -28,13 +29,7 @@ std::mt19937& rng() {
 
 // Uniform in [lo, hi], never zero.
 Tensor random_tensor(const Shape& shape, float lo = -2.0f, float hi = 2.0f) {
-  std::uniform_real_distribution<float> dist(lo, hi);
-  Tensor t(DType::kFloat32, shape);
-  for (int64_t i = 0; i < t.numel(); ++i) {
-    const float v = dist(rng());
-    t.data<float>()[i] = v == 0.0f ? 0.375f : v;
-  }
-  return t;
+  return testing::random_tensor(rng(), DType::kFloat32, shape, lo, hi);
 }
 
 Tensor scalar(float v) { return Tensor::from_vector<float>(DType::kFloat32, {}, {v}); }

@@ -16,6 +16,7 @@
 #include "graph_builder.h"
 #include "kernel_harness.h"
 #include "passes/passes.h"
+#include "random_tensors.h"
 #include "runtime/executor.h"
 
 namespace kiln::testing {
@@ -27,15 +28,7 @@ std::mt19937& rng() {
 }
 
 // Uniform in [-2, 2], never zero.
-Tensor random_tensor(const Shape& shape) {
-  std::uniform_real_distribution<float> dist(-2.0f, 2.0f);
-  Tensor t(DType::kFloat32, shape);
-  for (int64_t i = 0; i < t.numel(); ++i) {
-    const float v = dist(rng());
-    t.data<float>()[i] = v == 0.0f ? 0.375f : v;
-  }
-  return t;
-}
+Tensor random_tensor(const Shape& shape) { return testing::random_tensor(rng(), DType::kFloat32, shape, -2.0f, 2.0f); }
 
 ir::Attribute tensor_attr(const Tensor& t) {
   ir::Attribute a;

@@ -28,6 +28,7 @@
 #include "kernel_harness.h"
 #include "onnx/importer.h"
 #include "passes/passes.h"
+#include "random_tensors.h"
 #include "runtime/executor.h"
 #ifdef KILN_HAVE_CUDA
 #include "backends/cuda/cuda_backend.h"
@@ -154,13 +155,7 @@ std::mt19937& rng() {
 
 // Uniform in [lo, hi], never exactly zero.
 Tensor random_tensor(const Shape& shape, float lo = -1.0f, float hi = 1.0f) {
-  std::uniform_real_distribution<float> dist(lo, hi);
-  Tensor t(DType::kFloat32, shape);
-  for (int64_t i = 0; i < t.numel(); ++i) {
-    const float v = dist(rng());
-    t.data<float>()[i] = v == 0.0f ? 0.375f : v;
-  }
-  return t;
+  return testing::random_tensor(rng(), DType::kFloat32, shape, lo, hi);
 }
 
 // The model's outputs on the CPU executor (graph_builder.h's run_graph), widened to float64 for comparing.

@@ -16,12 +16,11 @@
 #include "graph_builder.h"
 #include "kernel_harness.h"
 #include "passes/passes.h"
+#include "random_tensors.h"
 #include "runtime/executor.h"
 
 namespace kiln::testing {
 namespace {
-
-constexpr float kInf = std::numeric_limits<float>::infinity();
 
 std::mt19937& rng() {
   static std::mt19937 gen(20260117);
@@ -29,24 +28,10 @@ std::mt19937& rng() {
 }
 
 // Uniform in [-3, 3], never zero.
-Tensor random_tensor(const Shape& shape) {
-  std::uniform_real_distribution<float> dist(-3.0f, 3.0f);
-  Tensor t(DType::kFloat32, shape);
-  for (int64_t i = 0; i < t.numel(); ++i) {
-    const float v = dist(rng());
-    t.data<float>()[i] = v == 0.0f ? 0.375f : v;
-  }
-  return t;
-}
+Tensor random_tensor(const Shape& shape) { return testing::random_tensor(rng(), DType::kFloat32, shape, -3.0f, 3.0f); }
 
-// An attention mask as torch exports it: 0 where attended, -inf where not (about a third), and its
-// first row (the first `shape.back()` elements) entirely -inf, so that it softmaxes to NaN.
-Tensor random_mask(const Shape& shape) {
-  std::bernoulli_distribution masked(0.3);
-  Tensor t(DType::kFloat32, shape);
-  for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = i < shape.back() || masked(rng()) ? -kInf : 0.0f;
-  return t;
-}
+// A torch-style additive mask, its first row fully masked (random_tensors.h).
+Tensor random_mask(const Shape& shape) { return testing::random_mask(rng(), DType::kFloat32, shape); }
 
 int64_t count_nans(const Tensor& t) {
   const Tensor f = widen_to_float32(t);

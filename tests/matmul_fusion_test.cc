@@ -14,6 +14,7 @@
 #include "graph_builder.h"
 #include "kernel_harness.h"
 #include "passes/passes.h"
+#include "random_tensors.h"
 #include "runtime/executor.h"
 
 namespace kiln::testing {
@@ -26,13 +27,7 @@ std::mt19937& rng() {
 
 // Uniform in [-2, 2], never zero.
 Tensor random_tensor(const Shape& shape, DType dtype = DType::kFloat32) {
-  std::uniform_real_distribution<float> dist(-2.0f, 2.0f);
-  Tensor t(DType::kFloat32, shape);
-  for (int64_t i = 0; i < t.numel(); ++i) {
-    float v = dist(rng());
-    t.data<float>()[i] = v == 0.0f ? 0.375f : v;
-  }
-  return dtype == DType::kFloat32 ? t : cast_tensor(t, dtype).value();
+  return testing::random_tensor(rng(), dtype, shape, -2.0f, 2.0f);
 }
 
 Tensor run_ok(const std::string& domain, const std::string& op, std::vector<Value> inputs,

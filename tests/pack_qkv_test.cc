@@ -14,6 +14,7 @@
 #include "graph_builder.h"
 #include "kernel_harness.h"
 #include "passes/passes.h"
+#include "random_tensors.h"
 
 namespace kiln::testing {
 namespace {
@@ -25,22 +26,12 @@ std::mt19937& rng() {
 
 // Uniform in [-2, 2], never zero.
 Tensor random_tensor(const Shape& shape, DType dtype = DType::kFloat32) {
-  std::uniform_real_distribution<float> dist(-2.0f, 2.0f);
-  Tensor t(DType::kFloat32, shape);
-  for (int64_t i = 0; i < t.numel(); ++i) {
-    const float v = dist(rng());
-    t.data<float>()[i] = v == 0.0f ? 0.375f : v;
-  }
-  return dtype == DType::kFloat32 ? t : cast_tensor(t, dtype).value();
+  return testing::random_tensor(rng(), dtype, shape, -2.0f, 2.0f);
 }
 
 // 0 where attended, -inf where not (about a third), the first row fully masked.
 Tensor random_mask(const Shape& shape, DType dtype = DType::kFloat32) {
-  std::bernoulli_distribution masked(0.3);
-  Tensor t(DType::kFloat32, shape);
-  for (int64_t i = 0; i < t.numel(); ++i)
-    t.data<float>()[i] = i < shape.back() || masked(rng()) ? -std::numeric_limits<float>::infinity() : 0.0f;
-  return dtype == DType::kFloat32 ? t : cast_tensor(t, dtype).value();
+  return testing::random_mask(rng(), dtype, shape);
 }
 
 ir::Attribute float_attr(float v) {

@@ -17,6 +17,7 @@
 #include "graph_builder.h"
 #include "kernel_harness.h"
 #include "passes/passes.h"
+#include "random_tensors.h"
 #include "runtime/executor.h"
 
 namespace kiln::testing {
@@ -29,13 +30,7 @@ std::mt19937& rng() {
 
 // Uniform in [lo, hi], never zero.
 Tensor random_tensor(const Shape& shape, DType dtype = DType::kFloat32, float lo = -2.0f, float hi = 2.0f) {
-  std::uniform_real_distribution<float> dist(lo, hi);
-  Tensor t(DType::kFloat32, shape);
-  for (int64_t i = 0; i < t.numel(); ++i) {
-    const float v = dist(rng());
-    t.data<float>()[i] = v == 0.0f ? 0.375f : v;
-  }
-  return dtype == DType::kFloat32 ? t : cast_tensor(t, dtype).value();
+  return testing::random_tensor(rng(), dtype, shape, lo, hi);
 }
 
 void expect_close(const Tensor& got, const Tensor& want, double tol, const std::string& what) {
