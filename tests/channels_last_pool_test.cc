@@ -14,6 +14,7 @@
 #include "core/cast.h"
 #include "kernel_harness.h"
 #include "passes/passes.h"
+#include "random_tensors.h"
 
 namespace kiln::testing {
 namespace {
@@ -21,25 +22,12 @@ namespace {
 using Attrs = std::map<std::string, ir::Attribute>;
 
 std::mt19937& rng() {
-  static std::mt19937 gen([] {
-    const unsigned seed = std::random_device{}();
-    std::printf("channels-last pool tests: random seed %u\n", seed);
-    return seed;
-  }());
+  static std::mt19937 gen(random_seed("channels-last pool tests"));
   return gen;
 }
 
 // Uniform in [-4, 4] without zeros, rounded to `dtype`.
-Tensor random_tensor(const Shape& shape, DType dtype) {
-  std::uniform_real_distribution<float> dist(0.05f, 4.0f);
-  std::bernoulli_distribution coin(0.5);
-  Tensor t(DType::kFloat32, shape);
-  for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = coin(rng()) ? -dist(rng()) : dist(rng());
-  if (dtype == DType::kFloat32) return t;
-  auto low = cast_tensor(t, dtype);
-  EXPECT_TRUE(low.ok());
-  return *low;
-}
+Tensor random_tensor(const Shape& shape, DType dtype) { return random_signed_tensor(rng(), dtype, shape, 0.05f, 4.0f); }
 
 Tensor run_one(const std::string& op, const Tensor& x, Attrs attrs, int opset = 22) {
   OpRun r = run_kernel("", op, {Value(x)}, std::move(attrs), 1, opset, "ref_" + op);

@@ -14,6 +14,7 @@
 #include "core/cast.h"
 #include "kernel_harness.h"
 #include "passes/passes.h"
+#include "random_tensors.h"
 
 namespace kiln::testing {
 namespace {
@@ -21,24 +22,13 @@ namespace {
 using Attrs = std::map<std::string, ir::Attribute>;
 
 std::mt19937& rng() {
-  static std::mt19937 gen([] {
-    const unsigned seed = std::random_device{}();
-    std::printf("fused conv tests: random seed %u\n", seed);
-    return seed;
-  }());
+  static std::mt19937 gen(random_seed("fused conv tests"));
   return gen;
 }
 
 // Uniform in [-1, 1] without zeros, in float32, rounded to `dtype` when it is a half type.
 Tensor random_tensor(const Shape& shape, DType dtype = DType::kFloat32) {
-  std::uniform_real_distribution<float> dist(0.05f, 1.0f);
-  std::bernoulli_distribution coin(0.5);
-  Tensor t(DType::kFloat32, shape);
-  for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = coin(rng()) ? -dist(rng()) : dist(rng());
-  if (dtype == DType::kFloat32) return t;
-  auto low = cast_tensor(t, dtype);
-  EXPECT_TRUE(low.ok());
-  return *low;
+  return random_signed_tensor(rng(), dtype, shape, 0.05f, 1.0f);
 }
 
 Tensor run_one(const std::string& domain, const std::string& op, std::vector<Value> inputs, Attrs attrs = {}) {

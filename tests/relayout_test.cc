@@ -14,6 +14,7 @@
 #include "graph_builder.h"
 #include "kernel_harness.h"
 #include "passes/passes.h"
+#include "random_tensors.h"
 
 namespace kiln::testing {
 namespace {
@@ -21,22 +22,12 @@ namespace {
 using Attrs = std::map<std::string, ir::Attribute>;
 
 std::mt19937& rng() {
-  static std::mt19937 gen([] {
-    const unsigned seed = std::random_device{}();
-    std::printf("relayout tests: random seed %u\n", seed);
-    return seed;
-  }());
+  static std::mt19937 gen(random_seed("relayout tests"));
   return gen;
 }
 
 // Uniform in +-[0.05, 4] (never zero), rounded to `dtype`.
-Tensor random_tensor(const Shape& shape, DType dtype) {
-  std::uniform_real_distribution<float> dist(0.05f, 4.0f);
-  std::bernoulli_distribution coin(0.5);
-  Tensor t(DType::kFloat32, shape);
-  for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = coin(rng()) ? -dist(rng()) : dist(rng());
-  return dtype == DType::kFloat32 ? t : cast_tensor(t, dtype).value();
-}
+Tensor random_tensor(const Shape& shape, DType dtype) { return random_signed_tensor(rng(), dtype, shape, 0.05f, 4.0f); }
 
 Tensor run_one(const std::string& domain, const std::string& op, std::vector<Value> inputs, Attrs attrs, int opset) {
   OpRun r = run_kernel(domain, op, std::move(inputs), std::move(attrs), 1, opset, "n_" + op);
