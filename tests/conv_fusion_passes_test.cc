@@ -11,6 +11,7 @@
 #include "ir/op_registry.h"
 #include "onnx/importer.h"
 #include "passes/passes.h"
+#include "random_tensors.h"
 #include "runtime/executor.h"
 #include "test_models.h"
 
@@ -22,11 +23,10 @@ std::mt19937& rng() {
   return gen;
 }
 
+// Uniform in [-1, 1] (random_tensors.h), as a vector for the initializers of ModelProtos.
 std::vector<float> random_values(int64_t n) {
-  std::uniform_real_distribution<float> d(-1.0f, 1.0f);
-  std::vector<float> v(static_cast<size_t>(n));
-  for (auto& x : v) x = d(rng());
-  return v;
+  const Tensor t = testing::random_tensor(rng(), DType::kFloat32, {n}, -1.0f, 1.0f);
+  return {t.data<float>(), t.data<float>() + n};
 }
 
 void set_ints(onnx::NodeProto* n, const std::string& name, const std::vector<int64_t>& v) {

@@ -18,6 +18,7 @@
 #include "core/cast.h"
 #include "engine/plan.h"
 #include "kiln/kiln.h"
+#include "random_tensors.h"
 #include "test_models.h"
 
 namespace kiln {
@@ -47,13 +48,7 @@ Result<std::shared_ptr<Engine>> build(const onnx::ModelProto& m, BuilderConfig c
 
 Tensor random_input(const Shape& shape, unsigned seed) {
   std::mt19937 gen(seed);
-  std::uniform_real_distribution<float> d(-1.0f, 1.0f);
-  Tensor t(DType::kFloat32, shape);
-  for (int64_t i = 0; i < t.numel(); ++i) {
-    float v = d(gen);
-    t.data<float>()[i] = v == 0.0f ? 0.375f : v;
-  }
-  return t;
+  return testing::random_tensor(gen, DType::kFloat32, shape, -1.0f, 1.0f);
 }
 
 void expect_close(const Tensor& got, const Tensor& want, double rtol, double atol) {

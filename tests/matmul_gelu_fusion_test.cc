@@ -8,6 +8,7 @@
 #include "core/cast.h"
 #include "graph_builder.h"
 #include "passes/passes.h"
+#include "random_tensors.h"
 
 namespace kiln {
 namespace {
@@ -17,13 +18,7 @@ using testing::GraphBuilder;
 // Uniform in [-2, 2], never zero, in dtype t.
 Tensor random_of(DType t, const Shape& s, unsigned seed) {
   std::mt19937 gen(seed);
-  std::uniform_real_distribution<float> dist(-2.0f, 2.0f);
-  Tensor f(DType::kFloat32, s);
-  for (int64_t i = 0; i < f.numel(); ++i) {
-    const float v = dist(gen);
-    f.data<float>()[i] = v == 0.0f ? 0.375f : v;
-  }
-  return t == DType::kFloat32 ? f : cast_tensor(f, t).value();
+  return testing::random_tensor(gen, t, s, -2.0f, 2.0f);
 }
 
 void expect_near(const Tensor& got, const Tensor& want, double tol) {
