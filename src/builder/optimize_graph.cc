@@ -68,6 +68,7 @@ Status optimize_graph(ir::Model& m, const OptimizeOptions& o, Logger& logger, st
     KILN_RETURN_IF_ERROR(passes::recognize_activations(m, &activations));
     KILN_RETURN_IF_ERROR(passes::fuse_masked_softmax(m, &softmaxes));
     KILN_RETURN_IF_ERROR(passes::fuse_attention(m, &attentions));  // after fuse_masked_softmax: absorbs its node
+    KILN_RETURN_IF_ERROR(passes::narrow_attention_mask(m));  // the [B,1,S,S] padding mask of BERT to [B,1,1,S]
     KILN_RETURN_IF_ERROR(passes::pack_qkv_projections(m, &packed));  // one GEMM for the attention's Q, K and V
     KILN_RETURN_IF_ERROR(passes::eliminate_dead_nodes(m, &removed));
     KILN_RETURN_IF_ERROR(passes::infer_shapes(m));

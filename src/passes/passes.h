@@ -126,6 +126,13 @@ Status fuse_attention(ir::Model& model, int* fused = nullptr);
 // concat(Wq, Wk, Wv), concat(bq, bk, bv)) named "q + k + v", a Reshape to [B, S, 3, H, D], and the attention
 // with packed_qkv = 1 reading it (and the mask). Run after fuse_attention. The number packed goes to *packed.
 Status pack_qkv_projections(ir::Model& model, int* packed = nullptr);
+// Narrows each kiln.FusedAttention's mask to the shape it broadcasts from: an Expand, an And with an all-true
+// constant or an Or with an all-false one is bypassed where every value after it, up to the mask, is read
+// only by broadcasting elementwise ops (Where, Cast, Not, Neg, And, Or, Xor, Add, Sub, Mul, Div and the
+// comparisons) or as an attention's mask, and is no graph output (transformers' BERT: its [B,1,S,S] padding
+// mask becomes [B,1,1,S]); the attention broadcasts the mask itself. Static shapes only; re-infers the types.
+// The number of nodes bypassed goes to *narrowed.
+Status narrow_attention_mask(ir::Model& model, int* narrowed = nullptr);
 // Fuses each maximal group of two or more ONNX elementwise nodes (Add Sub Mul Div Neg Abs Exp Log Sqrt Tanh
 // Sigmoid Relu Erf Pow, Max and Min of two inputs) into one kiln.Pointwise with a `program`, named "a + b":
 // every value made inside the group is read only inside it and is no graph output; every value it reads and
