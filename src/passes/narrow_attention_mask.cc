@@ -29,9 +29,8 @@ bool is_onnx(const ir::Node& n, const char* op) { return n.domain.empty() && n.o
 // Elementwise ONNX ops with numpy broadcasting (or unary): their output at an index depends only on their
 // inputs at the broadcast index, and their output shape is the broadcast of their inputs' shapes.
 bool is_broadcasting_elementwise(const ir::Node& n) {
-  static const std::set<std::string> kOps = {"Where", "Cast",  "Not",  "Neg",     "And",         "Or",
-                                             "Xor",   "Add",   "Sub",  "Mul",     "Div",         "Equal",
-                                             "Less",  "Greater", "LessOrEqual", "GreaterOrEqual"};
+  static const std::set<std::string> kOps = {"Where", "Cast", "Not", "Neg", "And", "Or", "Xor", "Add", "Sub", "Mul",
+                                             "Div", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual"};
   return n.domain.empty() && kOps.count(n.op_type) != 0;
 }
 
