@@ -18,6 +18,7 @@
 #include "backends/cuda/kernels.h"
 #include "core/cast.h"
 #include "ir/op_registry.h"
+#include "random_tensors.h"
 
 namespace kiln {
 namespace {
@@ -30,48 +31,29 @@ constexpr int kOpset = 24;
   } while (0)
 
 std::mt19937& rng() {
-  static std::mt19937 gen([] {
-    const unsigned seed = std::random_device{}();
-    std::printf("cuda_kernels_test: random seed %u\n", seed);
-    return seed;
-  }());
+  static std::mt19937 gen(testing::random_seed("cuda_kernels_test"));
   return gen;
 }
 
-// Uniform in [lo, hi], never exactly zero; with `random_sign`, each value's sign is flipped at random.
+// Uniform in [lo, hi], never exactly zero; with `random_sign` (and 0 < lo), each value's sign at random
+// (random_tensors.h). Integer dtypes get the values rounded, a zero made 7.
 Tensor random_tensor(DType dtype, const Shape& shape, float lo, float hi, bool random_sign = false) {
-  std::uniform_real_distribution<float> dist(lo, hi);
-  std::bernoulli_distribution coin(0.5);
-  Tensor t(DType::kFloat32, shape);
-  float* p = t.data<float>();
+  const bool integer = dtype == DType::kInt32 || dtype == DType::kInt64;
+  const DType drawn = integer ? DType::kFloat32 : dtype;
+  const Tensor t = random_sign ? testing::random_signed_tensor(rng(), drawn, shape, lo, hi)
+                               : testing::random_tensor(rng(), drawn, shape, lo, hi);
+  if (!integer) return t;
+  Tensor r(dtype, shape);
   for (int64_t i = 0; i < t.numel(); ++i) {
-    float v = dist(rng());
-    if (v == 0.0f) v = 0.5f * (lo + hi) + 0.125f;
-    if (random_sign && coin(rng())) v = -v;
-    p[i] = v;
+    int64_t v = static_cast<int64_t>(std::lround(t.data<float>()[i]));
+    if (v == 0) v = 7;
+    if (dtype == DType::kInt32) r.data<int32_t>()[i] = static_cast<int32_t>(v);
+    else r.data<int64_t>()[i] = v;
   }
-  if (dtype == DType::kFloat32) return t;
-  if (dtype == DType::kInt32 || dtype == DType::kInt64) {
-    Tensor r(dtype, shape);
-    for (int64_t i = 0; i < t.numel(); ++i) {
-      int64_t v = static_cast<int64_t>(std::lround(p[i]));
-      if (v == 0) v = 7;
-      if (dtype == DType::kInt32) r.data<int32_t>()[i] = static_cast<int32_t>(v);
-      else r.data<int64_t>()[i] = v;
-    }
-    return r;
-  }
-  auto c = cast_tensor(t, dtype);
-  EXPECT_TRUE(c.ok()) << c.status().to_string();
-  return *c;
+  return r;
 }
 
-Tensor random_bool(const Shape& shape) {
-  std::bernoulli_distribution coin(0.5);
-  Tensor t(DType::kBool, shape);
-  for (int64_t i = 0; i < t.numel(); ++i) t.data<bool>()[i] = coin(rng());
-  return t;
-}
+Tensor random_bool(const Shape& shape) { return testing::random_bool(rng(), shape); }
 
 // Runs the CPU reference kernel of `op` on `inputs`; returns output 0.
 Tensor run_reference(const std::string& op, const std::vector<Tensor>& inputs,

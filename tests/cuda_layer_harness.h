@@ -23,6 +23,7 @@
 #include "backends/cuda/layer.h"
 #include "core/cast.h"
 #include "kernel_harness.h"
+#include "random_tensors.h"
 
 namespace kiln::testing {
 
@@ -32,37 +33,19 @@ namespace kiln::testing {
   } while (0)
 
 inline std::mt19937& cuda_test_rng() {
-  static std::mt19937 gen([] {
-    const unsigned seed = std::random_device{}();
-    std::printf("cuda layer tests: random seed %u\n", seed);
-    return seed;
-  }());
+  static std::mt19937 gen(random_seed("cuda layer tests"));
   return gen;
 }
 
-// Uniform in [lo, hi] with a random sign when `random_sign`; never exactly zero.
+// Uniform in [lo, hi] (0 < lo) with a random sign when `random_sign`; never exactly zero (random_tensors.h).
 inline Tensor random_float(const Shape& shape, float lo = 0.1f, float hi = 1.0f, bool random_sign = true) {
-  std::uniform_real_distribution<float> dist(lo, hi);
-  std::bernoulli_distribution coin(0.5);
-  Tensor t(DType::kFloat32, shape);
-  for (int64_t i = 0; i < t.numel(); ++i) {
-    float v = dist(cuda_test_rng());
-    if (v == 0.0f) v = 0.5f * (lo + hi) + 0.125f;
-    t.data<float>()[i] = random_sign && coin(cuda_test_rng()) ? -v : v;
-  }
-  return t;
+  return random_sign ? random_signed_tensor(cuda_test_rng(), DType::kFloat32, shape, lo, hi)
+                     : random_tensor(cuda_test_rng(), DType::kFloat32, shape, lo, hi);
 }
 
-// Integers in [lo, hi] of dtype int32 or int64.
+// Integers in [lo, hi] of an integer dtype.
 inline Tensor random_int(DType dtype, const Shape& shape, int64_t lo, int64_t hi) {
-  std::uniform_int_distribution<int64_t> dist(lo, hi);
-  Tensor t(dtype, shape);
-  for (int64_t i = 0; i < t.numel(); ++i) {
-    const int64_t v = dist(cuda_test_rng());
-    if (dtype == DType::kInt32) t.data<int32_t>()[i] = static_cast<int32_t>(v);
-    else t.data<int64_t>()[i] = v;
-  }
-  return t;
+  return random_int(cuda_test_rng(), dtype, shape, lo, hi);
 }
 
 inline Tensor ints_tensor(const std::vector<int64_t>& v) {
@@ -337,12 +320,7 @@ inline bool via_precision(DType t) { return t == DType::kFloat32 || t == DType::
 // Random data of dtype t (float32 for the float types that go through the precision).
 inline Tensor data_of(DType t, const Shape& shape) {
   if (via_precision(t)) return random_float(shape, 0.1f, 4.0f);
-  if (t == DType::kBool) {
-    Tensor b(DType::kBool, shape);
-    std::bernoulli_distribution coin(0.5);
-    for (int64_t i = 0; i < b.numel(); ++i) b.data<bool>()[i] = coin(cuda_test_rng());
-    return b;
-  }
+  if (t == DType::kBool) return random_bool(cuda_test_rng(), shape);
   Tensor i = random_int(DType::kInt64, shape, t == DType::kInt8 ? -120 : -100000, t == DType::kInt8 ? 120 : 100000);
   auto c = cast_tensor(i, t);
   EXPECT_TRUE(c.ok());

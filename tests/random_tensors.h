@@ -26,13 +26,16 @@ inline unsigned random_seed(const char* what) {
   return seed;
 }
 
-// float32 `t` rounded to `dtype` (a float type); the cast cannot fail for those, but a wrong dtype fails the test.
-inline Tensor round_to(const Tensor& t, DType dtype) {
-  if (dtype == DType::kFloat32) return t;
+namespace random_detail {
+// `t` cast to `dtype` (float32 rounded to a float type, int64 narrowed to an integer type); a dtype the cast
+// does not take fails the test.
+inline Tensor cast_to(const Tensor& t, DType dtype) {
+  if (dtype == t.dtype()) return t;
   auto r = cast_tensor(t, dtype);
   EXPECT_TRUE(r.ok()) << r.status().to_string();
   return r.ok() ? *r : t;
 }
+}  // namespace random_detail
 
 // Uniform in [lo, hi], drawn in float32 (one draw per element), rounded to `dtype`. A draw of exactly zero
 // becomes 0.375, so that no element is zero (divisors, logs and signs stay defined).
@@ -43,7 +46,7 @@ inline Tensor random_tensor(std::mt19937& gen, DType dtype, const Shape& shape, 
     const float v = dist(gen);
     t.data<float>()[i] = v == 0.0f ? 0.375f : v;
   }
-  return round_to(t, dtype);
+  return random_detail::cast_to(t, dtype);
 }
 
 // Magnitude uniform in [lo, hi] (0 < lo: every element at least lo from zero) with a random sign: per
@@ -53,7 +56,7 @@ inline Tensor random_signed_tensor(std::mt19937& gen, DType dtype, const Shape& 
   std::bernoulli_distribution coin(0.5);
   Tensor t(DType::kFloat32, shape);
   for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = coin(gen) ? -dist(gen) : dist(gen);
-  return round_to(t, dtype);
+  return random_detail::cast_to(t, dtype);
 }
 
 // An additive attention mask as torch exports it, in `dtype`: 0 where attended, -inf where not (each element
@@ -64,7 +67,23 @@ inline Tensor random_mask(std::mt19937& gen, DType dtype, const Shape& shape, do
   const float inf = std::numeric_limits<float>::infinity();
   Tensor t(DType::kFloat32, shape);
   for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = i < shape.back() || masked(gen) ? -inf : 0.0f;
-  return round_to(t, dtype);
+  return random_detail::cast_to(t, dtype);
+}
+
+// Each element true with probability p_true, one draw per element.
+inline Tensor random_bool(std::mt19937& gen, const Shape& shape, double p_true = 0.5) {
+  std::bernoulli_distribution coin(p_true);
+  Tensor t(DType::kBool, shape);
+  for (int64_t i = 0; i < t.numel(); ++i) t.data<bool>()[i] = coin(gen);
+  return t;
+}
+
+// Integers uniform in [lo, hi], one draw per element, in an integer `dtype` (int8 to int64).
+inline Tensor random_int(std::mt19937& gen, DType dtype, const Shape& shape, int64_t lo, int64_t hi) {
+  std::uniform_int_distribution<int64_t> dist(lo, hi);
+  Tensor t(DType::kInt64, shape);
+  for (int64_t i = 0; i < t.numel(); ++i) t.data<int64_t>()[i] = dist(gen);
+  return random_detail::cast_to(t, dtype);
 }
 
 }  // namespace kiln::testing
