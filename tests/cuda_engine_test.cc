@@ -74,13 +74,9 @@ onnx::ModelProto cnn_with_cpu_tail() {
   testing::set_type(g->add_output(), "probs", 1, {"2", "5"});
   testing::set_type(g->add_output(), "count", 7, {});
   std::mt19937 gen(3);
-  std::uniform_real_distribution<float> d(-0.5f, 0.5f);
   auto init = [&](const std::string& name, std::vector<int64_t> dims) {
-    int64_t n = 1;
-    for (auto v : dims) n *= v;
-    std::vector<float> vals(n);
-    for (auto& v : vals) v = d(gen);
-    testing::add_float_initializer(g, name, dims, vals);
+    const Tensor t = testing::random_tensor(gen, DType::kFloat32, dims, -0.5f, 0.5f);
+    testing::add_float_initializer(g, name, dims, {t.data<float>(), t.data<float>() + t.numel()});
   };
   init("w", {4, 3, 3, 3});
   init("b", {4});

@@ -14,6 +14,7 @@
 
 #include "backends/cuda/layer.h"
 #include "cuda_layer_harness.h"
+#include "random_tensors.h"
 
 namespace kiln::testing {
 namespace {
@@ -23,12 +24,7 @@ const DType kPrecisions[] = {DType::kFloat32, DType::kFloat16, DType::kBFloat16}
 // 0 where attended, -inf where not (about a quarter), and the first `full_rows` rows (of the mask's last
 // dim) wholly -inf: X + Mask is -inf along them.
 Tensor attention_mask(const Shape& shape, int64_t full_rows) {
-  std::bernoulli_distribution masked(0.25);
-  Tensor t(DType::kFloat32, shape);
-  const int64_t row = shape.empty() ? 1 : shape.back();
-  for (int64_t i = 0; i < t.numel(); ++i)
-    t.data<float>()[i] = i < full_rows * row || masked(cuda_test_rng()) ? -std::numeric_limits<float>::infinity() : 0.0f;
-  return t;
+  return random_mask(cuda_test_rng(), DType::kFloat32, shape, 0.25, full_rows);
 }
 
 LayerCase masked_case(const Shape& x, const Shape* mask, int nan_to_zero, DType precision, int64_t full_rows = 1,

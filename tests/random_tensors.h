@@ -60,13 +60,15 @@ inline Tensor random_signed_tensor(std::mt19937& gen, DType dtype, const Shape& 
 }
 
 // An additive attention mask as torch exports it, in `dtype`: 0 where attended, -inf where not (each element
-// with probability p_masked, one draw per element), and its first row (the first shape.back() elements,
-// which draw nothing) entirely -inf, so that a softmax over it gives NaN.
-inline Tensor random_mask(std::mt19937& gen, DType dtype, const Shape& shape, double p_masked = 0.3) {
+// with probability p_masked, one draw per element), and its first `full_rows` rows (of shape.back()
+// elements each; they draw nothing) entirely -inf, so that a softmax along them gives NaN.
+inline Tensor random_mask(std::mt19937& gen, DType dtype, const Shape& shape, double p_masked = 0.3,
+                          int64_t full_rows = 1) {
   std::bernoulli_distribution masked(p_masked);
   const float inf = std::numeric_limits<float>::infinity();
+  const int64_t row = shape.empty() ? 1 : shape.back();
   Tensor t(DType::kFloat32, shape);
-  for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = i < shape.back() || masked(gen) ? -inf : 0.0f;
+  for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = i < full_rows * row || masked(gen) ? -inf : 0.0f;
   return random_detail::cast_to(t, dtype);
 }
 
