@@ -223,6 +223,28 @@ TEST(CudaFusedAttentionWgmma, PaddingMaskAndFullyMaskedRows) {
         }
 }
 
+// Masks that are the same for every query row are staged per key tile in shared memory when their rows are
+// whole 16-byte chunks (Sk % 8 == 0), per batch, per head or for all; a ragged Sk reads them from global memory.
+TEST(CudaFusedAttentionWgmma, KeyMasksStagedAndNot) {
+  KILN_SKIP_WITHOUT_GPU();
+  for (int64_t sk : {136, 77}) {
+    const Shape per_batch{2, 1, 1, sk}, per_head{2, 3, 1, sk}, shared{sk};
+    for (const Shape* m : {&per_batch, &per_head, &shared})
+      for (int64_t d : {64, 128})
+        for (int causal : {0, 1}) {
+          AttentionCase a;
+          a.B = 2;
+          a.H = 3;
+          a.D = d;
+          a.Sq = 130;
+          a.Sk = sk;
+          a.mask = m;
+          a.causal = causal;
+          expect_wgmma(a);
+        }
+  }
+}
+
 TEST(CudaFusedAttentionWgmma, LongSequenceManyHeads) {
   KILN_SKIP_WITHOUT_GPU();
   for (int causal : {0, 1}) {

@@ -47,9 +47,9 @@ constexpr int kStages = 3;       // K and V tiles in shared memory (see the kern
 
 template <int D>
 constexpr size_t wgmma_smem_bytes() {
-  // Q, the stages of K and of V, and 1024 bytes to align the start to the swizzle's period: 225 KiB at D 128,
-  // under the 227 KiB a block may have.
-  return static_cast<size_t>(kQRows + 2 * kStages * kKeys) * D * 2 + 1024;
+  // Q, the stages of K and of V, the stages of a key mask's slice (see key_mask_stageable), and 1024 bytes to
+  // align the start to the swizzle's period: 225.75 KiB at D 128, under the 227 KiB a block may have.
+  return static_cast<size_t>(kQRows + 2 * kStages * kKeys) * D * 2 + kStages * kKeys * 2 + 1024;
 }
 static_assert(wgmma_smem_bytes<128>() <= 227 * 1024);
 
@@ -242,6 +242,17 @@ __device__ __forceinline__ void load_tile_sw128(unsigned char* tile, const T* sr
   }
 }
 
+// A key mask's slice for the tile at key0 (kKeys elements, 16 bytes a thread of the first kKeys / 8), copied
+// with the tile's K and V; chunks past the keys are zero-filled (their logits are -inf by the bounds test).
+template <class T>
+__device__ __forceinline__ void load_key_mask(unsigned char* slice, const T* mask_row, int key0, int Sk) {
+  const int c = threadIdx.x;
+  if (c < kKeys / 8) {
+    const bool valid = key0 + 8 * c < Sk;
+    cp_async16(slice + 16 * c, valid ? mask_row + key0 + 8 * c : mask_row, valid);
+  }
+}
+
 // S = Q K^T over the head dim (k16 steps), issued and committed as one group, not waited for.
 template <class T, int D>
 __device__ __forceinline__ void wgmma_qk_issue(float (&s)[kKeys / 2], uint32_t q_addr, uint32_t k_addr) {
@@ -284,11 +295,12 @@ struct RowState {
 // Logits in base 2, masked. Only a tile that crosses the end of the keys or the causal diagonal needs the
 // bounds test, and only a mask the mask's reads: the rest (most tiles) take the first loop, free of
 // per-element branches, which leaves S unscaled (`sc`, the factor still to apply, is folded into the
-// exponent's FFMA; with a positive scale the maximum of S scaled is the scaled maximum).
+// exponent's FFMA; with a positive scale the maximum of S scaled is the scaled maximum). A key mask staged in
+// shared memory (key_mask: the tile's slice, else null) is read from there, one value for both rows.
 template <class T>
 __device__ __forceinline__ void online_softmax(float (&s)[kKeys / 2], RowState& st, float& alpha_a, float& alpha_b,
-                                               const T* mask, const AttentionParams& p, int b, int h, int key0,
-                                               int row_a, int row_b, int wg_row0, int lane) {
+                                               const T* mask, const T* key_mask, const AttentionParams& p, int b,
+                                               int h, int key0, int row_a, int row_b, int wg_row0, int lane) {
   const bool edge = key0 + kKeys > p.Sk || (p.causal && key0 + kKeys - 1 > wg_row0);
   const bool plain = !edge && !p.has_mask && p.scale_log2 > 0.0f;
   const float sc = plain ? p.scale_log2 : 1.0f;
@@ -310,6 +322,7 @@ __device__ __forceinline__ void online_softmax(float (&s)[kKeys / 2], RowState& 
         const int i = e < 2 ? row_a : row_b;
         float x = s[4 * t + e] * p.scale_log2;
         if (edge && (j >= p.Sk || (p.causal && j > i))) x = -INFINITY;
+        else if (key_mask) x += to_f(key_mask[j - key0]) * kAttentionLog2e;
         else if (p.has_mask && i < p.Sq) x += mask_at(mask, p, b, h, i, j) * kAttentionLog2e;
         s[4 * t + e] = x;
         if (e < 2) tmax_a = fmaxf(tmax_a, x);
@@ -393,6 +406,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   unsigned char* const q_tile = smem;
   auto k_tile = [&](int stage) { return smem + kQBytes + stage * kTileBytes; };
   auto v_tile = [&](int stage) { return smem + kQBytes + (kStages + stage) * kTileBytes; };
+  auto mask_slice = [&](int stage) { return smem + kQBytes + 2 * kStages * kTileBytes + stage * kKeys * 2; };
 
   const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
   const int h = blockIdx.y, b = blockIdx.z;
@@ -403,6 +417,9 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   const T* qb = q + b * p.q.batch + h * p.q.head;
   const T* kb = k + b * p.k.batch + h * p.k.head;
   const T* vb = v + b * p.v.batch + h * p.v.head;
+  const T* mask_row = p.key_mask ? mask + b * p.mask_strides[0] + h * p.mask_strides[1] : nullptr;
+  // The staged key mask of the tile in `stage`, for online_softmax (null: read the mask from global memory).
+  auto key_mask = [&](int stage) { return p.key_mask ? reinterpret_cast<const T*>(mask_slice(stage)) : nullptr; };
 
   // Causal: the block's last row sees keys up to itself, the warpgroup's last row up to wg_row0 + 63; the
   // warpgroup skips the products of tiles wholly past that (all their logits would be -inf).
@@ -414,6 +431,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   if (n_tiles > 0) {
     load_tile_sw128<T, D, kKeys>(k_tile(0), kb, p.k.seq, p.Sk);
     load_tile_sw128<T, D, kKeys>(v_tile(0), vb, p.v.seq, p.Sk);
+    if (p.key_mask) load_key_mask<T>(mask_slice(0), mask_row, 0, p.Sk);
   }
   cp_async_commit();
 
@@ -442,6 +460,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
       const int next = (tile + 1) * kKeys, stage = (tile + 1) % kStages;
       load_tile_sw128<T, D, kKeys>(k_tile(stage), kb + static_cast<int64_t>(next) * p.k.seq, p.k.seq, p.Sk - next);
       load_tile_sw128<T, D, kKeys>(v_tile(stage), vb + static_cast<int64_t>(next) * p.v.seq, p.v.seq, p.Sk - next);
+      if (p.key_mask) load_key_mask<T>(mask_slice(stage), mask_row, next, p.Sk);
     }
     cp_async_commit();
   };
@@ -466,7 +485,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
       load_next(0);
       wgmma_wait<0>();
       order_registers(s);
-      online_softmax<T>(s, st, alpha_a, alpha_b, mask, p, b, h, 0, row_a, row_b, wg_row0, lane);
+      online_softmax<T>(s, st, alpha_a, alpha_b, mask, key_mask(0), p, b, h, 0, row_a, row_b, wg_row0, lane);
       // kPipelinedStaggered: the second warpgroup rescales and packs after the barrier, so that the first one's
       // products reach the tensor cores first and the two softmaxes run apart rather than together (on the
       // same special-function units). Its wait stays before the barrier: the loads after it overwrite tile
@@ -490,7 +509,8 @@ __global__ void __launch_bounds__(kWgThreads, 1)
         load_next(tile);
         wgmma_wait<1>();  // S in; the P V of tile - 1 runs on during the softmax
         order_registers(s);
-        online_softmax<T>(s, st, alpha_a, alpha_b, mask, p, b, h, tile * kKeys, row_a, row_b, wg_row0, lane);
+        online_softmax<T>(s, st, alpha_a, alpha_b, mask, key_mask(tile % kStages), p, b, h, tile * kKeys, row_a, row_b,
+                          wg_row0, lane);
       }
       wgmma_wait<0>();
       order_registers(o);
@@ -520,7 +540,8 @@ __global__ void __launch_bounds__(kWgThreads, 1)
       wgmma_qk_issue<T, D>(s, q_addr, smem_addr(k_tile(tile % kStages)));
       wgmma_wait<0>();
       order_registers(s);
-      online_softmax<T>(s, st, alpha_a, alpha_b, mask, p, b, h, key0, row_a, row_b, wg_row0, lane);
+      online_softmax<T>(s, st, alpha_a, alpha_b, mask, key_mask(tile % kStages), p, b, h, key0, row_a, row_b, wg_row0,
+                        lane);
       rescale_rows<D>(o, alpha_a, alpha_b);
       pack_p<T>(s, pf);
       // O += P V, now or (deferring) after the next barrier.
@@ -570,14 +591,26 @@ Status opt_in() {
   return OkStatus();
 }
 
+// Whether the kernel stages the mask per tile in shared memory (with K and V, one cp.async chunk of 8 keys a
+// thread) instead of reading it element by element from global memory: a padding mask, the same for every
+// query row ([B, 1, 1, Sk] and the like), with contiguous keys and each (batch, head) row 16-byte aligned in
+// whole chunks. Global reads cost BERT's attention at sequence 128 more than its products.
+bool key_mask_stageable(const AttentionParams& p, const void* mask) {
+  const int64_t* st = p.mask_strides;
+  return p.has_mask && st[2] == 0 && st[3] == 1 && p.Sk % 8 == 0 && st[0] % 8 == 0 && st[1] % 8 == 0 &&
+         reinterpret_cast<uintptr_t>(mask) % 16 == 0;
+}
+
 template <class T, int D, WgmmaSchedule SCHED>
 Status launch(const AttentionParams& p, const void* q, const void* k, const void* v, const void* mask, void* y,
               cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(ceil_div(p.Sq, kQRows)), static_cast<unsigned>(p.H),
                   static_cast<unsigned>(p.B));
+  AttentionParams staged = p;
+  staged.key_mask = key_mask_stageable(p, mask);
   wgmma_attention_kernel<T, D, SCHED><<<grid, kWgThreads, wgmma_smem_bytes<D>(), stream>>>(
       static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), static_cast<const T*>(mask),
-      static_cast<T*>(y), p);
+      static_cast<T*>(y), staged);
   return launch_status("wgmma_attention_kernel");
 }
 

@@ -27,6 +27,7 @@ struct AttentionParams {
   // Mask strides over [B, H, Sq, Sk] (0 along broadcast dims); has_mask false: no mask.
   bool has_mask = false;
   int64_t mask_strides[4] = {0, 0, 0, 0};
+  bool key_mask = false;  // the Hopper kernel's: the mask is staged per key tile in shared memory (its launch sets it)
   float scale_log2 = 0;  // scale * log2(e): the logits are kept in base 2
   bool causal = false;
   bool nan_to_zero = false;
