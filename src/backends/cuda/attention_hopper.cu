@@ -313,6 +313,29 @@ __device__ __forceinline__ void online_softmax(float (&s)[kKeys / 2], RowState& 
     }
     tmax_a *= sc;
     tmax_b *= sc;
+  } else if (key_mask != nullptr) {
+    // The staged key mask: its two keys of each n8 slice read once for both rows, all before any use and with
+    // no branch between them (the bounds test, on an edge tile only, after).
+    float m[kKeys / 4];
+#pragma unroll
+    for (int t = 0; t < kKeys / 8; ++t) {
+      m[2 * t] = to_f(key_mask[t * 8 + 2 * (lane % 4)]) * kAttentionLog2e;
+      m[2 * t + 1] = to_f(key_mask[t * 8 + 2 * (lane % 4) + 1]) * kAttentionLog2e;
+    }
+#pragma unroll
+    for (int t = 0; t < kKeys / 8; ++t) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        float x = fmaf(s[4 * t + e], p.scale_log2, m[2 * t + e % 2]);
+        if (edge) {
+          const int j = key0 + t * 8 + 2 * (lane % 4) + (e % 2);
+          if (j >= p.Sk || (p.causal && j > (e < 2 ? row_a : row_b))) x = -INFINITY;
+        }
+        s[4 * t + e] = x;
+        if (e < 2) tmax_a = fmaxf(tmax_a, x);
+        else tmax_b = fmaxf(tmax_b, x);
+      }
+    }
   } else {
 #pragma unroll
     for (int t = 0; t < kKeys / 8; ++t) {
@@ -322,7 +345,6 @@ __device__ __forceinline__ void online_softmax(float (&s)[kKeys / 2], RowState& 
         const int i = e < 2 ? row_a : row_b;
         float x = s[4 * t + e] * p.scale_log2;
         if (edge && (j >= p.Sk || (p.causal && j > i))) x = -INFINITY;
-        else if (key_mask) x += to_f(key_mask[j - key0]) * kAttentionLog2e;
         else if (p.has_mask && i < p.Sq) x += mask_at(mask, p, b, h, i, j) * kAttentionLog2e;
         s[4 * t + e] = x;
         if (e < 2) tmax_a = fmaxf(tmax_a, x);
