@@ -1,5 +1,5 @@
 // The CUDA layer of kiln.FusedAttention (src/backends/cuda/attention.cu) against its CPU reference: the
-// tensor-core kernels (tactics cuda.flash.br64 / br128 on mma.sync; cuda.flash.wgmma.pipe, .pipe.staggered,
+// tensor-core kernels (tactics cuda.flash.br16 .. br128 on mma.sync; cuda.flash.wgmma.pipe, .pipe.staggered,
 // cuda.flash.wgmma and its lockstep schedule on Hopper's wgmma in attention_hopper.cu, which need an H100 /
 // H200; float16 and bfloat16, head dims 64 and 128) and the
 // one-warp-a-row kernel (cuda.attention.rows; every float type, head dims up to 256), on BERT-base's shapes
@@ -26,7 +26,8 @@ const char* const kWgmmaTactic = "cuda.flash.wgmma.pipe";  // the one tried firs
 const char* const kWgmmaTactics[] = {kWgmmaTactic, "cuda.flash.wgmma.pipe.staggered", "cuda.flash.wgmma",
                                      "cuda.flash.wgmma.lockstep"};
 const char* const kFlashTactics[] = {kWgmmaTactic, "cuda.flash.wgmma.pipe.staggered", "cuda.flash.wgmma",
-                                     "cuda.flash.wgmma.lockstep", "cuda.flash.br64", "cuda.flash.br128"};
+                                     "cuda.flash.wgmma.lockstep", "cuda.flash.br128", "cuda.flash.br64",
+                                     "cuda.flash.br32", "cuda.flash.br16"};
 
 // 0 where attended, -inf where not (about a fifth), and the first row of the mask's last two dims wholly -inf
 // when `full_row`.

@@ -7,8 +7,9 @@
 //   "cuda.flash.wgmma", "cuda.flash.wgmma.lockstep"; attention_hopper.cu): the same algorithm on Hopper's
 //   warpgroup matrix instructions (sm_90a), float16 / bfloat16, head dims 64 and 128, in four schedules;
 //   compute capability 9.0 only (the sm_90a code runs nowhere else).
-// - flash_attention_kernel (tactics "cuda.flash.br64", "cuda.flash.br128"): FlashAttention-2's forward for
-//   float16 / bfloat16 and head dims 64 and 128. A block owns BR query rows of one (batch, head), 16 per warp;
+// - flash_attention_kernel (tactics "cuda.flash.br16" .. "cuda.flash.br128"): FlashAttention-2's forward for
+//   float16 / bfloat16 and head dims 64 and 128. A block owns BR query rows of one (batch, head), 16 per warp
+//   (BR 16 and 32 give short sequences at batch 1 more blocks than the GPU has SMs, not 12 or 24);
 //   it streams the keys and values through shared memory in tiles of 64 (cp.async, double-buffered), computes
 //   S = Q K^T and O += P V on the tensor cores (mma.sync m16n8k16, float accumulators) and keeps the softmax
 //   online: a running row max and sum in registers, O rescaled when the max grows. The score tile never
@@ -30,6 +31,7 @@
 
 #include <cmath>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "backends/cuda/attention_params.cuh"
@@ -319,8 +321,15 @@ Status launch_flash(const AttentionParams& p, const void* q, const void* k, cons
 
 const char* kPrefix = "CUDA kiln.FusedAttention: ";
 const char* kRowsTactic = "cuda.attention.rows";
-const char* kFlash64 = "cuda.flash.br64";
-const char* kFlash128 = "cuda.flash.br128";
+// The mma.sync kernel's tactics: its query rows a block (BR).
+constexpr std::pair<const char*, int> kFlashTactics[] = {
+    {"cuda.flash.br128", 128}, {"cuda.flash.br64", 64}, {"cuda.flash.br32", 32}, {"cuda.flash.br16", 16}};
+// BR of a flash tactic; 0 for any other.
+int flash_rows(const std::string& tactic) {
+  for (const auto& [name, rows] : kFlashTactics)
+    if (tactic == name) return rows;
+  return 0;
+}
 const char* kWgmmaPipe = "cuda.flash.wgmma.pipe";
 const char* kWgmmaPipeStaggered = "cuda.flash.wgmma.pipe.staggered";
 const char* kWgmma = "cuda.flash.wgmma";
@@ -458,7 +467,8 @@ class AttentionLayer : public Layer {
     dtype_ = spec.inputs[0].dtype;
     tactic_ = tactic;
     const bool wgmma = wgmma_schedule(tactic, &sched_);
-    if (tactic != kRowsTactic && !((tactic == kFlash64 || tactic == kFlash128) && flash_fits(dtype_, g.D)) &&
+    flash_rows_ = flash_rows(tactic);
+    if (tactic != kRowsTactic && !(flash_rows_ > 0 && flash_fits(dtype_, g.D)) &&
         !(wgmma && wgmma_attention_fits(dtype_, g.D)))
       return Unsupported(std::string(kPrefix) + "tactic '" + tactic + "' does not run " + dtype_name(dtype_) +
                          " with head dim " + std::to_string(g.D));
@@ -487,8 +497,8 @@ class AttentionLayer : public Layer {
     if (wgmma) {
       KILN_RETURN_IF_ERROR(opt_in_wgmma_attention(dtype_, p_.D, sched_));
     } else if (tactic != kRowsTactic) {
-      const bool br128 = tactic == kFlash128;
-      KILN_RETURN_IF_ERROR(dtype_ == DType::kFloat16 ? opt_in<__half>(br128) : opt_in<__nv_bfloat16>(br128));
+      KILN_RETURN_IF_ERROR(dtype_ == DType::kFloat16 ? flash_rows_dispatch<__half>(OptIn{})
+                                                     : flash_rows_dispatch<__nv_bfloat16>(OptIn{}));
     }
     const size_t m_at = mask_input(g.packed);
     p_.has_mask = spec.inputs.size() == m_at + 1 && spec.inputs[m_at].present();
@@ -524,9 +534,9 @@ class AttentionLayer : public Layer {
     const bool aligned = aligned16(q) && aligned16(k) && aligned16(v) && aligned16(y);
     if (wgmma_ && aligned) return launch_wgmma_attention(dtype_, sched_, p_, q, k, v, mask, y, h.stream);
     if (tactic_ != kRowsTactic && aligned) {
-      const bool br128 = tactic_ == kFlash128;
-      if (dtype_ == DType::kFloat16) return flash<__half>(br128, q, k, v, mask, y, h.stream);
-      return flash<__nv_bfloat16>(br128, q, k, v, mask, y, h.stream);
+      const Launch l{&p_, q, k, v, mask, y, h.stream};
+      if (dtype_ == DType::kFloat16) return flash_rows_dispatch<__half>(l);
+      return flash_rows_dispatch<__nv_bfloat16>(l);
     }
     const dim3 grid(static_cast<unsigned>(ceil_div(p_.Sq, kRowsPerBlock)), static_cast<unsigned>(p_.H),
                     static_cast<unsigned>(p_.B));
@@ -540,22 +550,37 @@ class AttentionLayer : public Layer {
   }
 
  private:
-  template <class T>
-  Status opt_in(bool br128) const {
-    if (p_.D == 64) return br128 ? opt_in_flash<T, 64, 128>() : opt_in_flash<T, 64, 64>();
-    return br128 ? opt_in_flash<T, 128, 128>() : opt_in_flash<T, 128, 64>();
+  // What flash_rows_dispatch does for the layer's (D, BR): the shared-memory opt-in, or a launch.
+  struct OptIn {
+    template <class T, int D, int BR>
+    Status go() const { return opt_in_flash<T, D, BR>(); }
+  };
+  struct Launch {
+    const AttentionParams* p;
+    const void *q, *k, *v, *mask;
+    void* y;
+    cudaStream_t stream;
+    template <class T, int D, int BR>
+    Status go() const { return launch_flash<T, D, BR>(*p, q, k, v, mask, y, stream); }
+  };
+  template <class T, int D, class Op>
+  Status flash_rows_dispatch(const Op& op, int rows) const {
+    switch (rows) {
+      case 128: return op.template go<T, D, 128>();
+      case 64: return op.template go<T, D, 64>();
+      case 32: return op.template go<T, D, 32>();
+      default: return op.template go<T, D, 16>();
+    }
   }
-  template <class T>
-  Status flash(bool br128, const void* q, const void* k, const void* v, const void* mask, void* y,
-               cudaStream_t stream) const {
-    if (p_.D == 64)
-      return br128 ? launch_flash<T, 64, 128>(p_, q, k, v, mask, y, stream) : launch_flash<T, 64, 64>(p_, q, k, v, mask, y, stream);
-    return br128 ? launch_flash<T, 128, 128>(p_, q, k, v, mask, y, stream) : launch_flash<T, 128, 64>(p_, q, k, v, mask, y, stream);
+  template <class T, class Op>
+  Status flash_rows_dispatch(const Op& op) const {
+    return p_.D == 64 ? flash_rows_dispatch<T, 64>(op, flash_rows_) : flash_rows_dispatch<T, 128>(op, flash_rows_);
   }
 
   DType dtype_ = DType::kFloat32;
   std::string tactic_;
   bool wgmma_ = false;
+  int flash_rows_ = 0;  // the mma.sync kernel's BR, 0 for the other kernels
   bool packed_ = false;
   int64_t kv_offset_bytes_ = 0;  // packed: where K starts in a row of QKV (V twice as far)
   WgmmaSchedule sched_ = WgmmaSchedule::kStagger;
@@ -574,8 +599,10 @@ void register_attention_layers(LayerTable& table) {
   // The tensor-core tactics first (they refuse what they do not run: float32, other head dims, the wgmma one
   // devices other than Hopper).
   k.tactics = [](const LayerSpec&) {
-    return std::vector<std::string>{kWgmmaPipe, kWgmmaPipeStaggered, kWgmma,   kWgmmaLockstep,
-                                    kFlash128,  kFlash64,            kRowsTactic};
+    std::vector<std::string> t{kWgmmaPipe, kWgmmaPipeStaggered, kWgmma, kWgmmaLockstep};
+    for (const auto& [name, rows] : kFlashTactics) t.push_back(name);
+    t.push_back(kRowsTactic);
+    return t;
   };
   k.create = [](const LayerSpec& spec, const std::string& tactic, const CudaHandles&) -> Result<std::unique_ptr<Layer>> {
     auto layer = std::make_unique<AttentionLayer>();
