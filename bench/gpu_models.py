@@ -147,6 +147,7 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--quick", action="store_true", help="batch 1 only, no torch.compile")
     ap.add_argument("--compile-mode", default="max-autotune")
+    ap.add_argument("--no-compile", action="store_true", help="no torch.compile peer (it takes minutes)")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     dev = torch.device("cuda")
@@ -216,7 +217,8 @@ def main():
             row["kiln_cuda_graph" if cg else "kiln"] = kiln_bench(
                 args.kiln, bert_onnx, shapes, cg, os.path.join(args.out, f"kiln_bert_b{batch}{'_cg' if cg else ''}.json"))
         save(results, row, args.out)
-        row["torch"] = torch_peers(wrap_h, [ids, mask, types], not args.quick and batch == 32, args.compile_mode)
+        row["torch"] = torch_peers(wrap_h, [ids, mask, types], not (args.quick or args.no_compile) and batch == 32,
+                                  args.compile_mode)
         save(results, row, args.out)
 
     for row in results["rows"]:
