@@ -168,6 +168,7 @@ TEST(CudaNormalization, LayerNormParameterInputsAndManyLongRows) {
   for (DType p : kPrecisions) {
     SCOPED_TRACE(dtype_name(p));
     expect_layer_matches_reference(layer_norm_case({4, 2, 96}, -1, p, true, /*constant=*/false));
+    expect_layer_matches_reference(layer_norm_case({3, 768}, -1, p, true, /*constant=*/false));  // prefetched
     expect_layer_matches_reference(layer_norm_case({140, 5000}, -1, p, true, /*constant=*/false));
     expect_layer_matches_reference(layer_norm_case({130, 16384}, -1, p, false, /*constant=*/true));
   }
