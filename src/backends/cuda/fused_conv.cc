@@ -21,9 +21,8 @@
 //
 // A 1x1, stride-1, unpadded, ungrouped 2-D convolution in channels-last layout is a GEMM,
 // Y[NHW, M] = X[NHW, C] * W[M, C]^T, and cuBLASLt's epilogues add the bias and apply Relu, its beta*C the
-// residual Z. Such convolutions also get the tactics "cuda.cublaslt.h0".."h7" and "cuda.cublaslt.splitk2/4/8"
-// (matmul_tactics(): the cuBLASLt Gemm layer of matmul.h on reshaped views of the same device buffers).
-// They matter for ResNet's layer3/4
+// residual Z. Such convolutions also get the tactics "cuda.cublaslt.h0".."h7" (matmul_tactics(): the cuBLASLt
+// Gemm layer of matmul.h on reshaped views of the same device buffers). They matter for ResNet's layer3/4
 // at batch 1: a 49 x 512 output leaves cuDNN's tiles almost idle, where cuBLASLt has split-K kernels.
 //
 // Channels-last float16/bfloat16 convolutions of 4 or 8 input channels (ResNet's stem, its 3 channels padded

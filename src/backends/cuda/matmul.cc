@@ -33,10 +33,6 @@ namespace {
 constexpr size_t kMaxWorkspace = 32u << 20;  // cuBLASLt's split-K and stream-K kernels want a few MiB
 constexpr int kHeuristicResults = 8;
 constexpr int kTactics = kHeuristicResults;  // the builder times every algorithm the heuristic lists
-// Besides, "cuda.cublaslt.splitk<S>": the heuristic's first algorithm that can split K, split S ways. At batch 1
-// a transformer's GEMMs have a few output tiles and long K (BERT's [128, 3072] x [3072, 768]: 6 tiles of
-// 128 x 128 for 132 SMs), which the heuristic's own picks leave mostly idle.
-constexpr int kSplitKs[] = {2, 4, 8};
 constexpr uint32_t kFastAlign = 16;
 
 bool is_float(DType t) { return t == DType::kFloat32 || t == DType::kFloat16 || t == DType::kBFloat16; }
@@ -145,9 +141,7 @@ class CublasLtMatmulLayer final : public Layer {
  private:
   friend Result<std::unique_ptr<Layer>> kiln::cuda::create_matmul_layer(const LayerSpec&, MatmulEpilogue,
                                                                         const std::string&, const CudaHandles&);
-  Status make_plan(const CudaHandles& h, cublasComputeType_t compute, bool safe, int index, int split_k, Plan* p,
-                   int* found);
-  Status split_k_algo(const CudaHandles& h, const cublasLtMatmulHeuristicResult_t* results, int n, int split_k, Plan* p);
+  Status make_plan(const CudaHandles& h, cublasComputeType_t compute, bool safe, int index, Plan* p, int* found);
 
   DType dtype_ = DType::kFloat32;
   size_t es_ = 4;
@@ -186,48 +180,8 @@ struct PreferenceGuard {
   }
 };
 
-// The first of the heuristic's n algorithms that splits K `split_k` ways for this problem (cublasLtMatmulAlgoCheck
-// says), its partial sums reduced in float32 where it can (else in place, else in the output type).
-Status CublasLtMatmulLayer::split_k_algo(const CudaHandles& h, const cublasLtMatmulHeuristicResult_t* results, int n,
-                                         int split_k, Plan* p) {
-  for (int i = 0; i < n; ++i) {
-    cublasLtMatmulAlgo_t algo = results[i].algo;
-    int32_t splits_ok = 0;
-    uint32_t schemes = 0;
-    size_t written = 0;
-    if (cublasLtMatmulAlgoCapGetAttribute(&algo, CUBLASLT_ALGO_CAP_SPLITK_SUPPORT, &splits_ok, sizeof(splits_ok), &written) !=
-            CUBLAS_STATUS_SUCCESS ||
-        splits_ok == 0 ||
-        cublasLtMatmulAlgoCapGetAttribute(&algo, CUBLASLT_ALGO_CAP_REDUCTION_SCHEME_MASK, &schemes, sizeof(schemes),
-                                          &written) != CUBLAS_STATUS_SUCCESS)
-      continue;
-    uint32_t scheme = 0;
-    for (uint32_t want : {static_cast<uint32_t>(CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE),
-                          static_cast<uint32_t>(CUBLASLT_REDUCTION_SCHEME_INPLACE),
-                          static_cast<uint32_t>(CUBLASLT_REDUCTION_SCHEME_OUTPUT_TYPE)})
-      if (scheme == 0 && (schemes & want) != 0) scheme = want;
-    if (scheme == 0) continue;
-    const uint32_t splits = static_cast<uint32_t>(split_k);
-    if (cublasLtMatmulAlgoConfigSetAttribute(&algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &splits, sizeof(splits)) !=
-            CUBLAS_STATUS_SUCCESS ||
-        cublasLtMatmulAlgoConfigSetAttribute(&algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &scheme, sizeof(scheme)) !=
-            CUBLAS_STATUS_SUCCESS)
-      continue;
-    cublasLtMatmulHeuristicResult_t check{};
-    if (cublasLtMatmulAlgoCheck(h.cublaslt, p->desc, lay_b_, lay_a_, p->c_direct ? lay_c_ : lay_d_, lay_d_, &algo,
-                                &check) != CUBLAS_STATUS_SUCCESS ||
-        check.workspaceSize > kMaxWorkspace)
-      continue;
-    p->algo = algo;
-    p->workspace = check.workspaceSize;
-    return OkStatus();
-  }
-  return Unsupported("cuBLASLt's heuristic offers no algorithm that splits K " + std::to_string(split_k) +
-                     " ways for this problem (of " + std::to_string(n) + ")");
-}
-
-Status CublasLtMatmulLayer::make_plan(const CudaHandles& h, cublasComputeType_t compute, bool safe, int index,
-                                      int split_k, Plan* p, int* found) {
+Status CublasLtMatmulLayer::make_plan(const CudaHandles& h, cublasComputeType_t compute, bool safe, int index, Plan* p,
+                                      int* found) {
   const bool has_bias = bias_input_ >= 0;
   p->bias_in_epilogue = has_bias && !safe;
   // C through beta: the fast plan reads a C of the output's shape in place as cuBLASLt's C, or copies a
@@ -301,7 +255,6 @@ Status CublasLtMatmulLayer::make_plan(const CudaHandles& h, cublasComputeType_t 
                        std::to_string(K_) + "] x [" + std::to_string(K_) + "x" + std::to_string(N_) + "]" +
                        (safe ? " with element-aligned operands" : ""));
   }
-  if (split_k > 0) return split_k_algo(h, results, *found, split_k, p);
   if (index >= *found) return OkStatus();  // the caller says which tactic is missing
   p->algo = results[index].algo;
   p->workspace = results[index].workspaceSize;
@@ -356,16 +309,8 @@ bool linear_groups(const std::vector<int64_t>& offsets, int64_t inner, int64_t* 
   return true;
 }
 
-// K's split of a "cuda.cublaslt.splitk<S>" tactic; 0 for any other.
-int tactic_split_k(const std::string& tactic) {
-  for (int s : kSplitKs)
-    if (tactic == "cuda.cublaslt.splitk" + std::to_string(s)) return s;
-  return 0;
-}
-
-// The heuristic rank of a "cuda.cublaslt.h<i>" tactic (0 for "default" and the split-K tactics); -1 for others.
 int tactic_index(const std::string& tactic) {
-  if (tactic == "default" || tactic_split_k(tactic) > 0) return 0;
+  if (tactic == "default") return 0;
   const std::string prefix = "cuda.cublaslt.h";
   if (tactic.size() != prefix.size() + 1 || tactic.compare(0, prefix.size(), prefix) != 0) return -1;
   const int i = tactic.back() - '0';
@@ -393,7 +338,6 @@ bool matmul_epilogue_has_bias(MatmulEpilogue e) {
 std::vector<std::string> matmul_tactics() {
   std::vector<std::string> names;
   for (int i = 0; i < kTactics; ++i) names.push_back("cuda.cublaslt.h" + std::to_string(i));
-  for (int s : kSplitKs) names.push_back("cuda.cublaslt.splitk" + std::to_string(s));
   return names;
 }
 
@@ -582,7 +526,7 @@ Result<std::unique_ptr<Layer>> create_matmul_layer(const LayerSpec& spec, Matmul
   const cublasComputeType_t compute = L->dtype_ == DType::kFloat32 && spec.allow_tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32
                                                                                       : CUBLAS_COMPUTE_32F;
   int found = 0;
-  KILN_RETURN_IF_ERROR(L->make_plan(h, compute, false, index, tactic_split_k(tactic), &L->fast_, &found));
+  KILN_RETURN_IF_ERROR(L->make_plan(h, compute, false, index, &L->fast_, &found));
   if (index >= found)
     return Unsupported(tactic + ": cuBLASLt's heuristic offers " + std::to_string(found) + " algorithm(s) for this problem");
   const Plan& f = L->fast_;
@@ -591,7 +535,7 @@ Result<std::unique_ptr<Layer>> create_matmul_layer(const LayerSpec& spec, Matmul
   if (L->has_safe_) {
     // Without a fallback the layer still runs whenever its operands are aligned (as they always are when the
     // runtime's arena hands out 16-byte-aligned tensors); run() says so when they are not.
-    const Status s = L->make_plan(h, compute, true, 0, 0, &L->safe_, &found);
+    const Status s = L->make_plan(h, compute, true, 0, &L->safe_, &found);
     if (s.code() == StatusCode::kUnsupported) L->has_safe_ = false;
     else KILN_RETURN_IF_ERROR(s);
   }
