@@ -65,6 +65,7 @@ VARIANTS = [
     ("cuda_o2", "cuda", 2, "fp32", ["--no-tf32"]),
     ("cuda_o3", "cuda", 3, "fp32", ["--no-tf32"]),
     ("cuda_o3_tf32", "cuda", 3, "tf32", []),
+    ("cuda_o1_fp16", "cuda", 1, "fp16", ["--fp16"]),  # against o3: whether a fusion or half precision errs
     ("cuda_o3_fp16", "cuda", 3, "fp16", ["--fp16"]),
     ("cuda_o3_bf16", "cuda", 3, "bf16", ["--bf16"]),
 ]
@@ -158,6 +159,27 @@ def torch_models(batch, seq):
             "bert_base": bert, "gpt2": gpt2, "vit_b_16": vision(torchvision.models.vit_b_16)}
 
 
+def torch_fp16_outputs(module, feeds, output_names):
+    """PyTorch's own float16 outputs on the GPU ("torch_fp16__NAME"), where there is one: how far half precision
+    alone takes the model from its float32 outputs, beside which a Kiln FP16 engine's error is judged. Converts
+    the module (call it last)."""
+    import torch
+    if not torch.cuda.is_available():
+        return {}
+    try:
+        m = module.half().cuda()
+        ins = [t.half().cuda() if t.is_floating_point() else t.cuda() for t in feeds.values()]
+        with torch.no_grad():
+            out = m(*ins)
+        outs = out if isinstance(out, (tuple, list)) else [out]
+        return {"torch_fp16__" + n: o.float().cpu().numpy() for n, o in zip(output_names, outs)}
+    except Exception as e:  # the context is optional; say why it is missing
+        say(f"torch fp16 run failed: {type(e).__name__}: {str(e)[:200]}")
+        return {}
+    finally:
+        torch.cuda.empty_cache()
+
+
 def export_models(names, models_dir, batch, seq):
     """Writes NAME.onnx and NAME.npz (inputs and PyTorch's outputs) for each name; keeps pairs already there.
     Returns ({name: error text} for the models that could not be exported, {name: note})."""
@@ -208,6 +230,7 @@ def export_models(names, models_dir, batch, seq):
                 export(module, list(feeds.values()), input_names, onnx_path, dynamic)
             arrays = {n: t.numpy() for n, t in feeds.items()}
             arrays.update({n: o.float().numpy() for n, o in zip(output_names, outs)})
+            arrays.update(torch_fp16_outputs(module, feeds, output_names))
             np.savez(npz_path, **arrays)
             say(f"export {name}: {os.path.getsize(onnx_path) / 1e6:.0f} MB in {time.time() - t0:.0f} s")
         except Exception as e:  # one model that does not export never stops the others
@@ -242,6 +265,7 @@ class Model:
             raise ValueError(f"{npz_path} has no array for input(s) {missing} (it has {data.files})")
         self.feeds = {n: data[n] for n in self.inputs}
         self.torch_outputs = {n: data[n] for n in self.outputs if n in data.files}  # optional
+        self.torch_fp16_outputs = {n: data["torch_fp16__" + n] for n in self.outputs if "torch_fp16__" + n in data.files}
         self.size = os.path.getsize(onnx_path)
 
 
@@ -433,6 +457,10 @@ class Checker:
             if model.torch_outputs:
                 worst, err = compare(raw["outputs"], model.torch_outputs)
                 row["vs_torch"] = worst if worst else {"error": err}
+                if raw["precision"] in ("fp16", "bf16") and model.torch_fp16_outputs:
+                    # Context, not the test: PyTorch's own float16 against its float32.
+                    worst, err = compare(model.torch_fp16_outputs, model.torch_outputs)
+                    row["torch_fp16_vs_torch"] = worst if worst else {"error": err}
         vs = row.get("vs_reference")
         if raw["variant"] == REFERENCE and not ref and "outputs" in raw:
             row["pass"] = True  # nothing to check the reference against (no PyTorch outputs in the npz)
@@ -461,6 +489,9 @@ def line(row):
         text += "  (no PyTorch output to check it against)"
     if vt and "rel_err" in vt and row.get("reference") != "torch":
         text += f"  torch {vt['rel_err']:.2e}"
+    vh = row.get("torch_fp16_vs_torch")
+    if vh and "rel_err" in vh:
+        text += f"  (PyTorch's own fp16 {vh['rel_err']:.2e})"
     if "wall_s" in row:
         text += f"  {row['wall_s']:.1f} s" + (f" (build {row['build_s']:.1f})" if "build_s" in row else "")
     if ins:
