@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "ir/graph.h"
+#include "kiln/status.h"
 #include "runtime/executor.h"
 
 namespace kiln::passes {
@@ -178,6 +179,29 @@ inline std::string absorb_chain(ir::Graph& g, const std::vector<size_t>& chain, 
       for (const auto& o : g.nodes[i].outputs) g.value_types.erase(o);
   }
   return name;
+}
+
+// The loop of the recognition passes (recognize_gelu, recognize_layer_norm, recognize_activations): at each
+// node not absorbed yet, in graph order, `match_at(k)` gives the pattern found there if any (a std::optional
+// of a struct whose `nodes` are the positions it replaces, in graph order, each once). A pattern that shares
+// a node with one taken before is passed over; each other one is absorbed (absorb_chain) and replaced, at its
+// last node's place, by the node `make(match, node)` completes: node comes with its name and ONNX index,
+// make sets its op, inputs, outputs and attributes, and may fail (a new initializer's cast). The
+// replacements are splice_fused_nodes's.
+template <typename MatchAt, typename Make>
+Status replace_matches(ir::Graph& g, std::vector<bool>& absorbed, std::map<size_t, ir::Node>& replacement,
+                       MatchAt&& match_at, Make&& make) {
+  for (size_t k = 0; k < g.nodes.size(); ++k) {
+    if (absorbed[k]) continue;
+    auto m = match_at(k);
+    if (!m || std::any_of(m->nodes.begin(), m->nodes.end(), [&](size_t i) { return absorbed[i]; })) continue;
+    ir::Node node;
+    node.name = absorb_chain(g, m->nodes, absorbed);
+    node.index = g.nodes[m->nodes.back()].index;
+    KILN_RETURN_IF_ERROR(make(*m, node));
+    replacement[m->nodes.back()] = std::move(node);
+  }
+  return OkStatus();
 }
 
 // The last step of every fusion pass: each fused node takes the place of the last node of the chain it

@@ -146,25 +146,18 @@ Status recognize_activations(ir::Model& model, int* found) {
   std::map<size_t, ir::Node> replacement;  // position of the pattern's last node -> the activation
   ActivationMatcher matcher(g, opset);
   bool kiln_op = false;
-  for (size_t k = 0; k < g.nodes.size(); ++k) {
-    if (absorbed[k]) continue;
-    std::optional<Match> m = matcher.at(k);
-    if (!m) continue;
-    bool clash = false;
-    for (size_t i : m->nodes) clash = clash || absorbed[i];
-    if (clash) continue;
-    ir::Node act;
-    act.name = absorb_chain(g, m->nodes, absorbed);
-    act.op_type = m->op;
-    if (m->op == "Swish" && opset < 24) {  // kiln.Swish: ONNX Swish at any opset
-      act.domain = "kiln";
-      kiln_op = true;
-    }
-    act.index = g.nodes[m->nodes.back()].index;
-    act.inputs = {m->x};
-    act.outputs = {m->y};
-    replacement[m->nodes.back()] = std::move(act);
-  }
+  KILN_RETURN_IF_ERROR(replace_matches(
+      g, absorbed, replacement, [&](size_t k) { return matcher.at(k); },
+      [&](const Match& m, ir::Node& act) {
+        act.op_type = m.op;
+        if (m.op == "Swish" && opset < 24) {  // kiln.Swish: ONNX Swish at any opset
+          act.domain = "kiln";
+          kiln_op = true;
+        }
+        act.inputs = {m.x};
+        act.outputs = {m.y};
+        return OkStatus();
+      }));
   if (found) *found = static_cast<int>(replacement.size());
   const bool had_kiln = model.opsets.count("kiln") > 0;
   splice_fused_nodes(model, replacement, absorbed);

@@ -23,8 +23,9 @@ bool is_onnx(const ir::Node& n, const char* op) { return n.domain.empty() && n.o
 
 struct Match {
   std::string x;
-  std::vector<size_t> nodes;  // absorbed, in graph order after sorting
+  std::vector<size_t> nodes;  // absorbed, in graph order after sorting, each once
   std::string y;
+  std::string approximate;  // kiln.Gelu's: "none" (the erf form) or "tanh"
 };
 
 class GeluMatcher {
@@ -32,7 +33,7 @@ class GeluMatcher {
   GeluMatcher(const ir::Graph& g, const std::vector<bool>& absorbed) : g_(g), readers_(g), absorbed_(absorbed) {}
 
   // The GELU whose Erf or Tanh is node k, if node k is one.
-  std::optional<Match> at(size_t k, std::string* approximate) {
+  std::optional<Match> at(size_t k) {
     const ir::Node& n = g_.nodes[k];
     if (n.inputs.size() != 1 || n.outputs.size() != 1) return std::nullopt;
     Match m;
@@ -46,16 +47,17 @@ class GeluMatcher {
       } else if (!is_onnx(*d, "Mul") || !other_than_scalar(*d, 1.0 / std::sqrt(2.0), &m.x)) {
         return std::nullopt;
       }
-      *approximate = "none";
+      m.approximate = "none";
     } else if (is_onnx(n, "Tanh")) {
       if (!tanh_argument(n.inputs[0], &m)) return std::nullopt;
-      *approximate = "tanh";
+      m.approximate = "tanh";
     } else {
       return std::nullopt;
     }
     m.nodes.push_back(k);
     if (!outer_product(n.outputs[0], &m)) return std::nullopt;
     std::sort(m.nodes.begin(), m.nodes.end());
+    m.nodes.erase(std::unique(m.nodes.begin(), m.nodes.end()), m.nodes.end());
     return m;
   }
 
@@ -169,32 +171,16 @@ Status recognize_gelu(ir::Model& model, int* found) {
   std::vector<bool> absorbed(g.nodes.size(), false);
   std::map<size_t, ir::Node> replacement;  // position of the pattern's last node -> the kiln.Gelu
   GeluMatcher matcher(g, absorbed);
-  for (size_t k = 0; k < g.nodes.size(); ++k) {
-    if (absorbed[k]) continue;
-    std::string approximate;
-    std::optional<Match> m = matcher.at(k, &approximate);
-    if (!m) continue;
-    std::vector<size_t> nodes = m->nodes;
-    nodes.erase(std::unique(nodes.begin(), nodes.end()), nodes.end());
-    bool clash = false;
-    for (size_t i : nodes) clash = clash || absorbed[i];
-    if (clash) continue;
-    ir::Node gelu;
-    for (size_t i : nodes) {
-      absorbed[i] = true;
-      gelu.name += (gelu.name.empty() ? "" : " + ") + g.nodes[i].name;
-    }
-    gelu.op_type = "Gelu";
-    gelu.domain = "kiln";
-    gelu.inputs = {m->x};
-    gelu.outputs = {m->y};
-    gelu.index = g.nodes[nodes.back()].index;
-    ir::Attribute a;
-    a.type = ir::Attribute::Type::kString;
-    a.s = approximate;
-    gelu.attributes["approximate"] = a;
-    replacement[nodes.back()] = std::move(gelu);
-  }
+  KILN_RETURN_IF_ERROR(replace_matches(
+      g, absorbed, replacement, [&](size_t k) { return matcher.at(k); },
+      [](const Match& m, ir::Node& gelu) {
+        gelu.op_type = "Gelu";
+        gelu.domain = "kiln";
+        gelu.inputs = {m.x};
+        gelu.outputs = {m.y};
+        gelu.attributes["approximate"] = string_attribute(m.approximate);
+        return OkStatus();
+      }));
   if (found) *found = static_cast<int>(replacement.size());
   splice_fused_nodes(model, replacement, absorbed);
   return OkStatus();

@@ -148,33 +148,26 @@ Status recognize_layer_norm(ir::Model& model, int* found) {
   std::map<size_t, ir::Node> replacement;  // position of the pattern's last node -> the LayerNormalization
   LayerNormMatcher matcher(g);
   FreshNames fresh(g);
-  for (size_t k = 0; k < g.nodes.size(); ++k) {
-    if (absorbed[k]) continue;
-    std::optional<Match> m = matcher.at(k);
-    if (!m) continue;
-    bool clash = false;
-    for (size_t i : m->nodes) clash = clash || absorbed[i];
-    if (clash) continue;
-    ir::Node ln;
-    ln.name = absorb_chain(g, m->nodes, absorbed);
-    if (m->gamma.empty()) {  // LayerNormalization's Scale is required: ones
-      std::vector<ir::Dim> xd;
-      (void)dims_of(g, m->x, &xd);
-      const std::string name = fresh(m->y + "__layer_norm_scale");
-      Tensor ones(DType::kFloat64, {xd.back().value});
-      std::fill(ones.data<double>(), ones.data<double>() + ones.numel(), 1.0);
-      KILN_ASSIGN_OR_RETURN(g.initializers[name], cast_tensor(ones, dtype_of(g, m->x)));
-      m->gamma = name;
-    }
-    ln.op_type = "LayerNormalization";
-    ln.index = g.nodes[m->nodes.back()].index;
-    ln.inputs = {m->x, m->gamma};
-    if (!m->beta.empty()) ln.inputs.push_back(m->beta);
-    ln.outputs = {m->y};
-    ln.attributes["axis"] = int_attribute(-1);
-    ln.attributes["epsilon"] = float_attribute(static_cast<float>(m->eps));
-    replacement[m->nodes.back()] = std::move(ln);
-  }
+  KILN_RETURN_IF_ERROR(replace_matches(
+      g, absorbed, replacement, [&](size_t k) { return matcher.at(k); },
+      [&](Match& m, ir::Node& ln) -> Status {
+        if (m.gamma.empty()) {  // LayerNormalization's Scale is required: ones
+          std::vector<ir::Dim> xd;
+          (void)dims_of(g, m.x, &xd);
+          const std::string name = fresh(m.y + "__layer_norm_scale");
+          Tensor ones(DType::kFloat64, {xd.back().value});
+          std::fill(ones.data<double>(), ones.data<double>() + ones.numel(), 1.0);
+          KILN_ASSIGN_OR_RETURN(g.initializers[name], cast_tensor(ones, dtype_of(g, m.x)));
+          m.gamma = name;
+        }
+        ln.op_type = "LayerNormalization";
+        ln.inputs = {m.x, m.gamma};
+        if (!m.beta.empty()) ln.inputs.push_back(m.beta);
+        ln.outputs = {m.y};
+        ln.attributes["axis"] = int_attribute(-1);
+        ln.attributes["epsilon"] = float_attribute(static_cast<float>(m.eps));
+        return OkStatus();
+      }));
   if (found) *found = static_cast<int>(replacement.size());
   const bool had_kiln = model.opsets.count("kiln") > 0;
   splice_fused_nodes(model, replacement, absorbed);
