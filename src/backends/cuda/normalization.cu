@@ -253,7 +253,7 @@ __global__ void __launch_bounds__(VEC * NV > 16 ? 256 : 1024)
   // reductions, whose latency they would otherwise add to (most of a small batch's time). Only where the
   // registers are there: rows of 17 to 24 elements a thread, which run in blocks of 256 (BERT's 768 halves).
   constexpr bool kPrefetch = VEC % 4 == 0 && VEC * NV > 16 && VEC * NV <= 24;
-  constexpr int kPv = kPrefetch ? VEC * NV : 1;
+  constexpr int kPv = kPrefetch ? VEC * NV : 1;  // (indices below are % kPv: in range where nothing is prefetched)
   float psc[kPv], pbi[kPv];
   const bool prefetched = kPrefetch && p.per_element;
   if (prefetched) {
@@ -264,7 +264,8 @@ __global__ void __launch_bounds__(VEC * NV > 16 ? 256 : 1024)
 #pragma unroll
         for (int q = 0; q < VEC / 4; ++q) {
           const float4 s4 = reinterpret_cast<const float4*>(p.scale + e)[q];
-          const float4 b4 = p.bias != nullptr ? reinterpret_cast<const float4*>(p.bias + e)[q] : make_float4(0.f, 0.f, 0.f, 0.f);
+          const float4 b4 =
+              p.bias != nullptr ? reinterpret_cast<const float4*>(p.bias + e)[q] : make_float4(0.f, 0.f, 0.f, 0.f);
           const int k = (i * VEC + 4 * q) % kPv;
           psc[k] = s4.x, psc[k + 1] = s4.y, psc[k + 2] = s4.z, psc[k + 3] = s4.w;
           pbi[k] = b4.x, pbi[k + 1] = b4.y, pbi[k + 2] = b4.z, pbi[k + 3] = b4.w;
