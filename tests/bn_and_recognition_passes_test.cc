@@ -53,6 +53,21 @@ struct Builder : GraphBuilder {
 
 using Ops = std::vector<std::string>;
 
+// A pass under test and what it did to a builder's typed model: the model before and after, and the count
+// the pass reports (-1, and a failure, when it fails).
+using Pass = Status (*)(ir::Model&, int*);
+struct Rewrite {
+  ir::Model before, after;
+  int found = -1;
+};
+Rewrite rewrite(const Builder& b, Pass pass) {
+  Rewrite r{b.typed(), {}, -1};
+  r.after = r.before;
+  const Status st = pass(r.after, &r.found);
+  EXPECT_TRUE(st.ok()) << st.to_string();
+  return r;
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // fold_batch_norm
 
@@ -83,63 +98,51 @@ Builder conv_bn(bool bias, int64_t group = 1, bool relu = false) {
 
 TEST(FoldBatchNorm, ConvWithBiasBecomesOneConv) {
   Builder b = conv_bn(/*bias=*/true);
-  const ir::Model before = b.typed();
-  ir::Model after = before;
-  int folded = 0;
-  ASSERT_TRUE(passes::fold_batch_norm(after, &folded).ok());
-  EXPECT_EQ(folded, 1);
-  ASSERT_EQ(op_types(after), (Ops{"Conv"}));
-  const ir::Node& conv = after.graph.nodes[0];
+  const Rewrite r = rewrite(b, passes::fold_batch_norm);
+  EXPECT_EQ(r.found, 1);
+  ASSERT_EQ(op_types(r.after), (Ops{"Conv"}));
+  const ir::Node& conv = r.after.graph.nodes[0];
   EXPECT_EQ(conv.name, "conv + bn");  // answers to both names (a --layer-precision pin of either)
   EXPECT_EQ(conv.outputs, (std::vector<std::string>{"y"}));
   ASSERT_EQ(conv.inputs.size(), 3u);
   EXPECT_NE(conv.inputs[1], "w");  // new initializers: the old ones may have other readers
   EXPECT_NE(conv.inputs[2], "cb");
-  EXPECT_EQ(after.graph.initializers.at(conv.inputs[1]).shape(), (Shape{6, 4, 3, 3}));
-  EXPECT_EQ(after.graph.initializers.at(conv.inputs[2]).dtype(), DType::kFloat32);
-  EXPECT_TRUE(after.graph.initializers.count("w"));  // left for eliminate_dead_nodes
-  expect_same_outputs(before, after, b.feeds, 1e-4f);
+  EXPECT_EQ(r.after.graph.initializers.at(conv.inputs[1]).shape(), (Shape{6, 4, 3, 3}));
+  EXPECT_EQ(r.after.graph.initializers.at(conv.inputs[2]).dtype(), DType::kFloat32);
+  EXPECT_TRUE(r.after.graph.initializers.count("w"));  // left for eliminate_dead_nodes
+  expect_same_outputs(r.before, r.after, b.feeds, 1e-4f);
 }
 
 TEST(FoldBatchNorm, GroupedConvWithoutBiasGainsOne) {
   Builder b = conv_bn(/*bias=*/false, /*group=*/2, /*relu=*/true);
-  const ir::Model before = b.typed();
-  ir::Model after = before;
-  int folded = 0;
-  ASSERT_TRUE(passes::fold_batch_norm(after, &folded).ok());
-  EXPECT_EQ(folded, 1);
-  ASSERT_EQ(op_types(after), (Ops{"Conv", "Relu"}));
-  ASSERT_EQ(after.graph.nodes[0].inputs.size(), 3u);
-  EXPECT_EQ(after.graph.initializers.at(after.graph.nodes[0].inputs[2]).shape(), (Shape{6}));
-  EXPECT_EQ(after.graph.nodes[0].outputs[0], "n");
-  expect_same_outputs(before, after, b.feeds, 1e-4f);
+  const Rewrite r = rewrite(b, passes::fold_batch_norm);
+  EXPECT_EQ(r.found, 1);
+  ASSERT_EQ(op_types(r.after), (Ops{"Conv", "Relu"}));
+  ASSERT_EQ(r.after.graph.nodes[0].inputs.size(), 3u);
+  EXPECT_EQ(r.after.graph.initializers.at(r.after.graph.nodes[0].inputs[2]).shape(), (Shape{6}));
+  EXPECT_EQ(r.after.graph.nodes[0].outputs[0], "n");
+  expect_same_outputs(r.before, r.after, b.feeds, 1e-4f);
 }
 
 TEST(FoldBatchNorm, ConvOutputReadTwiceStays) {
   Builder b = conv_bn(true);
   b.output("c");  // the conv's own output is wanted too
-  ir::Model m = b.typed();
-  int folded = -1;
-  ASSERT_TRUE(passes::fold_batch_norm(m, &folded).ok());
-  EXPECT_EQ(folded, 0);
-  EXPECT_EQ(op_types(m), (Ops{"Conv", "BatchNormalization"}));
+  const Rewrite r = rewrite(b, passes::fold_batch_norm);
+  EXPECT_EQ(r.found, 0);
+  EXPECT_EQ(op_types(r.after), (Ops{"Conv", "BatchNormalization"}));
 
-  Builder r = conv_bn(true);
-  r.node("Neg", {"c"}, {"z"}, "other_reader");
-  r.output("z");
-  m = r.typed();
-  ASSERT_TRUE(passes::fold_batch_norm(m, &folded).ok());
-  EXPECT_EQ(folded, 0);
+  Builder o = conv_bn(true);
+  o.node("Neg", {"c"}, {"z"}, "other_reader");
+  o.output("z");
+  EXPECT_EQ(rewrite(o, passes::fold_batch_norm).found, 0);
 }
 
 TEST(FoldBatchNorm, TrainingModeStays) {
   Builder b = conv_bn(true);
   b.m.graph.nodes[1].attributes["training_mode"] = int_attr(1);
-  ir::Model m = b.typed();
-  int folded = -1;
-  ASSERT_TRUE(passes::fold_batch_norm(m, &folded).ok());
-  EXPECT_EQ(folded, 0);
-  EXPECT_EQ(op_types(m), (Ops{"Conv", "BatchNormalization"}));
+  const Rewrite r = rewrite(b, passes::fold_batch_norm);
+  EXPECT_EQ(r.found, 0);
+  EXPECT_EQ(op_types(r.after), (Ops{"Conv", "BatchNormalization"}));
 }
 
 TEST(FoldBatchNorm, RunningStatisticsReadStays) {
@@ -156,17 +159,12 @@ TEST(FoldBatchNorm, StatisticsThatAreInputsStay) {
   Builder b = conv_bn(true);
   b.m.graph.initializers.erase("mean");
   b.input("mean", random_tensor({6}));  // may change from run to run
-  ir::Model m = b.typed();
-  int folded = -1;
-  ASSERT_TRUE(passes::fold_batch_norm(m, &folded).ok());
-  EXPECT_EQ(folded, 0);
+  EXPECT_EQ(rewrite(b, passes::fold_batch_norm).found, 0);
   // Weights a graph input (no constant to fold into) stay too.
   Builder w = conv_bn(true);
   w.m.graph.initializers.erase("w");
   w.input("w", random_tensor({6, 4, 3, 3}));
-  m = w.typed();
-  ASSERT_TRUE(passes::fold_batch_norm(m, &folded).ok());
-  EXPECT_EQ(folded, 0);
+  EXPECT_EQ(rewrite(w, passes::fold_batch_norm).found, 0);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -221,20 +219,17 @@ Builder decomposed_layer_norm(const LayerNormOptions& o) {
 
 TEST(RecognizeLayerNorm, PowFormWithGammaAndBeta) {
   Builder b = decomposed_layer_norm({});
-  const ir::Model before = b.typed();
-  ir::Model after = before;
-  int found = 0;
-  ASSERT_TRUE(passes::recognize_layer_norm(after, &found).ok());
-  EXPECT_EQ(found, 1);
-  ASSERT_EQ(op_types(after), (Ops{"LayerNormalization"}));
-  const ir::Node& ln = after.graph.nodes[0];
+  const Rewrite r = rewrite(b, passes::recognize_layer_norm);
+  EXPECT_EQ(r.found, 1);
+  ASSERT_EQ(op_types(r.after), (Ops{"LayerNormalization"}));
+  const ir::Node& ln = r.after.graph.nodes[0];
   EXPECT_EQ(ln.inputs, (std::vector<std::string>{"x", "gamma", "beta"}));
   EXPECT_EQ(ln.outputs, (std::vector<std::string>{"y"}));
   ASSERT_NE(ln.attr("epsilon"), nullptr);
   EXPECT_FLOAT_EQ(ln.attr("epsilon")->f, 1e-5f);
   EXPECT_EQ(ln.attr("axis")->i, -1);
-  EXPECT_EQ(after.opsets.count("kiln"), 0u);  // an ONNX op
-  expect_same_outputs(before, after, b.feeds, 1e-5f);
+  EXPECT_EQ(r.after.opsets.count("kiln"), 0u);  // an ONNX op
+  expect_same_outputs(r.before, r.after, b.feeds, 1e-5f);
 }
 
 TEST(RecognizeLayerNorm, Opset18AxesInputSquareByMulWithoutAffine) {
@@ -244,18 +239,15 @@ TEST(RecognizeLayerNorm, Opset18AxesInputSquareByMulWithoutAffine) {
   o.gamma = o.beta = false;
   o.axis = 2;  // rank - 1 names the last axis too
   Builder b = decomposed_layer_norm(o);
-  const ir::Model before = b.typed();
-  ir::Model after = before;
-  int found = 0;
-  ASSERT_TRUE(passes::recognize_layer_norm(after, &found).ok());
-  EXPECT_EQ(found, 1);
-  ASSERT_EQ(op_types(after), (Ops{"LayerNormalization"}));
-  const ir::Node& ln = after.graph.nodes[0];
+  const Rewrite r = rewrite(b, passes::recognize_layer_norm);
+  EXPECT_EQ(r.found, 1);
+  ASSERT_EQ(op_types(r.after), (Ops{"LayerNormalization"}));
+  const ir::Node& ln = r.after.graph.nodes[0];
   ASSERT_EQ(ln.inputs.size(), 2u);  // Scale is required: ones
-  const Tensor& ones = after.graph.initializers.at(ln.inputs[1]);
+  const Tensor& ones = r.after.graph.initializers.at(ln.inputs[1]);
   EXPECT_EQ(ones.shape(), (Shape{8}));
   EXPECT_EQ(ones.data<float>()[7], 1.0f);
-  expect_same_outputs(before, after, b.feeds, 1e-5f);
+  expect_same_outputs(r.before, r.after, b.feeds, 1e-5f);
 }
 
 TEST(RecognizeLayerNorm, NonConstantGammaStaysAMul) {
@@ -264,184 +256,180 @@ TEST(RecognizeLayerNorm, NonConstantGammaStaysAMul) {
   Builder b = decomposed_layer_norm(o);
   b.m.graph.initializers.erase("gamma");
   b.input("gamma", random_tensor({8}));
-  const ir::Model before = b.typed();
-  ir::Model after = before;
-  int found = 0;
-  ASSERT_TRUE(passes::recognize_layer_norm(after, &found).ok());
-  EXPECT_EQ(found, 1);
-  EXPECT_EQ(op_types(after), (Ops{"LayerNormalization", "Mul"}));  // the normalization alone
-  expect_same_outputs(before, after, b.feeds, 1e-5f);
+  const Rewrite r = rewrite(b, passes::recognize_layer_norm);
+  EXPECT_EQ(r.found, 1);
+  EXPECT_EQ(op_types(r.after), (Ops{"LayerNormalization", "Mul"}));  // the normalization alone
+  expect_same_outputs(r.before, r.after, b.feeds, 1e-5f);
 }
 
 TEST(RecognizeLayerNorm, WhatMustStay) {
-  int found = -1;
   {  // LayerNormalization is opset 17's
     LayerNormOptions o;
     o.opset = 16;
-    ir::Model m = decomposed_layer_norm(o).typed();
-    ASSERT_TRUE(passes::recognize_layer_norm(m, &found).ok());
-    EXPECT_EQ(found, 0);
-    EXPECT_EQ(m.graph.nodes.size(), 9u);
+    const Rewrite r = rewrite(decomposed_layer_norm(o), passes::recognize_layer_norm);
+    EXPECT_EQ(r.found, 0);
+    EXPECT_EQ(r.after.graph.nodes.size(), 9u);
   }
   {  // over axis 1: not the last
     LayerNormOptions o;
     o.axis = 1;
-    ir::Model m = decomposed_layer_norm(o).typed();
-    ASSERT_TRUE(passes::recognize_layer_norm(m, &found).ok());
-    EXPECT_EQ(found, 0);
+    EXPECT_EQ(rewrite(decomposed_layer_norm(o), passes::recognize_layer_norm).found, 0);
   }
   {  // the centred value d read by a third node
     Builder b = decomposed_layer_norm({});
     b.node("Neg", {"d"}, {"z"}, "other_reader");
     b.output("z");
-    ir::Model m = b.typed();
-    ASSERT_TRUE(passes::recognize_layer_norm(m, &found).ok());
-    EXPECT_EQ(found, 0);
+    EXPECT_EQ(rewrite(b, passes::recognize_layer_norm).found, 0);
   }
   {  // the variance is a graph output too
     Builder b = decomposed_layer_norm({});
     b.output("v");
-    ir::Model m = b.typed();
-    ASSERT_TRUE(passes::recognize_layer_norm(m, &found).ok());
-    EXPECT_EQ(found, 0);
+    EXPECT_EQ(rewrite(b, passes::recognize_layer_norm).found, 0);
   }
   {  // Pow(d, 3) is no variance
     Builder b = decomposed_layer_norm({});
     b.m.graph.initializers["two"] = scalar(3.0f);
-    ir::Model m = b.typed();
-    ASSERT_TRUE(passes::recognize_layer_norm(m, &found).ok());
-    EXPECT_EQ(found, 0);
+    EXPECT_EQ(rewrite(b, passes::recognize_layer_norm).found, 0);
   }
 }
 
 // ---------------------------------------------------------------------------------------------------------
 // recognize_activations
+//
+// The exporters' forms, each appended to a Builder as nodes named <op><tag> (the tests check the fused
+// node's name and operands); `x_first` puts x first in the Mul by x, where exporters write either order.
+
+// x * Sigmoid(x) -> y: nodes sig<tag>, mul<tag>; the sigmoid's value s<tag>.
+void silu(Builder& b, const std::string& x, const std::string& y, const std::string& tag, bool x_first) {
+  const std::string s = "s" + tag;
+  b.node("Sigmoid", {x}, {s}, "sig" + tag);
+  b.node("Mul", x_first ? std::vector<std::string>{x, s} : std::vector<std::string>{s, x}, {y}, "mul" + tag);
+}
+
+// x * HardSigmoid(x) -> y: nodes hsig<tag>, hmul<tag>; HardSigmoid's value h<tag>. With hard-swish's
+// alpha 1/6 and beta 0.5 when `hard_swish_params`, else ONNX's defaults (alpha 0.2).
+void hard_sigmoid_times_x(Builder& b, const std::string& x, const std::string& y, const std::string& tag,
+                          bool hard_swish_params, bool x_first) {
+  const std::string h = "h" + tag;
+  ir::Node& hs = b.node("HardSigmoid", {x}, {h}, "hsig" + tag);
+  if (hard_swish_params) {
+    hs.attributes["alpha"] = float_attr(1.0f / 6);
+    hs.attributes["beta"] = float_attr(0.5f);
+  }
+  b.node("Mul", x_first ? std::vector<std::string>{x, h} : std::vector<std::string>{h, x}, {y}, "hmul" + tag);
+}
+
+// Where the division by 6 of x * Clip(x + 3, 0, 6) / 6 goes.
+enum class SixthAt {
+  kAfterProduct,  // (x * c) / 6: Mul(x, c), Div(., six)
+  kOnClip,        // x * (c * (1/6)): Mul(sixth, c), Mul(., x)
+};
+
+// x * Clip(x + 3, 0, hi) / 6 -> y: nodes add<tag> (Add(three, x) when `three_first`, else Add(x, three)),
+// clip<tag>, mul<tag>, then div<tag> or mul<tag>b; values a<tag>, c<tag>, t<tag>. Clip's bounds are the
+// initializers zero and hi (6: hard-swish's).
+void clip_hard_swish(Builder& b, const std::string& x, const std::string& y, const std::string& tag,
+                     SixthAt sixth_at, bool three_first, float hi = 6.0f) {
+  const std::string a = "a" + tag, c = "c" + tag, t = "t" + tag;
+  b.init("three", scalar(3.0f));
+  b.init("zero", scalar(0.0f));
+  b.init("hi", scalar(hi));
+  b.node("Add", three_first ? std::vector<std::string>{"three", x} : std::vector<std::string>{x, "three"}, {a},
+         "add" + tag);
+  b.node("Clip", {a, "zero", "hi"}, {c}, "clip" + tag);
+  if (sixth_at == SixthAt::kAfterProduct) {
+    b.init("six", scalar(6.0f));
+    b.node("Mul", {x, c}, {t}, "mul" + tag);
+    b.node("Div", {t, "six"}, {y}, "div" + tag);
+  } else {
+    b.init("sixth", scalar(1.0f / 6));
+    b.node("Mul", {"sixth", c}, {t}, "mul" + tag);
+    b.node("Mul", {t, x}, {y}, "mul" + tag + "b");
+  }
+}
 
 TEST(RecognizeActivations, SiluEitherOrderBecomesSwish) {
   Builder b;
   b.input("x", random_tensor({2, 3, 4}));
-  b.node("Sigmoid", {"x"}, {"s"}, "sig1");
-  b.node("Mul", {"x", "s"}, {"y1"}, "mul1");
-  b.node("Sigmoid", {"y1"}, {"s2"}, "sig2");
-  b.node("Mul", {"s2", "y1"}, {"y"}, "mul2");
+  silu(b, "x", "y1", "1", /*x_first=*/true);
+  silu(b, "y1", "y", "2", /*x_first=*/false);
   b.output("y");
-  const ir::Model before = b.typed();
-  ir::Model after = before;
-  int found = 0;
-  ASSERT_TRUE(passes::recognize_activations(after, &found).ok());
-  EXPECT_EQ(found, 2);
-  ASSERT_EQ(op_types(after), (Ops{"kiln.Swish", "kiln.Swish"}));  // no ONNX Swish before opset 24
-  EXPECT_EQ(after.graph.nodes[0].name, "sig1 + mul1");
-  EXPECT_EQ(after.graph.nodes[1].inputs, (std::vector<std::string>{"y1"}));
-  EXPECT_EQ(after.opsets.at("kiln"), 1);
-  ASSERT_TRUE(passes::infer_shapes(after).ok());
-  ASSERT_NE(after.graph.type_of("y1"), nullptr);
-  EXPECT_EQ(after.graph.type_of("y1")->to_string(), "float32[2,3,4]");
-  expect_same_outputs(before, after, b.feeds, 1e-5f);
+  Rewrite r = rewrite(b, passes::recognize_activations);
+  EXPECT_EQ(r.found, 2);
+  ASSERT_EQ(op_types(r.after), (Ops{"kiln.Swish", "kiln.Swish"}));  // no ONNX Swish before opset 24
+  EXPECT_EQ(r.after.graph.nodes[0].name, "sig1 + mul1");
+  EXPECT_EQ(r.after.graph.nodes[1].inputs, (std::vector<std::string>{"y1"}));
+  EXPECT_EQ(r.after.opsets.at("kiln"), 1);
+  ASSERT_TRUE(passes::infer_shapes(r.after).ok());
+  ASSERT_NE(r.after.graph.type_of("y1"), nullptr);
+  EXPECT_EQ(r.after.graph.type_of("y1")->to_string(), "float32[2,3,4]");
+  expect_same_outputs(r.before, r.after, b.feeds, 1e-5f);
 }
 
 TEST(RecognizeActivations, SiluAtOpset24IsOnnxSwish) {
   Builder b(24);
   b.input("x", random_tensor({5, 7}));
-  b.node("Sigmoid", {"x"}, {"s"}, "sig");
-  b.node("Mul", {"s", "x"}, {"y"}, "mul");
+  silu(b, "x", "y", "", /*x_first=*/false);
   b.output("y");
-  const ir::Model before = b.typed();
-  ir::Model after = before;
-  ASSERT_TRUE(passes::recognize_activations(after).ok());
-  ASSERT_EQ(op_types(after), (Ops{"Swish"}));
-  EXPECT_EQ(after.opsets.count("kiln"), 0u);
-  expect_same_outputs(before, after, b.feeds, 1e-5f);
+  const Rewrite r = rewrite(b, passes::recognize_activations);
+  ASSERT_EQ(op_types(r.after), (Ops{"Swish"}));
+  EXPECT_EQ(r.after.opsets.count("kiln"), 0u);
+  expect_same_outputs(r.before, r.after, b.feeds, 1e-5f);
 }
 
 TEST(RecognizeActivations, HardSwishForms) {
   Builder b(14);
   b.input("x", random_tensor({4, 16}, -5.0f, 5.0f));  // across Clip's bounds
-  // x * HardSigmoid(x, 1/6, 0.5)
-  ir::Node& hs = b.node("HardSigmoid", {"x"}, {"h"}, "hsig");
-  hs.attributes["alpha"] = float_attr(1.0f / 6);
-  hs.attributes["beta"] = float_attr(0.5f);
-  b.node("Mul", {"h", "x"}, {"y1"}, "hmul");
-  // (y1 * Clip(y1 + 3, 0, 6)) / 6
-  b.init("three", scalar(3.0f));
-  b.init("zero", scalar(0.0f));
-  b.init("six", scalar(6.0f));
-  b.init("sixth", scalar(1.0f / 6));
-  b.node("Add", {"three", "y1"}, {"a2"}, "add2");
-  b.node("Clip", {"a2", "zero", "six"}, {"c2"}, "clip2");
-  b.node("Mul", {"y1", "c2"}, {"t2"}, "mul2");
-  b.node("Div", {"t2", "six"}, {"y2"}, "div2");
-  // y2 * (Clip(y2 + 3, 0, 6) * (1/6))
-  b.node("Add", {"y2", "three"}, {"a3"}, "add3");
-  b.node("Clip", {"a3", "zero", "six"}, {"c3"}, "clip3");
-  b.node("Mul", {"sixth", "c3"}, {"t3"}, "mul3");
-  b.node("Mul", {"t3", "y2"}, {"y"}, "mul3b");
+  hard_sigmoid_times_x(b, "x", "y1", "", /*hard_swish_params=*/true, /*x_first=*/false);
+  clip_hard_swish(b, "y1", "y2", "2", SixthAt::kAfterProduct, /*three_first=*/true);
+  clip_hard_swish(b, "y2", "y", "3", SixthAt::kOnClip, /*three_first=*/false);
   b.output("y");
-  const ir::Model before = b.typed();
-  ir::Model after = before;
-  int found = 0;
-  ASSERT_TRUE(passes::recognize_activations(after, &found).ok());
-  EXPECT_EQ(found, 3);
-  ASSERT_EQ(op_types(after), (Ops{"HardSwish", "HardSwish", "HardSwish"}));
-  EXPECT_EQ(after.graph.nodes[1].name, "add2 + clip2 + mul2 + div2");
-  EXPECT_EQ(after.graph.nodes[2].inputs, (std::vector<std::string>{"y2"}));
-  EXPECT_EQ(after.graph.nodes[2].outputs, (std::vector<std::string>{"y"}));
-  EXPECT_EQ(after.opsets.count("kiln"), 0u);
-  expect_same_outputs(before, after, b.feeds, 1e-5f);
+  const Rewrite r = rewrite(b, passes::recognize_activations);
+  EXPECT_EQ(r.found, 3);
+  ASSERT_EQ(op_types(r.after), (Ops{"HardSwish", "HardSwish", "HardSwish"}));
+  EXPECT_EQ(r.after.graph.nodes[1].name, "add2 + clip2 + mul2 + div2");
+  EXPECT_EQ(r.after.graph.nodes[2].inputs, (std::vector<std::string>{"y2"}));
+  EXPECT_EQ(r.after.graph.nodes[2].outputs, (std::vector<std::string>{"y"}));
+  EXPECT_EQ(r.after.opsets.count("kiln"), 0u);
+  expect_same_outputs(r.before, r.after, b.feeds, 1e-5f);
 }
 
 TEST(RecognizeActivations, WhatMustStay) {
-  int found = -1;
   {  // the sigmoid read twice
     Builder b;
     b.input("x", random_tensor({3, 4}));
-    b.node("Sigmoid", {"x"}, {"s"}, "sig");
-    b.node("Mul", {"x", "s"}, {"y"}, "mul");
+    silu(b, "x", "y", "", /*x_first=*/true);
     b.output("y");
     b.output("s");
-    ir::Model m = b.typed();
-    ASSERT_TRUE(passes::recognize_activations(m, &found).ok());
-    EXPECT_EQ(found, 0);
-    EXPECT_EQ(op_types(m), (Ops{"Sigmoid", "Mul"}));
+    const Rewrite r = rewrite(b, passes::recognize_activations);
+    EXPECT_EQ(r.found, 0);
+    EXPECT_EQ(op_types(r.after), (Ops{"Sigmoid", "Mul"}));
   }
   {  // x * Sigmoid(z): another operand
     Builder b;
     b.input("x", random_tensor({3, 4}));
     b.input("z", random_tensor({3, 4}));
-    b.node("Sigmoid", {"z"}, {"s"}, "sig");
-    b.node("Mul", {"x", "s"}, {"y"}, "mul");
+    silu(b, "x", "y", "", /*x_first=*/true);
+    b.m.graph.nodes[0].inputs = {"z"};
     b.output("y");
-    ir::Model m = b.typed();
-    ASSERT_TRUE(passes::recognize_activations(m, &found).ok());
-    EXPECT_EQ(found, 0);
+    EXPECT_EQ(rewrite(b, passes::recognize_activations).found, 0);
   }
   {  // HardSigmoid with its default alpha 0.2 is not hard-swish's
     Builder b(14);
     b.input("x", random_tensor({3, 4}));
-    b.node("HardSigmoid", {"x"}, {"h"}, "hsig");
-    b.node("Mul", {"x", "h"}, {"y"}, "mul");
+    hard_sigmoid_times_x(b, "x", "y", "", /*hard_swish_params=*/false, /*x_first=*/true);
     b.output("y");
-    ir::Model m = b.typed();
-    ASSERT_TRUE(passes::recognize_activations(m, &found).ok());
-    EXPECT_EQ(found, 0);
+    EXPECT_EQ(rewrite(b, passes::recognize_activations).found, 0);
   }
   {  // no HardSwish before opset 14; and Clip(., 0, 5) is no hard-swish at any
     for (const auto& [opset, hi] : std::vector<std::pair<int, float>>{{13, 6.0f}, {14, 5.0f}}) {
       Builder b(opset);
       b.input("x", random_tensor({3, 4}));
-      b.init("three", scalar(3.0f));
-      b.init("zero", scalar(0.0f));
-      b.init("hi", scalar(hi));
-      b.init("six", scalar(6.0f));
-      b.node("Add", {"x", "three"}, {"a"}, "add");
-      b.node("Clip", {"a", "zero", "hi"}, {"c"}, "clip");
-      b.node("Mul", {"x", "c"}, {"t"}, "mul");
-      b.node("Div", {"t", "six"}, {"y"}, "div");
+      clip_hard_swish(b, "x", "y", "", SixthAt::kAfterProduct, /*three_first=*/false, hi);
       b.output("y");
-      ir::Model m = b.typed();
-      ASSERT_TRUE(passes::recognize_activations(m, &found).ok());
-      EXPECT_EQ(found, 0) << "opset " << opset;
-      EXPECT_EQ(m.graph.nodes.size(), 4u);
+      const Rewrite r = rewrite(b, passes::recognize_activations);
+      EXPECT_EQ(r.found, 0) << "opset " << opset;
+      EXPECT_EQ(r.after.graph.nodes.size(), 4u);
     }
   }
 }
