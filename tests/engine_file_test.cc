@@ -4,6 +4,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <nlohmann/json.hpp>
 #include <random>
 
 #include "engine/engine_file.h"
@@ -132,6 +133,8 @@ engine::Plan make_plan() {
   p.settings.device = "cpu";
   p.settings.input_shapes = {{"x", {2, 4}}, {"cond", {}}};
   p.settings.opt_level = 2;
+  // Two optimization profiles, so that the fuzz test mutates them too.
+  p.settings.profiles = {{{"x", {{1, 4}, {2, 4}, {8, 4}}}}, {{"x", {{8, 4}, {16, 4}, {32, 4}}}, {"unranked", {{1}, {2}, {3}}}}};
   p.model = make_model();
   p.layers = {{"add0", "Add", "cpu", "cpu.reference"},
               {"if0", "If", "cpu", "cpu.reference"},
@@ -337,6 +340,7 @@ TEST(EngineFile, RoundTrip) {
   EXPECT_EQ(back->settings.device, p.settings.device);
   EXPECT_EQ(back->settings.input_shapes, p.settings.input_shapes);
   EXPECT_EQ(back->settings.opt_level, p.settings.opt_level);
+  EXPECT_EQ(back->settings.profiles, p.settings.profiles);
   ASSERT_EQ(back->layers.size(), p.layers.size());
   for (size_t i = 0; i < p.layers.size(); ++i) {
     EXPECT_EQ(back->layers[i].name, p.layers[i].name);
@@ -424,10 +428,10 @@ TEST(EngineFile, RefusesForeignData) {
 TEST(EngineFile, RefusesOtherFormatVersions) {
   std::string b = engine_bytes();
   set_u32(b, 8, 7);
-  EXPECT_EQ(refusal(b), "engine format version 7 is newer than this Kiln (format 1): rebuild the engine with this "
+  EXPECT_EQ(refusal(b), "engine format version 7 is newer than this Kiln (format 2): rebuild the engine with this "
                         "Kiln, or upgrade Kiln");
   set_u32(b, 8, 0);
-  EXPECT_REFUSED(b, "engine format version 0 is older than this Kiln (format 1) can read");
+  EXPECT_REFUSED(b, "engine format version 0 is older than this Kiln (format 2) can read (formats 1 to 2)");
   EXPECT_REFUSED(b, "rebuild the engine");
 }
 
@@ -562,6 +566,54 @@ TEST(EngineFile, RefusesWeightsOutOfRange) {
                  "has 12 bytes of data where 16 are expected");
   // A shape far larger than the file, refused before anything that size is allocated.
   EXPECT_REFUSED(edit([](onnx::TensorProto* t) { t->set_dims(0, int64_t{1} << 38); }), "claims more");
+}
+
+// Format 1 (before optimization profiles): the same layout, with no "profiles" in META's "build".
+TEST(EngineFile, ReadsFormatVersion1) {
+  std::string b = engine_bytes();
+  std::string meta = section_bytes(b, engine::SectionKind::kMeta);
+  nlohmann::json j = nlohmann::json::parse(meta);
+  j["build"].erase("profiles");
+  j["format_version"] = 1;
+  std::string v1 = assemble({{1, j.dump(2)},
+                             {2, section_bytes(b, engine::SectionKind::kGraph)},
+                             {3, section_bytes(b, engine::SectionKind::kWeights)}});
+  set_u32(v1, 8, 1);
+  reseal(v1);
+  auto plan = engine::deserialize_plan(v1);
+  ASSERT_TRUE(plan.ok()) << plan.status().to_string();
+  EXPECT_TRUE(plan->settings.profiles.empty());
+  EXPECT_EQ(plan->settings.input_shapes, make_plan().settings.input_shapes);
+  EXPECT_EQ(diff_model(make_model(), plan->model), "");
+}
+
+TEST(EngineFile, RefusesBadProfiles) {
+  std::string b = engine_bytes();
+  const std::string graph = section_bytes(b, engine::SectionKind::kGraph);
+  const std::string weights = section_bytes(b, engine::SectionKind::kWeights);
+  const nlohmann::json meta = nlohmann::json::parse(section_bytes(b, engine::SectionKind::kMeta));
+  auto with_profiles = [&](const nlohmann::json& profiles) {
+    nlohmann::json j = meta;
+    j["build"]["profiles"] = profiles;
+    return assemble({{1, j.dump()}, {2, graph}, {3, weights}});
+  };
+  using nlohmann::json;
+  EXPECT_REFUSED(with_profiles(json::object()), "\"build.profiles\" is not an array");
+  EXPECT_REFUSED(with_profiles(json::array({1})), "optimization profile 0 is not an object");
+  EXPECT_REFUSED(with_profiles(json::array({{{"x", {{"min", {1, 4}}, {"max", {2, 4}}}}}})),
+                 "optimization profile 0, input 'x': needs \"min\", \"opt\" and \"max\"");
+  EXPECT_REFUSED(with_profiles(json::array({{{"x", {{"min", {1, 4}}, {"opt", {1, "4"}}, {"max", {2, 4}}}}}})),
+                 "optimization profile 0 opt of 'x' holds a non-integer");
+  EXPECT_REFUSED(with_profiles(json::array({{{"x", {{"min", {3, 4}}, {"opt", {2, 4}}, {"max", {8, 4}}}}}})),
+                 "optimization profile 0: input 'x' dim 0: needs min <= opt <= max, got min 3, opt 2, max 8");
+  EXPECT_REFUSED(with_profiles(json::array({{{"x", {{"min", {1}}, {"opt", {2, 4}}, {"max", {8, 4}}}}}})),
+                 "differ in rank");
+  EXPECT_REFUSED(with_profiles(json::array({json::object(), {{"nope", {{"min", {1}}, {"opt", {1}}, {"max", {1}}}}}})),
+                 "optimization profile 1 names 'nope', which is not an input of the engine");
+  // Accepted: no profiles at all.
+  auto none = engine::deserialize_plan(with_profiles(json::array()));
+  ASSERT_TRUE(none.ok()) << none.status().to_string();
+  EXPECT_TRUE(none->settings.profiles.empty());
 }
 
 TEST(EngineFile, FuzzNeverCrashes) {

@@ -12,11 +12,32 @@
 
 namespace kiln {
 
+// Min, opt and max shapes per dynamic input, as TensorRT's IOptimizationProfile: an engine built with
+// profiles accepts, in a context of profile k, any input shape inside profile k's ranges.
+class OptimizationProfile {
+ public:
+  // Sets an input's range. InvalidArgument, naming the input and the dimension, unless the three shapes
+  // have the same rank and 0 <= min <= opt <= max in every dimension.
+  Status set_shape(const std::string& input, Shape min, Shape opt, Shape max);
+  const std::map<std::string, ProfileShapes>& shapes() const { return shapes_; }
+
+ private:
+  std::map<std::string, ProfileShapes> shapes_;
+};
+
 class BuilderConfig {
  public:
   // Fixes an input's shape for the build (its dynamic dimensions become static).
   void set_input_shape(const std::string& name, Shape shape) { input_shapes_[name] = std::move(shape); }
   const std::map<std::string, Shape>& input_shapes() const { return input_shapes_; }
+  // Adds an optimization profile and returns its index (0, 1, ...). The build checks that every profile
+  // names only inputs of the model, agrees with their known dimensions and covers every dynamic input;
+  // profiles exclude set_input_shape.
+  int add_optimization_profile(OptimizationProfile profile) {
+    profiles_.push_back(std::move(profile));
+    return static_cast<int>(profiles_.size()) - 1;
+  }
+  const std::vector<OptimizationProfile>& optimization_profiles() const { return profiles_; }
   // "auto" (the default: the GPU where there is one, else the CPU), "cuda" (an error without a GPU) or "cpu".
   void set_device(std::string device) { device_ = std::move(device); }
   const std::string& device() const { return device_; }
@@ -44,6 +65,7 @@ class BuilderConfig {
 
  private:
   std::map<std::string, Shape> input_shapes_;
+  std::vector<OptimizationProfile> profiles_;
   std::string device_ = "auto";
   int opt_level_ = 3;
   bool tf32_ = true, fp16_ = false, bf16_ = false, strict_gpu_ = false;

@@ -18,6 +18,13 @@ class ExecutionContext;
 
 enum class TensorIOMode { kNone, kInput, kOutput };
 
+// One input's range in an optimization profile: a context of that profile accepts any shape with
+// min[i] <= shape[i] <= max[i] in every dimension; opt is the shape the build tunes for.
+struct ProfileShapes {
+  Shape min, opt, max;
+  bool operator==(const ProfileShapes&) const = default;
+};
+
 // An optimized model, immutable once built or deserialized: one engine serves many execution contexts,
 // on many threads at once.
 class Engine : public std::enable_shared_from_this<Engine> {
@@ -30,6 +37,13 @@ class Engine : public std::enable_shared_from_this<Engine> {
   DType tensor_dtype(const std::string& name) const;
   // The shape as built, with -1 for a dynamic dimension; empty for an unknown name or unknown rank.
   Shape tensor_shape(const std::string& name) const;
+
+  // Optimization profiles the engine was built with (BuilderConfig::add_optimization_profile); 0 for an
+  // engine built without, whose dynamic inputs take any shape.
+  int num_optimization_profiles() const;
+  // An input's min/opt/max in a profile; a static input the profile does not name has its one shape three
+  // times. NotFound for a name that is not an input, InvalidArgument for a profile out of range.
+  Result<ProfileShapes> get_profile_shape(const std::string& name, int profile) const;
 
   Result<std::vector<uint8_t>> serialize() const;
   std::unique_ptr<ExecutionContext> create_execution_context();
@@ -55,7 +69,12 @@ class ExecutionContext {
   explicit ExecutionContext(std::shared_ptr<Engine> engine);
   ~ExecutionContext();
 
-  // Sets the shape of an input whose shape is dynamic (also accepted for static inputs when equal).
+  // Selects the optimization profile whose ranges this context's input shapes must lie in (0 by default).
+  // InvalidArgument when out of range; an engine without profiles has only profile 0.
+  Status set_optimization_profile(int profile);
+  int optimization_profile() const { return profile_; }
+  // Sets the shape of an input whose shape is dynamic (also accepted for static inputs when equal). In an
+  // engine with profiles the shape must lie inside the context's profile (execute() checks it again).
   Status set_input_shape(const std::string& name, const Shape& shape);
   // Binds a host buffer: an input's data, or where an output is written after execute(). The buffer must
   // stay valid until execute() returns; an output buffer must be large enough for the output.
@@ -116,6 +135,7 @@ class ExecutionContext {
   std::unique_ptr<DeviceState> device_;
   bool cuda_graph_ = false;
   bool profiling_ = false;
+  int profile_ = 0;
 };
 
 }  // namespace kiln

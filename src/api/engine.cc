@@ -6,6 +6,7 @@
 #include "builder/build_plan.h"
 #include "builder/graph_dump.h"
 #include "engine/plan.h"
+#include "engine/profiles.h"
 #include "kiln/kiln.h"
 #include "onnx/tensor_proto.h"
 #include "runtime/executor.h"
@@ -120,6 +121,25 @@ Shape Engine::tensor_shape(const std::string& name) const {
   return s;
 }
 
+int Engine::num_optimization_profiles() const { return static_cast<int>(plan_->settings.profiles.size()); }
+
+Result<ProfileShapes> Engine::get_profile_shape(const std::string& name, int profile) const {
+  TensorIOMode mode = TensorIOMode::kNone;
+  const ir::ValueInfo* v = find_io(plan_->model.graph, name, &mode);
+  if (v == nullptr || mode != TensorIOMode::kInput) return NotFound("'" + name + "' is not an input of the engine");
+  const int n = num_optimization_profiles();
+  if (profile < 0 || profile >= n)
+    return InvalidArgument("optimization profile " + std::to_string(profile) + " is out of range: the engine has " +
+                           std::to_string(n) + " profile" + (n == 1 ? "" : "s"));
+  const engine::Profile& p = plan_->settings.profiles[profile];
+  if (auto it = p.find(name); it != p.end()) return it->second;
+  if (!v->type.is_static())
+    return NotFound("input '" + name + "' (" + v->type.to_string() + ") has no range in optimization profile " +
+                    std::to_string(profile));
+  const Shape s = v->type.static_shape();
+  return ProfileShapes{s, s, s};
+}
+
 Result<std::vector<uint8_t>> Engine::serialize() const {
   KILN_ASSIGN_OR_RETURN(std::string bytes, engine::serialize_plan(*plan_));
   return std::vector<uint8_t>(bytes.begin(), bytes.end());
@@ -143,6 +163,12 @@ std::string Engine::inspect() const {
   for (const auto& v : g.inputs) os << "  " << v.name << ": " << type_text(v) << "\n";
   os << "outputs:\n";
   for (const auto& v : g.outputs) os << "  " << v.name << ": " << type_text(v) << "\n";
+  const auto& profiles = plan_->settings.profiles;
+  if (!profiles.empty()) os << "optimization profiles (" << profiles.size() << "):\n";
+  for (size_t k = 0; k < profiles.size(); ++k)
+    for (const auto& [name, r] : profiles[k])
+      os << "  profile " << k << ": " << name << " min " << shape_to_string(r.min) << " opt "
+         << shape_to_string(r.opt) << " max " << shape_to_string(r.max) << "\n";
   os << "\nlayers (" << plan_->layers.size() << "):\n";
   for (size_t i = 0; i < plan_->layers.size(); ++i) {
     const engine::LayerInfo& l = plan_->layers[i];
@@ -194,6 +220,15 @@ std::string Engine::inspect() const {
   return os.str();
 }
 
+// ---- OptimizationProfile ----
+
+Status OptimizationProfile::set_shape(const std::string& input, Shape min, Shape opt, Shape max) {
+  ProfileShapes range{std::move(min), std::move(opt), std::move(max)};
+  KILN_RETURN_IF_ERROR(engine::check_profile_range(input, range).with_context("optimization profile"));
+  shapes_[input] = std::move(range);
+  return OkStatus();
+}
+
 // ---- ExecutionContext ----
 
 ExecutionContext::ExecutionContext(std::shared_ptr<Engine> engine)
@@ -213,13 +248,31 @@ Status check_input_shape(const ir::ValueInfo& in, const Shape& shape) {
                            " does not match the engine's " + t.to_string());
   return OkStatus();
 }
+
+// The context's profile's check of an input shape (none for an engine without profiles).
+Status check_in_profile(const engine::Plan& plan, int profile, const std::string& name, const Shape& shape) {
+  if (plan.settings.profiles.empty()) return OkStatus();
+  return engine::check_shape_in_profile(name, shape, plan.settings.profiles[profile], profile);
+}
 }  // namespace
+
+Status ExecutionContext::set_optimization_profile(int profile) {
+  const int n = engine_->num_optimization_profiles();
+  if (profile < 0 || profile >= std::max(n, 1))
+    return InvalidArgument("optimization profile " + std::to_string(profile) + " is out of range: the engine has " +
+                           (n == 0 ? std::string("no profiles (only profile 0)")
+                                   : std::to_string(n) + " profile" + (n == 1 ? "" : "s") + " (0 to " +
+                                         std::to_string(n - 1) + ")"));
+  profile_ = profile;
+  return OkStatus();
+}
 
 Status ExecutionContext::set_input_shape(const std::string& name, const Shape& shape) {
   TensorIOMode mode = TensorIOMode::kNone;
   const ir::ValueInfo* v = find_io(engine_->plan_->model.graph, name, &mode);
   if (v == nullptr || mode != TensorIOMode::kInput) return NotFound("'" + name + "' is not an input of the engine");
   KILN_RETURN_IF_ERROR(check_input_shape(*v, shape));
+  KILN_RETURN_IF_ERROR(check_in_profile(*engine_->plan_, profile_, name, shape));
   input_shapes_[name] = shape;
   return OkStatus();
 }
@@ -271,6 +324,7 @@ Result<std::vector<Value>> ExecutionContext::execute_values(const std::map<std::
       return InvalidArgument("input '" + name + "': dtype " + dtype_name(v.tensor().dtype()) +
                              " does not match the engine's " + dtype_name(info->type.dtype));
     KILN_RETURN_IF_ERROR(check_input_shape(*info, v.tensor().shape()));
+    KILN_RETURN_IF_ERROR(check_in_profile(*engine_->plan_, profile_, name, v.tensor().shape()));
   }
   for (const auto& in : g.inputs)
     if (!inputs.count(in.name) && !g.initializers.count(in.name) && in.type.kind != ir::TypeInfo::Kind::kOptional)
@@ -434,6 +488,10 @@ Result<engine::BuildSettings> settings_of(const BuilderConfig& config) {
   engine::BuildSettings settings;
   settings.device = config.device();
   settings.input_shapes = config.input_shapes();
+  for (const OptimizationProfile& p : config.optimization_profiles()) settings.profiles.push_back(p.shapes());
+  if (!settings.profiles.empty() && !settings.input_shapes.empty())
+    return InvalidArgument("fixed input shapes (--shapes) and optimization profiles exclude each other: give a "
+                           "profile with min = opt = max instead");
   settings.tf32 = config.tf32();
   settings.fp16 = config.fp16();
   settings.bf16 = config.bf16();
@@ -446,11 +504,28 @@ Result<engine::BuildSettings> settings_of(const BuilderConfig& config) {
   return settings;
 }
 
+// "auto" as the build resolves it: the GPU where there is one, else the CPU.
+std::string resolved_device(const std::string& device) {
+  if (device != "auto") return device;
+#ifdef KILN_HAVE_CUDA
+  return backends::cuda_device_available() ? "cuda" : "cpu";
+#else
+  return "cpu";
+#endif
+}
+
 }  // namespace
 
 Result<std::shared_ptr<Engine>> Builder::build_engine(const NetworkDefinition& network, const BuilderConfig& config) {
   if (network.empty()) return InvalidArgument("the network is empty: parse a model into it first");
   KILN_ASSIGN_OR_RETURN(const engine::BuildSettings settings, settings_of(config));
+  if (!settings.profiles.empty()) {
+    KILN_RETURN_IF_ERROR(engine::check_profiles(network.model().graph, settings.profiles));
+    // A CPU engine keeps the model's dynamic dimensions and runs any shape, so its profiles are only
+    // checked at run time; a GPU engine would plan and time its tactics at the opt shapes.
+    if (resolved_device(settings.device) == "cuda")
+      return Unsupported("optimization profiles on the GPU are not built yet (issue 5): build with --device cpu");
+  }
   KILN_ASSIGN_OR_RETURN(engine::Plan plan, builder::build_plan(network.model(), settings, logger_));
   return Engine::create(std::move(plan));
 }
@@ -458,13 +533,7 @@ Result<std::shared_ptr<Engine>> Builder::build_engine(const NetworkDefinition& n
 Result<std::string> Builder::optimized_graph(const NetworkDefinition& network, const BuilderConfig& config) {
   if (network.empty()) return InvalidArgument("the network is empty: parse a model into it first");
   KILN_ASSIGN_OR_RETURN(engine::BuildSettings settings, settings_of(config));
-  if (settings.device == "auto") {
-#ifdef KILN_HAVE_CUDA
-    settings.device = backends::cuda_device_available() ? "cuda" : "cpu";
-#else
-    settings.device = "cpu";
-#endif
-  }
+  settings.device = resolved_device(settings.device);
   KILN_ASSIGN_OR_RETURN(const ir::Model model, builder::plan_graph(network.model(), settings, logger_));
   return builder::dump_graph(model);
 }

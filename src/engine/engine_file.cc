@@ -9,6 +9,7 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 
+#include "engine/profiles.h"
 #include "onnx/exporter.h"
 #include "onnx/importer.h"
 #include "onnx/onnx-ml.pb.h"
@@ -70,9 +71,15 @@ json meta_json(const Plan& plan, uint64_t weight_bytes) {
   j["target"] = {{"backend", plan.target_backend}, {"device", plan.target_device}};
   json shapes = json::object();
   for (const auto& [name, shape] : plan.settings.input_shapes) shapes[name] = shape;
+  json profiles = json::array();
+  for (const Profile& p : plan.settings.profiles) {
+    json inputs = json::object();
+    for (const auto& [name, r] : p) inputs[name] = {{"min", r.min}, {"opt", r.opt}, {"max", r.max}};
+    profiles.push_back(inputs);
+  }
   j["build"] = {{"device", plan.settings.device}, {"input_shapes", shapes}, {"opt_level", plan.settings.opt_level},
                 {"tf32", plan.settings.tf32}, {"fp16", plan.settings.fp16}, {"bf16", plan.settings.bf16},
-                {"layer_precisions", plan.settings.layer_precisions}};
+                {"layer_precisions", plan.settings.layer_precisions}, {"profiles", profiles}};
   json layers = json::array();
   for (const auto& l : plan.layers)
     layers.push_back({{"name", l.name}, {"op_type", l.op_type}, {"backend", l.backend}, {"tactic", l.tactic},
@@ -172,6 +179,40 @@ Result<std::string> string_at(const json& j, const char* key) {
   return j[key].get<std::string>();
 }
 
+// An array of integers (a shape) from META; `what` names it in the error.
+Result<Shape> shape_at(const json& dims, const std::string& what) {
+  if (!dims.is_array()) return invalid("META: " + what + " is not an array");
+  Shape s;
+  for (const auto& d : dims) {
+    if (!d.is_number_integer()) return invalid("META: " + what + " holds a non-integer");
+    s.push_back(d.get<int64_t>());
+  }
+  return s;
+}
+
+// build.profiles (format 2; absent in format 1 files, which have none): [{input: {min, opt, max}}, ...].
+Status profiles_from_meta(const json& b, std::vector<Profile>* profiles) {
+  if (!b.contains("profiles")) return OkStatus();
+  if (!b["profiles"].is_array()) return invalid("META: \"build.profiles\" is not an array");
+  for (const auto& p : b["profiles"]) {
+    const std::string where = "optimization profile " + std::to_string(profiles->size());
+    if (!p.is_object()) return invalid("META: " + where + " is not an object");
+    Profile profile;
+    for (const auto& [name, r] : p.items()) {
+      if (!r.is_object() || !r.contains("min") || !r.contains("opt") || !r.contains("max"))
+        return invalid("META: " + where + ", input '" + name + "': needs \"min\", \"opt\" and \"max\"");
+      ProfileShapes range;
+      KILN_ASSIGN_OR_RETURN(range.min, shape_at(r["min"], where + " min of '" + name + "'"));
+      KILN_ASSIGN_OR_RETURN(range.opt, shape_at(r["opt"], where + " opt of '" + name + "'"));
+      KILN_ASSIGN_OR_RETURN(range.max, shape_at(r["max"], where + " max of '" + name + "'"));
+      if (Status st = check_profile_range(name, range); !st.ok()) return invalid("META: " + where + ": " + st.message());
+      profile[name] = std::move(range);
+    }
+    profiles->push_back(std::move(profile));
+  }
+  return OkStatus();
+}
+
 Status plan_from_meta(const json& j, Plan* plan) {
   if (!j.is_object()) return invalid("META is not a JSON object");
   KILN_ASSIGN_OR_RETURN(plan->kiln_version, string_at(j, "kiln_version"));
@@ -187,15 +228,10 @@ Status plan_from_meta(const json& j, Plan* plan) {
   if (b.contains("input_shapes")) {
     if (!b["input_shapes"].is_object()) return invalid("META: \"build.input_shapes\" is not an object");
     for (const auto& [name, dims] : b["input_shapes"].items()) {
-      if (!dims.is_array()) return invalid("META: input shape of '" + name + "' is not an array");
-      Shape s;
-      for (const auto& d : dims) {
-        if (!d.is_number_integer()) return invalid("META: input shape of '" + name + "' holds a non-integer");
-        s.push_back(d.get<int64_t>());
-      }
-      plan->settings.input_shapes[name] = std::move(s);
+      KILN_ASSIGN_OR_RETURN(plan->settings.input_shapes[name], shape_at(dims, "input shape of '" + name + "'"));
     }
   }
+  KILN_RETURN_IF_ERROR(profiles_from_meta(b, &plan->settings.profiles));
   // Precision settings (absent in engines of the first CUDA-less builds: the defaults then hold).
   for (const char* key : {"tf32", "fp16", "bf16"}) {
     if (!b.contains(key)) continue;
@@ -347,7 +383,9 @@ Result<EngineHeader> read_engine_header(const std::string& bytes) {
   }
   uint64_t actual = engine_checksum(bytes);
   if (actual != h.checksum) return invalid("corrupted: checksum mismatch");
-  if (h.flags != 0) return invalid("unknown header flags " + std::to_string(h.flags) + " (format 1 defines none)");
+  if (h.flags != 0)
+    return invalid("unknown header flags " + std::to_string(h.flags) + " (format " + std::to_string(h.format_version) +
+                   " defines none)");
   for (size_t i = 40; i < kHeaderSize; ++i)
     if (bytes[i] != 0) return invalid("corrupted: reserved header bytes are not zero");
   uint64_t table_end = kHeaderSize + kSectionEntrySize * static_cast<uint64_t>(count);
@@ -412,6 +450,15 @@ Result<Plan> deserialize_plan(const std::string& bytes) {
   auto model = onnx_io::import_model_proto(mp, "");
   if (!model.ok()) return invalid("GRAPH section: " + model.status().message());
   plan.model = std::move(model).value();
+  // A profile may name only the engine's inputs (the run-time checks look shapes up by those names).
+  for (size_t k = 0; k < plan.settings.profiles.size(); ++k)
+    for (const auto& [name, r] : plan.settings.profiles[k]) {
+      bool found = false;
+      for (const auto& in : plan.model.graph.inputs) found = found || in.name == name;
+      if (!found)
+        return invalid("META: optimization profile " + std::to_string(k) + " names '" + name +
+                       "', which is not an input of the engine");
+    }
   return plan;
 }
 

@@ -7,12 +7,17 @@
 #include <vector>
 
 #include "ir/graph.h"
+#include "kiln/engine.h"
 #include "kiln/status.h"
 
 namespace kiln::engine {
 
 // Engine file format version; bump on any incompatible change of the layout or the sections.
-constexpr uint32_t kFormatVersion = 1;
+// 2: optimization profiles (build.profiles in META).
+constexpr uint32_t kFormatVersion = 2;
+
+// An optimization profile: input name -> its min/opt/max shapes.
+using Profile = std::map<std::string, ProfileShapes>;
 
 struct BuildSettings {
   std::string device = "cpu";                    // what the engine targets: "cpu" or "cuda" ("auto" is resolved)
@@ -22,6 +27,7 @@ struct BuildSettings {
   bool fp16 = false;  // the builder may run layers in float16 where a tactic exists
   bool bf16 = false;  // ... or in bfloat16
   std::map<std::string, std::string> layer_precisions;  // node name -> "fp32", "fp16" or "bf16": always honored
+  std::vector<Profile> profiles;  // optimization profiles (none: dynamic inputs take any shape)
   // Build-only (not stored in the engine):
   bool strict_gpu = false;    // a layer falling back to the CPU is an error
   std::string timing_cache;   // file of tactic timings to read and update

@@ -1,0 +1,75 @@
+#include "engine/profiles.h"
+
+namespace kiln::engine {
+
+Status check_profile_range(const std::string& input, const ProfileShapes& r) {
+  const std::string what = "input '" + input + "'";
+  if (r.min.size() != r.opt.size() || r.opt.size() != r.max.size())
+    return InvalidArgument(what + ": min " + shape_to_string(r.min) + ", opt " + shape_to_string(r.opt) + " and max " +
+                           shape_to_string(r.max) + " differ in rank");
+  for (size_t i = 0; i < r.min.size(); ++i) {
+    if (r.min[i] < 0)
+      return InvalidArgument(what + " dim " + std::to_string(i) + ": min " + std::to_string(r.min[i]) + " is negative");
+    if (r.min[i] > r.opt[i] || r.opt[i] > r.max[i])
+      return InvalidArgument(what + " dim " + std::to_string(i) + ": needs min <= opt <= max, got min " +
+                             std::to_string(r.min[i]) + ", opt " + std::to_string(r.opt[i]) + ", max " +
+                             std::to_string(r.max[i]));
+  }
+  return OkStatus();
+}
+
+namespace {
+bool is_dynamic_tensor(const ir::ValueInfo& in) {
+  if (in.type.kind != ir::TypeInfo::Kind::kTensor) return false;
+  return !in.type.is_static();
+}
+}  // namespace
+
+Status check_profiles(const ir::Graph& g, const std::vector<Profile>& profiles) {
+  for (size_t k = 0; k < profiles.size(); ++k) {
+    const std::string profile = "optimization profile " + std::to_string(k), where = profile + ": ";
+    for (const auto& [name, range] : profiles[k]) {
+      const ir::ValueInfo* in = nullptr;
+      for (const auto& v : g.inputs)
+        if (v.name == name && !g.initializers.count(name)) in = &v;
+      if (in == nullptr) return InvalidArgument(where + "'" + name + "' is not an input of the model");
+      if (in->type.kind != ir::TypeInfo::Kind::kTensor && in->type.kind != ir::TypeInfo::Kind::kUnknown)
+        return InvalidArgument(where + "input '" + name + "' is not a tensor (" + in->type.to_string() + ")");
+      KILN_RETURN_IF_ERROR(check_profile_range(name, range).with_context(profile));
+      if (!in->type.has_shape) continue;
+      const auto& dims = in->type.dims;
+      if (dims.size() != range.min.size())
+        return InvalidArgument(where + "input '" + name + "' has rank " + std::to_string(dims.size()) + " (" +
+                               in->type.to_string() + "), the profile gives rank " + std::to_string(range.min.size()));
+      for (size_t i = 0; i < dims.size(); ++i)
+        if (dims[i].known() && (range.min[i] != dims[i].value || range.max[i] != dims[i].value))
+          return InvalidArgument(where + "input '" + name + "' dim " + std::to_string(i) + " is " +
+                                 std::to_string(dims[i].value) + " in the model (" + in->type.to_string() +
+                                 "), the profile gives min " + std::to_string(range.min[i]) + ", max " +
+                                 std::to_string(range.max[i]));
+    }
+    for (const auto& in : g.inputs)
+      if (is_dynamic_tensor(in) && !g.initializers.count(in.name) && !profiles[k].count(in.name))
+        return InvalidArgument(where + "input '" + in.name + "' has dynamic shape " + in.type.to_string() +
+                               " and no min/opt/max in the profile");
+  }
+  return OkStatus();
+}
+
+Status check_shape_in_profile(const std::string& input, const Shape& shape, const Profile& profile, int index) {
+  auto it = profile.find(input);
+  if (it == profile.end()) return OkStatus();
+  const ProfileShapes& r = it->second;
+  const std::string head = "input '" + input + "' shape " + shape_to_string(shape) + " is outside profile " +
+                           std::to_string(index) + " (";
+  if (shape.size() != r.min.size())
+    return InvalidArgument(head + "rank " + std::to_string(r.min.size()) + ", min " + shape_to_string(r.min) +
+                           ", max " + shape_to_string(r.max) + ")");
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (shape[i] < r.min[i]) return InvalidArgument(head + "min " + shape_to_string(r.min) + ")");
+    if (shape[i] > r.max[i]) return InvalidArgument(head + "max " + shape_to_string(r.max) + ")");
+  }
+  return OkStatus();
+}
+
+}  // namespace kiln::engine
