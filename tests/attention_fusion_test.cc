@@ -44,13 +44,6 @@ int64_t count_nans(const Tensor& t) {
   return n;
 }
 
-ir::Attribute float_attr(float v) {
-  ir::Attribute a;
-  a.type = ir::Attribute::Type::kFloat;
-  a.f = v;
-  return a;
-}
-
 Tensor run_ok(const std::string& domain, const std::string& op, std::vector<Value> inputs,
               std::map<std::string, ir::Attribute> attrs = {}, int opset = 17) {
   OpRun r = run_kernel(domain, op, std::move(inputs), std::move(attrs), 1, opset, "n_" + op);

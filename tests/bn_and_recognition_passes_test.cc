@@ -34,13 +34,6 @@ Tensor random_tensor(const Shape& shape, float lo = -2.0f, float hi = 2.0f) {
 
 Tensor scalar(float v) { return Tensor::from_vector<float>(DType::kFloat32, {}, {v}); }
 
-ir::Attribute float_attr(float v) {
-  ir::Attribute a;
-  a.type = ir::Attribute::Type::kFloat;
-  a.f = v;
-  return a;
-}
-
 struct Builder : GraphBuilder {
   using GraphBuilder::GraphBuilder;
   // The model as the builder has it when the passes run: every value's type inferred.

@@ -37,13 +37,6 @@ ir::Attribute tensor_attr(const Tensor& t) {
   return a;
 }
 
-ir::Attribute float_attr(float v) {
-  ir::Attribute a;
-  a.type = ir::Attribute::Type::kFloat;
-  a.f = v;
-  return a;
-}
-
 ir::Attribute graph_attr(ir::Graph g) {
   ir::Attribute a;
   a.type = ir::Attribute::Type::kGraph;

@@ -154,13 +154,6 @@ TEST(CudaCudnnGraphConv, Stem7x7Stride2) {
   expect_all_epilogues(kStem);
 }
 
-ir::Attribute float_attr(float v) {
-  ir::Attribute a;
-  a.type = ir::Attribute::Type::kFloat;
-  a.f = v;
-  return a;
-}
-
 // The activations the graph chains after conv + Z + B: ReLU6 and LeakyRelu (RELU_FWD with its clip
 // attributes), Sigmoid, Silu (SWISH_FWD); h0 must run them in half precision channels-last, as it runs Relu.
 TEST(CudaCudnnGraphConv, Activations) {

@@ -200,13 +200,6 @@ TEST(CudaFusedConv, GroupedAndOneD) {
   expect_all_precisions({{2, 16, 29}, {24, 16, 3}, {{"pads", ints_attr({1, 1})}}, true}, true, false, true);
 }
 
-ir::Attribute float_attr(float v) {
-  ir::Attribute a;
-  a.type = ir::Attribute::Type::kFloat;
-  a.f = v;
-  return a;
-}
-
 // The activations beyond Relu: ReLU6 (the graph tactics' clipped RELU_FWD), a Clip they refuse (lower bound
 // not 0: only the unfused tactic runs it), LeakyRelu, Sigmoid, Silu (SWISH_FWD), HardSwish (unfused only).
 std::vector<Attrs> other_activations() {

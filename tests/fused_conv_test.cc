@@ -60,13 +60,6 @@ struct FusedCase {
   Attrs act_attrs = {};         // activation_min / activation_max / activation_alpha
 };
 
-ir::Attribute float_attr(float v) {
-  ir::Attribute a;
-  a.type = ir::Attribute::Type::kFloat;
-  a.f = v;
-  return a;
-}
-
 Tensor scalar(float v) {
   Tensor t(DType::kFloat32, {});
   t.data<float>()[0] = v;

@@ -58,6 +58,12 @@ inline ir::Attribute ints_attr(std::vector<int64_t> v) {
   a.ints = std::move(v);
   return a;
 }
+inline ir::Attribute float_attr(float v) {
+  ir::Attribute a;
+  a.type = ir::Attribute::Type::kFloat;
+  a.f = v;
+  return a;
+}
 inline ir::Attribute string_attr(const std::string& v) {
   ir::Attribute a;
   a.type = ir::Attribute::Type::kString;

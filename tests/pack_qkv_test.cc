@@ -34,13 +34,6 @@ Tensor random_mask(const Shape& shape, DType dtype = DType::kFloat32) {
   return testing::random_mask(rng(), dtype, shape);
 }
 
-ir::Attribute float_attr(float v) {
-  ir::Attribute a;
-  a.type = ir::Attribute::Type::kFloat;
-  a.f = v;
-  return a;
-}
-
 std::map<std::string, ir::Attribute> attention_attrs(bool packed, const std::string& layout = "BSHD") {
   std::map<std::string, ir::Attribute> a = {
       {"layout", string_attr(layout)}, {"scale", float_attr(0.4f)}, {"nan_to_zero", int_attr(1)}};
