@@ -254,5 +254,91 @@ TEST_F(Cli, TimingCacheErrorsNameTheFile) {
   }
 }
 
+// Optimization profiles (issue 5) on the command line: two profiles by repeating the three flags.
+TEST_F(Cli, ProfilesBuildInspectRunAndBench) {
+  const std::string profiles =
+      " --min-shapes x:1x4 --opt-shapes x:4x4 --max-shapes x:8x4 --min-shapes x:16x4 --opt-shapes x:24x4 "
+      "--max-shapes x:32x4";
+  Ran b = kiln("build " + path("mlp.onnx") + " -o " + path("p.kiln") + " --device cpu" + profiles);
+  ASSERT_EQ(b.exit_code, 0) << b.output;
+  Ran plain = kiln("build " + path("mlp.onnx") + " -o " + path("plain.kiln") + " --device cpu");
+  ASSERT_EQ(plain.exit_code, 0) << plain.output;
+  Ran i = kiln("inspect " + path("p.kiln"));
+  ASSERT_EQ(i.exit_code, 0) << i.output;
+  EXPECT_NE(i.output.find("optimization profiles (2):"), std::string::npos) << i.output;
+  EXPECT_NE(i.output.find("profile 0: x min [1,4] opt [4,4] max [8,4]"), std::string::npos) << i.output;
+  EXPECT_NE(i.output.find("profile 1: x min [16,4] opt [24,4] max [32,4]"), std::string::npos) << i.output;
+
+  // Inside profile 0: the same outputs as the engine without profiles.
+  write_input(path("x3.pb"), {3, 4});
+  Ran r = kiln("run " + path("p.kiln") + " -i x=" + path("x3.pb") + " --output-dir " + path("out_p"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  Ran rp = kiln("run " + path("plain.kiln") + " -i x=" + path("x3.pb") + " --output-dir " + path("out_plain"));
+  ASSERT_EQ(rp.exit_code, 0) << rp.output;
+  EXPECT_EQ(read(path("out_p/y.npy")), read(path("out_plain/y.npy")));
+  EXPECT_FALSE(read(path("out_p/y.npy")).empty());
+  // Outside profile 0: a non-zero exit and the issue's message.
+  write_input(path("x9.pb"), {9, 4});
+  Ran out = kiln("run " + path("p.kiln") + " -i x=" + path("x9.pb") + " --output-dir " + path("out_9"));
+  EXPECT_EQ(out.exit_code, 1) << out.output;
+  EXPECT_NE(out.output.find("input 'x' shape [9,4] is outside profile 0 (max [8,4])"), std::string::npos) << out.output;
+  // An ONNX model built in memory with the profile flags runs the same way.
+  Ran onnx = kiln("run " + path("mlp.onnx") + " --device cpu -i x=" + path("x9.pb") + profiles);
+  EXPECT_EQ(onnx.exit_code, 1) << onnx.output;
+  EXPECT_NE(onnx.output.find("is outside profile 0 (max [8,4])"), std::string::npos) << onnx.output;
+
+  // kiln bench without --shapes: profile 0's opt shapes; with --shapes: those, inside profile 0.
+  Ran opt = kiln("bench " + path("p.kiln") + " --iterations 2 --duration 0 --warmup 0 --json " + path("b.json"));
+  ASSERT_EQ(opt.exit_code, 0) << opt.output;
+  std::string j = read(path("b.json"));
+  j.erase(std::remove_if(j.begin(), j.end(), [](char c) { return c == ' ' || c == '\n'; }), j.end());
+  EXPECT_NE(j.find("\"input_shapes\":{\"x\":[4,4]}"), std::string::npos) << j;
+  Ran given = kiln("bench " + path("p.kiln") + " --shapes x:6x4 --iterations 2 --duration 0 --warmup 0 --json " +
+                   path("b6.json"));
+  ASSERT_EQ(given.exit_code, 0) << given.output;
+  j = read(path("b6.json"));
+  j.erase(std::remove_if(j.begin(), j.end(), [](char c) { return c == ' ' || c == '\n'; }), j.end());
+  EXPECT_NE(j.find("\"input_shapes\":{\"x\":[6,4]}"), std::string::npos) << j;
+  Ran outside = kiln("bench " + path("p.kiln") + " --shapes x:20x4 --iterations 2 --duration 0 --warmup 0");
+  EXPECT_EQ(outside.exit_code, 1) << outside.output;
+  EXPECT_NE(outside.output.find("input 'x' shape [20,4] is outside profile 0 (max [8,4])"), std::string::npos)
+      << outside.output;
+  Ran onnx_bench = kiln("bench " + path("mlp.onnx") + " --device cpu --shapes x:2x4 --iterations 2 --duration 0 "
+                        "--warmup 0" + profiles);
+  EXPECT_EQ(onnx_bench.exit_code, 0) << onnx_bench.output;
+}
+
+TEST_F(Cli, ProfileFlagErrorsNameWhatIsWrong) {
+  auto build = [&](const std::string& flags) {
+    return kiln("build " + path("mlp.onnx") + " -o " + path("e.kiln") + " --device cpu " + flags);
+  };
+  auto expect_error = [&](const std::string& flags, const std::string& text) {
+    Ran r = build(flags);
+    EXPECT_EQ(r.exit_code, 1) << flags << "\n" << r.output;
+    EXPECT_NE(r.output.find(text), std::string::npos) << flags << "\n" << r.output;
+    EXPECT_FALSE(fs::exists(path("e.kiln"))) << flags;
+  };
+  expect_error("--min-shapes x:1x4 --opt-shapes x:2x4",
+               "--min-shapes is given 1 times, --opt-shapes 1, --max-shapes 0: give the three once per profile");
+  expect_error("--min-shapes x:1x4 --opt-shapes x:2x4 --max-shapes x:4x4 --min-shapes x:5x4",
+               "--min-shapes is given 2 times");
+  expect_error("--min-shapes x:1x4,z:1 --opt-shapes x:2x4 --max-shapes x:4x4",
+               "profile 0: input 'z' is in --min-shapes but not in --opt-shapes");
+  expect_error("--min-shapes x:1x4 --opt-shapes x:2x4 --max-shapes x:4x4 --min-shapes x:5x4 --opt-shapes x:6x4 "
+               "--max-shapes y:8x4",
+               "profile 1: input 'x' is in --min-shapes but not in --max-shapes");
+  expect_error("--min-shapes x:1xA --opt-shapes x:2x4 --max-shapes x:4x4",
+               "--min-shapes (profile 0): dimension 'A' of 'x' is not a non-negative integer");
+  expect_error("--min-shapes x:1x4 --opt-shapes x:2x4 --max-shapes x4x4", "--max-shapes (profile 0): 'x4x4' is not NAME:DxDxD");
+  expect_error("--min-shapes x:4x4 --opt-shapes x:2x4 --max-shapes x:8x4",
+               "optimization profile 0: input 'x' dim 0: needs min <= opt <= max, got min 4, opt 2, max 8");
+  expect_error("--min-shapes x:1x4 --opt-shapes x:2x4 --max-shapes x:4x4 --shapes x:2x4",
+               "fixed input shapes (--shapes) and optimization profiles exclude each other");
+  expect_error("--min-shapes w:1x4 --opt-shapes w:2x4 --max-shapes w:4x4",
+               "optimization profile 0: 'w' is not an input of the model");
+  expect_error("--min-shapes x:1x5 --opt-shapes x:2x5 --max-shapes x:4x5",
+               "optimization profile 0: input 'x' dim 1 is 4 in the model");
+}
+
 }  // namespace
 }  // namespace kiln

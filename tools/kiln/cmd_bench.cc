@@ -38,7 +38,8 @@ struct Sample {
   double latency_ms, enqueue_ms, h2d_ms, compute_ms, d2h_ms;
 };
 
-Result<std::map<std::string, Tensor>> random_inputs(const Engine& engine, const BuilderConfig& config) {
+// The shapes are --shapes, else (an engine with profiles) profile 0's opt shapes, else the engine's.
+Result<std::map<std::string, Tensor>> random_inputs(const Engine& engine, const std::map<std::string, Shape>& shapes) {
   std::mt19937 gen(7);
   std::uniform_real_distribution<float> uni(-1.0f, 1.0f);
   std::map<std::string, Tensor> feeds;
@@ -46,7 +47,11 @@ Result<std::map<std::string, Tensor>> random_inputs(const Engine& engine, const 
     const std::string name = engine.io_tensor_name(i);
     if (engine.tensor_io_mode(name) != TensorIOMode::kInput) continue;
     Shape shape = engine.tensor_shape(name);
-    if (auto it = config.input_shapes().find(name); it != config.input_shapes().end()) shape = it->second;
+    if (auto it = shapes.find(name); it != shapes.end()) {
+      shape = it->second;
+    } else if (engine.num_optimization_profiles() > 0) {
+      if (auto range = engine.get_profile_shape(name, 0); range.ok()) shape = range->opt;
+    }
     for (int64_t d : shape)
       if (d < 0)
         return InvalidArgument("input '" + name + "' has dynamic shape " + shape_to_string(shape) +
@@ -82,13 +87,15 @@ std::string line(const char* what, const json& s) {
 
 int run_bench(const BenchOptions& o) {
   Logger logger(Severity::kWarning);
-  auto config = make_builder_config(o.flags);
+  auto config = make_builder_config(o.flags, /*shapes_run_in_profile=*/true);
   if (!config.ok()) return report(config.status());
+  auto run_shapes = parse_shapes(o.flags.shapes);
+  if (!run_shapes.ok()) return report(run_shapes.status());
   if (o.streams < 1 || o.iterations < 1 || o.duration_s < 0 || o.warmup_ms < 0)
     return report(InvalidArgument("--streams and --iterations must be at least 1, --duration and --warmup not negative"));
   auto engine = load_or_build(o.model, *config, logger);
   if (!engine.ok()) return report(engine.status());
-  auto feeds = random_inputs(**engine, *config);
+  auto feeds = random_inputs(**engine, *run_shapes);
   if (!feeds.ok()) return report(feeds.status());
   const bool gpu = (*engine)->plan().target_backend == "cuda";
   if (o.no_data_transfers && !gpu) std::cerr << "note: --no-data-transfers has no effect on a CPU engine\n";

@@ -61,7 +61,7 @@ std::string safe_file_name(std::string name) {
 
 int run_run(const RunOptions& o) {
   Logger logger(Severity::kWarning);
-  auto config = make_builder_config(o.flags);
+  auto config = make_builder_config(o.flags, /*shapes_run_in_profile=*/true);
   if (!config.ok()) return report(config.status());
   std::map<std::string, Tensor> feeds;
   for (const auto& spec : o.inputs) {
