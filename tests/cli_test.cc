@@ -282,6 +282,17 @@ TEST_F(Cli, ProfilesBuildInspectRunAndBench) {
   Ran out = kiln("run " + path("p.kiln") + " -i x=" + path("x9.pb") + " --output-dir " + path("out_9"));
   EXPECT_EQ(out.exit_code, 1) << out.output;
   EXPECT_NE(out.output.find("input 'x' shape [9,4] is outside profile 0 (max [8,4])"), std::string::npos) << out.output;
+  // --shapes with a profiled engine: inside profile 0 and agreeing with the input's file.
+  Ran shaped = kiln("run " + path("p.kiln") + " -i x=" + path("x3.pb") + " --shapes x:3x4 --output-dir " + path("o3"));
+  EXPECT_EQ(shaped.exit_code, 0) << shaped.output;
+  Ran disagree = kiln("run " + path("p.kiln") + " -i x=" + path("x3.pb") + " --shapes x:2x4 --output-dir " + path("o2"));
+  EXPECT_EQ(disagree.exit_code, 1) << disagree.output;
+  EXPECT_NE(disagree.output.find("input 'x': --shapes gives [2,4], its file holds [3,4]"), std::string::npos)
+      << disagree.output;
+  Ran shaped_out = kiln("run " + path("p.kiln") + " -i x=" + path("x9.pb") + " --shapes x:9x4 --output-dir " + path("o9"));
+  EXPECT_EQ(shaped_out.exit_code, 1) << shaped_out.output;
+  EXPECT_NE(shaped_out.output.find("input 'x' shape [9,4] is outside profile 0 (max [8,4])"), std::string::npos)
+      << shaped_out.output;
   // An ONNX model built in memory with the profile flags runs the same way.
   Ran onnx = kiln("run " + path("mlp.onnx") + " --device cpu -i x=" + path("x9.pb") + profiles);
   EXPECT_EQ(onnx.exit_code, 1) << onnx.output;

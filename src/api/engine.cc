@@ -385,6 +385,7 @@ Status ExecutionContext::enqueue(void* cuda_stream) {
     if (auto s = input_shapes_.find(in.name); s != input_shapes_.end()) shapes[in.name] = s->second;
     else if (in.type.is_static()) shapes[in.name] = in.type.static_shape();
     else return InvalidArgument("input '" + in.name + "' has dynamic shape " + in.type.to_string() + ": call set_input_shape first");
+    KILN_RETURN_IF_ERROR(check_in_profile(*engine_->plan_, profile_, in.name, shapes[in.name]));
     if (auto a = device_addresses_.find(in.name); a != device_addresses_.end()) ins[in.name] = a->second;
   }
   for (const auto& out : g.outputs)

@@ -75,6 +75,17 @@ int run_run(const RunOptions& o) {
   if (!engine.ok()) return report(engine.status());
   auto context = (*engine)->create_execution_context();
   context->set_cuda_graph(o.cuda_graph);
+  if ((*engine)->num_optimization_profiles() > 0 && !o.flags.shapes.empty()) {
+    // The inputs' files give the shapes; --shapes, where given, must agree with them and lie in profile 0.
+    auto shapes = parse_shapes(o.flags.shapes);
+    if (!shapes.ok()) return report(shapes.status());
+    for (const auto& [name, shape] : *shapes) {
+      if (Status st = context->set_input_shape(name, shape); !st.ok()) return report(st);
+      if (auto f = feeds.find(name); f != feeds.end() && f->second.shape() != shape)
+        return report(InvalidArgument("input '" + name + "': --shapes gives " + shape_to_string(shape) +
+                                      ", its file holds " + shape_to_string(f->second.shape())));
+    }
+  }
   auto outputs = context->execute(feeds);
   if (!outputs.ok()) return report(outputs.status());
   std::error_code ec;
