@@ -1,6 +1,6 @@
 // kiln.FusedMatMul and kiln.Gelu (src/backends/cpu/ops/fused_matmul.cc) against their ONNX decompositions, and
-// the passes that make them (recognize_gelu, fuse_matmul_bias): the graph after each pass, and its outputs
-// before and after through the CPU executor on random inputs; the graphs that must stay as they are.
+// the passes that make them (recognize_gelu, fuse_matmul_bias, sink_gemm_reshapes): the graph after each pass,
+// and its outputs before and after through the CPU executor on random inputs; the graphs that must stay as they are.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -357,7 +357,9 @@ TEST(FuseMatMulBias, GemmWithResidualAndActivation) {
       EXPECT_EQ(b.m.graph.initializers.at(f.inputs[1]).shape(), (Shape{8, 16}));
       EXPECT_EQ(f.inputs[1] == "w", trans_b == 0);
       EXPECT_EQ(b.m.graph.initializers.at(f.inputs[2]).shape(), (Shape{16}));
-      if (residual) EXPECT_EQ(f.inputs[3], "r");
+      if (residual) {
+        EXPECT_EQ(f.inputs[3], "r");
+      }
     }
 }
 
@@ -394,6 +396,109 @@ TEST(FuseMatMulBias, GemmsThatStay) {
     int gelus = 0, fused = -1;
     optimize_and_compare(b, &gelus, &fused);
     EXPECT_EQ(fused, 0);
+    EXPECT_EQ(op_types(b.m), before);
+  }
+}
+
+// GPT-2's MLP block: Conv1D is Gemm on a [B*S, C] view, viewed back as [B, S, N]; its tanh GELU and the
+// residual Add read the view. sink_gemm_reshapes moves each view after the op, and fuse_matmul_bias then puts
+// the GELU and the residual in the two Gemms' epilogues.
+void int64_shape(Builder& b, const std::string& name, const std::vector<int64_t>& dims) {
+  b.init(name, Tensor::from_vector<int64_t>(DType::kInt64, {static_cast<int64_t>(dims.size())}, dims));
+}
+
+TEST(SinkGemmReshapes, Gpt2MlpBlockBecomesTwoFusedGemms) {
+  Builder b(20);
+  b.input("x", {2, 4, 8});
+  b.weight("w1", {8, 16});
+  b.weight("b1", {16});
+  b.weight("w2", {16, 8});
+  b.weight("b2", {8});
+  int64_shape(b, "rows8", {8, 8});
+  int64_shape(b, "bsn16", {2, 4, 16});
+  int64_shape(b, "rows16", {8, 16});
+  int64_shape(b, "bsn8", {2, 4, 8});
+  b.node("Reshape", {"x", "rows8"}, {"x2"}, "fc/view_in");
+  b.node("Gemm", {"x2", "w1", "b1"}, {"h"}, "fc/gemm");
+  b.node("Reshape", {"h", "bsn16"}, {"h3"}, "fc/view_out");
+  b.attr(b.node("Gelu", {"h3"}, {"g3"}, "act"), "approximate", "tanh");
+  b.node("Reshape", {"g3", "rows16"}, {"g2"}, "proj/view_in");
+  b.node("Gemm", {"g2", "w2", "b2"}, {"o"}, "proj/gemm");
+  b.node("Reshape", {"o", "bsn8"}, {"o3"}, "proj/view_out");
+  b.node("Add", {"x", "o3"}, {"y"}, "residual");
+  b.output("y");
+  ASSERT_TRUE(passes::infer_shapes(b.m).ok());
+  int moved = -1, fused = -1;
+  b.apply_and_compare(
+      [&](ir::Model& m) -> Status {
+        KILN_RETURN_IF_ERROR(passes::sink_gemm_reshapes(m, &moved));
+        KILN_RETURN_IF_ERROR(passes::infer_shapes(m));
+        KILN_RETURN_IF_ERROR(passes::fuse_matmul_bias(m, &fused));
+        return passes::infer_shapes(m);
+      },
+      1e-5);
+  EXPECT_EQ(moved, 2);
+  EXPECT_EQ(fused, 2);
+  std::vector<const ir::Node*> gemms;
+  for (const auto& n : b.m.graph.nodes) {
+    EXPECT_NE(n.op_type, "Gelu");
+    EXPECT_NE(n.op_type, "Add");
+    if (n.op_type == "FusedMatMul") gemms.push_back(&n);
+  }
+  ASSERT_EQ(gemms.size(), 2u);
+  EXPECT_EQ(gemms[0]->name, "fc/gemm + act");
+  EXPECT_EQ(attr_s(*gemms[0], "activation"), "GeluTanh");
+  EXPECT_EQ(gemms[1]->name, "proj/gemm + residual");
+  ASSERT_EQ(gemms[1]->inputs.size(), 4u);  // the residual, x viewed as [8, 8]
+  ASSERT_NE(b.m.graph.type_of(gemms[1]->inputs[3]), nullptr);
+  EXPECT_EQ(b.m.graph.type_of(gemms[1]->inputs[3])->to_string(), "float32[8,8]");
+  // The graph's output keeps its name and shape.
+  ASSERT_NE(b.m.graph.type_of("y"), nullptr);
+  EXPECT_EQ(b.m.graph.type_of("y")->to_string(), "float32[2,4,8]");
+}
+
+TEST(SinkGemmReshapes, LeavesWhatItMustNot) {
+  struct Case {
+    const char* why;
+    std::function<void(Builder&)> build;  // reads "t" = Gemm's [2, 4, 16] view, writes "y"
+  };
+  const std::vector<Case> cases{
+      {"view read twice",
+       [](Builder& b) {
+         b.node("Relu", {"t"}, {"y"}, "relu");
+         b.node("Neg", {"t"}, {"z"}, "neg");
+         b.output("z");
+       }},
+      {"view is a graph output",
+       [](Builder& b) {
+         b.node("Relu", {"t"}, {"y"}, "relu");
+         b.output("t");
+       }},
+      {"exact GELU (no epilogue for it)",
+       [](Builder& b) { b.attr(b.node("Gelu", {"t"}, {"y"}, "gelu"), "approximate", "none"); }},
+      {"Add that broadcasts",
+       [](Builder& b) {
+         b.weight("v", {16});
+         b.node("Add", {"t", "v"}, {"y"}, "add");
+       }},
+      {"Sigmoid (no epilogue for it)", [](Builder& b) { b.node("Sigmoid", {"t"}, {"y"}, "sigmoid"); }},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.why);
+    Builder b(20);
+    b.input("x", {8, 8});
+    b.weight("w", {8, 16});
+    b.weight("bias", {16});
+    int64_shape(b, "bsn", {2, 4, 16});
+    b.node("Gemm", {"x", "w", "bias"}, {"h"}, "gemm");
+    b.node("Reshape", {"h", "bsn"}, {"t"}, "view");
+    c.build(b);
+    b.output("y");
+    ASSERT_TRUE(passes::infer_shapes(b.m).ok());
+    const std::vector<std::string> before = op_types(b.m);
+    int moved = -1;
+    b.apply_and_compare([&](ir::Model& m) { return passes::sink_gemm_reshapes(m, &moved); }, 0.0);
+    EXPECT_EQ(moved, 0);
     EXPECT_EQ(op_types(b.m), before);
   }
 }

@@ -62,6 +62,8 @@ Status optimize_graph(ir::Model& m, const OptimizeOptions& o, Logger& logger, st
     int gelus = 0, matmuls = 0, convs = 0, activations = 0, softmaxes = 0, attentions = 0, packed = 0, removed = 0;
     KILN_RETURN_IF_ERROR(passes::recognize_gelu(m, &gelus));
     KILN_RETURN_IF_ERROR(passes::infer_shapes(m));
+    KILN_RETURN_IF_ERROR(passes::sink_gemm_reshapes(m));  // GPT-2's Gemm -> Reshape -> GELU / residual Add
+    KILN_RETURN_IF_ERROR(passes::infer_shapes(m));
     KILN_RETURN_IF_ERROR(passes::fuse_matmul_bias(m, &matmuls));  // after recognize_gelu: absorbs a tanh GELU
     KILN_RETURN_IF_ERROR(passes::fuse_conv_activation(m, &convs));
     // After the conv fusion, which absorbs a SiLU as Sigmoid + Mul: the SiLUs left become one kiln.Swish.

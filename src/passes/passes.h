@@ -71,6 +71,11 @@ Status recognize_activations(ir::Model& model, int* found = nullptr);
 // dim (a [1, N] one is stored again as [N]). Run after infer_shapes (W's shape, A's rank) and after
 // recognize_gelu. The number of fused nodes goes to *fused.
 Status fuse_matmul_bias(ir::Model& model, int* fused = nullptr);
+
+// A Reshape between a Gemm and a Relu / tanh GELU / residual Add that reads it (GPT-2's Conv1D views) moves
+// after that op (the Add's other operand viewed in the Gemm's shape), so that fuse_matmul_bias can put the op
+// in the Gemm's epilogue. Static shapes only; run infer_shapes after. The number of Reshapes moved goes to *moved.
+Status sink_gemm_reshapes(ir::Model& model, int* moved = nullptr);
 // kiln.FusedMatMul (no activation) -> exact Gelu becomes kiln.FusedMatMul(activation "Gelu") when the product
 // is float16 or bfloat16 (the CUDA epilogue approximates it, within half precision): run after
 // lower_precision. The number of fused nodes goes to *fused.
