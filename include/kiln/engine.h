@@ -18,6 +18,22 @@ class ExecutionContext;
 
 enum class TensorIOMode { kNone, kInput, kOutput };
 
+// Where execute() puts an output whose size is known only after the run (TensorRT's IOutputAllocator):
+// the outputs of NonZero, Unique, NonMaxSuppression, TopK with a run-time k, and anything computed from
+// them. Set one per output with ExecutionContext::set_output_allocator; one object may serve many outputs
+// and contexts, so on many threads it must be thread-safe.
+class OutputAllocator {
+ public:
+  virtual ~OutputAllocator() = default;
+  // Called after the run with the output's exact size in bytes: returns memory of at least `size` bytes
+  // aligned to `alignment`, or null to fail the run (then nothing is written). `current` is the memory this
+  // output was last given (by this allocator, else by set_tensor_address), or null: return it when it is
+  // large enough. A size of 0 may get null back.
+  virtual void* reallocate_output(const std::string& name, void* current, size_t size, size_t alignment) = 0;
+  // Called once the output's data is in that memory: its shape in this run.
+  virtual void notify_shape(const std::string& name, const Shape& shape) = 0;
+};
+
 // One input's range in an optimization profile: a context of that profile accepts any shape with
 // min[i] <= shape[i] <= max[i] in every dimension; opt is the shape the build tunes for.
 struct ProfileShapes {
@@ -77,9 +93,20 @@ class ExecutionContext {
   // engine with profiles the shape must lie inside the context's profile (execute() checks it again).
   Status set_input_shape(const std::string& name, const Shape& shape);
   // Binds a host buffer: an input's data, or where an output is written after execute(). The buffer must
-  // stay valid until execute() returns; an output buffer must be large enough for the output.
+  // stay valid until execute() returns; an output buffer must be large enough for the output's shape as
+  // output_shape() gives it.
   Status set_tensor_address(const std::string& name, void* data);
-  // Runs the engine on the bound inputs.
+  // Gives an output an allocator (not owned; it must outlive the context's runs), which execute() asks for
+  // the output's memory once its size is known; null clears it. Needed for a bound output whose shape
+  // depends on the data. NotFound for a name that is not an output.
+  Status set_output_allocator(const std::string& name, OutputAllocator* allocator);
+  // An output's shape for the input shapes set (set_input_shape, or static), before any run; InvalidArgument
+  // when an input's shape is missing, Unsupported when the output's shape depends on the data (or shape
+  // inference cannot fix it): such an output needs an OutputAllocator to be bound.
+  Result<Shape> output_shape(const std::string& name);
+  // Runs the engine on the bound inputs, writing each output to its bound buffer or allocator's memory:
+  // outputs whose shape depends on the data need an allocator (else an error before anything runs); an
+  // output with an allocator and a bound buffer offers that buffer to the allocator first.
   Status execute();
   // Runs on named input tensors and returns every output by name (no binding needed).
   Result<std::map<std::string, Tensor>> execute(const std::map<std::string, Tensor>& inputs);
@@ -130,6 +157,27 @@ class ExecutionContext {
   std::map<std::string, void*> addresses_;
   std::map<std::string, void*> device_addresses_;
   std::map<std::string, Tensor> outputs_;
+  // Per output with an allocator: the allocator, and the memory it last returned (null before).
+  struct AllocatedOutput {
+    OutputAllocator* allocator = nullptr;
+    void* memory = nullptr;
+  };
+  std::map<std::string, AllocatedOutput> allocators_;
+  // Each output's shape as shape inference fixes it for the input shapes in `for_inputs` (not fixed: it
+  // depends on the data, or inference cannot tell; `inferred` says what inference found, for messages).
+  // output_shape and execute() reuse them while the input shapes stay the same.
+  struct PredictedShape {
+    bool fixed = false;
+    Shape shape;
+    std::string inferred;
+  };
+  struct PredictedShapes {
+    bool valid = false;
+    std::map<std::string, Shape> for_inputs;
+    std::map<std::string, PredictedShape> outputs;
+  };
+  PredictedShapes predicted_;
+  Status predict_output_shapes(const std::map<std::string, Shape>& input_shapes);
   struct DeviceState;  // the GPU program of a CUDA engine (api/engine.cc)
   Status prepare_device_program(const std::map<std::string, Shape>& shapes, void* stream);
   std::unique_ptr<DeviceState> device_;

@@ -9,6 +9,7 @@
 #include "engine/profiles.h"
 #include "kiln/kiln.h"
 #include "onnx/tensor_proto.h"
+#include "passes/passes.h"
 #include "runtime/executor.h"
 #ifdef KILN_HAVE_CUDA
 #include "backends/cuda/cuda_backend.h"
@@ -282,34 +283,137 @@ Status ExecutionContext::set_tensor_address(const std::string& name, void* data)
     return NotFound("'" + name + "' is not an input or output of the engine");
   if (data == nullptr) return InvalidArgument("tensor '" + name + "': address is null");
   addresses_[name] = data;
+  // A newly bound buffer is what the output's allocator is offered next, not the memory it gave before.
+  if (auto a = allocators_.find(name); a != allocators_.end()) a->second.memory = nullptr;
   return OkStatus();
+}
+
+namespace {
+// What execute() asks an output allocator for: enough for any vector load (TensorRT asks for 256 on the GPU).
+constexpr size_t kOutputAlignment = 64;
+
+// An input's shape for a run on bound buffers: as set, else its static shape.
+Result<Shape> run_shape(const ir::ValueInfo& in, const std::map<std::string, Shape>& set) {
+  if (auto s = set.find(in.name); s != set.end()) return s->second;
+  if (in.type.is_static()) return in.type.static_shape();
+  return InvalidArgument("input '" + in.name + "' has dynamic shape " + in.type.to_string() +
+                         ": call set_input_shape first");
+}
+
+Status data_dependent(const std::string& name, const std::string& inferred) {
+  return Unsupported("output '" + name + "' has a data-dependent shape: set an output allocator "
+                     "(set_output_allocator); for these input shapes shape inference gives " + inferred);
+}
+
+// Copies an output's data to memory of at least t.nbytes() bytes.
+void copy_out(const Tensor& t, void* to) {
+  if (t.nbytes() > 0) std::memcpy(to, t.raw_data(), t.nbytes());
+}
+}  // namespace
+
+Status ExecutionContext::set_output_allocator(const std::string& name, OutputAllocator* allocator) {
+  if (engine_->tensor_io_mode(name) != TensorIOMode::kOutput)
+    return NotFound("'" + name + "' is not an output of the engine");
+  if (allocator == nullptr) allocators_.erase(name);
+  else if (allocators_[name].allocator != allocator) allocators_[name] = AllocatedOutput{allocator, nullptr};
+  return OkStatus();
+}
+
+Status ExecutionContext::predict_output_shapes(const std::map<std::string, Shape>& input_shapes) {
+  if (predicted_.valid && predicted_.for_inputs == input_shapes) return OkStatus();
+  predicted_ = PredictedShapes{};
+  // Shape inference of a copy of the engine's graph (its tensors share their data) with the inputs' dims
+  // fixed. Values inference does not know keep the types the build gave them, which hold for every input
+  // shape. Shape arithmetic (Shape -> Gather -> Concat -> Reshape) needs folding too: only when plain
+  // inference leaves an output open.
+  ir::Model model = engine_->plan_->model;
+  KILN_RETURN_IF_ERROR(passes::apply_input_shapes(model, input_shapes));
+  auto collect = [&]() {
+    bool all_fixed = true;
+    for (const auto& out : model.graph.outputs) {
+      PredictedShape& p = predicted_.outputs[out.name];
+      const ir::TypeInfo* t = model.graph.type_of(out.name);
+      p.fixed = t != nullptr && t->kind == ir::TypeInfo::Kind::kTensor && t->is_static();
+      p.shape = p.fixed ? t->static_shape() : Shape{};
+      p.inferred = t ? t->to_string() : std::string("no shape");
+      all_fixed = all_fixed && p.fixed;
+    }
+    return all_fixed;
+  };
+  KILN_RETURN_IF_ERROR(passes::infer_shapes(model).with_context("output shapes"));
+  if (!collect()) {
+    KILN_RETURN_IF_ERROR(passes::fold_constants_to_fixpoint(model).with_context("output shapes"));
+    collect();
+  }
+  predicted_.for_inputs = input_shapes;
+  predicted_.valid = true;
+  return OkStatus();
+}
+
+Result<Shape> ExecutionContext::output_shape(const std::string& name) {
+  if (engine_->tensor_io_mode(name) != TensorIOMode::kOutput)
+    return NotFound("'" + name + "' is not an output of the engine");
+  std::map<std::string, Shape> shapes;
+  for (const auto& in : engine_->plan_->model.graph.inputs) {
+    KILN_ASSIGN_OR_RETURN(shapes[in.name], run_shape(in, input_shapes_));
+    KILN_RETURN_IF_ERROR(check_in_profile(*engine_->plan_, profile_, in.name, shapes[in.name]));
+  }
+  KILN_RETURN_IF_ERROR(predict_output_shapes(shapes));
+  const PredictedShape& p = predicted_.outputs.at(name);
+  if (!p.fixed) return data_dependent(name, p.inferred);
+  return p.shape;
 }
 
 Status ExecutionContext::execute() {
   const ir::Graph& g = engine_->plan_->model.graph;
   std::map<std::string, Tensor> inputs;
+  std::map<std::string, Shape> shapes;
   for (const auto& in : g.inputs) {
     auto addr = addresses_.find(in.name);
     if (addr == addresses_.end()) continue;  // missing inputs are reported by execute(map)
-    Shape shape;
-    if (auto s = input_shapes_.find(in.name); s != input_shapes_.end()) {
-      shape = s->second;
-    } else if (in.type.is_static()) {
-      shape = in.type.static_shape();
-    } else {
-      return InvalidArgument("input '" + in.name + "' has dynamic shape " + in.type.to_string() +
-                             ": call set_input_shape first");
-    }
-    inputs[in.name] = Tensor::view(in.type.dtype, shape, addr->second);
+    KILN_ASSIGN_OR_RETURN(shapes[in.name], run_shape(in, input_shapes_));
+    inputs[in.name] = Tensor::view(in.type.dtype, shapes[in.name], addr->second);
+  }
+  // Before running: every bound output without an allocator must have a shape the input shapes fix, the
+  // size its buffer was made for.
+  bool predicted = false;
+  for (const auto& out : g.outputs) {
+    if (!addresses_.count(out.name) || allocators_.count(out.name)) continue;
+    if (!predicted) KILN_RETURN_IF_ERROR(predict_output_shapes(shapes));
+    predicted = true;
+    const PredictedShape& p = predicted_.outputs.at(out.name);
+    if (!p.fixed) return data_dependent(out.name, p.inferred);
   }
   KILN_ASSIGN_OR_RETURN(auto outputs, execute(inputs));
+  // Where each output goes, all decided (allocators asked) before anything is written.
+  std::vector<std::pair<const Tensor*, void*>> copies;
+  std::vector<std::pair<std::string, OutputAllocator*>> notify;
   for (const auto& out : g.outputs) {
     auto addr = addresses_.find(out.name);
-    if (addr == addresses_.end()) continue;
+    auto alloc = allocators_.find(out.name);
+    if (addr == addresses_.end() && alloc == allocators_.end()) continue;
     const Tensor& t = outputs[out.name];
     if (t.dtype() == DType::kString) return Unsupported("output '" + out.name + "' holds strings: use output()");
-    std::memcpy(addr->second, t.raw_data(), t.nbytes());
+    if (alloc == allocators_.end()) {
+      const Shape& want = predicted_.outputs.at(out.name).shape;
+      if (t.shape() != want)
+        return Internal("output '" + out.name + "' has shape " + shape_to_string(t.shape()) +
+                        ", not the " + shape_to_string(want) + " shape inference gave its buffer: not written");
+      copies.emplace_back(&t, addr->second);
+      continue;
+    }
+    AllocatedOutput& a = alloc->second;
+    void* current = a.memory ? a.memory : addr != addresses_.end() ? addr->second : nullptr;
+    void* memory = a.allocator->reallocate_output(out.name, current, t.nbytes(), kOutputAlignment);
+    if (memory == nullptr && t.nbytes() > 0)
+      return InvalidArgument("output '" + out.name + "': the output allocator returned no memory for " +
+                             std::to_string(t.nbytes()) + " bytes (" + t.description() + "): nothing written");
+    a.memory = memory;
+    copies.emplace_back(&t, memory);
+    notify.emplace_back(out.name, a.allocator);
   }
+  for (const auto& [t, to] : copies) copy_out(*t, to);
+  for (const auto& [name, allocator] : notify) allocator->notify_shape(name, outputs[name].shape());
   return OkStatus();
 }
 
