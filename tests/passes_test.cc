@@ -87,6 +87,26 @@ TEST(Passes, InferShapesOfSplit) {
   EXPECT_EQ(b.m.graph.type_of("u")->to_string(), "float16[2,0,48]");
 }
 
+// TopK's outputs have k along the axis when k is a constant (else that dim is unknown: the data's), NonZero's
+// [rank, unknown]: what tells a data-dependent output (ExecutionContext's output allocator) from a fixed one.
+TEST(Passes, InferShapesOfTopKAndNonZero) {
+  testing::GraphBuilder b(18);
+  b.input("x", Tensor(DType::kFloat32, {3, 10}));
+  b.input("k_in", Tensor(DType::kInt64, {1}));
+  b.init("k", Tensor::from_vector<int64_t>(DType::kInt64, {1}, {4}));
+  b.node("TopK", {"x", "k"}, {"values", "indices"});
+  b.node("TopK", {"x", "k_in"}, {"v2", "i2"}).attributes["axis"] = testing::int_attr(0);
+  b.node("NonZero", {"x"}, {"nz"});
+  ASSERT_TRUE(passes::infer_shapes(b.m).ok());
+  EXPECT_EQ(b.m.graph.type_of("values")->to_string(), "float32[3,4]");
+  EXPECT_EQ(b.m.graph.type_of("indices")->to_string(), "int64[3,4]");
+  EXPECT_FALSE(b.m.graph.type_of("v2")->is_static());
+  EXPECT_EQ(b.m.graph.type_of("i2")->dtype, DType::kInt64);
+  EXPECT_EQ(b.m.graph.type_of("nz")->dims.size(), 2u);
+  EXPECT_EQ(b.m.graph.type_of("nz")->dims[0].value, 2);
+  EXPECT_FALSE(b.m.graph.type_of("nz")->dims[1].known());
+}
+
 TEST(Passes, FoldsConstantSubgraphsButNotInputsWithDefaults) {
   onnx::ModelProto p = testing::new_model();
   auto* g = p.mutable_graph();

@@ -317,6 +317,22 @@ class Inferrer {
       }
       return;
     }
+    if (op == "TopK") {  // values and indices: X's shape with k along the axis (unknown when k is not constant)
+      int64_t axis = iattr(n, "axis", -1);
+      if (axis < 0) axis += rank;
+      if (axis < 0 || axis >= rank) return;
+      Dim k;
+      if (opset_ < 10) {
+        k = Dim::of(iattr(n, "k", -1));
+      } else if (n.inputs.size() > 1) {
+        if (const Tensor* c = constant(n.inputs[1]); c != nullptr && c->numel() == 1) k = Dim::of(c->to_int64_vector()[0]);
+      }
+      std::vector<Dim> out = d;
+      out[axis] = k;
+      set(n, 0, tensor_type(x->dtype, out));
+      return set(n, 1, tensor_type(DType::kInt64, out));
+    }
+    if (op == "NonZero") return set(n, 0, tensor_type(DType::kInt64, {Dim::of(rank), Dim{}}));  // how many: data
     if (op == "Gather") {
       const TypeInfo* idx = type(n.inputs[1]);
       if (!idx || !idx->has_shape) return;
