@@ -372,7 +372,10 @@ TEST(FuseMatMulBias, GemmsThatStay) {
       {"alone (already one GEMM with its bias)", nullptr},
       {"alpha 2", [](ir::Node& n) { n.attributes["alpha"] = float_attr(2.0f); }},
       {"beta 0.5", [](ir::Node& n) { n.attributes["beta"] = float_attr(0.5f); }},
-      {"A transposed", [](ir::Node& n) { n.attributes["transA"] = int_attr(1); }},
+      {"A transposed", [](ir::Node& n) {
+         n.attributes["transA"] = int_attr(1);
+         n.inputs[0] = "xt";  // A as [K, M]
+       }},
       {"C of the whole product", [](ir::Node& n) { n.inputs[2] = "full"; }},
       {"W an input", [](ir::Node& n) { n.inputs[1] = "w_in"; }},
   };
@@ -384,12 +387,9 @@ TEST(FuseMatMulBias, GemmsThatStay) {
     b.weight("w", {8, 16});
     b.weight("bias", {16});
     b.weight("full", {5, 16});
-    // transA needs A as [K, M]: the case swaps x for its transpose's shape by reading w_in's transpose... keep
-    // shapes valid: with transA the Gemm reads xt [8, 5].
     b.input("xt", {8, 5});
     ir::Node& gemm = b.node("Gemm", {"x", "w", "bias"}, {"xw"}, "fc");
     if (c.change) c.change(gemm);
-    if (std::string(c.why) == "A transposed") b.m.graph.nodes.back().inputs[0] = "xt";
     if (c.change) b.node("Relu", {"xw"}, {"y"}, "relu");
     b.output(c.change ? "y" : "xw");
     const std::vector<std::string> before = op_types(b.m);

@@ -60,8 +60,9 @@ Status sink_gemm_reshapes(ir::Model& model, int* moved) {
     if (yt == nullptr || tt == nullptr) continue;
 
     std::vector<ir::Node> nodes;
-    const std::string before_reshape = fresh(op.outputs.empty() ? t : op.outputs[0] + "_gemm_shaped");
+    std::string before_reshape;  // the op's result in the Gemm's shape, named once the op is known to move
     if (epilogue_unary(op) && op.inputs[0] == t) {
+      before_reshape = fresh(op.outputs[0] + "_gemm_shaped");
       ir::Node moved_op = op;
       moved_op.inputs[0] = y;
       moved_op.outputs[0] = before_reshape;
@@ -71,6 +72,7 @@ Status sink_gemm_reshapes(ir::Model& model, int* moved) {
       const std::string& r = op.inputs[0] == t ? op.inputs[1] : op.inputs[0];
       const ir::TypeInfo* rt = static_type(g, r);
       if (rt == nullptr || rt->static_shape() != tt->static_shape() || rt->dtype != tt->dtype) continue;
+      before_reshape = fresh(op.outputs[0] + "_gemm_shaped");
       // r viewed in y's shape.
       const std::string shape_name = fresh(r + "_gemm_shape");
       const Shape ys = yt->static_shape();
