@@ -19,6 +19,7 @@
 #include "ir/graph.h"
 #include "kiln/status.h"
 #include "kiln/tensor.h"
+#include "passes/passes.h"
 #include "runtime/executor.h"
 
 namespace kiln::testing {
@@ -131,6 +132,21 @@ struct GraphBuilder {
     const Status st = passes(m);
     ASSERT_TRUE(st.ok()) << st.to_string();
     expect_same_outputs(before, m, feeds, tol);
+  }
+  // One pass that counts what it rewrote (most of passes.h) on the typed graph: infers the types, runs it, then
+  // the clean-up optimize_graph runs after it (eliminate_dead_nodes where `drop_dead`, infer_shapes), and
+  // expects the same outputs within tol. Returns the pass's count (-1 when it failed).
+  int apply_counted_pass(const std::function<Status(ir::Model&, int*)>& pass, double tol, bool drop_dead = false) {
+    EXPECT_TRUE(passes::infer_shapes(m).ok());
+    int count = -1;
+    apply_and_compare(
+        [&](ir::Model& model) -> Status {
+          KILN_RETURN_IF_ERROR(pass(model, &count));
+          if (drop_dead) KILN_RETURN_IF_ERROR(passes::eliminate_dead_nodes(model));
+          return passes::infer_shapes(model);
+        },
+        tol);
+    return count;
   }
 };
 

@@ -106,18 +106,7 @@ struct Bert : GraphBuilder {
 
 // Runs the pass (and the clean-up optimize_graph runs after it) comparing the outputs before and after: the
 // same arithmetic on the same mask values, so within float32 rounding. Returns the number bypassed.
-int narrow_and_compare(Bert& b) {
-  EXPECT_TRUE(passes::infer_shapes(b.m).ok());
-  int narrowed = -1;
-  b.apply_and_compare(
-      [&](ir::Model& m) -> Status {
-        KILN_RETURN_IF_ERROR(passes::narrow_attention_mask(m, &narrowed));
-        KILN_RETURN_IF_ERROR(passes::eliminate_dead_nodes(m));
-        return passes::infer_shapes(m);
-      },
-      1e-6);
-  return narrowed;
-}
+int narrow_and_compare(Bert& b) { return b.apply_counted_pass(passes::narrow_attention_mask, 1e-6, true); }
 
 std::string type_string(const ir::Model& m, const std::string& value) {
   const ir::TypeInfo* t = m.graph.type_of(value);

@@ -148,18 +148,7 @@ struct Layer : GraphBuilder {
 
 // Runs the pass (and the clean-up optimize_graph runs after it) comparing the outputs before and after within
 // float32's 1e-5; returns how many attentions were packed.
-int pack_and_compare(Layer& b) {
-  EXPECT_TRUE(passes::infer_shapes(b.m).ok());
-  int packed = -1;
-  b.apply_and_compare(
-      [&](ir::Model& m) -> Status {
-        KILN_RETURN_IF_ERROR(passes::pack_qkv_projections(m, &packed));
-        KILN_RETURN_IF_ERROR(passes::eliminate_dead_nodes(m));
-        return passes::infer_shapes(m);
-      },
-      1e-5);
-  return packed;
-}
+int pack_and_compare(Layer& b) { return b.apply_counted_pass(passes::pack_qkv_projections, 1e-5, true); }
 
 TEST(PackQkvProjections, ThreeProjectionsBecomeOneGemm) {
   Layer b;
