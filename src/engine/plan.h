@@ -44,6 +44,14 @@ struct LayerInfo {
   double time_ms = -1;          // the chosen tactic's time when it was timed at build, else -1
 };
 
+// What a GPU engine with optimization profiles chose for one profile: the tactic of each layer it timed at
+// the profile's opt shapes (a layer not listed runs LayerInfo::tactic), checked valid at min and max, and
+// the device memory its activations need at the max shapes.
+struct ProfilePlan {
+  std::map<std::string, std::string> tactics;  // node name -> tactic
+  size_t max_activation_bytes = 0;             // 0: not measured
+};
+
 struct Plan {
   std::string kiln_version;       // the Kiln that built it
   std::string target_backend = "cpu";
@@ -51,6 +59,9 @@ struct Plan {
   BuildSettings settings;
   ir::Model model;                // the optimized graph; its initializers are the weights
   std::vector<LayerInfo> layers;  // one per node of model.graph, in order
+  // GPU engines with optimization profiles: one per settings.profiles entry (empty otherwise). The graph
+  // keeps the model's dynamic dims; a context specializes it to its input shapes at run time.
+  std::vector<ProfilePlan> profile_plans;
 };
 
 // Serialized .kiln bytes (engine_file.cc; the layout is docs/engine-format.md).
