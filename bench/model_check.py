@@ -14,7 +14,9 @@ Two phases:
    on the inputs (written as .npy), and `kiln inspect` of it for the layers, their backends and precisions and
    the reasons of CPU fallbacks (--direct: `kiln run` and `kiln inspect` of the ONNX model with the flags). Each variant's error is max |kiln - reference| / max |reference| (per output,
    the worst output counts), against the tolerance of its precision (TOLERANCES); also the same against
-   PyTorch. The reference row itself is checked against PyTorch at the float32 tolerance. Where the reference
+   PyTorch. An FP16 row whose model loses more than that to half precision itself (PyTorch's own FP16 run,
+   where the GPU made one) is held to twice PyTorch's FP16 error instead. The reference row itself is checked
+   against PyTorch at the float32 tolerance. Where the reference
    run failed, PyTorch's output stands in for it (the row says so).
 
 CPU variants are single-threaded Kiln processes, run --jobs at a time; CUDA variants run one at a time beside
@@ -461,6 +463,13 @@ class Checker:
                     # Context, not the test: PyTorch's own float16 against its float32.
                     worst, err = compare(model.torch_fp16_outputs, model.torch_outputs)
                     row["torch_fp16_vs_torch"] = worst if worst else {"error": err}
+        vh = row.get("torch_fp16_vs_torch")
+        if raw["precision"] == "fp16" and vh and "rel_err" in vh and 2 * vh["rel_err"] > tol:
+            # Some models lose more than the fixed tolerance to half precision itself (ResNet-50's random
+            # classifier sums 2048 positive features into logits that cancel): PyTorch's own float16 run shows
+            # how much, so within twice that Kiln is as accurate as the framework in the same precision.
+            tol = row["tolerance"] = 2 * vh["rel_err"]
+            row["tolerance_from"] = "2x PyTorch's own fp16 error"
         vs = row.get("vs_reference")
         if raw["variant"] == REFERENCE and not ref and "outputs" in raw:
             row["pass"] = True  # nothing to check the reference against (no PyTorch outputs in the npz)
@@ -484,7 +493,7 @@ def line(row):
     text = f"{row['model']:14s} {row['variant']:13s} {'PASS' if row['pass'] else 'FAIL'}"
     vs, vt = row.get("vs_reference"), row.get("vs_torch")
     if vs:
-        text += f"  err {vs['rel_err']:.2e} (tol {row['tolerance']:.0e}, vs {row['reference']})"
+        text += f"  err {vs['rel_err']:.2e} (tol {row['tolerance']:.1e}, vs {row['reference']})"
     elif row["variant"] == REFERENCE and "error" not in row:
         text += "  (no PyTorch output to check it against)"
     if vt and "rel_err" in vt and row.get("reference") != "torch":
