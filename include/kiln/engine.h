@@ -1,5 +1,6 @@
 #pragma once
 
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <string>
@@ -139,12 +140,28 @@ class ExecutionContext {
   };
   void set_profiling(bool on);
   std::vector<LayerTime> last_layer_times() const;
-  // GPU engines: the device memory this context needs beyond the engine's weights and its I/O (after the
+  // GPU engines: the device memory this context holds beyond the engine's weights and its I/O (after the
   // first run), else 0: activation_bytes() = its activation arena + the layers' shared scratch workspace
-  // (cuBLASLt split-K and cuDNN algorithms' scratch), each also on its own.
+  // (cuBLASLt split-K and cuDNN algorithms' scratch), each also on its own. Every program of the context
+  // (one per input shapes seen) uses the same arena and workspace, sized for the largest of them, or for the
+  // profile's max shapes when the engine measured them.
   size_t activation_bytes() const;
   size_t arena_bytes() const;
   size_t workspace_bytes() const;
+
+  // GPU engines: the context keeps the programs it planned, one per input shapes, CUDA graph setting and
+  // stream it ran with (each with its captured CUDA graph), in a cache of the most recently used: a shape
+  // seen again runs without planning or capturing again. Capacity >= 1 (8 by default), else
+  // InvalidArgument; a smaller capacity drops the least recently used at once. A change of optimization
+  // profile empties the cache.
+  Status set_shape_cache_capacity(int capacity);
+  struct ShapeCacheStats {
+    uint64_t hits = 0;    // GPU runs that found their program in the cache
+    uint64_t misses = 0;  // GPU runs that planned one
+    int size = 0;         // programs held now
+    int capacity = 8;
+  };
+  ShapeCacheStats shape_cache_stats() const;
 
   // After execute(): an output's shape (or an input's, as set).
   Shape tensor_shape(const std::string& name) const;
@@ -178,7 +195,7 @@ class ExecutionContext {
   };
   PredictedShapes predicted_;
   Status predict_output_shapes(const std::map<std::string, Shape>& input_shapes);
-  struct DeviceState;  // the GPU program of a CUDA engine (api/engine.cc)
+  struct DeviceState;  // the GPU programs of a CUDA engine and their memory (api/engine.cc)
   Status prepare_device_program(const std::map<std::string, Shape>& shapes, void* stream);
   std::unique_ptr<DeviceState> device_;
   bool cuda_graph_ = false;

@@ -1,7 +1,9 @@
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <set>
 #include <sstream>
+#include <tuple>
 
 #include "builder/build_plan.h"
 #include "builder/graph_dump.h"
@@ -11,6 +13,7 @@
 #include "onnx/tensor_proto.h"
 #include "passes/passes.h"
 #include "runtime/executor.h"
+#include "runtime/lru_cache.h"
 #ifdef KILN_HAVE_CUDA
 #include "backends/cuda/cuda_backend.h"
 #include "backends/cuda/cuda_program.h"
@@ -22,18 +25,89 @@ struct Engine::State {
   runtime::PreparedGraph graph;
   std::vector<std::string> io_names;  // inputs, then outputs
 #ifdef KILN_HAVE_CUDA
-  // GPU engines: where each node runs, and the weights in device memory, shared by every context.
-  std::map<std::string, cuda::NodePlacement> placement;
+  // GPU engines: where each node runs, and the weights in device memory, shared by every context. One
+  // placement per optimization profile when the plan has profile plans (each profile's tactics over the
+  // layers' own), else one for every profile.
+  std::vector<std::map<std::string, cuda::NodePlacement>> placements;
   std::shared_ptr<const cuda::DeviceWeights> weights;
+  const std::map<std::string, cuda::NodePlacement>& placement(int profile) const {
+    return placements[profile >= 0 && static_cast<size_t>(profile) < placements.size() ? profile : 0];
+  }
 #endif
 };
 
+namespace {
+constexpr int kDefaultShapeCacheCapacity = 8;
+}  // namespace
+
+// A context's GPU programs, one per (input shapes, CUDA graph flag, stream), in a bounded LRU cache, and the
+// device memory they share. Invariants:
+//  - Every program's activation arena and workspace are `arena` and `workspace` (lent through
+//    ProgramOptions::lend_memory): the context runs one program at a time, so they never overlap.
+//  - At most one program may have work in flight: `program`, the last one run (execute() waits for its run,
+//    enqueue() does not). Before another program runs on a different stream, or before `program` is
+//    destroyed, it is waited for.
+//  - The cached programs hold the memory's addresses (in their layers' tensors and captured CUDA graphs):
+//    the memory is only reallocated (grown) after the cache is emptied.
 struct ExecutionContext::DeviceState {
+  int capacity = kDefaultShapeCacheCapacity;  // the cache's, kept here too for a build without CUDA
 #ifdef KILN_HAVE_CUDA
-  std::unique_ptr<cuda::CudaProgram> program;
-  bool cuda_graph = false;
-  void* stream = nullptr;  // the stream the program was planned on
+  struct ProgramKey {
+    std::map<std::string, Shape> shapes;
+    bool cuda_graph = false;
+    void* stream = nullptr;  // the caller's stream (enqueue), or null: the program's own
+    bool operator<(const ProgramKey& o) const {
+      return std::tie(shapes, cuda_graph, stream) < std::tie(o.shapes, o.cuda_graph, o.stream);
+    }
+  };
+  // Declared before the cache, so destroyed after every program that uses them.
+  std::unique_ptr<cuda::DeviceAllocation> arena, workspace;
+  runtime::LruCache<ProgramKey, std::unique_ptr<cuda::CudaProgram>> programs{kDefaultShapeCacheCapacity};
+  cuda::CudaProgram* program = nullptr;  // the program last run (in `programs`), or null
+  void* program_stream = nullptr;        // its key's stream
   std::map<std::string, Value> last_inputs;
+
+  ~DeviceState() { (void)wait(); }
+
+  Status wait() { return program ? program->synchronize() : OkStatus(); }
+
+  // Empties the cache, once the program in flight (if any) is done.
+  Status clear() {
+    KILN_RETURN_IF_ERROR(wait());
+    program = nullptr;
+    programs.clear();
+    return OkStatus();
+  }
+
+  // Destroys programs the cache let go, waiting first when the program in flight is among them.
+  Status drop(std::vector<std::pair<ProgramKey, std::unique_ptr<cuda::CudaProgram>>> evicted) {
+    for (const auto& entry : evicted)
+      if (entry.second.get() == program) {
+        KILN_RETURN_IF_ERROR(wait());
+        program = nullptr;
+      }
+    return OkStatus();
+  }
+
+  // ProgramOptions::lend_memory: the shared arena and workspace, grown (after emptying the cache) when a
+  // new program needs more. The arena is made at least `arena_floor` bytes (the profile's max shapes'
+  // need, when the engine measured it), so that programs of every shape in the profile fit the first one.
+  Result<cuda::LentMemory> lend(size_t arena_bytes, size_t workspace_bytes, size_t arena_floor) {
+    const bool grow_arena = arena_bytes > 0 && (!arena || arena->bytes() < arena_bytes);
+    const bool grow_workspace = workspace_bytes > 0 && (!workspace || workspace->bytes() < workspace_bytes);
+    if (grow_arena || grow_workspace) KILN_RETURN_IF_ERROR(clear());
+    if (grow_arena) {
+      arena.reset();  // freed before the larger one is made
+      KILN_ASSIGN_OR_RETURN(arena, cuda::DeviceAllocation::allocate(std::max(arena_bytes, arena_floor),
+                                                                    "the execution context's activation arena"));
+    }
+    if (grow_workspace) {
+      workspace.reset();
+      KILN_ASSIGN_OR_RETURN(workspace, cuda::DeviceAllocation::allocate(workspace_bytes,
+                                                                        "the execution context's layer workspace"));
+    }
+    return cuda::LentMemory{arena ? arena->data() : nullptr, workspace ? workspace->data() : nullptr};
+  }
 #endif
 };
 
@@ -59,13 +133,31 @@ Result<std::shared_ptr<Engine>> Engine::create(engine::Plan plan) {
                            (*gpu)->device_name() + ": rebuild it here with kiln build");
     const ir::Graph& g = e->plan_->model.graph;
     std::set<std::string> device_weights;
+    std::map<std::string, cuda::NodePlacement> base;
     for (size_t i = 0; i < g.nodes.size() && i < e->plan_->layers.size(); ++i) {
       const engine::LayerInfo& l = e->plan_->layers[i];
-      e->state_->placement[g.nodes[i].name] = cuda::NodePlacement{l.backend, l.tactic, l.precision == "tf32"};
+      base[g.nodes[i].name] = cuda::NodePlacement{l.backend, l.tactic, l.precision == "tf32"};
       if (l.backend == "cuda")
         for (const auto& in : g.nodes[i].inputs)
           if (g.initializers.count(in)) device_weights.insert(in);
     }
+    const std::vector<engine::ProfilePlan>& profile_plans = e->plan_->profile_plans;
+    if (!profile_plans.empty() && profile_plans.size() != e->plan_->settings.profiles.size())
+      return InvalidEngine("the engine has " + std::to_string(e->plan_->settings.profiles.size()) +
+                           " optimization profiles and tactics for " + std::to_string(profile_plans.size()) +
+                           ": rebuild it with kiln build");
+    for (size_t k = 0; k < profile_plans.size(); ++k) {
+      std::map<std::string, cuda::NodePlacement> placement = base;
+      for (const auto& [node, tactic] : profile_plans[k].tactics) {
+        auto it = placement.find(node);
+        if (it == placement.end())
+          return InvalidEngine("optimization profile " + std::to_string(k) + " gives tactic '" + tactic +
+                               "' to node '" + node + "', which is not a layer of the engine: rebuild it with kiln build");
+        it->second.tactic = tactic;
+      }
+      e->state_->placements.push_back(std::move(placement));
+    }
+    if (e->state_->placements.empty()) e->state_->placements.push_back(std::move(base));
     KILN_ASSIGN_OR_RETURN(e->state_->weights, cuda::DeviceWeights::upload(g, device_weights));
 #else
     return Unsupported("the engine targets " + e->plan_->target_device +
@@ -264,7 +356,13 @@ Status ExecutionContext::set_optimization_profile(int profile) {
                            (n == 0 ? std::string("no profiles (only profile 0)")
                                    : std::to_string(n) + " profile" + (n == 1 ? "" : "s") + " (0 to " +
                                          std::to_string(n - 1) + ")"));
-  profile_ = profile;
+  if (profile != profile_) {
+    // The cached programs were planned with the old profile's tactics and memory.
+#ifdef KILN_HAVE_CUDA
+    KILN_RETURN_IF_ERROR(device_->clear());
+#endif
+    profile_ = profile;
+  }
   return OkStatus();
 }
 
@@ -441,7 +539,6 @@ Result<std::vector<Value>> ExecutionContext::execute_values(const std::map<std::
     if (v.is_tensor()) shapes[name] = v.tensor().shape();
   DeviceState& d = *device_;
   KILN_RETURN_IF_ERROR(prepare_device_program(shapes, nullptr));
-  d.program->set_profiling(profiling_);
   d.last_inputs = inputs;
   return d.program->run(inputs);
 #else
@@ -449,20 +546,38 @@ Result<std::vector<Value>> ExecutionContext::execute_values(const std::map<std::
 #endif
 }
 
+// Makes device_->program the program for these shapes, the CUDA graph setting and the stream: the cached
+// one (with its captured CUDA graph), else a new one planned with the profile's placement.
 Status ExecutionContext::prepare_device_program(const std::map<std::string, Shape>& shapes, void* stream) {
 #ifdef KILN_HAVE_CUDA
   DeviceState& d = *device_;
-  if (!d.program || d.program->input_shapes() != shapes || d.cuda_graph != cuda_graph_ || d.stream != stream) {
-    d.program.reset();
+  DeviceState::ProgramKey key{shapes, cuda_graph_, stream};
+  std::unique_ptr<cuda::CudaProgram>* cached = d.programs.find(key);
+  cuda::CudaProgram* next = cached ? cached->get() : nullptr;
+  // Another program reuses the arena: the last one's work must be done, unless both run on the caller's
+  // same stream, which orders them.
+  if (d.program != nullptr && d.program != next && (stream == nullptr || stream != d.program_stream))
+    KILN_RETURN_IF_ERROR(d.wait());
+  if (next == nullptr) {
     static Logger quiet(Severity::kWarning);
     cuda::ProgramOptions options;
     options.cuda_graph = cuda_graph_;
     options.stream = stream;
-    KILN_ASSIGN_OR_RETURN(d.program, cuda::CudaProgram::create(engine_->plan_->model, engine_->state_->placement,
-                                                                engine_->state_->weights, shapes, options, &quiet));
-    d.cuda_graph = cuda_graph_;
-    d.stream = stream;
+    const std::vector<engine::ProfilePlan>& profile_plans = engine_->plan_->profile_plans;
+    const size_t arena_floor =
+        static_cast<size_t>(profile_) < profile_plans.size() ? profile_plans[profile_].max_activation_bytes : 0;
+    options.lend_memory = [&d, arena_floor](size_t arena_bytes, size_t workspace_bytes) {
+      return d.lend(arena_bytes, workspace_bytes, arena_floor);
+    };
+    KILN_ASSIGN_OR_RETURN(std::unique_ptr<cuda::CudaProgram> program,
+                          cuda::CudaProgram::create(engine_->plan_->model, engine_->state_->placement(profile_),
+                                                    engine_->state_->weights, shapes, options, &quiet));
+    next = program.get();
+    KILN_RETURN_IF_ERROR(d.drop(d.programs.insert(std::move(key), std::move(program))));
   }
+  d.program = next;
+  d.program_stream = stream;
+  d.program->set_profiling(profiling_);
   return OkStatus();
 #else
   return Unsupported("this Kiln was built without the CUDA backend");
@@ -504,10 +619,31 @@ Status ExecutionContext::enqueue(void* cuda_stream) {
 void ExecutionContext::set_cuda_graph(bool on) { cuda_graph_ = on; }
 
 void ExecutionContext::set_profiling(bool on) {
-  profiling_ = on;
+  profiling_ = on;  // the other cached programs take it when they run next (prepare_device_program)
 #ifdef KILN_HAVE_CUDA
   if (device_->program) device_->program->set_profiling(on);
 #endif
+}
+
+Status ExecutionContext::set_shape_cache_capacity(int capacity) {
+  if (capacity < 1)
+    return InvalidArgument("shape cache capacity must be at least 1, got " + std::to_string(capacity));
+  device_->capacity = capacity;
+#ifdef KILN_HAVE_CUDA
+  KILN_RETURN_IF_ERROR(device_->drop(device_->programs.set_capacity(static_cast<size_t>(capacity))));
+#endif
+  return OkStatus();
+}
+
+ExecutionContext::ShapeCacheStats ExecutionContext::shape_cache_stats() const {
+  ShapeCacheStats s;
+  s.capacity = device_->capacity;
+#ifdef KILN_HAVE_CUDA
+  s.hits = device_->programs.hits();
+  s.misses = device_->programs.misses();
+  s.size = static_cast<int>(device_->programs.size());
+#endif
+  return s;
 }
 
 std::vector<ExecutionContext::LayerTime> ExecutionContext::last_layer_times() const {
@@ -547,14 +683,14 @@ size_t ExecutionContext::activation_bytes() const { return arena_bytes() + works
 
 size_t ExecutionContext::arena_bytes() const {
 #ifdef KILN_HAVE_CUDA
-  if (device_->program) return device_->program->activation_bytes();
+  if (device_->arena) return device_->arena->bytes();
 #endif
   return 0;
 }
 
 size_t ExecutionContext::workspace_bytes() const {
 #ifdef KILN_HAVE_CUDA
-  if (device_->program) return device_->program->workspace_bytes();
+  if (device_->workspace) return device_->workspace->bytes();
 #endif
   return 0;
 }

@@ -63,6 +63,24 @@ const void* DeviceWeights::find(const std::string& name) const {
   return it == ptrs_.end() ? nullptr : it->second;
 }
 
+// ---- DeviceAllocation ----
+
+Result<std::unique_ptr<DeviceAllocation>> DeviceAllocation::allocate(size_t bytes, const std::string& what) {
+  std::unique_ptr<DeviceAllocation> a(new DeviceAllocation());
+  cudaError_t e = cudaMalloc(&a->ptr_, std::max<size_t>(bytes, 1));
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    a->ptr_ = nullptr;
+    return OutOfRange(what + " (" + std::to_string(bytes) + " bytes) does not fit: " + cudaGetErrorString(e));
+  }
+  a->bytes_ = bytes;
+  return a;
+}
+
+DeviceAllocation::~DeviceAllocation() {
+  if (ptr_) cudaFree(ptr_);
+}
+
 // ---- CudaProgram ----
 
 struct CudaProgram::Impl {
@@ -107,6 +125,7 @@ struct CudaProgram::Impl {
   size_t arena_bytes = 0;
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
+  bool memory_lent = false;  // arena and workspace belong to the caller (ProgramOptions::lend_memory)
   std::vector<void*> owned_constants;
   std::map<std::string, void*> pinned;  // staging for graph inputs and outputs that live on the device
   // h2d start, h2d end, compute start, compute end, d2h end
@@ -126,8 +145,8 @@ struct CudaProgram::Impl {
       if (e) cudaEventDestroy(e);
     for (auto& [n, p] : pinned) cudaFreeHost(p);
     for (void* p : owned_constants) cudaFree(p);
-    if (arena) cudaFree(arena);
-    if (workspace) cudaFree(workspace);
+    if (arena && !memory_lent) cudaFree(arena);
+    if (workspace && !memory_lent) cudaFree(workspace);
     steps.clear();  // layers before the handles they may use
   }
 
@@ -343,15 +362,26 @@ Status CudaProgram::Impl::plan_memory() {
     arena_bytes = std::max(arena_bytes, offset + align_up(cur.bytes));
     placed.push_back(s);
   }
-  if (arena_bytes > 0) {
-    cudaError_t e = cudaMalloc(&arena, arena_bytes);
-    if (e != cudaSuccess) {
-      cudaGetLastError();
-      return OutOfRange("the activation arena (" + std::to_string(arena_bytes) + " bytes) does not fit: " +
-                        cudaGetErrorString(e));
+  if (options.lend_memory) {
+    // The caller's memory (an execution context's, shared by its programs): the addresses bound below, in
+    // the layers' tensors and in a captured CUDA graph, are only valid while the caller keeps it.
+    KILN_ASSIGN_OR_RETURN(const LentMemory lent, options.lend_memory(arena_bytes, workspace_bytes));
+    if ((arena_bytes > 0 && lent.arena == nullptr) || (workspace_bytes > 0 && lent.workspace == nullptr))
+      return Internal("the lent device memory is missing the arena or the workspace");
+    memory_lent = true;
+    arena = arena_bytes > 0 ? lent.arena : nullptr;
+    workspace = workspace_bytes > 0 ? lent.workspace : nullptr;
+  } else {
+    if (arena_bytes > 0) {
+      cudaError_t e = cudaMalloc(&arena, arena_bytes);
+      if (e != cudaSuccess) {
+        cudaGetLastError();
+        return OutOfRange("the activation arena (" + std::to_string(arena_bytes) + " bytes) does not fit: " +
+                          cudaGetErrorString(e));
+      }
     }
+    if (workspace_bytes > 0) KILN_CUDA_TRY(cudaMalloc(&workspace, workspace_bytes));
   }
-  if (workspace_bytes > 0) KILN_CUDA_TRY(cudaMalloc(&workspace, workspace_bytes));
   for (Slot& s : slots) {
     if (s.kind == Slot::Kind::kArena) s.ptr = s.offset >= 0 ? static_cast<char*>(arena) + s.offset : nullptr;
     else if (s.kind == Slot::Kind::kConstant) s.ptr = const_cast<void*>(s.constant);
@@ -478,6 +508,7 @@ Result<std::unique_ptr<CudaProgram>> CudaProgram::create(const ir::Model& model,
   KILN_RETURN_IF_ERROR(m.specialize(model));
   KILN_RETURN_IF_ERROR(m.plan_steps(placement));
   KILN_RETURN_IF_ERROR(m.plan_memory());
+  m.options.lend_memory = nullptr;  // used once; it may refer to its caller's state
   // Layers and constants were set up with synchronous copies on the legacy default stream, which our
   // non-blocking stream does not wait for; a pageable cudaMemcpy may return before its DMA lands. Only that
   // stream is waited for: cudaDeviceSynchronize would also wait for (and so break) a CUDA graph that another

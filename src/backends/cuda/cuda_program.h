@@ -7,6 +7,7 @@
 // This header names no CUDA type, so that the runtime and the API can use it without the CUDA headers.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <set>
@@ -41,9 +42,36 @@ struct NodePlacement {
   bool allow_tf32 = true;
 };
 
+// Device memory freed with its owner: what an execution context lends its programs (ProgramOptions).
+class DeviceAllocation {
+ public:
+  // OutOfRange, naming `what` and the size, when the device has not that much free.
+  static Result<std::unique_ptr<DeviceAllocation>> allocate(size_t bytes, const std::string& what);
+  ~DeviceAllocation();
+  void* data() const { return ptr_; }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  DeviceAllocation() = default;
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// Device memory a program uses without owning it (ProgramOptions::lend_memory).
+struct LentMemory {
+  void* arena = nullptr;      // the activation arena: at least the arena bytes asked for
+  void* workspace = nullptr;  // the layers' shared scratch: at least the workspace bytes asked for
+};
+
 struct ProgramOptions {
   bool cuda_graph = false;  // capture the GPU launches once and replay them (only when no CPU step sits between)
   void* stream = nullptr;   // a cudaStream_t to run on (the caller's); nullptr: a stream of the program's own
+  // Where the activation arena and the workspace come from. Unset: the program allocates its own. Set:
+  // called once, when planning knows both sizes and before any address is bound into a layer or a CUDA
+  // graph; what it returns must stay valid, at those addresses, for the program's whole life, and must not
+  // be written by anything else while the program's work may be in flight. An execution context lends all
+  // its programs the same memory, since it runs one at a time.
+  std::function<Result<LentMemory>(size_t arena_bytes, size_t workspace_bytes)> lend_memory;
 };
 
 // Times of the last run, from CUDA events on the stream (milliseconds).
@@ -86,7 +114,7 @@ class CudaProgram {
   Shape planned_shape(const std::string& name) const;
   RunTimes last_run_times() const;
 
-  size_t activation_bytes() const;  // the arena
+  size_t activation_bytes() const;  // the arena this program needs (its own, or a part of lent memory)
   size_t workspace_bytes() const;
   int gpu_steps() const;
   int cpu_steps() const;
