@@ -1,7 +1,8 @@
 // Running an engine's graph on the GPU. A CudaProgram is one execution context's executable form of the
 // graph at concrete input shapes: every node assigned to CUDA becomes a layer of the CUDA op table; nodes
 // the GPU cannot run (or whose shapes are only known from data) run on the CPU reference kernels, with
-// explicit copies between the two; device tensors live in one arena planned by liveness; weights are the
+// explicit copies between the two; device tensors live in one arena planned by liveness (the program's own,
+// or memory its caller lends it: an execution context's programs share one); weights are the
 // engine's, uploaded once (DeviceWeights) and shared by every context. No cudaMalloc happens during a run.
 //
 // This header names no CUDA type, so that the runtime and the API can use it without the CUDA headers.
