@@ -379,6 +379,50 @@ TEST(GoldenGraph, BertLikeTwoLayers) {
   check_model("bert_like_2_layers", b.m, b.feeds);
 }
 
+// Models exported with dynamic batch and sequence (transformers' BERT and GPT-2, tiny configurations, by
+// torch.onnx.export with dynamic_axes, as bench/seq_sweep.py exports the full ones): optimized with no input
+// shapes, their graphs keep [batch, seq] and still fuse what fixed shapes fuse (attention, packed QKV,
+// residuals, pointwise chains), the Reshapes reading constant targets instead of shape computations; the
+// optimized graph computes what the model does at several shapes.
+std::map<std::string, Tensor> token_feeds(const ir::Model& m, int64_t batch, int64_t seq) {
+  std::map<std::string, Tensor> feeds;
+  std::uniform_int_distribution<int64_t> token(0, 99);
+  for (const auto& in : m.graph.inputs) {
+    std::vector<int64_t> v(static_cast<size_t>(batch * seq));
+    for (int64_t i = 0; i < batch * seq; ++i) {
+      if (in.name == "input_ids") v[i] = token(rng());
+      else if (in.name == "attention_mask") v[i] = i / seq < batch - 1 || i % seq < seq / 2 ? 1 : 0;  // last row padded
+      else v[i] = i % 2;  // token_type_ids
+    }
+    feeds[in.name] = Tensor::from_vector<int64_t>(DType::kInt64, {batch, seq}, v);
+  }
+  return feeds;
+}
+
+void check_dynamic_model(const std::string& name) {
+  auto model = onnx_io::import_model_file(std::string(KILN_SOURCE_DIR) + "/tests/models/" + name + ".onnx");
+  ASSERT_TRUE(model.ok()) << model.status().to_string();
+#ifndef KILN_HAVE_CUDA
+  GTEST_SKIP() << "built without the CUDA backend (its layer table decides what runs in fp16)";
+#else
+  for (const Target& t : {kGpuFp16, Target{"gpu_fp32_opt3", true, Precision::kFloat32, 3}}) {
+    SCOPED_TRACE(name + " for " + t.tag);
+    auto opt = optimized(*model, t);
+    ASSERT_TRUE(opt.ok()) << opt.status().to_string();
+    const std::string dump = builder::dump_graph(*opt);
+    if (t.precision == Precision::kFloat16) expect_matches_golden(name + "." + t.tag, dump);
+    EXPECT_NE(dump.find("kiln.FusedAttention"), std::string::npos);
+    EXPECT_EQ(dump.find("unknown"), std::string::npos) << "a value without a type";
+    for (auto [batch, seq] : {std::pair<int64_t, int64_t>{2, 7}, {3, 40}, {1, 1}})
+      expect_same_outputs(*model, *opt, token_feeds(*model, batch, seq), t.precision == Precision::kFloat32 ? 1e-4 : 2e-2,
+                          t.tag + " at " + std::to_string(batch) + "x" + std::to_string(seq));
+  }
+#endif
+}
+
+TEST(GoldenGraph, DynamicBert) { check_dynamic_model("tiny_bert_dyn"); }
+TEST(GoldenGraph, DynamicGpt2) { check_dynamic_model("tiny_gpt2_dyn"); }
+
 // build_plan makes the same graph through optimize_graph: the CPU golden of a model equals the graph of a
 // CPU engine, and on a machine with a GPU the fp16 golden equals a CUDA engine's (the layer table answered
 // as the backend does).

@@ -30,15 +30,18 @@ std::string layer_pin(const ir::Node& n, const std::map<std::string, std::string
 Status optimize_graph(ir::Model& m, const OptimizeOptions& o, Logger& logger, std::set<std::string>* lowered_out) {
   KILN_RETURN_IF_ERROR(passes::apply_input_shapes(m, o.input_shapes));
   if (o.opt_level > 0) {
-    int folded = 0, merged = 0, noops = 0, bns = 0, removed = 0;
+    int folded = 0, targets = 0, merged = 0, noops = 0, bns = 0, removed = 0;
     KILN_RETURN_IF_ERROR(passes::fold_constants_to_fixpoint(m, &folded));
+    // Dynamic dims: the shape computations left unfolded feed Reshapes that constant targets can serve.
+    KILN_RETURN_IF_ERROR(passes::resolve_shape_targets(m, &targets));
     std::set<std::string> pinned;  // pinned layers keep their identity (their pin is honored)
     for (const auto& [name, p] : o.layer_precisions) pinned.insert(name);
     KILN_RETURN_IF_ERROR(passes::eliminate_common_subexpressions(m, &merged, pinned));  // folded constants compare too
     KILN_RETURN_IF_ERROR(passes::remove_noops(m, &noops));
     KILN_RETURN_IF_ERROR(passes::fold_batch_norm(m, &bns));  // statistics folded to constants by now
     KILN_RETURN_IF_ERROR(passes::eliminate_dead_nodes(m, &removed));
-    logger.log(Severity::kInfo, "optimizer: folded " + std::to_string(folded) + " constant nodes, merged " +
+    logger.log(Severity::kInfo, "optimizer: folded " + std::to_string(folded) + " constant nodes, made " +
+                                    std::to_string(targets) + " Reshape targets constant, merged " +
                                     std::to_string(merged) + " common subexpressions, bypassed " +
                                     std::to_string(noops) + " no-ops, folded " + std::to_string(bns) +
                                     " BatchNormalization into convs, removed " + std::to_string(removed) +

@@ -28,11 +28,6 @@ constexpr int64_t kMaxHeadSize = 256;
 
 bool is_onnx(const ir::Node& n, const char* op) { return n.domain.empty() && n.op_type == op; }
 
-// Two dims known to be equal: the same value, or the same symbol.
-bool same_dim(const ir::Dim& a, const ir::Dim& b) {
-  return a.known() ? b.known() && a.value == b.value : !b.known() && !a.symbol.empty() && a.symbol == b.symbol;
-}
-
 bool has_perm(const ir::Node& n, const std::vector<int64_t>& perm) {
   if (!is_onnx(n, "Transpose") || n.inputs.size() != 1 || n.outputs.size() != 1) return false;
   const ir::Attribute* p = n.attr("perm");

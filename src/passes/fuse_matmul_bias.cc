@@ -38,16 +38,18 @@ bool static_shape(const ir::Graph& g, const std::string& name, Shape* out, DType
 }
 
 // The residual Z of an Add that reads `sum` (the fused MatMul + bias) and something else of exactly sum's
-// static shape and dtype: cuBLASLt adds Z as its C matrix, element for element, so there is no broadcasting.
+// shape and dtype: cuBLASLt adds Z as its C matrix, element for element, so there is no broadcasting.
 // "" when the Add is not one. `product` is the chain's other value, which Z must not be.
 std::string residual_of(const ir::Graph& g, const ir::Node& add, const std::string& sum, const std::string& product) {
   if (!is_onnx(add, "Add") || add.inputs.size() != 2 || add.outputs.size() != 1) return "";
   const std::string& z = add.inputs[0] == sum ? add.inputs[1] : add.inputs[0];
   if (z.empty() || z == sum || z == product) return "";
-  Shape ys, zs;
-  DType yt = DType::kUndefined, zt = DType::kUndefined;
-  if (!static_shape(g, sum, &ys, &yt) || !static_shape(g, z, &zs, &zt)) return "";
-  if (ys != zs || yt == DType::kUndefined || yt != zt) return "";
+  std::vector<ir::Dim> ys, zs;  // equal numbers or the same symbols ([batch, seq, 768] with dynamic dims)
+  if (!dims_of(g, sum, &ys) || !dims_of(g, z, &zs) || ys.size() != zs.size()) return "";
+  for (size_t i = 0; i < ys.size(); ++i)
+    if (!same_dim(ys[i], zs[i])) return "";
+  const DType yt = dtype_of(g, sum);
+  if (yt == DType::kUndefined || yt != dtype_of(g, z)) return "";
   return z;
 }
 

@@ -38,16 +38,18 @@ struct ValueType {
   Shape shape;
 };
 
-// A value's dtype and static shape (initializers included); false when either is not known.
-bool static_type(const ir::Graph& g, const std::string& name, ValueType* out) {
+// A value's dtype and shape (initializers included; -1 for a symbolic dim: the generated kernel is made for
+// a rank and broadcasts at the run's shapes); false when the dtype or the rank is not known.
+bool ranked_type(const ir::Graph& g, const std::string& name, ValueType* out) {
   if (auto it = g.initializers.find(name); it != g.initializers.end()) {
     *out = {it->second.dtype(), it->second.shape()};
     return true;
   }
   const ir::TypeInfo* t = g.type_of(name);
-  if (t == nullptr || t->kind != ir::TypeInfo::Kind::kTensor || !t->is_static() || t->dtype == DType::kUndefined)
+  if (t == nullptr || t->kind != ir::TypeInfo::Kind::kTensor || !t->has_shape || t->dtype == DType::kUndefined)
     return false;
-  *out = {t->dtype, t->static_shape()};
+  *out = {t->dtype, {}};
+  for (const ir::Dim& d : t->dims) out->shape.push_back(d.value);
   return true;
 }
 
@@ -57,12 +59,12 @@ bool fusable(const ir::Graph& g, const ir::Node& n, DType* dtype, pointwise::Op*
   if (!n.domain.empty() || n.outputs.size() != 1 || !pointwise::op_of_onnx(n.op_type, op)) return false;
   if (n.inputs.size() != static_cast<size_t>(pointwise::op_arity(*op))) return false;
   ValueType out;
-  if (!static_type(g, n.outputs[0], &out) || !kernel_dtype(out.dtype) || out.shape.size() > kMaxRank) return false;
+  if (!ranked_type(g, n.outputs[0], &out) || !kernel_dtype(out.dtype) || out.shape.size() > kMaxRank) return false;
   if (*dtype == DType::kUndefined) *dtype = out.dtype;
   if (out.dtype != *dtype) return false;
   for (const std::string& in : n.inputs) {
     ValueType t;
-    if (in.empty() || !static_type(g, in, &t) || t.dtype != *dtype || t.shape.size() > kMaxRank) return false;
+    if (in.empty() || !ranked_type(g, in, &t) || t.dtype != *dtype || t.shape.size() > kMaxRank) return false;
   }
   return true;
 }
@@ -73,7 +75,7 @@ std::string literal_of(const ir::Graph& g, const std::string& name, const ir::No
   const Tensor* t = constant_value(g, name);
   ValueType out;
   if (t == nullptr || !dtype_is_float(t->dtype()) || t->numel() != 1) return "";
-  if (!static_type(g, reader.outputs[0], &out) || t->rank() > static_cast<int64_t>(out.shape.size())) return "";
+  if (!ranked_type(g, reader.outputs[0], &out) || t->rank() > static_cast<int64_t>(out.shape.size())) return "";
   const double v = t->scalar_as_double(0);
   if (std::isnan(v)) return "nan";
   if (std::isinf(v)) return v > 0 ? "inf" : "-inf";

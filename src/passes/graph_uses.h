@@ -14,6 +14,7 @@
 
 #include "ir/graph.h"
 #include "kiln/status.h"
+#include "passes/symbolic_dims.h"
 #include "runtime/executor.h"
 
 namespace kiln::passes {
@@ -90,17 +91,17 @@ inline DType dtype_of(const ir::Graph& g, const std::string& name) {
   return t != nullptr && t->kind == ir::TypeInfo::Kind::kTensor ? t->dtype : DType::kUndefined;
 }
 
-// Whether `mask`, whose shape is static, broadcasts against `x` leaving x's shape as it is: no more dims,
-// each of its dims 1 or equal to x's (a symbolic dim of x matches only a 1), and the same dtype where both
-// are known (an Add of the two needs one). The masks of attention scores.
+// Whether `mask` broadcasts against `x` leaving x's shape as it is: no more dims, each of its dims 1 or
+// equal to x's (the same number, or the same symbol: a [batch,1,seq,seq] mask into [batch,H,seq,seq]
+// scores), and the same dtype where both are known (an Add of the two needs one). The masks of attention
+// scores.
 inline bool mask_broadcasts_into(const ir::Graph& g, const std::string& x, const std::string& mask) {
   std::vector<ir::Dim> xd, md;
   if (!dims_of(g, x, &xd) || !dims_of(g, mask, &md) || md.size() > xd.size()) return false;
   for (size_t i = 0; i < md.size(); ++i) {
     const ir::Dim& m = md[i];
     const ir::Dim& d = xd[xd.size() - md.size() + i];
-    if (!m.known()) return false;
-    if (m.value != 1 && (!d.known() || d.value != m.value)) return false;
+    if (!(m.known() && m.value == 1) && !same_dim(m, d)) return false;
   }
   const DType xt = dtype_of(g, x), mt = dtype_of(g, mask);
   return xt == DType::kUndefined || mt == DType::kUndefined || xt == mt;

@@ -6,6 +6,7 @@
 
 #include "backends/relayout_spec.h"
 #include "passes/passes.h"
+#include "passes/symbolic_dims.h"
 
 namespace kiln::passes {
 
@@ -30,11 +31,6 @@ TypeInfo dtype_only(DType dtype) {
   return t;
 }
 
-bool same_dim(const Dim& a, const Dim& b) {
-  if (a.known() || b.known()) return a.value == b.value;
-  return !a.symbol.empty() && a.symbol == b.symbol;
-}
-
 // Numpy broadcasting of dims; a pair it cannot decide (two different symbols) becomes unknown.
 std::vector<Dim> broadcast(const std::vector<Dim>& a, const std::vector<Dim>& b) {
   size_t rank = std::max(a.size(), b.size());
@@ -52,14 +48,82 @@ std::vector<Dim> broadcast(const std::vector<Dim>& a, const std::vector<Dim>& b)
   return out;
 }
 
+// One element of a small integer tensor computed from shapes (Shape -> Gather -> Concat -> Reshape): a
+// number, a symbolic dim ("batch", "2*seq"), or unknown. Dim cannot hold it: a Reshape target's -1 is a
+// number there, not an unknown dim.
+struct Element {
+  enum class Kind { kUnknown, kNumber, kSymbol };
+  Kind kind = Kind::kUnknown;
+  int64_t number = 0;
+  std::string symbol;
+
+  static Element num(int64_t v) { return Element{Kind::kNumber, v, {}}; }
+  static Element of(const Dim& d) {
+    if (d.known()) return num(d.value);
+    return d.symbol.empty() ? Element{} : Element{Kind::kSymbol, 0, d.symbol};
+  }
+  bool is(int64_t v) const { return kind == Kind::kNumber && number == v; }
+  bool is_number() const { return kind == Kind::kNumber; }
+  // As a dim: a non-negative number or a symbol.
+  Dim dim() const {
+    if (kind == Kind::kNumber) return number >= 0 ? Dim::of(number) : Dim();
+    return kind == Kind::kSymbol ? Dim::named(symbol) : Dim();
+  }
+};
+
+std::vector<Dim> dims_of(const std::vector<Element>& v) {
+  std::vector<Dim> d;
+  for (const auto& e : v) d.push_back(e.dim());
+  return d;
+}
+
+// a op b for the integer arithmetic exporters put in shape computations; symbolic where the result is a
+// product of dims (x * 1, x * y, 2 * x, x / 2 where the factor divides, x + 0, x - 0), unknown otherwise.
+Element arithmetic(const std::string& op, const Element& a, const Element& b) {
+  if (a.is_number() && b.is_number()) {
+    if (op == "Add") return Element::num(a.number + b.number);
+    if (op == "Sub") return Element::num(a.number - b.number);
+    if (op == "Mul") return Element::num(a.number * b.number);
+    if (op == "Div" && b.number != 0) return Element::num(a.number / b.number);
+    return Element{};
+  }
+  if ((op == "Add" || op == "Sub") && b.is(0)) return a;
+  if (op == "Add" && a.is(0)) return b;
+  const Dim da = a.dim(), db = b.dim();
+  if ((!da.known() && da.symbol.empty()) || (!db.known() && db.symbol.empty())) return Element{};
+  if (op == "Mul") {
+    DimProduct p = DimProduct::of(da);
+    p *= DimProduct::of(db);
+    return Element::of(p.to_dim());
+  }
+  if (op == "Div") return Element::of(DimProduct::of(da).divided_by(DimProduct::of(db)).to_dim());
+  return Element{};
+}
+
+// Equal on shape values: dims are never negative, so a symbol differs from -1 (the "infer this dim" that
+// exporters compare a target with before Expand).
+Element equal(const Element& a, const Element& b) {
+  if (a.is_number() && b.is_number()) return Element::num(a.number == b.number);
+  if (a.kind == Element::Kind::kSymbol && b.kind == Element::Kind::kSymbol && a.symbol == b.symbol)
+    return Element::num(1);
+  if ((a.kind == Element::Kind::kSymbol && b.is_number() && b.number < 0) ||
+      (b.kind == Element::Kind::kSymbol && a.is_number() && a.number < 0))
+    return Element::num(0);
+  return Element{};
+}
+
 class Inferrer {
  public:
   Inferrer(ir::Graph& g, int opset) : g_(g), opset_(opset) {}
 
   void run() {
     for (const ir::Node& n : g_.nodes) {
-      if (n.domain == "kiln") infer_kiln(n);
-      else if (n.domain.empty()) infer(n);
+      if (n.domain == "kiln") {
+        infer_kiln(n);
+      } else if (n.domain.empty()) {
+        infer(n);
+        propagate_value(n);
+      }
     }
   }
 
@@ -107,6 +171,185 @@ class Inferrer {
     }
     axes->clear();
     return true;
+  }
+
+  // The elements of a small integer tensor of rank 0 or 1: a constant's, or those a shape computation
+  // produced (propagate_value); null when not known.
+  const std::vector<Element>* value(const std::string& name) {
+    if (auto it = values_.find(name); it != values_.end()) return &it->second;
+    const Tensor* c = name.empty() ? nullptr : constant(name);
+    if (!c || (c->dtype() != DType::kInt64 && c->dtype() != DType::kInt32) || c->shape().size() > 1 ||
+        c->numel() > kMaxValueElements)
+      return nullptr;
+    std::vector<Element>& v = values_[name];
+    for (int64_t x : c->to_int64_vector()) v.push_back(Element::num(x));
+    return &v;
+  }
+  void set_value(const ir::Node& n, std::vector<Element> v) {
+    if (!n.outputs.empty() && !n.outputs[0].empty() && v.size() <= kMaxValueElements) values_[n.outputs[0]] = std::move(v);
+  }
+
+  // Follows integer values through the ops exporters build shape computations from, so that a Reshape,
+  // Expand, Slice, Range or ConstantOfShape fed by one gets a symbolic output shape.
+  void propagate_value(const ir::Node& n) {
+    const std::string& op = n.op_type;
+    if (n.inputs.empty() || n.outputs.empty()) return;
+    if (op == "Shape") {
+      const TypeInfo* x = type(n.inputs[0]);
+      if (!x || !x->has_shape) return;
+      const int64_t rank = static_cast<int64_t>(x->dims.size());
+      auto clamp = [rank](int64_t v) { return std::clamp<int64_t>(v < 0 ? v + rank : v, 0, rank); };
+      const int64_t start = opset_ >= 15 ? clamp(iattr(n, "start", 0)) : 0;
+      const int64_t end = opset_ >= 15 ? clamp(iattr(n, "end", rank)) : rank;
+      std::vector<Element> v;
+      for (int64_t i = start; i < end; ++i) v.push_back(Element::of(x->dims[i]));
+      return set_value(n, std::move(v));
+    }
+    if (op == "Size") {
+      const TypeInfo* x = type(n.inputs[0]);
+      if (x && x->has_shape) set_value(n, {Element::of(product_of(x->dims, 0, x->dims.size()).to_dim())});
+      return;
+    }
+    if (op == "ConstantOfShape") {  // its output's dims are the input's value; a small integer fill is a value too
+      const std::vector<Element>* shape = value(n.inputs[0]);
+      if (!shape) return;
+      const ir::Attribute* fill = n.attr("value");
+      const DType dtype = fill && fill->type == ir::Attribute::Type::kTensor ? fill->t.dtype() : DType::kFloat32;
+      set(n, 0, tensor_type(dtype, dims_of(*shape)));
+      if (shape->size() == 1 && (*shape)[0].is_number() && (dtype == DType::kInt64 || dtype == DType::kInt32)) {
+        const int64_t count = (*shape)[0].number, x = fill->t.numel() == 1 ? fill->t.to_int64_vector()[0] : 0;
+        if (count >= 0 && count <= static_cast<int64_t>(kMaxValueElements))
+          set_value(n, std::vector<Element>(static_cast<size_t>(count), Element::num(x)));
+      }
+      return;
+    }
+    if (op == "Range") {  // [ceil((limit - start) / delta)]: the limit itself from 0 in steps of 1
+      if (n.inputs.size() < 3) return;
+      const std::vector<Element>*start = value(n.inputs[0]), *limit = value(n.inputs[1]), *delta = value(n.inputs[2]);
+      const TypeInfo* x = type(n.inputs[0]);
+      if (!x || !start || !limit || !delta || start->size() != 1 || limit->size() != 1 || delta->size() != 1) return;
+      const Element &a = (*start)[0], &b = (*limit)[0], &step = (*delta)[0];
+      Dim length;
+      if (a.is_number() && b.is_number() && step.is_number() && step.number != 0)
+        length = Dim::of(std::max<int64_t>(0, (b.number - a.number + step.number - (step.number > 0 ? 1 : -1)) / step.number));
+      else if (a.is(0) && step.is(1))
+        length = b.dim();
+      return set(n, 0, tensor_type(x->dtype, {length}));
+    }
+    const std::vector<Element>* a = value(n.inputs[0]);
+    if (!a) return;
+    if (op == "Identity" || op == "Unsqueeze" || op == "Squeeze" || op == "Flatten" ||
+        (op == "Cast" && (iattr(n, "to", 0) == static_cast<int64_t>(DType::kInt64) ||
+                          iattr(n, "to", 0) == static_cast<int64_t>(DType::kInt32)))) {
+      return set_value(n, *a);
+    }
+    if (op == "Reshape") {  // to [-1] or [n]: the same elements in rank 1
+      const std::vector<Element>* target = n.inputs.size() > 1 ? value(n.inputs[1]) : nullptr;
+      if (target && target->size() <= 1) set_value(n, *a);
+      return;
+    }
+    if (op == "Gather") {
+      const Tensor* idx = n.inputs.size() > 1 ? constant(n.inputs[1]) : nullptr;
+      if (!idx || iattr(n, "axis", 0) != 0 || idx->shape().size() > 1) return;
+      std::vector<Element> v;
+      for (int64_t i : idx->to_int64_vector()) {
+        if (i < 0) i += static_cast<int64_t>(a->size());
+        if (i < 0 || i >= static_cast<int64_t>(a->size())) return;
+        v.push_back((*a)[i]);
+      }
+      return set_value(n, std::move(v));
+    }
+    if (op == "Concat") {
+      std::vector<Element> v;
+      for (const auto& in : n.inputs) {
+        const std::vector<Element>* part = value(in);
+        if (!part) return;
+        v.insert(v.end(), part->begin(), part->end());
+      }
+      return set_value(n, std::move(v));
+    }
+    if (op == "Slice" && opset_ >= 10 && n.inputs.size() >= 3) {  // of a 1-D value, constant bounds
+      const std::vector<Element>*starts = value(n.inputs[1]), *ends = value(n.inputs[2]);
+      const std::vector<Element>* steps = n.inputs.size() > 4 && !n.inputs[4].empty() ? value(n.inputs[4]) : nullptr;
+      if (!starts || !ends || starts->size() != 1 || ends->size() != 1 || !(*starts)[0].is_number() ||
+          !(*ends)[0].is_number() || (steps && (steps->size() != 1 || !(*steps)[0].is(1))))
+        return;
+      const int64_t size = static_cast<int64_t>(a->size());
+      auto clamp = [size](int64_t v) { return std::clamp<int64_t>(v < 0 ? v + size : v, 0, size); };
+      const int64_t from = clamp((*starts)[0].number), to = clamp((*ends)[0].number);
+      return set_value(n, std::vector<Element>(a->begin() + from, a->begin() + std::max(from, to)));
+    }
+    if (op == "Add" || op == "Sub" || op == "Mul" || op == "Div" || op == "Equal" || op == "Where") {
+      const size_t first = op == "Where" ? 1 : 0;
+      std::vector<const std::vector<Element>*> ins;
+      size_t size = 1;
+      for (size_t i = 0; i < n.inputs.size(); ++i) {
+        const std::vector<Element>* v = value(n.inputs[i]);
+        if (!v || (v->size() != 1 && size != 1 && v->size() != size)) return;
+        size = std::max(size, v->size());
+        ins.push_back(v);
+      }
+      if (ins.size() != first + 2) return;
+      auto at = [&](size_t k, size_t i) { return (*ins[k])[ins[k]->size() == 1 ? 0 : i]; };
+      std::vector<Element> v;
+      for (size_t i = 0; i < size; ++i) {
+        if (op == "Where") {
+          const Element c = at(0, i);
+          v.push_back(!c.is_number() ? Element{} : c.number != 0 ? at(1, i) : at(2, i));
+        } else {
+          v.push_back(op == "Equal" ? equal(at(0, i), at(1, i)) : arithmetic(op, at(0, i), at(1, i)));
+        }
+      }
+      return set_value(n, std::move(v));
+    }
+  }
+
+  // Slice's output dims: exact where the bounds and the dim are numbers; [0, end) of a dim in steps of 1
+  // with a symbolic end is that end (a slice of position ids up to the sequence length).
+  void infer_slice(const ir::Node& n, const TypeInfo& x) {
+    const int64_t rank = static_cast<int64_t>(x.dims.size());
+    std::vector<Element> starts, ends, axes, steps;
+    if (opset_ < 10) {
+      for (int64_t v : iattrs(n, "starts")) starts.push_back(Element::num(v));
+      for (int64_t v : iattrs(n, "ends")) ends.push_back(Element::num(v));
+      for (int64_t v : iattrs(n, "axes")) axes.push_back(Element::num(v));
+    } else {
+      auto read = [&](size_t i, std::vector<Element>* out) {
+        if (i >= n.inputs.size() || n.inputs[i].empty()) return true;
+        const std::vector<Element>* v = value(n.inputs[i]);
+        if (v) *out = *v;
+        return v != nullptr;
+      };
+      if (!read(1, &starts) || !read(2, &ends) || !read(3, &axes) || !read(4, &steps)) return;
+    }
+    if (axes.empty())
+      for (size_t i = 0; i < starts.size(); ++i) axes.push_back(Element::num(static_cast<int64_t>(i)));
+    if (steps.empty()) steps.assign(starts.size(), Element::num(1));
+    if (ends.size() != starts.size() || axes.size() != starts.size() || steps.size() != starts.size()) return;
+    std::vector<Dim> out = x.dims;
+    for (size_t k = 0; k < starts.size(); ++k) {
+      if (!axes[k].is_number()) return;
+      int64_t axis = axes[k].number < 0 ? axes[k].number + rank : axes[k].number;
+      if (axis < 0 || axis >= rank) return;
+      const Dim& d = x.dims[axis];
+      const Element &from = starts[k], &to = ends[k], &step = steps[k];
+      if (d.known() && from.is_number() && to.is_number() && step.is_number() && step.number != 0) {
+        const int64_t size = d.value, st = step.number;
+        auto clamp = [&](int64_t v) {
+          if (v < 0) v += size;
+          return st > 0 ? std::clamp<int64_t>(v, 0, size) : std::clamp<int64_t>(v, -1, size - 1);
+        };
+        const int64_t a = clamp(from.number), b = clamp(to.number);
+        out[axis] = Dim::of(st > 0 ? std::max<int64_t>(0, (b - a + st - 1) / st) : std::max<int64_t>(0, (a - b - st - 1) / -st));
+      } else if (from.is(0) && step.is(1) && to.is_number() && to.number >= (int64_t{1} << 31)) {
+        out[axis] = d;  // the whole dim
+      } else if (from.is(0) && step.is(1) && to.kind == Element::Kind::kSymbol) {
+        out[axis] = to.dim();  // up to a symbolic end, which a valid model keeps within the dim
+      } else {
+        out[axis] = Dim();
+      }
+    }
+    set(n, 0, tensor_type(x.dtype, out));
   }
 
   void infer(const ir::Node& n) {
@@ -196,15 +439,14 @@ class Inferrer {
       int64_t axis = iattr(n, "axis", 1);
       if (axis < 0) axis += rank;
       if (axis < 0 || axis > rank) return;
-      return set(n, 0, tensor_type(x->dtype, {product(d, 0, axis), product(d, axis, rank)}));
+      return set(n, 0, tensor_type(x->dtype, {product_of(d, 0, axis).to_dim(), product_of(d, axis, rank).to_dim()}));
     }
-    if (op == "Expand") {  // numpy broadcast of X's shape with the (constant) shape input
-      const Tensor* shape = n.inputs.size() > 1 ? constant(n.inputs[1]) : nullptr;
-      if (!shape) return set(n, 0, dtype_only(x->dtype));
-      std::vector<Dim> want;
-      for (int64_t v : shape->to_int64_vector()) want.push_back(Dim::of(v));
-      return set(n, 0, tensor_type(x->dtype, broadcast(d, want)));
+    if (op == "Expand") {  // numpy broadcast of X's shape with the shape input (constant or symbolic)
+      const std::vector<Element>* want = n.inputs.size() > 1 ? value(n.inputs[1]) : nullptr;
+      if (!want) return set(n, 0, dtype_only(x->dtype));
+      return set(n, 0, tensor_type(x->dtype, broadcast(d, dims_of(*want))));
     }
+    if (op == "Slice") return infer_slice(n, *x);
     if (op == "Transpose") {
       std::vector<int64_t> perm = iattrs(n, "perm");
       if (perm.empty())
@@ -217,34 +459,30 @@ class Inferrer {
       }
       return set(n, 0, tensor_type(x->dtype, out));
     }
-    if (op == "Reshape") {
-      const Tensor* shape = n.inputs.size() > 1 ? constant(n.inputs[1]) : nullptr;
-      if (!shape) return;
-      std::vector<int64_t> s = shape->to_int64_vector();
+    if (op == "Reshape") {  // the target from a constant, or from a shape computation (its symbolic value)
+      const std::vector<Element>* s = n.inputs.size() > 1 ? value(n.inputs[1]) : nullptr;
+      if (!s) return;
       bool allowzero = iattr(n, "allowzero", 0) != 0;
       std::vector<Dim> out;
       int minus_one = -1;
-      for (size_t i = 0; i < s.size(); ++i) {
-        if (s[i] == 0 && !allowzero) {
+      for (size_t i = 0; i < s->size(); ++i) {
+        const Element& t = (*s)[i];
+        if (t.is(0) && !allowzero) {
           if (i >= d.size()) return;
           out.push_back(d[i]);
-        } else if (s[i] == -1) {
+        } else if (t.is(-1)) {
+          if (minus_one >= 0) return;
           minus_one = static_cast<int>(i);
           out.push_back(Dim());
         } else {
-          out.push_back(Dim::of(s[i]));
+          out.push_back(t.dim());
         }
       }
-      if (minus_one >= 0) {  // resolvable only when every other size is known
-        Dim total = product(d, 0, rank);
-        int64_t rest = 1;
-        bool known = total.known();
+      if (minus_one >= 0) {  // the input's size over the other dims', where that divides (symbols too)
+        DimProduct rest;
         for (size_t i = 0; i < out.size(); ++i)
-          if (static_cast<int>(i) != minus_one) {
-            if (!out[i].known()) known = false;
-            else rest *= out[i].value;
-          }
-        if (known && rest > 0 && total.value % rest == 0) out[minus_one] = Dim::of(total.value / rest);
+          if (static_cast<int>(i) != minus_one) rest *= DimProduct::of(out[i]);
+        out[minus_one] = product_of(d, 0, d.size()).divided_by(rest).to_dim();
       }
       return set(n, 0, tensor_type(x->dtype, out));
     }
@@ -430,14 +668,6 @@ class Inferrer {
     set(n, 0, tensor_type(x.dtype, batch));
   }
 
-  Dim product(const std::vector<Dim>& d, int64_t from, int64_t to) {
-    int64_t p = 1;
-    for (int64_t i = from; i < to; ++i) {
-      if (!d[i].known()) return Dim();
-      p *= d[i].value;
-    }
-    return Dim::of(p);
-  }
 
   // Conv, kiln.FusedConv (either layout) and pooling: out = floor((in + pads - dilation * (kernel - 1) - 1) / stride) + 1
   // (ceil for ceil_mode).
@@ -498,9 +728,11 @@ class Inferrer {
     set(n, 0, tensor_type(x.dtype, out));
   }
 
+  static constexpr size_t kMaxValueElements = 64;
   ir::Graph& g_;
   int opset_;
   std::map<std::string, TypeInfo> const_types_;
+  std::map<std::string, std::vector<Element>> values_;
 };
 
 }  // namespace

@@ -79,10 +79,9 @@ bool match_projection(const ir::Graph& g, const GraphReaders& readers, const std
   // view(B, S, -1, D)), the Reshape's inferred output type gives them.
   if (p->shape[2] <= 0 || p->shape[3] <= 0) {
     const ir::TypeInfo* t = g.type_of(reshape.outputs[0]);
-    if (t == nullptr || !t->is_static() || t->dims.size() != 4) return false;
-    const Shape out = t->static_shape();
-    p->shape[2] = out[2];
-    p->shape[3] = out[3];
+    if (t == nullptr || !t->has_shape || t->dims.size() != 4) return false;  // B and S may be symbols
+    p->shape[2] = t->dims[2].value;
+    p->shape[3] = t->dims[3].value;
     if (p->shape[2] <= 0 || p->shape[3] <= 0) return false;
   }
   const long m = readers.producer(reshape.inputs[0]);

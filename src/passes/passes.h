@@ -20,8 +20,15 @@ Status infer_shapes(ir::Model& model);
 Status fold_constants(ir::Model& model, int* folded = nullptr);
 // infer_shapes and fold_constants in turn until nothing more folds (ending with the types inferred).
 Status fold_constants_to_fixpoint(ir::Model& model, int* folded = nullptr);
+// Gives each Reshape whose target a shape computation makes at run time (a model exported with dynamic dims)
+// a constant target where the symbolic dims allow one: 0 for an output dim equal to the input's at its
+// position, -1 for at most one other dim that is not a number (resolve_shape_targets.cc). Run after
+// infer_shapes; the shape computations left without readers are for eliminate_dead_nodes. The number of
+// targets made constant goes to *resolved.
+Status resolve_shape_targets(ir::Model& model, int* resolved = nullptr);
+
 // Bypasses nodes that pass their input on unchanged: Identity, Dropout at inference, a Cast to the type the
-// value has, a Reshape to the shape it has (their readers read the input). Graph outputs and values read
+// value has, a Reshape or Expand to the shape it has, symbols included (their readers read the input). Graph outputs and values read
 // by subgraphs keep their producers. The number removed goes to *removed.
 Status remove_noops(ir::Model& model, int* removed = nullptr);
 // Merges nodes that compute the same (same domain, op, attributes by value, subgraphs included, inputs and

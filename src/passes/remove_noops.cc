@@ -1,10 +1,12 @@
 // No-op removal: nodes that hand their input on unchanged (Identity, Dropout at inference, a Cast to the
-// type the value already has, a Reshape to the shape it already has) are bypassed, their readers reading
+// type the value already has, a Reshape or Expand to the shape it already has, symbolic dims included) are
+// bypassed, their readers reading
 // the input instead, so that no kernel or copy runs for them.
 #include <map>
 #include <set>
 
 #include "passes/passes.h"
+#include "passes/symbolic_dims.h"
 #include "runtime/executor.h"
 
 namespace kiln::passes {
@@ -43,8 +45,12 @@ bool is_noop(const ir::Graph& g, const ir::Node& n, int opset, const std::set<st
     const ir::Attribute* to = n.attr("to");
     return to != nullptr && static_cast<DType>(to->i) == in->dtype && out->dtype == in->dtype;
   }
-  if (n.op_type == "Reshape")
-    return in->is_static() && out->is_static() && in->static_shape() == out->static_shape() && in->dtype == out->dtype;
+  if (n.op_type == "Reshape" || n.op_type == "Expand") {  // to the dims it has: equal numbers or the same symbols
+    if (!in->has_shape || !out->has_shape || in->dims.size() != out->dims.size() || in->dtype != out->dtype) return false;
+    for (size_t i = 0; i < in->dims.size(); ++i)
+      if (!same_dim(in->dims[i], out->dims[i])) return false;
+    return true;
+  }
   return false;
 }
 
