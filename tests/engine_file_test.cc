@@ -135,6 +135,7 @@ engine::Plan make_plan() {
   p.settings.opt_level = 2;
   // Two optimization profiles, so that the fuzz test mutates them too.
   p.settings.profiles = {{{"x", {{1, 4}, {2, 4}, {8, 4}}}}, {{"x", {{8, 4}, {16, 4}, {32, 4}}}, {"unranked", {{1}, {2}, {3}}}}};
+  p.profile_plans = {{{{"add0", "cpu.reference"}}, 4096}, {{}, 0}};
   p.model = make_model();
   p.layers = {{"add0", "Add", "cpu", "cpu.reference"},
               {"if0", "If", "cpu", "cpu.reference"},
@@ -341,6 +342,11 @@ TEST(EngineFile, RoundTrip) {
   EXPECT_EQ(back->settings.input_shapes, p.settings.input_shapes);
   EXPECT_EQ(back->settings.opt_level, p.settings.opt_level);
   EXPECT_EQ(back->settings.profiles, p.settings.profiles);
+  ASSERT_EQ(back->profile_plans.size(), p.profile_plans.size());
+  for (size_t k = 0; k < p.profile_plans.size(); ++k) {
+    EXPECT_EQ(back->profile_plans[k].tactics, p.profile_plans[k].tactics);
+    EXPECT_EQ(back->profile_plans[k].max_activation_bytes, p.profile_plans[k].max_activation_bytes);
+  }
   ASSERT_EQ(back->layers.size(), p.layers.size());
   for (size_t i = 0; i < p.layers.size(); ++i) {
     EXPECT_EQ(back->layers[i].name, p.layers[i].name);
@@ -574,6 +580,7 @@ TEST(EngineFile, ReadsFormatVersion1) {
   std::string meta = section_bytes(b, engine::SectionKind::kMeta);
   nlohmann::json j = nlohmann::json::parse(meta);
   j["build"].erase("profiles");
+  j.erase("profile_plans");
   j["format_version"] = 1;
   std::string v1 = assemble({{1, j.dump(2)},
                              {2, section_bytes(b, engine::SectionKind::kGraph)},
@@ -595,6 +602,7 @@ TEST(EngineFile, RefusesBadProfiles) {
   auto with_profiles = [&](const nlohmann::json& profiles) {
     nlohmann::json j = meta;
     j["build"]["profiles"] = profiles;
+    j.erase("profile_plans");  // checked on their own below
     return assemble({{1, j.dump()}, {2, graph}, {3, weights}});
   };
   using nlohmann::json;
@@ -614,6 +622,29 @@ TEST(EngineFile, RefusesBadProfiles) {
   auto none = engine::deserialize_plan(with_profiles(json::array()));
   ASSERT_TRUE(none.ok()) << none.status().to_string();
   EXPECT_TRUE(none->settings.profiles.empty());
+}
+
+TEST(EngineFile, RefusesBadProfilePlans) {
+  std::string b = engine_bytes();
+  const std::string graph = section_bytes(b, engine::SectionKind::kGraph);
+  const std::string weights = section_bytes(b, engine::SectionKind::kWeights);
+  const nlohmann::json meta = nlohmann::json::parse(section_bytes(b, engine::SectionKind::kMeta));
+  auto with_plans = [&](const nlohmann::json& plans) {
+    nlohmann::json j = meta;
+    j["profile_plans"] = plans;
+    return assemble({{1, j.dump()}, {2, graph}, {3, weights}});
+  };
+  using json = nlohmann::json;
+  EXPECT_REFUSED(with_plans(json::object()), "\"profile_plans\" is not an array");
+  EXPECT_REFUSED(with_plans(json::array({{{"tactics", json::object()}, {"max_activation_bytes", 0}}})),
+                 "1 profile plans for 2 optimization profiles");
+  const json good = {{"tactics", json::object()}, {"max_activation_bytes", 0}};
+  EXPECT_REFUSED(with_plans(json::array({good, {{"tactics", json::object()}}})),
+                 "the plan of optimization profile 1 needs");
+  EXPECT_REFUSED(with_plans(json::array({good, {{"tactics", {{"add0", 3}}}, {"max_activation_bytes", 0}}})),
+                 "the tactic of 'add0' is not a string");
+  EXPECT_REFUSED(with_plans(json::array({good, {{"tactics", json::object()}, {"max_activation_bytes", -1}}})),
+                 "needs \"tactics\"");
 }
 
 TEST(EngineFile, FuzzNeverCrashes) {

@@ -230,18 +230,6 @@ TEST(Profiles, RefusesBadProfilesAtBuild) {
     EXPECT_NE(refusal(config).find("fixed input shapes (--shapes) and optimization profiles exclude each other"),
               std::string::npos);
   }
-  {
-    // The GPU build with profiles is the next part of issue 5.
-    BuilderConfig config;
-    config.set_device("cuda");
-    config.add_optimization_profile(batch_profile(1, 2, 4));
-    auto e = build(config);
-    ASSERT_FALSE(e.ok());
-    EXPECT_EQ(e.status().code(), StatusCode::kUnsupported);
-    EXPECT_NE(e.status().message().find("optimization profiles on the GPU are not built yet (issue 5)"),
-              std::string::npos)
-        << e.status().message();
-  }
 }
 
 TEST(Profiles, ManyThreadsEachWithItsOwnContextAndShapes) {

@@ -75,6 +75,7 @@ class Engine : public std::enable_shared_from_this<Engine> {
  private:
   Engine() = default;
   friend class ExecutionContext;
+  friend class Builder;  // measures each optimization profile's memory at its max shapes
   struct State;
   std::unique_ptr<engine::Plan> plan_;
   std::unique_ptr<State> state_;
@@ -169,6 +170,7 @@ class ExecutionContext {
   const Tensor* output(const std::string& name) const;
 
  private:
+  friend class Builder;  // prepares a program at each profile's max shapes to measure its memory
   std::shared_ptr<Engine> engine_;
   std::map<std::string, Shape> input_shapes_;
   std::map<std::string, void*> addresses_;

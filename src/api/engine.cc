@@ -760,15 +760,24 @@ std::string resolved_device(const std::string& device) {
 Result<std::shared_ptr<Engine>> Builder::build_engine(const NetworkDefinition& network, const BuilderConfig& config) {
   if (network.empty()) return InvalidArgument("the network is empty: parse a model into it first");
   KILN_ASSIGN_OR_RETURN(const engine::BuildSettings settings, settings_of(config));
-  if (!settings.profiles.empty()) {
-    KILN_RETURN_IF_ERROR(engine::check_profiles(network.model().graph, settings.profiles));
-    // A CPU engine keeps the model's dynamic dimensions and runs any shape, so its profiles are only
-    // checked at run time; a GPU engine would plan and time its tactics at the opt shapes.
-    if (resolved_device(settings.device) == "cuda")
-      return Unsupported("optimization profiles on the GPU are not built yet (issue 5): build with --device cpu");
-  }
+  // Both engines keep the model's dynamic dims and run any shape inside a profile: the CPU's as they are, the
+  // GPU's specialized to each shape a context sees, with the tactics timed at its profile's opt shapes.
+  if (!settings.profiles.empty()) KILN_RETURN_IF_ERROR(engine::check_profiles(network.model().graph, settings.profiles));
   KILN_ASSIGN_OR_RETURN(engine::Plan plan, builder::build_plan(network.model(), settings, logger_));
-  return Engine::create(std::move(plan));
+  KILN_ASSIGN_OR_RETURN(std::shared_ptr<Engine> e, Engine::create(std::move(plan)));
+  // Memory is planned for each profile's max shapes: a program made there, as a context would make it, says
+  // how much its activations need, and each context then takes that much at once (and the engine is known to
+  // run at its max shapes before it is handed out).
+  for (size_t k = 0; k < e->plan_->profile_plans.size(); ++k) {
+    std::map<std::string, Shape> max;
+    for (const auto& [name, r] : e->plan_->settings.profiles[k]) max[name] = r.max;
+    std::unique_ptr<ExecutionContext> c = e->create_execution_context();
+    KILN_RETURN_IF_ERROR(c->set_optimization_profile(static_cast<int>(k)));
+    const Status s = c->prepare_device_program(max, nullptr);
+    if (!s.ok()) return s.with_context("optimization profile " + std::to_string(k) + " at its max shapes");
+    e->plan_->profile_plans[k].max_activation_bytes = c->arena_bytes();
+  }
+  return e;
 }
 
 Result<std::string> Builder::optimized_graph(const NetworkDefinition& network, const BuilderConfig& config) {

@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "backends/backend.h"
+#include "builder/choose_tactics.h"
 #include "builder/optimize_graph.h"
 #include "builder/timing_cache.h"
 #include "ir/op_registry.h"
@@ -57,27 +58,6 @@ Result<std::unique_ptr<backends::Backend>> gpu_backend_for(const std::string& de
   return Unsupported("--device cuda: this Kiln was built without the CUDA backend (no CUDA toolkit at build time)");
 #endif
 }
-
-// "[=====>      ] 120/300 layers timed", redrawn in place on a terminal.
-class Progress {
- public:
-  Progress(int total, bool enabled) : total_(total), enabled_(enabled && isatty(2)) {}
-  void update(int done) {
-    if (!enabled_) return;
-    const auto now = std::chrono::steady_clock::now();
-    if (done < total_ && now - last_ < std::chrono::milliseconds(100)) return;
-    last_ = now;
-    const int width = 30, filled = total_ ? width * done / total_ : width;
-    std::cerr << "\r[" << std::string(filled, '=') << (filled < width ? ">" : "")
-              << std::string(width - filled - (filled < width ? 1 : 0), ' ') << "] " << done << "/" << total_
-              << " layers timed" << (done == total_ ? "\n" : "") << std::flush;
-  }
-
- private:
-  int total_;
-  bool enabled_;
-  std::chrono::steady_clock::time_point last_{};
-};
 
 #ifdef KILN_HAVE_CUDA
 // Each kiln.Pointwise the GPU runs gets its kernel now, compiled by NVRTC into the node's `cubin` and
@@ -228,73 +208,52 @@ Result<engine::Plan> build_plan(const ir::Model& model, const engine::BuildSetti
 #endif
   }
 
-  // Tactic selection: time every candidate of a GPU layer that has more than one, at the build shapes.
+  // Tactic selection: every candidate of a GPU layer that has more than one is timed (choose_tactics.cc):
+  // at the build shapes, or, with optimization profiles, at each profile's opt shapes (valid at its min and
+  // max), the engine's graph keeping the model's dynamic dims.
   if (gpu) {
     TimingCache cache;
     if (!settings.timing_cache.empty()) {
       KILN_ASSIGN_OR_RETURN(cache, TimingCache::load(settings.timing_cache));
     }
-    std::vector<std::pair<size_t, std::vector<std::string>>> to_time;  // layer, its candidate tactics
-    for (size_t i = 0; i < m.graph.nodes.size(); ++i) {
-      if (plan.layers[i].backend != gpu->name()) continue;
-      std::vector<std::string> names;
-      for (const auto& t : gpu->tactics(m.graph.nodes[i], m.graph, opset_of(m, m.graph.nodes[i]))) names.push_back(t.name);
-      if (names.size() > 1) to_time.emplace_back(i, std::move(names));
-    }
-    Progress progress(static_cast<int>(to_time.size()), to_time.size() > 8);
-    const auto tactics_start = std::chrono::steady_clock::now();
-    int timed = 0, cached = 0;
-    for (size_t k = 0; k < to_time.size(); ++k) {
-      const auto& [index, names] = to_time[k];
-      const ir::Node& n = m.graph.nodes[index];
-      engine::LayerInfo& layer = plan.layers[index];
-      const int opset = opset_of(m, n);
-      const bool tf32 = layer.precision == "tf32";
-      const std::string key = problem_key(n, m.graph, opset, tf32, gpu->device_name());
-      if (const backends::TacticTime* hit = cache.find(key)) {
-        layer.tactic = hit->tactic;
-        layer.time_ms = hit->ms;
-        ++cached;
-        progress.update(static_cast<int>(k + 1));
-        continue;
-      }
-      const auto timing_start = std::chrono::steady_clock::now();
-      auto times = gpu->time_tactics(n, m.graph, opset, tf32, names);
-      const double timing_ms =
-          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - timing_start).count();
-      if (!times.ok()) {
-        logger.log(Severity::kInfo, n.describe() + ": tactics not timed (" + times.status().message() + ")");
-      } else {
-        const backends::TacticTime* best = nullptr;
-        for (const auto& t : *times)
-          if (t.ms >= 0 && (best == nullptr || t.ms < best->ms)) best = &t;  // strict <: ties keep the earlier
-        if (best == nullptr)
-          return Internal(n.describe() + ": none of its " + std::to_string(names.size()) +
-                          " tactics ran at the build shapes (first: " + times->front().error + ")");
-        layer.tactic = best->tactic;
-        layer.time_ms = best->ms;
-        cache.put(key, *best);
-        ++timed;
-        // Where build time goes (kiln build --verbose): the slowest tactic to set up, and all of them.
-        const backends::TacticTime* slowest = &times->front();
-        double setup = 0;
-        for (const auto& t : *times) {
-          setup += std::max(t.setup_ms, 0.0);
-          if (t.setup_ms > slowest->setup_ms) slowest = &t;
+    std::map<std::string, bool> gpu_layers;  // node name -> TF32 allowed
+    for (size_t i = 0; i < m.graph.nodes.size(); ++i)
+      if (plan.layers[i].backend == gpu->name()) gpu_layers[m.graph.nodes[i].name] = plan.layers[i].precision == "tf32";
+    auto apply = [&](const std::map<std::string, TacticChoice>& chosen) {
+      for (size_t i = 0; i < m.graph.nodes.size(); ++i)
+        if (auto c = chosen.find(m.graph.nodes[i].name); c != chosen.end()) {
+          plan.layers[i].tactic = c->second.tactic;
+          plan.layers[i].time_ms = c->second.ms;
         }
-        char line[200];
-        std::snprintf(line, sizeof(line), ": %s at %.4f ms; %zu tactics timed in %.0f ms, set up in %.0f ms (slowest %s, %.0f ms)",
-                      best->tactic.c_str(), best->ms, times->size(), timing_ms, setup, slowest->tactic.c_str(),
-                      slowest->setup_ms);
-        logger.log(Severity::kInfo, "tactics of " + n.name + line);
-      }
-      progress.update(static_cast<int>(k + 1));
+    };
+    if (settings.profiles.empty()) {
+      KILN_ASSIGN_OR_RETURN(auto chosen, choose_tactics(*gpu, m, {}, gpu_layers, cache, logger));
+      apply(chosen);
     }
-    if (!to_time.empty())
-      logger.log(Severity::kInfo, "tactics: " + std::to_string(timed) + " layers timed, " + std::to_string(cached) +
-                                      " from the timing cache, in " +
-                                      std::to_string(std::chrono::duration<double>(std::chrono::steady_clock::now() -
-                                                                                   tactics_start).count()) + " s");
+    for (size_t k = 0; k < settings.profiles.size(); ++k) {
+      std::map<std::string, Shape> min, opt, max;
+      for (const auto& [name, r] : settings.profiles[k]) {
+        min[name] = r.min;
+        opt[name] = r.opt;
+        max[name] = r.max;
+      }
+      const std::string which = "optimization profile " + std::to_string(k);
+      auto at_opt = specialize_to_shapes(m, opt);
+      if (!at_opt.ok()) return at_opt.status().with_context(which + " at its opt shapes");
+      std::vector<ir::Model> ends;
+      for (const auto* shapes : {&min, &max}) {
+        auto at = specialize_to_shapes(m, *shapes);
+        if (!at.ok()) return at.status().with_context(which + (shapes == &min ? " at its min shapes" : " at its max shapes"));
+        ends.push_back(std::move(at).value());
+      }
+      logger.log(Severity::kInfo, "tactics of " + which + ", timed at its opt shapes");
+      auto chosen = choose_tactics(*gpu, *at_opt, ends, gpu_layers, cache, logger);
+      if (!chosen.ok()) return chosen.status().with_context(which);
+      engine::ProfilePlan pp;
+      for (const auto& [name, c] : *chosen) pp.tactics[name] = c.tactic;
+      if (k == 0) apply(*chosen);  // what kiln inspect shows; each context runs its own profile's
+      plan.profile_plans.push_back(std::move(pp));
+    }
     if (!settings.timing_cache.empty()) KILN_RETURN_IF_ERROR(cache.save(settings.timing_cache));
   }
   return plan;

@@ -85,6 +85,12 @@ json meta_json(const Plan& plan, uint64_t weight_bytes) {
     layers.push_back({{"name", l.name}, {"op_type", l.op_type}, {"backend", l.backend}, {"tactic", l.tactic},
                       {"precision", l.precision}, {"fallback_reason", l.fallback_reason}, {"time_ms", l.time_ms}});
   j["layers"] = layers;
+  if (!plan.profile_plans.empty()) {
+    json plans = json::array();
+    for (const ProfilePlan& p : plan.profile_plans)
+      plans.push_back({{"tactics", p.tactics}, {"max_activation_bytes", p.max_activation_bytes}});
+    j["profile_plans"] = plans;
+  }
   json inputs = json::array(), outputs = json::array();
   for (const auto& v : plan.model.graph.inputs) inputs.push_back({{"name", v.name}, {"type", type_json(v.type)}});
   for (const auto& v : plan.model.graph.outputs) outputs.push_back({{"name", v.name}, {"type", type_json(v.type)}});
@@ -213,6 +219,30 @@ Status profiles_from_meta(const json& b, std::vector<Profile>* profiles) {
   return OkStatus();
 }
 
+// profile_plans (GPU engines with optimization profiles): [{"tactics": {node: tactic}, "max_activation_bytes": N}],
+// one per build.profiles entry.
+Status profile_plans_from_meta(const json& j, Plan* plan) {
+  if (!j.contains("profile_plans")) return OkStatus();
+  if (!j["profile_plans"].is_array()) return invalid("META: \"profile_plans\" is not an array");
+  if (j["profile_plans"].size() != plan->settings.profiles.size())
+    return invalid("META: " + std::to_string(j["profile_plans"].size()) + " profile plans for " +
+                   std::to_string(plan->settings.profiles.size()) + " optimization profiles");
+  for (const auto& p : j["profile_plans"]) {
+    const std::string where = "META: the plan of optimization profile " + std::to_string(plan->profile_plans.size());
+    if (!p.is_object() || !p.contains("tactics") || !p["tactics"].is_object() || !p.contains("max_activation_bytes") ||
+        !p["max_activation_bytes"].is_number_unsigned())
+      return invalid(where + " needs \"tactics\" (an object) and \"max_activation_bytes\" (a count)");
+    ProfilePlan pp;
+    for (const auto& [node, tactic] : p["tactics"].items()) {
+      if (!tactic.is_string()) return invalid(where + ": the tactic of '" + node + "' is not a string");
+      pp.tactics[node] = tactic.get<std::string>();
+    }
+    pp.max_activation_bytes = p["max_activation_bytes"].get<size_t>();
+    plan->profile_plans.push_back(std::move(pp));
+  }
+  return OkStatus();
+}
+
 Status plan_from_meta(const json& j, Plan* plan) {
   if (!j.is_object()) return invalid("META is not a JSON object");
   KILN_ASSIGN_OR_RETURN(plan->kiln_version, string_at(j, "kiln_version"));
@@ -266,7 +296,7 @@ Status plan_from_meta(const json& j, Plan* plan) {
     }
     plan->layers.push_back(std::move(li));
   }
-  return OkStatus();
+  return profile_plans_from_meta(j, plan);
 }
 
 }  // namespace

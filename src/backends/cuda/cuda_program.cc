@@ -189,7 +189,8 @@ Status CudaProgram::Impl::specialize(const ir::Model& engine_model) {
   model = engine_model;
   KILN_RETURN_IF_ERROR(passes::apply_input_shapes(model, input_shapes));
   KILN_RETURN_IF_ERROR(passes::fold_constants_to_fixpoint(model));
-  return OkStatus();
+  // A graph kept shape-generic (optimization profiles) reads some values only for their shapes, now folded.
+  return passes::eliminate_dead_nodes(model);
 }
 
 Status CudaProgram::Impl::plan_steps(const std::map<std::string, NodePlacement>& placement) {
@@ -281,7 +282,19 @@ Status CudaProgram::Impl::plan_steps(const std::map<std::string, NodePlacement>&
         on_device[n.outputs[i]] = true;
       }
       if (st.kind == StepKind::kGpu) {
-        KILN_ASSIGN_OR_RETURN(st.layer, kind->create(spec, p->tactic, handles->handles()));
+        auto layer = kind->create(spec, p->tactic, handles->handles());
+        if (!layer.ok() && layer.status().code() == StatusCode::kUnsupported) {
+          // A tactic chosen at a profile's opt shapes may not exist at these (cuBLASLt's heuristic lists
+          // fewer algorithms for some sizes): the layer's first tactic, its general kernel, runs instead.
+          const std::vector<std::string> here = kind->tactics ? kind->tactics(spec) : std::vector<std::string>{"default"};
+          if (!here.empty() && here.front() != p->tactic) {
+            log(Severity::kInfo, n.describe() + ": tactic " + p->tactic + " does not run at these shapes (" +
+                                     layer.status().message() + "); " + here.front() + " runs instead");
+            layer = kind->create(spec, here.front(), handles->handles());
+          }
+        }
+        if (!layer.ok()) return layer.status();
+        st.layer = std::move(layer).value();
         workspace_bytes = std::max(workspace_bytes, st.layer->workspace_bytes());
         ++gpu_steps;
       }
