@@ -11,7 +11,7 @@ the GPU machine), or any ONNX model given with --onnx, whose inputs named in --s
     python3 bench/seq_sweep.py --kiln build/kiln --out OUT --onnx model.onnx --seq-inputs x --rest 64
 
 Each (model, device) builds one engine (`kiln build --min-shapes/--opt-shapes/--max-shapes`: min at length
-16, opt at 128, max at --max-seq) and runs `kiln bench --shapes` at each length: the median latency of its
+1, opt at 128, max at --max-seq) and runs `kiln bench --shapes` at each length: the median latency of its
 timed runs. A step is a cliff when the latency grows by more than --cliff times the largest growth the
 lengths before it showed (after the first few) or falls by more than the noise (--drop). Writes
 seq_sweep.json: per model and device, the lengths, the medians and the steps flagged. A build that fails
@@ -127,7 +127,7 @@ def main():
             run = {"model": name, "device": device}
             engine = os.path.join(args.out, f"{name}_{device}.kiln")
             build = [args.kiln, "build", path, "--device", device, "-o", engine,
-                     "--min-shapes", shapes(names, args.batch, args.step, rest),
+                     "--min-shapes", shapes(names, args.batch, 1, rest),  # every length from 1 runs
                      "--opt-shapes", shapes(names, args.batch, 128, rest),
                      "--max-shapes", shapes(names, args.batch, args.max_seq, rest)]
             if device == "cuda":
