@@ -18,6 +18,7 @@ seq_sweep.json: per model and device, the lengths, the medians and the steps fla
 (e.g. a device without profile support yet) is recorded with its message.
 """
 import argparse
+import concurrent.futures
 import json
 import os
 import subprocess
@@ -106,6 +107,7 @@ def main():
     ap.add_argument("--step", type=int, default=16)
     ap.add_argument("--iterations", type=int, default=20)
     ap.add_argument("--duration", type=float, default=0.3)
+    ap.add_argument("--jobs", type=int, default=1, help="CPU lengths timed at once (each kiln CPU run is one thread)")
     ap.add_argument("--cliff", type=float, default=3.0, help="a jump: growth over this times the largest before")
     ap.add_argument("--drop", type=float, default=0.15, help="a drop: latency falling by more than this fraction")
     args = ap.parse_args()
@@ -140,13 +142,17 @@ def main():
                 print(f"{name} {device}: build failed: {run['build_error'][-200:]}", flush=True)
                 results["runs"].append(run)
                 continue
-            rows = []
-            for seq in results["lengths"]:
+            def one(seq):
                 ms, err = median_ms(args.kiln, engine, names, args.batch, seq, rest,
-                                    os.path.join(args.out, "bench.json"), device, args.iterations, args.duration)
-                rows.append({"seq": seq, "median_ms": ms} if ms is not None else {"seq": seq, "median_ms": None,
-                                                                                  "error": err})
+                                    os.path.join(args.out, f"bench_{seq}.json"), device, args.iterations, args.duration)
                 print(f"{name} {device} seq {seq}: {ms}", flush=True)
+                return {"seq": seq, "median_ms": ms} if ms is not None else {"seq": seq, "median_ms": None, "error": err}
+            # The GPU runs one length at a time; the CPU engine is single-threaded, so --jobs lengths may run at
+            # once on as many cores (each length still runs alone on its core).
+            jobs = args.jobs if device == "cpu" else 1
+            with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+                rows = list(pool.map(one, results["lengths"]))
+            run["jobs"] = jobs
             run["rows"] = rows
             run["flagged"] = flag_steps(rows, args.cliff, args.drop)
             run["smooth"] = not run["flagged"] and all(r["median_ms"] is not None for r in rows)

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "builder/build_plan.h"
+#include "builder/choose_tactics.h"
 #include "builder/graph_dump.h"
 #include "builder/optimize_graph.h"
 #include "core/cast.h"
@@ -413,9 +414,18 @@ void check_dynamic_model(const std::string& name) {
     if (t.precision == Precision::kFloat16) expect_matches_golden(name + "." + t.tag, dump);
     EXPECT_NE(dump.find("kiln.FusedAttention"), std::string::npos);
     EXPECT_EQ(dump.find("unknown"), std::string::npos) << "a value without a type";
-    for (auto [batch, seq] : {std::pair<int64_t, int64_t>{2, 7}, {3, 40}, {1, 1}})
-      expect_same_outputs(*model, *opt, token_feeds(*model, batch, seq), t.precision == Precision::kFloat32 ? 1e-4 : 2e-2,
-                          t.tag + " at " + std::to_string(batch) + "x" + std::to_string(seq));
+    for (auto [batch, seq] : {std::pair<int64_t, int64_t>{2, 7}, {3, 40}, {1, 1}}) {
+      const std::string at = t.tag + " at " + std::to_string(batch) + "x" + std::to_string(seq);
+      const auto feeds = token_feeds(*model, batch, seq);
+      const double tol = t.precision == Precision::kFloat32 ? 1e-4 : 2e-2;
+      expect_same_outputs(*model, *opt, feeds, tol, at);
+      // As a GPU context runs it: specialized to the shapes (builder::specialize_to_shapes, what CudaProgram does).
+      std::map<std::string, Shape> shapes;
+      for (const auto& [name, v] : feeds) shapes[name] = v.shape();
+      auto specialized = builder::specialize_to_shapes(*opt, shapes);
+      ASSERT_TRUE(specialized.ok()) << at << ": " << specialized.status().to_string();
+      expect_same_outputs(*model, *specialized, feeds, tol, at + ", specialized");
+    }
   }
 #endif
 }
