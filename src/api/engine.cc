@@ -67,7 +67,11 @@ struct ExecutionContext::DeviceState {
   void* program_stream = nullptr;        // its key's stream
   std::map<std::string, Value> last_inputs;
 
-  ~DeviceState() { (void)wait(); }
+  // The program's own stream is waited for; a caller's stream (enqueue) is the caller's to keep alive and
+  // may already be destroyed (cudaFree of the arena then waits for the device anyway).
+  ~DeviceState() {
+    if (program_stream == nullptr) (void)wait();
+  }
 
   Status wait() { return program ? program->synchronize() : OkStatus(); }
 
