@@ -322,6 +322,24 @@ TEST_F(Cli, ProfilesBuildInspectRunAndBench) {
   Ran onnx_bench = kiln("bench " + path("mlp.onnx") + " --device cpu --shapes x:2x4 --iterations 2 --duration 0 "
                         "--warmup 0" + profiles);
   EXPECT_EQ(onnx_bench.exit_code, 0) << onnx_bench.output;
+
+  // --optimization-profile picks the context's profile in run and bench (bench then times its opt shapes).
+  write_input(path("x20.pb"), {20, 4});
+  Ran r1 = kiln("run " + path("p.kiln") + " --optimization-profile 1 -i x=" + path("x20.pb") + " --output-dir " + path("o20"));
+  EXPECT_EQ(r1.exit_code, 0) << r1.output;
+  Ran r1_out = kiln("run " + path("p.kiln") + " --optimization-profile 1 -i x=" + path("x3.pb") + " --output-dir " + path("o31"));
+  EXPECT_EQ(r1_out.exit_code, 1) << r1_out.output;
+  EXPECT_NE(r1_out.output.find("input 'x' shape [3,4] is outside profile 1 (min [16,4])"), std::string::npos) << r1_out.output;
+  Ran b1 = kiln("bench " + path("p.kiln") + " --optimization-profile 1 --iterations 2 --duration 0 --warmup 0 --json " +
+                path("b1.json"));
+  ASSERT_EQ(b1.exit_code, 0) << b1.output;
+  j = read(path("b1.json"));
+  j.erase(std::remove_if(j.begin(), j.end(), [](char c) { return c == ' ' || c == '\n'; }), j.end());
+  EXPECT_NE(j.find("\"input_shapes\":{\"x\":[24,4]}"), std::string::npos) << j;
+  Ran no_such = kiln("bench " + path("p.kiln") + " --optimization-profile 2 --iterations 1 --duration 0 --warmup 0");
+  EXPECT_EQ(no_such.exit_code, 1) << no_such.output;
+  EXPECT_NE(no_such.output.find("optimization profile 2 is out of range: the engine has 2 profiles (0 to 1)"),
+            std::string::npos) << no_such.output;
 }
 
 TEST_F(Cli, ProfileFlagErrorsNameWhatIsWrong) {

@@ -232,6 +232,31 @@ TEST(Profiles, RefusesBadProfilesAtBuild) {
   }
 }
 
+// transformers' BERT names [batch, seq] in all three inputs: a profile must give each shared dim one range.
+TEST(Profiles, SharedDimsNeedOneRange) {
+  Quiet logger;
+  NetworkDefinition network;
+  OnnxParser parser(network, logger);
+  ASSERT_TRUE(parser.parse_from_file(std::string(KILN_SOURCE_DIR) + "/tests/models/tiny_bert_dyn.onnx").ok());
+  auto config_with = [](int64_t mask_opt_seq) {
+    BuilderConfig config;
+    config.set_device("cpu");
+    OptimizationProfile p;
+    EXPECT_TRUE(p.set_shape("input_ids", {1, 1}, {2, 64}, {4, 128}).ok());
+    EXPECT_TRUE(p.set_shape("token_type_ids", {1, 1}, {2, 64}, {4, 128}).ok());
+    EXPECT_TRUE(p.set_shape("attention_mask", {1, 1}, {2, mask_opt_seq}, {4, 128}).ok());
+    config.add_optimization_profile(p);
+    return config;
+  };
+  auto bad = Builder(logger).build_engine(network, config_with(32));
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().message(),
+            "optimization profile 0: inputs 'input_ids' and 'attention_mask' share dim 'seq', which the profile gives "
+            "min 1, opt 64, max 128 and min 1, opt 32, max 128");
+  auto good = Builder(logger).build_engine(network, config_with(64));
+  ASSERT_TRUE(good.ok()) << good.status().to_string();
+}
+
 TEST(Profiles, ManyThreadsEachWithItsOwnContextAndShapes) {
   auto engine = profiled_engine();
   auto plain = plain_engine();

@@ -1,5 +1,8 @@
 #include "engine/profiles.h"
 
+#include <array>
+#include <map>
+
 namespace kiln::engine {
 
 Status check_profile_range(const std::string& input, const ProfileShapes& r) {
@@ -47,6 +50,27 @@ Status check_profiles(const ir::Graph& g, const std::vector<Profile>& profiles) 
                                  std::to_string(dims[i].value) + " in the model (" + in->type.to_string() +
                                  "), the profile gives min " + std::to_string(range.min[i]) + ", max " +
                                  std::to_string(range.max[i]));
+    }
+    // A dim the model names alike in several inputs ([batch, seq] of BERT's ids and mask) is one size at run
+    // time: the profile must give it one range, or its opt shapes would be a shape the model cannot run.
+    std::map<std::string, std::pair<std::string, std::array<int64_t, 3>>> named;  // symbol -> first input, range
+    for (const auto& in : g.inputs) {
+      auto r = profiles[k].find(in.name);
+      if (r == profiles[k].end() || !in.type.has_shape) continue;
+      for (size_t i = 0; i < in.type.dims.size(); ++i) {
+        const std::string& symbol = in.type.dims[i].symbol;
+        if (in.type.dims[i].known() || symbol.empty()) continue;
+        const std::array<int64_t, 3> range{r->second.min[i], r->second.opt[i], r->second.max[i]};
+        auto [it, first] = named.emplace(symbol, std::make_pair(in.name, range));
+        if (!first && it->second.second != range) {
+          auto text = [](const std::array<int64_t, 3>& v) {
+            return "min " + std::to_string(v[0]) + ", opt " + std::to_string(v[1]) + ", max " + std::to_string(v[2]);
+          };
+          return InvalidArgument(where + "inputs '" + it->second.first + "' and '" + in.name + "' share dim '" +
+                                 symbol + "', which the profile gives " + text(it->second.second) + " and " +
+                                 text(range));
+        }
+      }
     }
     for (const auto& in : g.inputs)
       if (is_dynamic_tensor(in) && !g.initializers.count(in.name) && !profiles[k].count(in.name))

@@ -32,14 +32,16 @@ struct BenchOptions {
   double warmup_ms = 200;
   bool cuda_graph = false, no_data_transfers = false, profile = false;
   int streams = 1;
+  int optimization_profile = 0;
 };
 
 struct Sample {
   double latency_ms, enqueue_ms, h2d_ms, compute_ms, d2h_ms;
 };
 
-// The shapes are --shapes, else (an engine with profiles) profile 0's opt shapes, else the engine's.
-Result<std::map<std::string, Tensor>> random_inputs(const Engine& engine, const std::map<std::string, Shape>& shapes) {
+// The shapes are --shapes, else (an engine with profiles) the chosen profile's opt shapes, else the engine's.
+Result<std::map<std::string, Tensor>> random_inputs(const Engine& engine, const std::map<std::string, Shape>& shapes,
+                                                    int profile) {
   std::mt19937 gen(7);
   std::uniform_real_distribution<float> uni(-1.0f, 1.0f);
   std::map<std::string, Tensor> feeds;
@@ -50,7 +52,7 @@ Result<std::map<std::string, Tensor>> random_inputs(const Engine& engine, const 
     if (auto it = shapes.find(name); it != shapes.end()) {
       shape = it->second;
     } else if (engine.num_optimization_profiles() > 0) {
-      if (auto range = engine.get_profile_shape(name, 0); range.ok()) shape = range->opt;
+      if (auto range = engine.get_profile_shape(name, profile); range.ok()) shape = range->opt;
     }
     for (int64_t d : shape)
       if (d < 0)
@@ -95,7 +97,9 @@ int run_bench(const BenchOptions& o) {
     return report(InvalidArgument("--streams and --iterations must be at least 1, --duration and --warmup not negative"));
   auto engine = load_or_build(o.model, *config, logger);
   if (!engine.ok()) return report(engine.status());
-  auto feeds = random_inputs(**engine, *run_shapes);
+  if (Status st = (*engine)->create_execution_context()->set_optimization_profile(o.optimization_profile); !st.ok())
+    return report(st);  // before the inputs are made at its shapes
+  auto feeds = random_inputs(**engine, *run_shapes, o.optimization_profile);
   if (!feeds.ok()) return report(feeds.status());
   const bool gpu = (*engine)->plan().target_backend == "cuda";
   if (o.no_data_transfers && !gpu) std::cerr << "note: --no-data-transfers has no effect on a CPU engine\n";
@@ -106,6 +110,7 @@ int run_bench(const BenchOptions& o) {
   for (int s = 0; s < o.streams; ++s) {
     contexts.push_back((*engine)->create_execution_context());
     contexts.back()->set_cuda_graph(o.cuda_graph);
+    if (Status st = contexts.back()->set_optimization_profile(o.optimization_profile); !st.ok()) return report(st);
     auto r = contexts.back()->execute(*feeds);
     if (!r.ok()) return report(r.status());
   }
@@ -243,6 +248,8 @@ void add_bench_command(CLI::App& app, Action* run) {
   cmd->add_flag("--no-data-transfers", o->no_data_transfers, "Time the computation only, inputs already on the GPU");
   cmd->add_flag("--profile", o->profile, "After the timed runs, time each layer of one run (GPU engines)");
   cmd->add_option("--streams", o->streams, "Contexts running at once, each on its own stream and thread")->capture_default_str();
+  cmd->add_option("--optimization-profile", o->optimization_profile,
+                  "The optimization profile the contexts use (its opt shapes unless --shapes)")->capture_default_str();
   cmd->add_option("--json", o->json_file, "Also write the results as JSON to this file");
   cmd->callback([o, run] { *run = [o] { return run_bench(*o); }; });
 }

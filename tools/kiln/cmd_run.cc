@@ -16,6 +16,7 @@ struct RunOptions {
   std::string model, output_dir = ".";
   BuildFlags flags;
   bool cuda_graph = false;
+  int optimization_profile = 0;
   std::vector<std::string> inputs;  // NAME=FILE
 };
 
@@ -75,8 +76,9 @@ int run_run(const RunOptions& o) {
   if (!engine.ok()) return report(engine.status());
   auto context = (*engine)->create_execution_context();
   context->set_cuda_graph(o.cuda_graph);
+  if (Status st = context->set_optimization_profile(o.optimization_profile); !st.ok()) return report(st);
   if ((*engine)->num_optimization_profiles() > 0 && !o.flags.shapes.empty()) {
-    // The inputs' files give the shapes; --shapes, where given, must agree with them and lie in profile 0.
+    // The inputs' files give the shapes; --shapes, where given, must agree with them and lie in the profile.
     auto shapes = parse_shapes(o.flags.shapes);
     if (!shapes.ok()) return report(shapes.status());
     for (const auto& [name, shape] : *shapes) {
@@ -113,6 +115,8 @@ void add_run_command(CLI::App& app, Action* run) {
   cmd->add_option("--output-dir", o->output_dir, "Where to write each output as NAME.pb and NAME.npy")->capture_default_str();
   add_build_flags(cmd, &o->flags);  // when MODEL is ONNX
   cmd->add_flag("--cuda-graph", o->cuda_graph, "Capture the GPU work into a CUDA graph and replay it");
+  cmd->add_option("--optimization-profile", o->optimization_profile,
+                  "The optimization profile to run in (the inputs' shapes must lie in it)")->capture_default_str();
   cmd->callback([o, run] { *run = [o] { return run_run(*o); }; });
 }
 
