@@ -19,6 +19,11 @@ class OptimizationProfile {
   // Sets an input's range. InvalidArgument, naming the input and the dimension, unless the three shapes
   // have the same rank and 0 <= min <= opt <= max in every dimension.
   Status set_shape(const std::string& input, Shape min, Shape opt, Shape max);
+  // Sets a shape-tensor input's range of values (TensorRT's setShapeValues): an int32/int64 input of rank 0
+  // or 1 whose values decide shapes (Reshape's target). InvalidArgument, naming the input and the element,
+  // unless the three have the same length and min <= opt <= max elementwise. The build checks the input.
+  Status set_shape_values(const std::string& input, std::vector<int64_t> min, std::vector<int64_t> opt,
+                          std::vector<int64_t> max);
   const std::map<std::string, ProfileShapes>& shapes() const { return shapes_; }
 
  private:

@@ -36,9 +36,12 @@ class OutputAllocator {
 };
 
 // One input's range in an optimization profile: a context of that profile accepts any shape with
-// min[i] <= shape[i] <= max[i] in every dimension; opt is the shape the build tunes for.
+// min[i] <= shape[i] <= max[i] in every dimension; opt is the shape the build tunes for. With `values`, the
+// input is a shape tensor (an integer input of rank 0 or 1 whose values decide shapes, as Reshape's target;
+// OptimizationProfile::set_shape_values) and min/opt/max bound its values elementwise, not its shape.
 struct ProfileShapes {
   Shape min, opt, max;
+  bool values = false;
   bool operator==(const ProfileShapes&) const = default;
 };
 
@@ -61,6 +64,9 @@ class Engine : public std::enable_shared_from_this<Engine> {
   // An input's min/opt/max in a profile; a static input the profile does not name has its one shape three
   // times. NotFound for a name that is not an input, InvalidArgument for a profile out of range.
   Result<ProfileShapes> get_profile_shape(const std::string& name, int profile) const;
+  // A shape-tensor input's min/opt/max values in a profile (its `values` is true). NotFound for a name that
+  // is not an input or that the profile gives no values, InvalidArgument for a profile out of range.
+  Result<ProfileShapes> get_profile_shape_values(const std::string& name, int profile) const;
 
   Result<std::vector<uint8_t>> serialize() const;
   std::unique_ptr<ExecutionContext> create_execution_context();
@@ -94,6 +100,10 @@ class ExecutionContext {
   // Sets the shape of an input whose shape is dynamic (also accepted for static inputs when equal). In an
   // engine with profiles the shape must lie inside the context's profile (execute() checks it again).
   Status set_input_shape(const std::string& name, const Shape& shape);
+  // The values of a shape-tensor input (one the context's profile gives values) for enqueue(), which
+  // cannot read them from device memory: required before enqueue for such inputs, and they must lie inside
+  // the profile. execute() takes the values from the input's data instead.
+  Status set_input_values(const std::string& name, std::vector<int64_t> values);
   // Binds a host buffer: an input's data, or where an output is written after execute(). The buffer must
   // stay valid until execute() returns; an output buffer must be large enough for the output's shape as
   // output_shape() gives it.
@@ -173,6 +183,7 @@ class ExecutionContext {
   friend class Builder;  // prepares a program at each profile's max shapes to measure its memory
   std::shared_ptr<Engine> engine_;
   std::map<std::string, Shape> input_shapes_;
+  std::map<std::string, std::vector<int64_t>> input_values_;  // set_input_values
   std::map<std::string, void*> addresses_;
   std::map<std::string, void*> device_addresses_;
   std::map<std::string, Tensor> outputs_;
@@ -193,12 +204,16 @@ class ExecutionContext {
   struct PredictedShapes {
     bool valid = false;
     std::map<std::string, Shape> for_inputs;
+    std::map<std::string, std::vector<int64_t>> for_values;  // shape-tensor inputs' values, bound as constants
     std::map<std::string, PredictedShape> outputs;
   };
   PredictedShapes predicted_;
-  Status predict_output_shapes(const std::map<std::string, Shape>& input_shapes);
+  Status predict_output_shapes(const std::map<std::string, Shape>& input_shapes,
+                               const std::map<std::string, std::vector<int64_t>>& values);
   struct DeviceState;  // the GPU programs of a CUDA engine and their memory (api/engine.cc)
-  Status prepare_device_program(const std::map<std::string, Shape>& shapes, void* stream);
+  // `values`: the shape-tensor inputs' values, bound into the program as constants.
+  Status prepare_device_program(const std::map<std::string, Shape>& shapes,
+                                const std::map<std::string, std::vector<int64_t>>& values, void* stream);
   std::unique_ptr<DeviceState> device_;
   bool cuda_graph_ = false;
   bool profiling_ = false;

@@ -54,10 +54,11 @@ struct ExecutionContext::DeviceState {
 #ifdef KILN_HAVE_CUDA
   struct ProgramKey {
     std::map<std::string, Shape> shapes;
+    std::map<std::string, std::vector<int64_t>> values;  // shape-tensor inputs' values, constants in the program
     bool cuda_graph = false;
     void* stream = nullptr;  // the caller's stream (enqueue), or null: the program's own
     bool operator<(const ProgramKey& o) const {
-      return std::tie(shapes, cuda_graph, stream) < std::tie(o.shapes, o.cuda_graph, o.stream);
+      return std::tie(shapes, values, cuda_graph, stream) < std::tie(o.shapes, o.values, o.cuda_graph, o.stream);
     }
   };
   // Declared before the cache, so destroyed after every program that uses them.
@@ -229,12 +230,26 @@ Result<ProfileShapes> Engine::get_profile_shape(const std::string& name, int pro
     return InvalidArgument("optimization profile " + std::to_string(profile) + " is out of range: the engine has " +
                            std::to_string(n) + " profile" + (n == 1 ? "" : "s"));
   const engine::Profile& p = plan_->settings.profiles[profile];
-  if (auto it = p.find(name); it != p.end()) return it->second;
+  if (auto it = p.find(name); it != p.end() && !it->second.values) return it->second;
   if (!v->type.is_static())
     return NotFound("input '" + name + "' (" + v->type.to_string() + ") has no range in optimization profile " +
                     std::to_string(profile));
   const Shape s = v->type.static_shape();
   return ProfileShapes{s, s, s};
+}
+
+Result<ProfileShapes> Engine::get_profile_shape_values(const std::string& name, int profile) const {
+  TensorIOMode mode = TensorIOMode::kNone;
+  if (find_io(plan_->model.graph, name, &mode) == nullptr || mode != TensorIOMode::kInput)
+    return NotFound("'" + name + "' is not an input of the engine");
+  const int n = num_optimization_profiles();
+  if (profile < 0 || profile >= n)
+    return InvalidArgument("optimization profile " + std::to_string(profile) + " is out of range: the engine has " +
+                           std::to_string(n) + " profile" + (n == 1 ? "" : "s"));
+  const engine::Profile& p = plan_->settings.profiles[profile];
+  if (auto it = p.find(name); it != p.end() && it->second.values) return it->second;
+  return NotFound("input '" + name + "' has no values in optimization profile " + std::to_string(profile) +
+                  " (it is not a shape tensor there)");
 }
 
 Result<std::vector<uint8_t>> Engine::serialize() const {
@@ -264,7 +279,7 @@ std::string Engine::inspect() const {
   if (!profiles.empty()) os << "optimization profiles (" << profiles.size() << "):\n";
   for (size_t k = 0; k < profiles.size(); ++k)
     for (const auto& [name, r] : profiles[k])
-      os << "  profile " << k << ": " << name << " min " << shape_to_string(r.min) << " opt "
+      os << "  profile " << k << ": " << name << (r.values ? " values" : "") << " min " << shape_to_string(r.min) << " opt "
          << shape_to_string(r.opt) << " max " << shape_to_string(r.max) << "\n";
   os << "\nlayers (" << plan_->layers.size() << "):\n";
   for (size_t i = 0; i < plan_->layers.size(); ++i) {
@@ -326,6 +341,14 @@ Status OptimizationProfile::set_shape(const std::string& input, Shape min, Shape
   return OkStatus();
 }
 
+Status OptimizationProfile::set_shape_values(const std::string& input, std::vector<int64_t> min,
+                                             std::vector<int64_t> opt, std::vector<int64_t> max) {
+  ProfileShapes range{std::move(min), std::move(opt), std::move(max), /*values=*/true};
+  KILN_RETURN_IF_ERROR(engine::check_profile_values_range(input, range).with_context("optimization profile"));
+  shapes_[input] = std::move(range);
+  return OkStatus();
+}
+
 // ---- ExecutionContext ----
 
 ExecutionContext::ExecutionContext(std::shared_ptr<Engine> engine)
@@ -350,6 +373,14 @@ Status check_input_shape(const ir::ValueInfo& in, const Shape& shape) {
 Status check_in_profile(const engine::Plan& plan, int profile, const std::string& name, const Shape& shape) {
   if (plan.settings.profiles.empty()) return OkStatus();
   return engine::check_shape_in_profile(name, shape, plan.settings.profiles[profile], profile);
+}
+
+// The context's profile's entry of a shape-tensor input, or null (not one in this profile).
+const ProfileShapes* values_range(const engine::Plan& plan, int profile, const std::string& name) {
+  if (plan.settings.profiles.empty()) return nullptr;
+  const engine::Profile& p = plan.settings.profiles[profile];
+  auto it = p.find(name);
+  return it != p.end() && it->second.values ? &it->second : nullptr;
 }
 }  // namespace
 
@@ -377,6 +408,19 @@ Status ExecutionContext::set_input_shape(const std::string& name, const Shape& s
   KILN_RETURN_IF_ERROR(check_input_shape(*v, shape));
   KILN_RETURN_IF_ERROR(check_in_profile(*engine_->plan_, profile_, name, shape));
   input_shapes_[name] = shape;
+  return OkStatus();
+}
+
+Status ExecutionContext::set_input_values(const std::string& name, std::vector<int64_t> values) {
+  TensorIOMode mode = TensorIOMode::kNone;
+  if (find_io(engine_->plan_->model.graph, name, &mode) == nullptr || mode != TensorIOMode::kInput)
+    return NotFound("'" + name + "' is not an input of the engine");
+  if (values_range(*engine_->plan_, profile_, name) == nullptr)
+    return InvalidArgument("input '" + name + "' is not a shape tensor: optimization profile " +
+                           std::to_string(profile_) + " gives it no values (set_shape_values)");
+  KILN_RETURN_IF_ERROR(
+      engine::check_values_in_profile(name, values, engine_->plan_->settings.profiles[profile_], profile_));
+  input_values_[name] = std::move(values);
   return OkStatus();
 }
 
@@ -421,8 +465,9 @@ Status ExecutionContext::set_output_allocator(const std::string& name, OutputAll
   return OkStatus();
 }
 
-Status ExecutionContext::predict_output_shapes(const std::map<std::string, Shape>& input_shapes) {
-  if (predicted_.valid && predicted_.for_inputs == input_shapes) return OkStatus();
+Status ExecutionContext::predict_output_shapes(const std::map<std::string, Shape>& input_shapes,
+                                               const std::map<std::string, std::vector<int64_t>>& values) {
+  if (predicted_.valid && predicted_.for_inputs == input_shapes && predicted_.for_values == values) return OkStatus();
   predicted_ = PredictedShapes{};
   // Shape inference of a copy of the engine's graph (its tensors share their data) with the inputs' dims
   // fixed. Values inference does not know keep the types the build gave them, which hold for every input
@@ -430,6 +475,7 @@ Status ExecutionContext::predict_output_shapes(const std::map<std::string, Shape
   // inference leaves an output open.
   ir::Model model = engine_->plan_->model;
   KILN_RETURN_IF_ERROR(passes::apply_input_shapes(model, input_shapes));
+  KILN_RETURN_IF_ERROR(passes::apply_input_values(model, values));
   auto collect = [&]() {
     bool all_fixed = true;
     for (const auto& out : model.graph.outputs) {
@@ -448,6 +494,7 @@ Status ExecutionContext::predict_output_shapes(const std::map<std::string, Shape
     collect();
   }
   predicted_.for_inputs = input_shapes;
+  predicted_.for_values = values;
   predicted_.valid = true;
   return OkStatus();
 }
@@ -460,7 +507,11 @@ Result<Shape> ExecutionContext::output_shape(const std::string& name) {
     KILN_ASSIGN_OR_RETURN(shapes[in.name], run_shape(in, input_shapes_));
     KILN_RETURN_IF_ERROR(check_in_profile(*engine_->plan_, profile_, in.name, shapes[in.name]));
   }
-  KILN_RETURN_IF_ERROR(predict_output_shapes(shapes));
+  // Shape tensors' values, where set_input_values gave them, fix what they decide.
+  std::map<std::string, std::vector<int64_t>> values;
+  for (const auto& [name, v] : input_values_)
+    if (values_range(*engine_->plan_, profile_, name) != nullptr) values[name] = v;
+  KILN_RETURN_IF_ERROR(predict_output_shapes(shapes, values));
   const PredictedShape& p = predicted_.outputs.at(name);
   if (!p.fixed) return data_dependent(name, p.inferred);
   return p.shape;
@@ -470,18 +521,24 @@ Status ExecutionContext::execute() {
   const ir::Graph& g = engine_->plan_->model.graph;
   std::map<std::string, Tensor> inputs;
   std::map<std::string, Shape> shapes;
+  std::map<std::string, std::vector<int64_t>> values;  // shape tensors' values: they fix the outputs' shapes
   for (const auto& in : g.inputs) {
     auto addr = addresses_.find(in.name);
     if (addr == addresses_.end()) continue;  // missing inputs are reported by execute(map)
     KILN_ASSIGN_OR_RETURN(shapes[in.name], run_shape(in, input_shapes_));
     inputs[in.name] = Tensor::view(in.type.dtype, shapes[in.name], addr->second);
+    if (values_range(*engine_->plan_, profile_, in.name) != nullptr) {
+      KILN_ASSIGN_OR_RETURN(values[in.name], engine::shape_tensor_values(in.name, inputs[in.name]));
+      KILN_RETURN_IF_ERROR(
+          engine::check_values_in_profile(in.name, values[in.name], engine_->plan_->settings.profiles[profile_], profile_));
+    }
   }
   // Before running: every bound output without an allocator must have a shape the input shapes fix, the
   // size its buffer was made for.
   bool predicted = false;
   for (const auto& out : g.outputs) {
     if (!addresses_.count(out.name) || allocators_.count(out.name)) continue;
-    if (!predicted) KILN_RETURN_IF_ERROR(predict_output_shapes(shapes));
+    if (!predicted) KILN_RETURN_IF_ERROR(predict_output_shapes(shapes, values));
     predicted = true;
     const PredictedShape& p = predicted_.outputs.at(out.name);
     if (!p.fixed) return data_dependent(out.name, p.inferred);
@@ -521,6 +578,7 @@ Status ExecutionContext::execute() {
 
 Result<std::vector<Value>> ExecutionContext::execute_values(const std::map<std::string, Value>& inputs) {
   const ir::Graph& g = engine_->plan_->model.graph;
+  std::map<std::string, std::vector<int64_t>> values;  // of the shape-tensor inputs
   for (const auto& [name, v] : inputs) {
     TensorIOMode mode = TensorIOMode::kNone;
     const ir::ValueInfo* info = find_io(g, name, &mode);
@@ -531,6 +589,11 @@ Result<std::vector<Value>> ExecutionContext::execute_values(const std::map<std::
                              " does not match the engine's " + dtype_name(info->type.dtype));
     KILN_RETURN_IF_ERROR(check_input_shape(*info, v.tensor().shape()));
     KILN_RETURN_IF_ERROR(check_in_profile(*engine_->plan_, profile_, name, v.tensor().shape()));
+    if (values_range(*engine_->plan_, profile_, name) != nullptr) {
+      KILN_ASSIGN_OR_RETURN(values[name], engine::shape_tensor_values(name, v.tensor()));
+      KILN_RETURN_IF_ERROR(
+          engine::check_values_in_profile(name, values[name], engine_->plan_->settings.profiles[profile_], profile_));
+    }
   }
   for (const auto& in : g.inputs)
     if (!inputs.count(in.name) && !g.initializers.count(in.name) && in.type.kind != ir::TypeInfo::Kind::kOptional)
@@ -542,7 +605,7 @@ Result<std::vector<Value>> ExecutionContext::execute_values(const std::map<std::
   for (const auto& [name, v] : inputs)
     if (v.is_tensor()) shapes[name] = v.tensor().shape();
   DeviceState& d = *device_;
-  KILN_RETURN_IF_ERROR(prepare_device_program(shapes, nullptr));
+  KILN_RETURN_IF_ERROR(prepare_device_program(shapes, values, nullptr));
   d.last_inputs = inputs;
   return d.program->run(inputs);
 #else
@@ -550,12 +613,15 @@ Result<std::vector<Value>> ExecutionContext::execute_values(const std::map<std::
 #endif
 }
 
-// Makes device_->program the program for these shapes, the CUDA graph setting and the stream: the cached
+// Makes device_->program the program for these shapes and shape-tensor values, the CUDA graph setting and
+// the stream: the cached
 // one (with its captured CUDA graph), else a new one planned with the profile's placement.
-Status ExecutionContext::prepare_device_program(const std::map<std::string, Shape>& shapes, void* stream) {
+Status ExecutionContext::prepare_device_program(const std::map<std::string, Shape>& shapes,
+                                                const std::map<std::string, std::vector<int64_t>>& values,
+                                                void* stream) {
 #ifdef KILN_HAVE_CUDA
   DeviceState& d = *device_;
-  DeviceState::ProgramKey key{shapes, cuda_graph_, stream};
+  DeviceState::ProgramKey key{shapes, values, cuda_graph_, stream};
   std::unique_ptr<cuda::CudaProgram>* cached = d.programs.find(key);
   cuda::CudaProgram* next = cached ? cached->get() : nullptr;
   // Another program reuses the arena: the last one's work must be done, unless both run on the caller's
@@ -567,6 +633,7 @@ Status ExecutionContext::prepare_device_program(const std::map<std::string, Shap
     cuda::ProgramOptions options;
     options.cuda_graph = cuda_graph_;
     options.stream = stream;
+    options.input_values = values;
     const std::vector<engine::ProfilePlan>& profile_plans = engine_->plan_->profile_plans;
     const size_t arena_floor =
         static_cast<size_t>(profile_) < profile_plans.size() ? profile_plans[profile_].max_activation_bytes : 0;
@@ -604,16 +671,27 @@ Status ExecutionContext::enqueue(void* cuda_stream) {
   std::map<std::string, Shape> shapes;
   std::map<std::string, const void*> ins;
   std::map<std::string, void*> outs;
+  std::map<std::string, std::vector<int64_t>> values;
   for (const auto& in : g.inputs) {
     if (auto s = input_shapes_.find(in.name); s != input_shapes_.end()) shapes[in.name] = s->second;
     else if (in.type.is_static()) shapes[in.name] = in.type.static_shape();
     else return InvalidArgument("input '" + in.name + "' has dynamic shape " + in.type.to_string() + ": call set_input_shape first");
     KILN_RETURN_IF_ERROR(check_in_profile(*engine_->plan_, profile_, in.name, shapes[in.name]));
+    if (values_range(*engine_->plan_, profile_, in.name) != nullptr) {
+      // Its values decide shapes, fixed when the program is made: they cannot wait in device memory.
+      auto v = input_values_.find(in.name);
+      if (v == input_values_.end())
+        return InvalidArgument("input '" + in.name + "' is a shape tensor in optimization profile " +
+                               std::to_string(profile_) + ": call set_input_values before enqueue");
+      KILN_RETURN_IF_ERROR(
+          engine::check_values_in_profile(in.name, v->second, engine_->plan_->settings.profiles[profile_], profile_));
+      values[in.name] = v->second;
+    }
     if (auto a = device_addresses_.find(in.name); a != device_addresses_.end()) ins[in.name] = a->second;
   }
   for (const auto& out : g.outputs)
     if (auto a = device_addresses_.find(out.name); a != device_addresses_.end()) outs[out.name] = a->second;
-  KILN_RETURN_IF_ERROR(prepare_device_program(shapes, cuda_stream));
+  KILN_RETURN_IF_ERROR(prepare_device_program(shapes, values, cuda_stream));
   return device_->program->enqueue_device(ins, outs);
 #else
   return Internal("a CUDA engine in a Kiln without the CUDA backend");
@@ -774,10 +852,11 @@ Result<std::shared_ptr<Engine>> Builder::build_engine(const NetworkDefinition& n
   // run at its max shapes before it is handed out).
   for (size_t k = 0; k < e->plan_->profile_plans.size(); ++k) {
     std::map<std::string, Shape> max;
-    for (const auto& [name, r] : e->plan_->settings.profiles[k]) max[name] = r.max;
+    std::map<std::string, std::vector<int64_t>> max_values;  // shape tensors at their max values
+    for (const auto& [name, r] : e->plan_->settings.profiles[k]) (r.values ? max_values : max)[name] = r.max;
     std::unique_ptr<ExecutionContext> c = e->create_execution_context();
     KILN_RETURN_IF_ERROR(c->set_optimization_profile(static_cast<int>(k)));
-    const Status s = c->prepare_device_program(max, nullptr);
+    const Status s = c->prepare_device_program(max, max_values, nullptr);
     if (!s.ok()) return s.with_context("optimization profile " + std::to_string(k) + " at its max shapes");
     e->plan_->profile_plans[k].max_activation_bytes = c->arena_bytes();
   }

@@ -119,6 +119,58 @@ OptimizeOptions optimize_options(const engine::BuildSettings& settings, bool for
   return options;
 }
 
+// A profile's graphs as a context runs them: specialized to its opt, min and max shapes and values.
+struct ProfileGraphs {
+  ir::Model opt;
+  std::vector<ir::Model> ends;  // min, max
+};
+
+Result<ProfileGraphs> specialize_profile(const ir::Model& m, const engine::Profile& profile, size_t k) {
+  std::map<std::string, Shape> shapes[3];  // min, opt, max
+  std::map<std::string, std::vector<int64_t>> values[3];
+  for (const auto& [name, r] : profile) {
+    const Shape* at[3] = {&r.min, &r.opt, &r.max};
+    for (int i = 0; i < 3; ++i) (r.values ? values[i] : shapes[i])[name] = *at[i];
+  }
+  const std::string which = "optimization profile " + std::to_string(k);
+  const char* names[3] = {" at its min shapes", " at its opt shapes", " at its max shapes"};
+  ProfileGraphs graphs;
+  for (int i : {1, 0, 2}) {
+    auto at = specialize_to_shapes(m, shapes[i], values[i]);
+    if (!at.ok()) return at.status().with_context(which + names[i]);
+    if (i == 1) graphs.opt = std::move(at).value();
+    else graphs.ends.push_back(std::move(at).value());
+  }
+  return graphs;
+}
+
+// A node the GPU cannot run in the profile-generic graph (a Reshape whose target is a shape-tensor input has
+// no known output there) but can in every specialization that still has it, as each context's program is:
+// its first tactic there, else empty.
+std::string gpu_tactic_when_specialized(backends::Backend& gpu, const std::vector<ProfileGraphs>& profiles,
+                                        const std::string& name) {
+  std::string tactic;
+  bool present = false;
+  for (const ProfileGraphs& p : profiles)
+    for (const ir::Model* m : {&p.opt, &p.ends[0], &p.ends[1]}) {
+      auto n = std::find_if(m->graph.nodes.begin(), m->graph.nodes.end(),
+                            [&](const ir::Node& node) { return node.name == name; });
+      if (n == m->graph.nodes.end()) continue;  // folded away there: nothing runs
+      const int opset = opset_of(*m, *n);
+      if (!gpu.supports(*n, m->graph, opset, nullptr)) return "";
+      if (!present) tactic = gpu.tactics(*n, m->graph, opset).front().name;
+      present = true;
+    }
+  return tactic;
+}
+
+bool has_shape_tensors(const std::vector<engine::Profile>& profiles) {
+  for (const auto& p : profiles)
+    for (const auto& [name, r] : p)
+      if (r.values) return true;
+  return false;
+}
+
 }  // namespace
 
 Result<ir::Model> plan_graph(ir::Model model, const engine::BuildSettings& settings, Logger& logger) {
@@ -163,16 +215,35 @@ Result<engine::Plan> build_plan(const ir::Model& model, const engine::BuildSetti
   auto pin_of = [&](const ir::Node& n) { return layer_pin(n, settings.layer_precisions); };
 
   // Assign every node: the GPU where it has a layer for the node, the CPU (which runs every op) otherwise.
+  // With shape-tensor inputs, a node is judged also in the profiles' specialized graphs (made only then).
+  std::vector<ProfileGraphs> specialized;
+  bool made = false;
+  auto specialize_all = [&]() -> Status {
+    for (size_t k = 0; !made && k < settings.profiles.size(); ++k) {
+      KILN_ASSIGN_OR_RETURN(ProfileGraphs graphs, specialize_profile(m, settings.profiles[k], k));
+      specialized.push_back(std::move(graphs));
+    }
+    made = true;
+    return OkStatus();
+  };
   std::vector<std::string> fallbacks;
   for (const ir::Node& n : m.graph.nodes) {
     const int opset = opset_of(m, n);
     engine::LayerInfo layer;
     layer.name = n.name;
     layer.op_type = (n.domain.empty() ? "" : n.domain + ".") + n.op_type;
-    std::string why_not;
-    if (gpu && gpu->supports(n, m.graph, opset, &why_not)) {
+    std::string why_not, specialized_tactic;
+    const bool here = gpu && gpu->supports(n, m.graph, opset, &why_not);
+    if (gpu && !here && has_shape_tensors(settings.profiles)) {
+      KILN_RETURN_IF_ERROR(specialize_all());
+      specialized_tactic = gpu_tactic_when_specialized(*gpu, specialized, n.name);
+    }
+    if (here) {
       layer.backend = gpu->name();
       layer.tactic = gpu->tactics(n, m.graph, opset).front().name;
+    } else if (!specialized_tactic.empty()) {
+      layer.backend = gpu->name();
+      layer.tactic = specialized_tactic;
     } else {
       if (!cpu->supports(n, m.graph, opset, &why_not))
         return Unsupported(n.describe() + ": no backend runs it (" + why_not + ")");
@@ -230,24 +301,12 @@ Result<engine::Plan> build_plan(const ir::Model& model, const engine::BuildSetti
       KILN_ASSIGN_OR_RETURN(auto chosen, choose_tactics(*gpu, m, {}, gpu_layers, cache, logger));
       apply(chosen);
     }
+    specialized.clear();  // the graph changed since (pointwise kernels attached)
     for (size_t k = 0; k < settings.profiles.size(); ++k) {
-      std::map<std::string, Shape> min, opt, max;
-      for (const auto& [name, r] : settings.profiles[k]) {
-        min[name] = r.min;
-        opt[name] = r.opt;
-        max[name] = r.max;
-      }
       const std::string which = "optimization profile " + std::to_string(k);
-      auto at_opt = specialize_to_shapes(m, opt);
-      if (!at_opt.ok()) return at_opt.status().with_context(which + " at its opt shapes");
-      std::vector<ir::Model> ends;
-      for (const auto* shapes : {&min, &max}) {
-        auto at = specialize_to_shapes(m, *shapes);
-        if (!at.ok()) return at.status().with_context(which + (shapes == &min ? " at its min shapes" : " at its max shapes"));
-        ends.push_back(std::move(at).value());
-      }
+      KILN_ASSIGN_OR_RETURN(ProfileGraphs graphs, specialize_profile(m, settings.profiles[k], k));
       logger.log(Severity::kInfo, "tactics of " + which + ", timed at its opt shapes");
-      auto chosen = choose_tactics(*gpu, *at_opt, ends, gpu_layers, cache, logger);
+      auto chosen = choose_tactics(*gpu, graphs.opt, graphs.ends, gpu_layers, cache, logger);
       if (!chosen.ok()) return chosen.status().with_context(which);
       engine::ProfilePlan pp;
       for (const auto& [name, c] : *chosen) pp.tactics[name] = c.tactic;

@@ -63,9 +63,11 @@ std::set<std::string> listed_everywhere(backends::Backend& gpu, const std::vecto
 
 }  // namespace
 
-Result<ir::Model> specialize_to_shapes(const ir::Model& model, const std::map<std::string, Shape>& shapes) {
+Result<ir::Model> specialize_to_shapes(const ir::Model& model, const std::map<std::string, Shape>& shapes,
+                                       const std::map<std::string, std::vector<int64_t>>& values) {
   ir::Model m = model;
   KILN_RETURN_IF_ERROR(passes::apply_input_shapes(m, shapes));
+  KILN_RETURN_IF_ERROR(passes::apply_input_values(m, values));
   KILN_RETURN_IF_ERROR(passes::fold_constants_to_fixpoint(m));
   KILN_RETURN_IF_ERROR(passes::eliminate_dead_nodes(m));  // as CudaProgram specializes it
   return m;

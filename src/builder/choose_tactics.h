@@ -30,8 +30,9 @@ Result<std::map<std::string, TacticChoice>> choose_tactics(backends::Backend& gp
                                                            const std::map<std::string, bool>& gpu_layers,
                                                            TimingCache& cache, Logger& logger);
 
-// `model` with its inputs fixed to `shapes` and what that makes constant folded: the graph a context
-// runs at those shapes (node names kept), for timing tactics there.
-Result<ir::Model> specialize_to_shapes(const ir::Model& model, const std::map<std::string, Shape>& shapes);
+// `model` with its inputs fixed to `shapes`, its shape-tensor inputs bound to `values` (constants), and
+// what that makes constant folded: the graph a context runs there (node names kept), for timing tactics.
+Result<ir::Model> specialize_to_shapes(const ir::Model& model, const std::map<std::string, Shape>& shapes,
+                                       const std::map<std::string, std::vector<int64_t>>& values = {});
 
 }  // namespace kiln::builder

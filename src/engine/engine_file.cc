@@ -74,7 +74,10 @@ json meta_json(const Plan& plan, uint64_t weight_bytes) {
   json profiles = json::array();
   for (const Profile& p : plan.settings.profiles) {
     json inputs = json::object();
-    for (const auto& [name, r] : p) inputs[name] = {{"min", r.min}, {"opt", r.opt}, {"max", r.max}};
+    for (const auto& [name, r] : p) {
+      inputs[name] = {{"min", r.min}, {"opt", r.opt}, {"max", r.max}};
+      if (r.values) inputs[name]["values"] = true;  // a shape tensor's values (absent: shapes)
+    }
     profiles.push_back(inputs);
   }
   j["build"] = {{"device", plan.settings.device}, {"input_shapes", shapes}, {"opt_level", plan.settings.opt_level},
@@ -196,7 +199,8 @@ Result<Shape> shape_at(const json& dims, const std::string& what) {
   return s;
 }
 
-// build.profiles (format 2; absent in format 1 files, which have none): [{input: {min, opt, max}}, ...].
+// build.profiles (format 2; absent in format 1 files, which have none): [{input: {min, opt, max}}, ...];
+// a shape tensor's entry has "values": true (absent in older files: shapes).
 Status profiles_from_meta(const json& b, std::vector<Profile>* profiles) {
   if (!b.contains("profiles")) return OkStatus();
   if (!b["profiles"].is_array()) return invalid("META: \"build.profiles\" is not an array");
@@ -211,7 +215,13 @@ Status profiles_from_meta(const json& b, std::vector<Profile>* profiles) {
       KILN_ASSIGN_OR_RETURN(range.min, shape_at(r["min"], where + " min of '" + name + "'"));
       KILN_ASSIGN_OR_RETURN(range.opt, shape_at(r["opt"], where + " opt of '" + name + "'"));
       KILN_ASSIGN_OR_RETURN(range.max, shape_at(r["max"], where + " max of '" + name + "'"));
-      if (Status st = check_profile_range(name, range); !st.ok()) return invalid("META: " + where + ": " + st.message());
+      if (r.contains("values")) {
+        if (!r["values"].is_boolean())
+          return invalid("META: " + where + ", input '" + name + "': \"values\" is not a boolean");
+        range.values = r["values"].get<bool>();
+      }
+      const Status st = range.values ? check_profile_values_range(name, range) : check_profile_range(name, range);
+      if (!st.ok()) return invalid("META: " + where + ": " + st.message());
       profile[name] = std::move(range);
     }
     profiles->push_back(std::move(profile));
@@ -480,14 +490,18 @@ Result<Plan> deserialize_plan(const std::string& bytes) {
   auto model = onnx_io::import_model_proto(mp, "");
   if (!model.ok()) return invalid("GRAPH section: " + model.status().message());
   plan.model = std::move(model).value();
-  // A profile may name only the engine's inputs (the run-time checks look shapes up by those names).
+  // A profile may name only the engine's inputs (the run-time checks look shapes up by those names), and
+  // values only those of a shape tensor (the GPU binds them as constants of that type).
   for (size_t k = 0; k < plan.settings.profiles.size(); ++k)
     for (const auto& [name, r] : plan.settings.profiles[k]) {
-      bool found = false;
-      for (const auto& in : plan.model.graph.inputs) found = found || in.name == name;
-      if (!found)
+      const ir::ValueInfo* found = nullptr;
+      for (const auto& in : plan.model.graph.inputs)
+        if (in.name == name) found = &in;
+      if (found == nullptr)
         return invalid("META: optimization profile " + std::to_string(k) + " names '" + name +
                        "', which is not an input of the engine");
+      if (Status st = r.values ? check_shape_tensor_input(*found, r) : OkStatus(); !st.ok())
+        return invalid("META: optimization profile " + std::to_string(k) + ": " + st.message());
     }
   return plan;
 }

@@ -21,6 +21,33 @@ Status check_profile_range(const std::string& input, const ProfileShapes& r) {
   return OkStatus();
 }
 
+Status check_profile_values_range(const std::string& input, const ProfileShapes& r) {
+  const std::string what = "input '" + input + "'";
+  if (r.min.size() != r.opt.size() || r.opt.size() != r.max.size())
+    return InvalidArgument(what + ": values min " + shape_to_string(r.min) + ", opt " + shape_to_string(r.opt) +
+                           " and max " + shape_to_string(r.max) + " differ in length");
+  for (size_t i = 0; i < r.min.size(); ++i)
+    if (r.min[i] > r.opt[i] || r.opt[i] > r.max[i])
+      return InvalidArgument(what + " value " + std::to_string(i) + ": needs min <= opt <= max, got min " +
+                             std::to_string(r.min[i]) + ", opt " + std::to_string(r.opt[i]) + ", max " +
+                             std::to_string(r.max[i]));
+  return OkStatus();
+}
+
+Status check_shape_tensor_input(const ir::ValueInfo& in, const ProfileShapes& range) {
+  const std::string what = "input '" + in.name + "' (" + in.type.to_string() + ")";
+  if (in.type.kind != ir::TypeInfo::Kind::kTensor || (in.type.dtype != DType::kInt32 && in.type.dtype != DType::kInt64))
+    return InvalidArgument(what + " has values in the profile, so it must be an int32 or int64 tensor");
+  if (!in.type.has_shape || in.type.dims.size() > 1)
+    return InvalidArgument(what + " has values in the profile, so it must have rank 0 or 1");
+  const int64_t length = in.type.dims.empty() ? 1 : in.type.dims[0].known() ? in.type.dims[0].value : -1;
+  if (length < 0) return InvalidArgument(what + " has values in the profile, so its length must be known");
+  if (length != static_cast<int64_t>(range.min.size()))
+    return InvalidArgument(what + " holds " + std::to_string(length) + " values, the profile gives " +
+                           std::to_string(range.min.size()));
+  return OkStatus();
+}
+
 namespace {
 bool is_dynamic_tensor(const ir::ValueInfo& in) {
   if (in.type.kind != ir::TypeInfo::Kind::kTensor) return false;
@@ -38,6 +65,11 @@ Status check_profiles(const ir::Graph& g, const std::vector<Profile>& profiles) 
       if (in == nullptr) return InvalidArgument(where + "'" + name + "' is not an input of the model");
       if (in->type.kind != ir::TypeInfo::Kind::kTensor && in->type.kind != ir::TypeInfo::Kind::kUnknown)
         return InvalidArgument(where + "input '" + name + "' is not a tensor (" + in->type.to_string() + ")");
+      if (range.values) {
+        KILN_RETURN_IF_ERROR(check_profile_values_range(name, range).with_context(profile));
+        KILN_RETURN_IF_ERROR(check_shape_tensor_input(*in, range).with_context(profile));
+        continue;
+      }
       KILN_RETURN_IF_ERROR(check_profile_range(name, range).with_context(profile));
       if (!in->type.has_shape) continue;
       const auto& dims = in->type.dims;
@@ -56,7 +88,7 @@ Status check_profiles(const ir::Graph& g, const std::vector<Profile>& profiles) 
     std::map<std::string, std::pair<std::string, std::array<int64_t, 3>>> named;  // symbol -> first input, range
     for (const auto& in : g.inputs) {
       auto r = profiles[k].find(in.name);
-      if (r == profiles[k].end() || !in.type.has_shape) continue;
+      if (r == profiles[k].end() || r->second.values || !in.type.has_shape) continue;
       for (size_t i = 0; i < in.type.dims.size(); ++i) {
         const std::string& symbol = in.type.dims[i].symbol;
         if (in.type.dims[i].known() || symbol.empty()) continue;
@@ -82,7 +114,7 @@ Status check_profiles(const ir::Graph& g, const std::vector<Profile>& profiles) 
 
 Status check_shape_in_profile(const std::string& input, const Shape& shape, const Profile& profile, int index) {
   auto it = profile.find(input);
-  if (it == profile.end()) return OkStatus();
+  if (it == profile.end() || it->second.values) return OkStatus();  // a shape tensor's shape is static
   const ProfileShapes& r = it->second;
   const std::string head = "input '" + input + "' shape " + shape_to_string(shape) + " is outside profile " +
                            std::to_string(index) + " (";
@@ -94,6 +126,36 @@ Status check_shape_in_profile(const std::string& input, const Shape& shape, cons
     if (shape[i] > r.max[i]) return InvalidArgument(head + "max " + shape_to_string(r.max) + ")");
   }
   return OkStatus();
+}
+
+Status check_values_in_profile(const std::string& input, const std::vector<int64_t>& values, const Profile& profile,
+                               int index) {
+  auto it = profile.find(input);
+  if (it == profile.end() || !it->second.values) return OkStatus();
+  const ProfileShapes& r = it->second;
+  const std::string head = "input '" + input + "' values " + shape_to_string(values) + " are outside profile " +
+                           std::to_string(index) + " (";
+  if (values.size() != r.min.size())
+    return InvalidArgument(head + std::to_string(r.min.size()) + " values, min " + shape_to_string(r.min) + ", max " +
+                           shape_to_string(r.max) + ")");
+  for (size_t i = 0; i < values.size(); ++i) {
+    if (values[i] < r.min[i]) return InvalidArgument(head + "min " + shape_to_string(r.min) + ")");
+    if (values[i] > r.max[i]) return InvalidArgument(head + "max " + shape_to_string(r.max) + ")");
+  }
+  return OkStatus();
+}
+
+Result<std::vector<int64_t>> shape_tensor_values(const std::string& input, const Tensor& t) {
+  std::vector<int64_t> v(static_cast<size_t>(t.numel()));
+  if (t.dtype() == DType::kInt64) {
+    for (size_t i = 0; i < v.size(); ++i) v[i] = t.data<int64_t>()[i];
+  } else if (t.dtype() == DType::kInt32) {
+    for (size_t i = 0; i < v.size(); ++i) v[i] = t.data<int32_t>()[i];
+  } else {
+    return InvalidArgument("input '" + input + "' is a shape tensor and must be int32 or int64, got " +
+                           dtype_name(t.dtype()));
+  }
+  return v;
 }
 
 }  // namespace kiln::engine

@@ -1,5 +1,7 @@
 #include "passes/passes.h"
 
+#include <algorithm>
+
 namespace kiln::passes {
 
 Status apply_input_shapes(ir::Model& model, const std::map<std::string, Shape>& shapes) {
@@ -27,6 +29,31 @@ Status apply_input_shapes(ir::Model& model, const std::map<std::string, Shape>& 
     t.has_shape = true;
     t.dims.clear();
     for (int64_t d : shape) t.dims.push_back(ir::Dim::of(d));
+  }
+  return OkStatus();
+}
+
+Status apply_input_values(ir::Model& model, const std::map<std::string, std::vector<int64_t>>& values) {
+  for (const auto& [name, v] : values) {
+    auto input = std::find_if(model.graph.inputs.begin(), model.graph.inputs.end(),
+                              [&](const ir::ValueInfo& in) { return in.name == name; });
+    if (input == model.graph.inputs.end())
+      return InvalidArgument("values for '" + name + "', which is not an input of the model");
+    const ir::TypeInfo& t = input->type;
+    const std::string what = "input '" + name + "' (" + t.to_string() + ")";
+    if (t.dtype != DType::kInt32 && t.dtype != DType::kInt64)
+      return InvalidArgument(what + " takes values only as an int32 or int64 tensor");
+    // The declared rank (a scalar or a vector); the length is the values'.
+    const Shape shape = t.has_shape && t.dims.empty() ? Shape{} : Shape{static_cast<int64_t>(v.size())};
+    if ((shape.empty() && v.size() != 1) || (t.has_shape && t.dims.size() > 1) ||
+        (t.has_shape && t.dims.size() == 1 && t.dims[0].known() && t.dims[0].value != static_cast<int64_t>(v.size())))
+      return InvalidArgument(what + ": values " + shape_to_string(v) + " do not fit its shape");
+    Tensor constant = t.dtype == DType::kInt64
+                          ? Tensor::from_vector<int64_t>(t.dtype, shape, v)
+                          : Tensor::from_vector<int32_t>(t.dtype, shape, std::vector<int32_t>(v.begin(), v.end()));
+    model.graph.initializers[name] = std::move(constant);
+    model.graph.value_types.erase(name);
+    model.graph.inputs.erase(input);
   }
   return OkStatus();
 }

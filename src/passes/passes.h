@@ -13,6 +13,9 @@ namespace kiln::passes {
 
 // Fixes the shapes of graph inputs given at build time (--shapes); refuses unknown names and rank changes.
 Status apply_input_shapes(ir::Model& model, const std::map<std::string, Shape>& shapes);
+// Binds shape-tensor inputs (int32/int64, rank 0 or 1) to values: each becomes an initializer and leaves
+// graph.inputs, so that folding makes what they decide (Reshape targets) constant (apply_input_shapes.cc).
+Status apply_input_values(ir::Model& model, const std::map<std::string, std::vector<int64_t>>& values);
 // Infers the dtype and shape (with symbolic dimensions) of every value it can, into graph.value_types.
 Status infer_shapes(ir::Model& model);
 // Evaluates nodes whose inputs are all constant (and Shape/Size of statically shaped values) at build

@@ -67,6 +67,9 @@ struct LentMemory {
 struct ProgramOptions {
   bool cuda_graph = false;  // capture the GPU launches once and replay them (only when no CPU step sits between)
   void* stream = nullptr;   // a cudaStream_t to run on (the caller's); nullptr: a stream of the program's own
+  // Shape-tensor inputs' values (optimization profiles with values): bound as constants before folding, so
+  // that what they decide (Reshape targets) is fixed for the GPU; the inputs are no longer read at run time.
+  std::map<std::string, std::vector<int64_t>> input_values;
   // Where the activation arena and the workspace come from. Unset: the program allocates its own. Set:
   // called once, when planning knows both sizes and before any address is bound into a layer or a CUDA
   // graph; what it returns must stay valid, at those addresses, for the program's whole life, and must not
