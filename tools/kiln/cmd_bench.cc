@@ -63,6 +63,10 @@ Result<std::map<std::string, Tensor>> random_inputs(const Engine& engine, const 
     const bool is_float = dtype == DType::kFloat32 || dtype == DType::kFloat16 || dtype == DType::kBFloat16 ||
                           dtype == DType::kFloat64;
     for (int64_t k = 0; k < f.numel(); ++k) f.data<float>()[k] = is_float ? uni(gen) : static_cast<float>(gen() & 1);
+    // A shape tensor takes its profile's opt values, which the opt shapes of the other inputs agree with.
+    if (engine.num_optimization_profiles() > 0)
+      if (auto v = engine.get_profile_shape_values(name, profile); v.ok() && static_cast<int64_t>(v->opt.size()) == f.numel())
+        for (int64_t k = 0; k < f.numel(); ++k) f.data<float>()[k] = static_cast<float>(v->opt[k]);
     if (dtype == DType::kString) return Unsupported("input '" + name + "' holds strings: kiln bench feeds numbers");
     KILN_ASSIGN_OR_RETURN(feeds[name], cast_tensor(f, dtype));
   }

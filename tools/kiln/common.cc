@@ -1,5 +1,6 @@
 #include "kiln/common.h"
 
+#include <algorithm>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -8,7 +9,10 @@
 
 namespace kiln::tools {
 
-Result<std::map<std::string, Shape>> parse_shapes(const std::string& text, const std::string& flag) {
+namespace {
+// "name:AxB,..." into lists of integers; shape-tensor values (allow_negative) may be negative (Reshape's -1).
+Result<std::map<std::string, Shape>> parse_lists(const std::string& text, const std::string& flag,
+                                                 bool allow_negative) {
   std::map<std::string, Shape> out;
   std::stringstream ss(text);
   std::string item;
@@ -21,14 +25,21 @@ Result<std::map<std::string, Shape>> parse_shapes(const std::string& text, const
     std::stringstream dims(item.substr(colon + 1));
     std::string d;
     while (std::getline(dims, d, 'x')) {
-      if (d.empty() || d.find_first_not_of("0123456789") != std::string::npos || d.size() > 12)
-        return InvalidArgument(flag + ": dimension '" + d + "' of '" + name + "' is not a non-negative integer");
+      const std::string digits = allow_negative && d.size() > 1 && d[0] == '-' ? d.substr(1) : d;
+      if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos || digits.size() > 12)
+        return InvalidArgument(flag + ": " + (allow_negative ? "value '" : "dimension '") + d + "' of '" + name +
+                               "' is not " + (allow_negative ? "an integer" : "a non-negative integer"));
       shape.push_back(std::stoll(d));
     }
     if (out.count(name)) return InvalidArgument(flag + ": '" + name + "' is given twice");
     out[name] = shape;
   }
   return out;
+}
+}  // namespace
+
+Result<std::map<std::string, Shape>> parse_shapes(const std::string& text, const std::string& flag) {
+  return parse_lists(text, flag, /*allow_negative=*/false);
 }
 
 void add_build_flags(CLI::App* cmd, BuildFlags* f) {
@@ -55,36 +66,80 @@ void add_build_flags(CLI::App* cmd, BuildFlags* f) {
   cmd->add_option("--max-shapes", f->max_shapes, "Optimization profile maximum shapes (the k-th makes profile k)")
       ->expected(1)
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  cmd->add_option("--min-values", f->min_values,
+                  "Optimization profile minimum values of shape-tensor inputs, name:1x6,... (the k-th joins profile k)")
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  cmd->add_option("--opt-values", f->opt_values, "Shape-tensor values to tune for (the k-th joins profile k)")
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  cmd->add_option("--max-values", f->max_values, "Shape-tensor maximum values (the k-th joins profile k)")
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
 }
 
 namespace {
-// The profiles of --min-shapes / --opt-shapes / --max-shapes: the k-th of each make profile k, and the three
-// lists of a profile name the same inputs.
+// One kind of profile flags: --min-X / --opt-X / --max-X, given the same number of times; the k-th of each
+// joins profile k, and the three of a profile name the same inputs.
+struct ProfileFlags {
+  const char* kind;  // "shapes" or "values"
+  const std::vector<std::string>* lists[3];  // min, opt, max
+};
+
+// Profile k's min/opt/max of one kind (empty when the flags are given fewer times).
+Result<std::map<std::string, ProfileShapes>> parse_profile_flags(const ProfileFlags& f, size_t k) {
+  std::map<std::string, ProfileShapes> out;
+  if (k >= f.lists[0]->size()) return out;
+  const std::string which = "profile " + std::to_string(k);
+  const std::string flags[3] = {std::string("--min-") + f.kind, std::string("--opt-") + f.kind,
+                                std::string("--max-") + f.kind};
+  const bool values = std::string(f.kind) == "values";
+  std::map<std::string, Shape> at[3];
+  for (int i = 0; i < 3; ++i) {
+    KILN_ASSIGN_OR_RETURN(at[i], parse_lists((*f.lists[i])[k], flags[i] + " (" + which + ")", values));
+  }
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j)
+      for (const auto& entry : at[i])
+        if (!at[j].count(entry.first))
+          return InvalidArgument(which + ": input '" + entry.first + "' is in " + flags[i] + " but not in " + flags[j]);
+  for (const auto& [name, min] : at[0]) {
+    const ProfileShapes range{min, at[1][name], at[2][name], values};
+    // Checked here first so that the message names the profile ("optimization profile 1: input 'x' ...").
+    KILN_RETURN_IF_ERROR((values ? engine::check_profile_values_range(name, range)
+                                 : engine::check_profile_range(name, range))
+                             .with_context("optimization profile " + std::to_string(k)));
+    out[name] = range;
+  }
+  return out;
+}
+
+// The profiles of --min-shapes / --opt-shapes / --max-shapes and of --min-values / --opt-values /
+// --max-values (shape tensors' values): the k-th of each joins profile k.
 Result<std::vector<OptimizationProfile>> parse_profiles(const BuildFlags& f) {
-  const size_t n = f.min_shapes.size();
-  if (f.opt_shapes.size() != n || f.max_shapes.size() != n)
-    return InvalidArgument("optimization profiles: --min-shapes is given " + std::to_string(n) + " times, --opt-shapes " +
-                           std::to_string(f.opt_shapes.size()) + ", --max-shapes " +
-                           std::to_string(f.max_shapes.size()) + ": give the three once per profile");
+  const ProfileFlags kinds[2] = {{"shapes", {&f.min_shapes, &f.opt_shapes, &f.max_shapes}},
+                                 {"values", {&f.min_values, &f.opt_values, &f.max_values}}};
+  size_t n = 0;
+  for (const ProfileFlags& kind : kinds) {
+    const size_t count = kind.lists[0]->size();
+    if (kind.lists[1]->size() != count || kind.lists[2]->size() != count)
+      return InvalidArgument(std::string("optimization profiles: --min-") + kind.kind + " is given " +
+                             std::to_string(count) + " times, --opt-" + kind.kind + " " +
+                             std::to_string(kind.lists[1]->size()) + ", --max-" + kind.kind + " " +
+                             std::to_string(kind.lists[2]->size()) + ": give the three once per profile");
+    n = std::max(n, count);
+  }
   std::vector<OptimizationProfile> profiles;
   for (size_t k = 0; k < n; ++k) {
-    const std::string which = "profile " + std::to_string(k);
-    KILN_ASSIGN_OR_RETURN(auto min, parse_shapes(f.min_shapes[k], "--min-shapes (" + which + ")"));
-    KILN_ASSIGN_OR_RETURN(auto opt, parse_shapes(f.opt_shapes[k], "--opt-shapes (" + which + ")"));
-    KILN_ASSIGN_OR_RETURN(auto max, parse_shapes(f.max_shapes[k], "--max-shapes (" + which + ")"));
-    const std::vector<std::pair<const char*, const std::map<std::string, Shape>*>> lists = {
-        {"--min-shapes", &min}, {"--opt-shapes", &opt}, {"--max-shapes", &max}};
-    for (const auto& [flag, list] : lists)
-      for (const auto& [other_flag, other] : lists)
-        for (const auto& entry : *list)
-          if (!other->count(entry.first))
-            return InvalidArgument(which + ": input '" + entry.first + "' is in " + flag + " but not in " + other_flag);
     OptimizationProfile p;
-    for (const auto& [name, shape] : min) {
-      // Checked here first so that the message names the profile ("optimization profile 1: input 'x' ...").
-      KILN_RETURN_IF_ERROR(engine::check_profile_range(name, {shape, opt[name], max[name]})
-                               .with_context("optimization profile " + std::to_string(k)));
-      KILN_RETURN_IF_ERROR(p.set_shape(name, shape, opt[name], max[name]));
+    KILN_ASSIGN_OR_RETURN(const auto shapes, parse_profile_flags(kinds[0], k));
+    KILN_ASSIGN_OR_RETURN(const auto values, parse_profile_flags(kinds[1], k));
+    for (const auto& [name, r] : shapes) KILN_RETURN_IF_ERROR(p.set_shape(name, r.min, r.opt, r.max));
+    for (const auto& [name, r] : values) {
+      if (shapes.count(name))
+        return InvalidArgument("profile " + std::to_string(k) + ": input '" + name +
+                               "' is given both shapes and values (a shape tensor's shape is static)");
+      KILN_RETURN_IF_ERROR(p.set_shape_values(name, r.min, r.opt, r.max));
     }
     profiles.push_back(std::move(p));
   }

@@ -21,6 +21,8 @@ struct BuildFlags {
   std::vector<std::string> layer_precisions;  // NAME:PRECISION
   // Optimization profiles: the k-th of each list makes profile k (name:DxD,... as --shapes).
   std::vector<std::string> min_shapes, opt_shapes, max_shapes;
+  // Shape-tensor inputs' values (name:VxV,...; may be negative), the k-th of each joining profile k.
+  std::vector<std::string> min_values, opt_values, max_values;
 };
 void add_build_flags(CLI::App* cmd, BuildFlags* flags);
 // The BuilderConfig the flags describe; an error names the flag that is wrong. With profiles, --shapes
