@@ -434,10 +434,10 @@ TEST(EngineFile, RefusesForeignData) {
 TEST(EngineFile, RefusesOtherFormatVersions) {
   std::string b = engine_bytes();
   set_u32(b, 8, 7);
-  EXPECT_EQ(refusal(b), "engine format version 7 is newer than this Kiln (format 2): rebuild the engine with this "
+  EXPECT_EQ(refusal(b), "engine format version 7 is newer than this Kiln (format 3): rebuild the engine with this "
                         "Kiln, or upgrade Kiln");
   set_u32(b, 8, 0);
-  EXPECT_REFUSED(b, "engine format version 0 is older than this Kiln (format 2) can read (formats 1 to 2)");
+  EXPECT_REFUSED(b, "engine format version 0 is older than this Kiln (format 3) can read (formats 1 to 3)");
   EXPECT_REFUSED(b, "rebuild the engine");
 }
 

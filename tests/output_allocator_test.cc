@@ -16,6 +16,9 @@
 #include "kiln/kiln.h"
 #include "random_tensors.h"
 #include "test_models.h"
+#ifdef KILN_HAVE_CUDA
+#include "backends/cuda/cuda_backend.h"
+#endif
 
 namespace kiln {
 namespace {
@@ -49,7 +52,7 @@ onnx::ModelProto data_dependent_model() {
   return m;
 }
 
-std::shared_ptr<Engine> engine(const onnx::ModelProto& model = data_dependent_model()) {
+std::shared_ptr<Engine> engine(const onnx::ModelProto& model = data_dependent_model(), const std::string& device = "cpu") {
   Quiet logger;
   NetworkDefinition network;
   OnnxParser parser(network, logger);
@@ -57,7 +60,7 @@ std::shared_ptr<Engine> engine(const onnx::ModelProto& model = data_dependent_mo
   const Status parsed = parser.parse(bytes.data(), bytes.size());
   EXPECT_TRUE(parsed.ok()) << parsed.to_string();
   BuilderConfig config;
-  config.set_device("cpu");
+  config.set_device(device);
   auto e = Builder(logger).build_engine(network, config);
   EXPECT_TRUE(e.ok()) << e.status().to_string();
   return e.ok() ? *e : nullptr;
@@ -206,6 +209,20 @@ TEST(OutputAllocator, DataDependentOutputsGoThroughTheAllocator) {
   ASSERT_TRUE(e);
   GrowingAllocator allocator;
   run_and_check(e, allocator, testing::random_seed("OutputAllocator.DataDependentOutputs"), 12);
+}
+
+// The same on a GPU engine: its layers run on the GPU where they can (NonZero, Unique and TopK with a run-time
+// k on the CPU between them), and the data-dependent outputs still go through the allocator.
+TEST(CudaOutputAllocator, DataDependentOutputsGoThroughTheAllocator) {
+#ifdef KILN_HAVE_CUDA
+  if (!backends::cuda_device_available()) GTEST_SKIP() << "no CUDA device";
+#else
+  GTEST_SKIP() << "built without the CUDA backend";
+#endif
+  auto e = engine(data_dependent_model(), "cuda");
+  ASSERT_TRUE(e);
+  GrowingAllocator allocator;
+  run_and_check(e, allocator, testing::random_seed("CudaOutputAllocator.DataDependentOutputs"), 12);
 }
 
 TEST(OutputAllocator, OneAllocatorServesTwoContextsOnTwoThreads) {

@@ -13,8 +13,9 @@
 namespace kiln::engine {
 
 // Engine file format version; bump on any incompatible change of the layout or the sections.
-// 2: optimization profiles (build.profiles in META).
-constexpr uint32_t kFormatVersion = 2;
+// 2: optimization profiles (build.profiles in META). 3: GPU engines with profiles (profile_plans, a graph
+// that keeps dynamic dims) and shape-tensor values in profiles, which a format 2 reader would misread.
+constexpr uint32_t kFormatVersion = 3;
 
 // An optimization profile: input name -> its min/opt/max shapes.
 using Profile = std::map<std::string, ProfileShapes>;
