@@ -321,6 +321,10 @@ void expect_direct(const DirectCase& dc) {
     outs.push_back(cuda::DeviceTensor{op, dc.precision, want.shape()});
     std::unique_ptr<detail::DeviceMem> ws;
     if ((*layer)->workspace_bytes() > 0) ws = std::make_unique<detail::DeviceMem>((*layer)->workspace_bytes());
+    // The copies and the memset ran on the legacy default stream, which the layer's non-blocking stream does
+    // not wait for (a pageable copy may return before its DMA lands, a memset is asynchronous): without this
+    // the GEMM sometimes read zeros or had its output overwritten with 0xFF (got 0 / NaN, now and then).
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
     const Status st = (*layer)->run(ins, outs, ws ? ws->p : nullptr, h);
     ASSERT_TRUE(st.ok()) << tactic << ": " << st.to_string();
     ASSERT_EQ(cudaStreamSynchronize(h.stream), cudaSuccess);
