@@ -66,10 +66,7 @@ std::set<std::string> listed_everywhere(backends::Backend& gpu, const std::vecto
 Result<ir::Model> specialize_to_shapes(const ir::Model& model, const std::map<std::string, Shape>& shapes,
                                        const std::map<std::string, std::vector<int64_t>>& values) {
   ir::Model m = model;
-  KILN_RETURN_IF_ERROR(passes::apply_input_shapes(m, shapes));
-  KILN_RETURN_IF_ERROR(passes::apply_input_values(m, values));
-  KILN_RETURN_IF_ERROR(passes::fold_constants_to_fixpoint(m));
-  KILN_RETURN_IF_ERROR(passes::eliminate_dead_nodes(m));  // as CudaProgram specializes it
+  KILN_RETURN_IF_ERROR(passes::specialize_to_inputs(m, shapes, values));  // as CudaProgram specializes it
   return m;
 }
 

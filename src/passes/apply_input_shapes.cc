@@ -58,4 +58,17 @@ Status apply_input_values(ir::Model& model, const std::map<std::string, std::vec
   return OkStatus();
 }
 
+Status specialize_to_inputs(ir::Model& model, const std::map<std::string, Shape>& shapes,
+                            const std::map<std::string, std::vector<int64_t>>& values) {
+  KILN_RETURN_IF_ERROR(apply_input_shapes(model, shapes));
+  KILN_RETURN_IF_ERROR(apply_input_values(model, values));
+  KILN_RETURN_IF_ERROR(fold_constants_to_fixpoint(model));
+  // Values read only for their shapes (a graph kept shape-generic computes masks and targets from Shape)
+  // are gone now; BERT's padding mask, built with a Range that now folds to an all-true constant, can narrow.
+  KILN_RETURN_IF_ERROR(eliminate_dead_nodes(model));
+  int narrowed = 0;
+  KILN_RETURN_IF_ERROR(narrow_attention_mask(model, &narrowed));
+  return narrowed > 0 ? eliminate_dead_nodes(model) : OkStatus();
+}
+
 }  // namespace kiln::passes

@@ -16,6 +16,12 @@ Status apply_input_shapes(ir::Model& model, const std::map<std::string, Shape>& 
 // Binds shape-tensor inputs (int32/int64, rank 0 or 1) to values: each becomes an initializer and leaves
 // graph.inputs, so that folding makes what they decide (Reshape targets) constant (apply_input_shapes.cc).
 Status apply_input_values(ir::Model& model, const std::map<std::string, std::vector<int64_t>>& values);
+// The graph a GPU context runs at some input shapes (and shape-tensor values), from an engine's graph that
+// keeps dynamic dims: both applied, what they make constant folded, an attention mask that folding showed
+// to be a broadcast narrowed (narrow_attention_mask), and what nothing reads any more dropped. The builder
+// times tactics on the same graph (apply_input_shapes.cc).
+Status specialize_to_inputs(ir::Model& model, const std::map<std::string, Shape>& shapes,
+                            const std::map<std::string, std::vector<int64_t>>& values);
 // Infers the dtype and shape (with symbolic dimensions) of every value it can, into graph.value_types.
 Status infer_shapes(ir::Model& model);
 // Evaluates nodes whose inputs are all constant (and Shape/Size of statically shaped values) at build

@@ -187,11 +187,7 @@ struct CudaProgram::Impl {
 
 Status CudaProgram::Impl::specialize(const ir::Model& engine_model) {
   model = engine_model;
-  KILN_RETURN_IF_ERROR(passes::apply_input_shapes(model, input_shapes));
-  KILN_RETURN_IF_ERROR(passes::apply_input_values(model, options.input_values));
-  KILN_RETURN_IF_ERROR(passes::fold_constants_to_fixpoint(model));
-  // A graph kept shape-generic (optimization profiles) reads some values only for their shapes, now folded.
-  return passes::eliminate_dead_nodes(model);
+  return passes::specialize_to_inputs(model, input_shapes, options.input_values);
 }
 
 Status CudaProgram::Impl::plan_steps(const std::map<std::string, NodePlacement>& placement) {
