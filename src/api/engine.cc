@@ -49,6 +49,10 @@ constexpr int kDefaultShapeCacheCapacity = 8;
 //    destroyed, it is waited for.
 //  - The cached programs hold the memory's addresses (in their layers' tensors and captured CUDA graphs):
 //    the memory is only reallocated (grown) after the cache is emptied.
+// The workspace a context of an engine with profiles takes at once: cuBLASLt's limit (matmul.cc asks its
+// heuristic for algorithms within 32 MiB), so that no shape of the profile makes it grow and empty the cache.
+constexpr size_t kProfileWorkspaceFloor = size_t{32} << 20;
+
 struct ExecutionContext::DeviceState {
   int capacity = kDefaultShapeCacheCapacity;  // the cache's, kept here too for a build without CUDA
 #ifdef KILN_HAVE_CUDA
@@ -95,21 +99,30 @@ struct ExecutionContext::DeviceState {
   }
 
   // ProgramOptions::lend_memory: the shared arena and workspace, grown (after emptying the cache) when a
-  // new program needs more. The arena is made at least `arena_floor` bytes (the profile's max shapes'
-  // need, when the engine measured it), so that programs of every shape in the profile fit the first one.
-  Result<cuda::LentMemory> lend(size_t arena_bytes, size_t workspace_bytes, size_t arena_floor) {
+  // new program needs more. Growing empties the cache, so each is made large enough not to grow again: the
+  // arena at least `floors.arena` bytes (the profile's max shapes' need, when the engine measured it), the
+  // workspace at least `floors.workspace` (an engine with profiles: what cuBLASLt may ask for, its largest
+  // user; per-shape needs differ from shape to shape, not only with size), and either at least twice its
+  // old size when it does grow.
+  struct Floors {
+    size_t arena = 0, workspace = 0;
+  };
+  Result<cuda::LentMemory> lend(size_t arena_bytes, size_t workspace_bytes, Floors floors) {
     const bool grow_arena = arena_bytes > 0 && (!arena || arena->bytes() < arena_bytes);
     const bool grow_workspace = workspace_bytes > 0 && (!workspace || workspace->bytes() < workspace_bytes);
     if (grow_arena || grow_workspace) KILN_RETURN_IF_ERROR(clear());
+    auto grown = [](const std::unique_ptr<cuda::DeviceAllocation>& now, size_t need, size_t floor) {
+      return std::max({need, floor, now ? 2 * now->bytes() : 0});
+    };
     if (grow_arena) {
+      const size_t bytes = grown(arena, arena_bytes, floors.arena);
       arena.reset();  // freed before the larger one is made
-      KILN_ASSIGN_OR_RETURN(arena, cuda::DeviceAllocation::allocate(std::max(arena_bytes, arena_floor),
-                                                                    "the execution context's activation arena"));
+      KILN_ASSIGN_OR_RETURN(arena, cuda::DeviceAllocation::allocate(bytes, "the execution context's activation arena"));
     }
     if (grow_workspace) {
+      const size_t bytes = grown(workspace, workspace_bytes, floors.workspace);
       workspace.reset();
-      KILN_ASSIGN_OR_RETURN(workspace, cuda::DeviceAllocation::allocate(workspace_bytes,
-                                                                        "the execution context's layer workspace"));
+      KILN_ASSIGN_OR_RETURN(workspace, cuda::DeviceAllocation::allocate(bytes, "the execution context's layer workspace"));
     }
     return cuda::LentMemory{arena ? arena->data() : nullptr, workspace ? workspace->data() : nullptr};
   }
@@ -635,10 +648,13 @@ Status ExecutionContext::prepare_device_program(const std::map<std::string, Shap
     options.stream = stream;
     options.input_values = values;
     const std::vector<engine::ProfilePlan>& profile_plans = engine_->plan_->profile_plans;
-    const size_t arena_floor =
-        static_cast<size_t>(profile_) < profile_plans.size() ? profile_plans[profile_].max_activation_bytes : 0;
-    options.lend_memory = [&d, arena_floor](size_t arena_bytes, size_t workspace_bytes) {
-      return d.lend(arena_bytes, workspace_bytes, arena_floor);
+    DeviceState::Floors floors;
+    if (static_cast<size_t>(profile_) < profile_plans.size()) {
+      floors.arena = profile_plans[profile_].max_activation_bytes;
+      floors.workspace = kProfileWorkspaceFloor;
+    }
+    options.lend_memory = [&d, floors](size_t arena_bytes, size_t workspace_bytes) {
+      return d.lend(arena_bytes, workspace_bytes, floors);
     };
     KILN_ASSIGN_OR_RETURN(std::unique_ptr<cuda::CudaProgram> program,
                           cuda::CudaProgram::create(engine_->plan_->model, engine_->state_->placement(profile_),
