@@ -624,6 +624,21 @@ TEST(EngineFile, RefusesBadProfiles) {
   EXPECT_TRUE(none->settings.profiles.empty());
 }
 
+// inspect() reports each profile's plan: how many kernels it chose, how many differ from profile 0's, and its
+// activation memory at the max shapes.
+TEST(EngineFile, InspectShowsProfilePlans) {
+  engine::Plan p = make_plan();
+  p.profile_plans = {{{{"add0", "cpu.reference"}, {"if0", "cpu.reference"}}, 4096},
+                     {{{"add0", "cpu.other"}, {"if0", "cpu.reference"}}, 8192}};
+  auto e = Engine::create(std::move(p));
+  ASSERT_TRUE(e.ok()) << e.status().to_string();
+  const std::string text = (*e)->inspect();
+  EXPECT_NE(text.find("profile 0 plan: 2 layers' kernels chosen at its opt shapes, activation memory at its max "
+                      "shapes 4096 bytes"), std::string::npos) << text;
+  EXPECT_NE(text.find("profile 1 plan: 2 layers' kernels chosen at its opt shapes (1 differ from profile 0's), "
+                      "activation memory at its max shapes 8192 bytes"), std::string::npos) << text;
+}
+
 TEST(EngineFile, RefusesBadProfilePlans) {
   std::string b = engine_bytes();
   const std::string graph = section_bytes(b, engine::SectionKind::kGraph);

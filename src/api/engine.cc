@@ -294,6 +294,17 @@ std::string Engine::inspect() const {
     for (const auto& [name, r] : profiles[k])
       os << "  profile " << k << ": " << name << (r.values ? " values" : "") << " min " << shape_to_string(r.min) << " opt "
          << shape_to_string(r.opt) << " max " << shape_to_string(r.max) << "\n";
+  // A GPU engine's choices per profile (the layers below show profile 0's kernels).
+  for (size_t k = 0; k < plan_->profile_plans.size(); ++k) {
+    const engine::ProfilePlan& p = plan_->profile_plans[k];
+    const std::map<std::string, std::string>& first = plan_->profile_plans[0].tactics;
+    size_t differ = 0;
+    for (const auto& [node, tactic] : p.tactics)
+      if (auto f = first.find(node); f != first.end() && f->second != tactic) ++differ;
+    os << "  profile " << k << " plan: " << p.tactics.size() << " layers' kernels chosen at its opt shapes";
+    if (k > 0) os << " (" << differ << " differ from profile 0's)";
+    os << ", activation memory at its max shapes " << p.max_activation_bytes << " bytes\n";
+  }
   os << "\nlayers (" << plan_->layers.size() << "):\n";
   for (size_t i = 0; i < plan_->layers.size(); ++i) {
     const engine::LayerInfo& l = plan_->layers[i];
