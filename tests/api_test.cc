@@ -5,6 +5,7 @@
 #include <cmath>
 #include <thread>
 
+#include "quiet_logger.h"
 #include "engine/plan.h"
 
 #include "kiln/kiln.h"
@@ -13,10 +14,7 @@
 namespace kiln {
 namespace {
 
-class Quiet : public Logger {
- public:
-  void log(Severity, const std::string&) override {}
-};
+using Quiet = testing::QuietLogger;
 
 std::shared_ptr<Engine> build(const std::string& model_bytes, BuilderConfig config = BuilderConfig()) {
   Quiet logger;

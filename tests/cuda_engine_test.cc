@@ -14,6 +14,7 @@
 #include <set>
 #include <thread>
 
+#include "quiet_logger.h"
 #include "backends/cuda/cuda_backend.h"
 #include "core/cast.h"
 #include "engine/plan.h"
@@ -29,10 +30,7 @@ namespace {
     if (!backends::cuda_device_available()) GTEST_SKIP() << "no CUDA device";               \
   } while (0)
 
-class Quiet : public Logger {
- public:
-  void log(Severity, const std::string&) override {}
-};
+using Quiet = testing::QuietLogger;
 
 Result<std::shared_ptr<Engine>> build(const onnx::ModelProto& m, BuilderConfig config) {
   Quiet logger;

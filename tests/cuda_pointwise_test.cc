@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "quiet_logger.h"
 #include "backends/cuda/pointwise_codegen.h"
 #include "cuda_layer_harness.h"
 #include "engine/plan.h"
@@ -220,10 +221,7 @@ TEST(CudaPointwise, CheckRefusesWhatTheGeneratorRefuses) {
 // ---------------------------------------------------------------------------------------------------------
 // An engine
 
-class Quiet : public Logger {
- public:
-  void log(Severity, const std::string&) override {}
-};
+using Quiet = testing::QuietLogger;
 
 // y = a * Sigmoid(a * 0.5) with a = x + bias, twice (x [4, 1000] and u [8, 16]: the same program, dtypes
 // and rank, so one kernel for both), and z = Exp(x) - 1 (another program, another kernel).

@@ -11,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include "quiet_logger.h"
 #include "graph_builder.h"
 #include "kiln/kiln.h"
 #ifdef KILN_HAVE_CUDA
@@ -20,10 +21,7 @@
 namespace kiln {
 namespace {
 
-class Quiet : public Logger {
- public:
-  void log(Severity, const std::string&) override {}
-};
+using Quiet = testing::QuietLogger;
 
 std::string model_path(const std::string& name) { return std::string(KILN_SOURCE_DIR) + "/tests/models/" + name + ".onnx"; }
 

@@ -11,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include "quiet_logger.h"
 #include "engine/plan.h"
 #include "graph_builder.h"
 #include "kiln/kiln.h"
@@ -25,10 +26,7 @@
 namespace kiln {
 namespace {
 
-class Quiet : public Logger {
- public:
-  void log(Severity, const std::string&) override {}
-};
+using Quiet = testing::QuietLogger;
 
 // x: float[N,3,8,8] -> Conv(pad 1) -> Relu -> GlobalAveragePool -> Flatten -> Gemm -> Softmax -> probs:
 // float[N,5]. Every layer runs on the GPU, so a program can be captured into a CUDA graph.

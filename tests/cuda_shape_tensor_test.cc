@@ -7,6 +7,7 @@
 
 #include <random>
 
+#include "quiet_logger.h"
 #include "engine/plan.h"
 #include "kiln/kiln.h"
 #include "random_tensors.h"
@@ -20,10 +21,7 @@
 namespace kiln {
 namespace {
 
-class Quiet : public Logger {
- public:
-  void log(Severity, const std::string&) override {}
-};
+using Quiet = testing::QuietLogger;
 
 Result<std::shared_ptr<Engine>> build(const std::string& device, const std::vector<OptimizationProfile>& profiles) {
   Quiet logger;

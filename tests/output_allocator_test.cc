@@ -12,6 +12,7 @@
 #include <set>
 #include <thread>
 
+#include "quiet_logger.h"
 #include "graph_builder.h"
 #include "kiln/kiln.h"
 #include "random_tensors.h"
@@ -23,10 +24,7 @@
 namespace kiln {
 namespace {
 
-class Quiet : public Logger {
- public:
-  void log(Severity, const std::string&) override {}
-};
+using Quiet = testing::QuietLogger;
 
 // x: float32[n], k: int64[1]. Outputs: y = Relu(x) (float32[n], fixed by n), idx = NonZero(x > 0)
 // (int64[1,?]), u = Unique(Floor(x * 3)) (float32[?], sorted), top = TopK(x, k) values (float32[k]: known

@@ -7,6 +7,7 @@
 #include <random>
 #include <thread>
 
+#include "quiet_logger.h"
 #include "kiln/kiln.h"
 #include "random_tensors.h"
 #include "test_models.h"
@@ -14,10 +15,7 @@
 namespace kiln {
 namespace {
 
-class Quiet : public Logger {
- public:
-  void log(Severity, const std::string&) override {}
-};
+using Quiet = testing::QuietLogger;
 
 NetworkDefinition parse_mlp() {
   Quiet logger;

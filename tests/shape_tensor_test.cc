@@ -13,6 +13,7 @@
 #include <fstream>
 #include <random>
 
+#include "quiet_logger.h"
 #include "builder/choose_tactics.h"
 #include "engine/plan.h"
 #include "kiln/kiln.h"
@@ -24,10 +25,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-class Quiet : public Logger {
- public:
-  void log(Severity, const std::string&) override {}
-};
+using Quiet = testing::QuietLogger;
 
 Result<std::shared_ptr<Engine>> build(const BuilderConfig& config) {
   Quiet logger;

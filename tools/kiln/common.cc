@@ -4,6 +4,7 @@
 #include <fstream>
 #include <iostream>
 #include <sstream>
+#include <tuple>
 
 #include "engine/profiles.h"
 
@@ -55,27 +56,19 @@ void add_build_flags(CLI::App* cmd, BuildFlags* f) {
                   "NAME:fp32|fp16|bf16, pins a layer's precision (always honored); repeatable");
   cmd->add_flag("--strict-gpu", f->strict_gpu, "Fail the build if any layer would fall back to the CPU");
   cmd->add_option("--timing-cache", f->timing_cache, "Tactic timing cache file (read, then updated)");
-  // One value per occurrence (CLI11 would otherwise let a vector option swallow the model's path).
-  cmd->add_option("--min-shapes", f->min_shapes,
-                  "Optimization profile minimum shapes, name:1x3x224x224,...; repeat the three flags for more profiles")
-      ->expected(1)
-      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
-  cmd->add_option("--opt-shapes", f->opt_shapes, "Optimization profile shapes to tune for (the k-th makes profile k)")
-      ->expected(1)
-      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
-  cmd->add_option("--max-shapes", f->max_shapes, "Optimization profile maximum shapes (the k-th makes profile k)")
-      ->expected(1)
-      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
-  cmd->add_option("--min-values", f->min_values,
-                  "Optimization profile minimum values of shape-tensor inputs, name:1x6,... (the k-th joins profile k)")
-      ->expected(1)
-      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
-  cmd->add_option("--opt-values", f->opt_values, "Shape-tensor values to tune for (the k-th joins profile k)")
-      ->expected(1)
-      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
-  cmd->add_option("--max-values", f->max_values, "Shape-tensor maximum values (the k-th joins profile k)")
-      ->expected(1)
-      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  // Profile flags, one value per occurrence (CLI11 would otherwise let a vector option swallow the model's
+  // path); the k-th of each kind makes (or joins) profile k.
+  const std::tuple<const char*, std::vector<std::string>*, const char*> profile_flags[] = {
+      {"--min-shapes", &f->min_shapes,
+       "Optimization profile minimum shapes, name:1x3x224x224,...; repeat the three flags for more profiles"},
+      {"--opt-shapes", &f->opt_shapes, "Optimization profile shapes to tune for (the k-th makes profile k)"},
+      {"--max-shapes", &f->max_shapes, "Optimization profile maximum shapes (the k-th makes profile k)"},
+      {"--min-values", &f->min_values,
+       "Optimization profile minimum values of shape-tensor inputs, name:1x6,... (the k-th joins profile k)"},
+      {"--opt-values", &f->opt_values, "Shape-tensor values to tune for (the k-th joins profile k)"},
+      {"--max-values", &f->max_values, "Shape-tensor maximum values (the k-th joins profile k)"}};
+  for (const auto& [name, values, help] : profile_flags)
+    cmd->add_option(name, *values, help)->expected(1)->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
 }
 
 namespace {
