@@ -36,24 +36,7 @@ onnx::ModelProto dynamic_batch_cnn() {
   testing::set_type(g->add_input(), "x", 1, {"N", "3", "8", "8"});
   testing::set_type(g->add_output(), "probs", 1, {"N", "5"});
   std::mt19937 gen(5);
-  auto init = [&](const std::string& name, std::vector<int64_t> dims) {
-    const Tensor t = testing::random_tensor(gen, DType::kFloat32, dims, -0.5f, 0.5f);
-    testing::add_float_initializer(g, name, dims, {t.data<float>(), t.data<float>() + t.numel()});
-  };
-  init("w", {4, 3, 3, 3});
-  init("b", {4});
-  init("fw", {4, 5});
-  init("fb", {5});
-  auto* conv = testing::add_node(g, "Conv", {"x", "w", "b"}, {"c"}, "conv");
-  auto* pads = conv->add_attribute();
-  pads->set_name("pads");
-  pads->set_type(onnx::AttributeProto::INTS);
-  for (int i = 0; i < 4; ++i) pads->add_ints(1);
-  testing::add_node(g, "Relu", {"c"}, {"r"}, "relu");
-  testing::add_node(g, "GlobalAveragePool", {"r"}, {"p"}, "pool");
-  testing::add_node(g, "Flatten", {"p"}, {"f"}, "flatten");
-  testing::add_node(g, "Gemm", {"f", "fw", "fb"}, {"logits"}, "fc");
-  testing::add_node(g, "Softmax", {"logits"}, {"probs"}, "softmax");
+  testing::add_conv_classifier(g, gen);
   return m;
 }
 

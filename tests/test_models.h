@@ -1,10 +1,12 @@
 // Small ONNX models built in code, for tests of the parser, passes, engine and command line.
 #pragma once
 
+#include <random>
 #include <string>
 #include <vector>
 
 #include "onnx/onnx-ml.pb.h"
+#include "random_tensors.h"
 
 namespace kiln::testing {
 
@@ -90,6 +92,30 @@ inline std::string serialize(const onnx::ModelProto& m) {
   std::string s;
   m.SerializeToString(&s);
   return s;
+}
+
+// x [N,3,8,8] -> Conv (4 filters 3x3, pad 1) -> Relu -> GlobalAveragePool -> Flatten -> Gemm (5) -> Softmax
+// -> probs [N,5], weights uniform in [-0.5, 0.5) from `gen`; the caller declares x and probs (and may read on
+// from probs). Every layer has a GPU kernel: the CUDA engine tests' model.
+inline void add_conv_classifier(onnx::GraphProto* g, std::mt19937& gen) {
+  auto init = [&](const std::string& name, std::vector<int64_t> dims) {
+    const Tensor t = random_tensor(gen, DType::kFloat32, dims, -0.5f, 0.5f);
+    add_float_initializer(g, name, dims, {t.data<float>(), t.data<float>() + t.numel()});
+  };
+  init("w", {4, 3, 3, 3});
+  init("b", {4});
+  init("fw", {4, 5});
+  init("fb", {5});
+  auto* conv = add_node(g, "Conv", {"x", "w", "b"}, {"c"}, "conv");
+  auto* pads = conv->add_attribute();
+  pads->set_name("pads");
+  pads->set_type(onnx::AttributeProto::INTS);
+  for (int i = 0; i < 4; ++i) pads->add_ints(1);
+  add_node(g, "Relu", {"c"}, {"r"}, "relu");
+  add_node(g, "GlobalAveragePool", {"r"}, {"p"}, "pool");
+  add_node(g, "Flatten", {"p"}, {"f"}, "flatten");
+  add_node(g, "Gemm", {"f", "fw", "fb"}, {"logits"}, "fc");
+  add_node(g, "Softmax", {"logits"}, {"probs"}, "softmax");
 }
 
 }  // namespace kiln::testing

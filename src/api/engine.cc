@@ -368,7 +368,7 @@ Status OptimizationProfile::set_shape(const std::string& input, Shape min, Shape
 Status OptimizationProfile::set_shape_values(const std::string& input, std::vector<int64_t> min,
                                              std::vector<int64_t> opt, std::vector<int64_t> max) {
   ProfileShapes range{std::move(min), std::move(opt), std::move(max), /*values=*/true};
-  KILN_RETURN_IF_ERROR(engine::check_profile_values_range(input, range).with_context("optimization profile"));
+  KILN_RETURN_IF_ERROR(engine::check_profile_range(input, range).with_context("optimization profile"));
   shapes_[input] = std::move(range);
   return OkStatus();
 }

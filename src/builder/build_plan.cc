@@ -226,6 +226,7 @@ Result<engine::Plan> build_plan(const ir::Model& model, const engine::BuildSetti
     made = true;
     return OkStatus();
   };
+  const bool shape_tensors = has_shape_tensors(settings.profiles);
   std::vector<std::string> fallbacks;
   for (const ir::Node& n : m.graph.nodes) {
     const int opset = opset_of(m, n);
@@ -234,7 +235,7 @@ Result<engine::Plan> build_plan(const ir::Model& model, const engine::BuildSetti
     layer.op_type = (n.domain.empty() ? "" : n.domain + ".") + n.op_type;
     std::string why_not, specialized_tactic;
     const bool here = gpu && gpu->supports(n, m.graph, opset, &why_not);
-    if (gpu && !here && has_shape_tensors(settings.profiles)) {
+    if (gpu && !here && shape_tensors) {
       KILN_RETURN_IF_ERROR(specialize_all());
       specialized_tactic = gpu_tactic_when_specialized(*gpu, specialized, n.name);
     }

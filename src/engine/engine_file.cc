@@ -220,7 +220,7 @@ Status profiles_from_meta(const json& b, std::vector<Profile>* profiles) {
           return invalid("META: " + where + ", input '" + name + "': \"values\" is not a boolean");
         range.values = r["values"].get<bool>();
       }
-      const Status st = range.values ? check_profile_values_range(name, range) : check_profile_range(name, range);
+      const Status st = check_profile_range(name, range);
       if (!st.ok()) return invalid("META: " + where + ": " + st.message());
       profile[name] = std::move(range);
     }

@@ -6,31 +6,21 @@
 namespace kiln::engine {
 
 Status check_profile_range(const std::string& input, const ProfileShapes& r) {
+  // A shape's dims are sizes, never negative; a shape tensor's values may be (Reshape's -1).
   const std::string what = "input '" + input + "'";
+  const char* unit = r.values ? " value " : " dim ";
   if (r.min.size() != r.opt.size() || r.opt.size() != r.max.size())
-    return InvalidArgument(what + ": min " + shape_to_string(r.min) + ", opt " + shape_to_string(r.opt) + " and max " +
-                           shape_to_string(r.max) + " differ in rank");
+    return InvalidArgument(what + (r.values ? ": values min " : ": min ") + shape_to_string(r.min) + ", opt " +
+                           shape_to_string(r.opt) + " and max " + shape_to_string(r.max) +
+                           (r.values ? " differ in length" : " differ in rank"));
   for (size_t i = 0; i < r.min.size(); ++i) {
-    if (r.min[i] < 0)
-      return InvalidArgument(what + " dim " + std::to_string(i) + ": min " + std::to_string(r.min[i]) + " is negative");
+    if (!r.values && r.min[i] < 0)
+      return InvalidArgument(what + unit + std::to_string(i) + ": min " + std::to_string(r.min[i]) + " is negative");
     if (r.min[i] > r.opt[i] || r.opt[i] > r.max[i])
-      return InvalidArgument(what + " dim " + std::to_string(i) + ": needs min <= opt <= max, got min " +
+      return InvalidArgument(what + unit + std::to_string(i) + ": needs min <= opt <= max, got min " +
                              std::to_string(r.min[i]) + ", opt " + std::to_string(r.opt[i]) + ", max " +
                              std::to_string(r.max[i]));
   }
-  return OkStatus();
-}
-
-Status check_profile_values_range(const std::string& input, const ProfileShapes& r) {
-  const std::string what = "input '" + input + "'";
-  if (r.min.size() != r.opt.size() || r.opt.size() != r.max.size())
-    return InvalidArgument(what + ": values min " + shape_to_string(r.min) + ", opt " + shape_to_string(r.opt) +
-                           " and max " + shape_to_string(r.max) + " differ in length");
-  for (size_t i = 0; i < r.min.size(); ++i)
-    if (r.min[i] > r.opt[i] || r.opt[i] > r.max[i])
-      return InvalidArgument(what + " value " + std::to_string(i) + ": needs min <= opt <= max, got min " +
-                             std::to_string(r.min[i]) + ", opt " + std::to_string(r.opt[i]) + ", max " +
-                             std::to_string(r.max[i]));
   return OkStatus();
 }
 
@@ -65,12 +55,11 @@ Status check_profiles(const ir::Graph& g, const std::vector<Profile>& profiles) 
       if (in == nullptr) return InvalidArgument(where + "'" + name + "' is not an input of the model");
       if (in->type.kind != ir::TypeInfo::Kind::kTensor && in->type.kind != ir::TypeInfo::Kind::kUnknown)
         return InvalidArgument(where + "input '" + name + "' is not a tensor (" + in->type.to_string() + ")");
+      KILN_RETURN_IF_ERROR(check_profile_range(name, range).with_context(profile));
       if (range.values) {
-        KILN_RETURN_IF_ERROR(check_profile_values_range(name, range).with_context(profile));
         KILN_RETURN_IF_ERROR(check_shape_tensor_input(*in, range).with_context(profile));
         continue;
       }
-      KILN_RETURN_IF_ERROR(check_profile_range(name, range).with_context(profile));
       if (!in->type.has_shape) continue;
       const auto& dims = in->type.dims;
       if (dims.size() != range.min.size())

@@ -12,12 +12,9 @@
 namespace kiln::engine {
 
 // One input's range on its own: the same rank for min, opt and max, and 0 <= min <= opt <= max in every
-// dimension. The error names the input and the dimension ("input 'x' dim 0: ...").
+// dimension ("input 'x' dim 0: ..."); for a shape tensor's values (range.values), the same length and
+// min <= opt <= max elementwise, negative values allowed (Reshape's -1): "input 't' value 0: ...".
 Status check_profile_range(const std::string& input, const ProfileShapes& range);
-
-// A shape-tensor input's range of values (range.values) on its own: the same length for min, opt and max,
-// and min <= opt <= max elementwise (values may be negative: Reshape's -1). "input 't' value 0: ...".
-Status check_profile_values_range(const std::string& input, const ProfileShapes& range);
 
 // A values entry against its input: an int32/int64 tensor of rank 0 or 1 with a known length equal to the
 // values' (the length is what the profile cannot vary). The error names the input.
