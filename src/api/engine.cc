@@ -234,33 +234,38 @@ Shape Engine::tensor_shape(const std::string& name) const {
 
 int Engine::num_optimization_profiles() const { return static_cast<int>(plan_->settings.profiles.size()); }
 
-Result<ProfileShapes> Engine::get_profile_shape(const std::string& name, int profile) const {
+namespace {
+
+// Optimization profile `profile`'s entry for the engine input `name`: null where the profile gives it none.
+Result<const ProfileShapes*> profile_entry(const engine::Plan& plan, const std::string& name, int profile) {
   TensorIOMode mode = TensorIOMode::kNone;
-  const ir::ValueInfo* v = find_io(plan_->model.graph, name, &mode);
-  if (v == nullptr || mode != TensorIOMode::kInput) return NotFound("'" + name + "' is not an input of the engine");
-  const int n = num_optimization_profiles();
+  if (find_io(plan.model.graph, name, &mode) == nullptr || mode != TensorIOMode::kInput)
+    return NotFound("'" + name + "' is not an input of the engine");
+  const int n = static_cast<int>(plan.settings.profiles.size());
   if (profile < 0 || profile >= n)
     return InvalidArgument("optimization profile " + std::to_string(profile) + " is out of range: the engine has " +
                            std::to_string(n) + " profile" + (n == 1 ? "" : "s"));
-  const engine::Profile& p = plan_->settings.profiles[profile];
-  if (auto it = p.find(name); it != p.end() && !it->second.values) return it->second;
-  if (!v->type.is_static())
-    return NotFound("input '" + name + "' (" + v->type.to_string() + ") has no range in optimization profile " +
+  const engine::Profile& p = plan.settings.profiles[profile];
+  auto it = p.find(name);
+  return it == p.end() ? nullptr : &it->second;
+}
+
+}  // namespace
+
+Result<ProfileShapes> Engine::get_profile_shape(const std::string& name, int profile) const {
+  KILN_ASSIGN_OR_RETURN(const ProfileShapes* entry, profile_entry(*plan_, name, profile));
+  if (entry != nullptr && !entry->values) return *entry;
+  const ir::TypeInfo& type = find_io(plan_->model.graph, name, nullptr)->type;  // an input: profile_entry checked
+  if (!type.is_static())
+    return NotFound("input '" + name + "' (" + type.to_string() + ") has no range in optimization profile " +
                     std::to_string(profile));
-  const Shape s = v->type.static_shape();
+  const Shape s = type.static_shape();
   return ProfileShapes{s, s, s};
 }
 
 Result<ProfileShapes> Engine::get_profile_shape_values(const std::string& name, int profile) const {
-  TensorIOMode mode = TensorIOMode::kNone;
-  if (find_io(plan_->model.graph, name, &mode) == nullptr || mode != TensorIOMode::kInput)
-    return NotFound("'" + name + "' is not an input of the engine");
-  const int n = num_optimization_profiles();
-  if (profile < 0 || profile >= n)
-    return InvalidArgument("optimization profile " + std::to_string(profile) + " is out of range: the engine has " +
-                           std::to_string(n) + " profile" + (n == 1 ? "" : "s"));
-  const engine::Profile& p = plan_->settings.profiles[profile];
-  if (auto it = p.find(name); it != p.end() && it->second.values) return it->second;
+  KILN_ASSIGN_OR_RETURN(const ProfileShapes* entry, profile_entry(*plan_, name, profile));
+  if (entry != nullptr && entry->values) return *entry;
   return NotFound("input '" + name + "' has no values in optimization profile " + std::to_string(profile) +
                   " (it is not a shape tensor there)");
 }

@@ -99,7 +99,8 @@ Result<std::map<std::string, ProfileShapes>> parse_profile_flags(const ProfileFl
   for (const auto& [name, min] : at[0]) {
     const ProfileShapes range{min, at[1][name], at[2][name], values};
     // Checked here first so that the message names the profile ("optimization profile 1: input 'x' ...").
-    KILN_RETURN_IF_ERROR(engine::check_profile_range(name, range).with_context("optimization profile " + std::to_string(k)));
+    KILN_RETURN_IF_ERROR(
+        engine::check_profile_range(name, range).with_context("optimization profile " + std::to_string(k)));
     out[name] = range;
   }
   return out;
