@@ -246,6 +246,45 @@ TEST(CudaFusedAttentionWgmma, KeyMasksStagedAndNot) {
   }
 }
 
+// ".short" (one tile of keys, two blocks an SM; V loads while S = Q K^T and the softmax run): head dim 64 and
+// up to 128 keys, both layouts, ragged lengths, causal, a staged key mask, a per-row mask with a wholly
+// masked row under both nan_to_zero settings, and BERT's shape.
+TEST(CudaFusedAttentionWgmma, ShortScheduleOneTileOfKeys) {
+  KILN_SKIP_WITHOUT_GPU();
+  const char* const tactic = "cuda.flash.wgmma.short";
+  auto expect_short = [&](const AttentionCase& a) {
+    for (DType p : {DType::kFloat16, DType::kBFloat16}) {
+      SCOPED_TRACE(trace(a, p, tactic));
+      expect_layer_matches_reference(layer_case(a, p, tactic));
+    }
+  };
+  for (bool bshd : {false, true})
+    for (auto [sq, sk] : {std::pair<int64_t, int64_t>{128, 128}, {77, 100}, {200, 128}, {1, 5}})
+      for (int causal : {0, 1}) {
+        AttentionCase a;
+        a.B = 2;
+        a.H = 3;
+        a.Sq = sq;
+        a.Sk = sk;
+        a.bshd = bshd;
+        a.causal = causal;
+        expect_short(a);
+      }
+  const Shape key_padding{3, 1, 1, 128}, per_row{3, 1, 96, 96};
+  for (const Shape* m : {&key_padding, &per_row})
+    for (int nz : {0, 1}) {
+      AttentionCase a;
+      a.B = 3;
+      a.H = 12;
+      a.Sq = a.Sk = m->back();
+      a.bshd = true;
+      a.mask = m;
+      a.full_row = m == &per_row;
+      a.nan_to_zero = nz;
+      expect_short(a);
+    }
+}
+
 TEST(CudaFusedAttentionWgmma, LongSequenceManyHeads) {
   KILN_SKIP_WITHOUT_GPU();
   for (int causal : {0, 1}) {
@@ -301,6 +340,28 @@ TEST(CudaFusedAttentionWgmma, RefusesFloat32AndOtherHeadDims) {
       ASSERT_FALSE(layer.ok()) << tactic << " " << dtype_name(t) << " D" << d;
       EXPECT_EQ(layer.status().code(), StatusCode::kUnsupported);
     }
+  }
+}
+
+// It declines more than one tile of keys and head dim 128 (over its registers) at create.
+TEST(CudaFusedAttentionWgmma, ShortScheduleRefusesLongKeysAndHeadDim128) {
+  KILN_SKIP_WITHOUT_GPU();
+  const cuda::LayerKind* kind = cuda::layer_table().find("kiln.FusedAttention");
+  ASSERT_NE(kind, nullptr);
+  for (auto [sk, d] : {std::pair<int64_t, int64_t>{129, 64}, {128, 128}}) {
+    ir::Node node;
+    node.op_type = "FusedAttention";
+    node.domain = "kiln";
+    node.attributes = {{"scale", float_attr_of(0.125f)}};
+    cuda::LayerSpec spec;
+    spec.node = &node;
+    const DType t = DType::kFloat16;
+    spec.inputs = {desc(t, {1, 2, 16, d}), desc(t, {1, 2, sk, d}), desc(t, {1, 2, sk, d})};
+    spec.outputs = {desc(t, {1, 2, 16, d})};
+    auto layer = kind->create(spec, "cuda.flash.wgmma.short", detail::test_handles());
+    ASSERT_FALSE(layer.ok()) << "Sk " << sk << " D" << d;
+    EXPECT_EQ(layer.status().code(), StatusCode::kUnsupported);
+    EXPECT_NE(layer.status().message().find("at most 128 keys"), std::string::npos) << layer.status().message();
   }
 }
 

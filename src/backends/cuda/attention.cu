@@ -4,9 +4,10 @@
 //
 // Three kernels:
 // - wgmma_attention_kernel (tactics "cuda.flash.wgmma.pipe", "cuda.flash.wgmma.pipe.staggered",
-//   "cuda.flash.wgmma", "cuda.flash.wgmma.lockstep"; attention_hopper.cu): the same algorithm on Hopper's
-//   warpgroup matrix instructions (sm_90a), float16 / bfloat16, head dims 64 and 128, in four schedules;
-//   compute capability 9.0 only (the sm_90a code runs nowhere else).
+//   "cuda.flash.wgmma", "cuda.flash.wgmma.lockstep", "cuda.flash.wgmma.short"; attention_hopper.cu): the same
+//   algorithm on Hopper's warpgroup matrix instructions (sm_90a), float16 / bfloat16, head dims 64 and 128,
+//   in five schedules (".short": head dim 64 and at most 128 keys only); compute capability 9.0 only (the
+//   sm_90a code runs nowhere else).
 // - flash_attention_kernel (tactics "cuda.flash.br16" .. "cuda.flash.br128"): FlashAttention-2's forward for
 //   float16 / bfloat16 and head dims 64 and 128. A block owns BR query rows of one (batch, head), 16 per warp
 //   (BR 16 and 32 give short sequences at batch 1 more blocks than the GPU has SMs, not 12 or 24);
@@ -334,6 +335,7 @@ const char* kWgmmaPipe = "cuda.flash.wgmma.pipe";
 const char* kWgmmaPipeStaggered = "cuda.flash.wgmma.pipe.staggered";
 const char* kWgmma = "cuda.flash.wgmma";
 const char* kWgmmaLockstep = "cuda.flash.wgmma.lockstep";
+const char* kWgmmaShort = "cuda.flash.wgmma.short";
 
 // The Hopper kernel's schedule a tactic names; false when it is not one of the wgmma tactics.
 bool wgmma_schedule(const std::string& tactic, WgmmaSchedule* sched) {
@@ -341,6 +343,7 @@ bool wgmma_schedule(const std::string& tactic, WgmmaSchedule* sched) {
   else if (tactic == kWgmmaPipeStaggered) *sched = WgmmaSchedule::kPipelinedStaggered;
   else if (tactic == kWgmma) *sched = WgmmaSchedule::kStagger;
   else if (tactic == kWgmmaLockstep) *sched = WgmmaSchedule::kLockstep;
+  else if (tactic == kWgmmaShort) *sched = WgmmaSchedule::kShort;
   else return false;
   return true;
 }
@@ -472,6 +475,9 @@ class AttentionLayer : public Layer {
         !(wgmma && wgmma_attention_fits(dtype_, g.D)))
       return Unsupported(std::string(kPrefix) + "tactic '" + tactic + "' does not run " + dtype_name(dtype_) +
                          " with head dim " + std::to_string(g.D));
+    if (wgmma && sched_ == WgmmaSchedule::kShort && (g.D != 64 || g.Sk > 128))
+      return Unsupported(std::string(kPrefix) + "tactic '" + tactic + "' runs head dim 64 with at most 128 keys, not " +
+                         std::to_string(g.Sk) + " keys of head dim " + std::to_string(g.D));
     wgmma_ = wgmma;
     if (wgmma && !device_is_sm90())
       return Unsupported(std::string(kPrefix) + "tactic '" + tactic + "' needs a device of compute capability 9.0");
@@ -587,6 +593,16 @@ class AttentionLayer : public Layer {
   AttentionParams p_;
 };
 
+// Whether the spec's shapes are known to fit ".short": head dim 64 and at most 128 keys (its list is the
+// tactics that can run at these shapes; at a shape with a longer sequence the tactic is not offered).
+bool short_keys(const LayerSpec& spec) {
+  Geometry g;
+  if (!check_attention(spec, &g).empty()) return false;
+  for (int i = 0; i < (g.packed ? 1 : 3); ++i)
+    if (!spec.inputs[i].is_static()) return false;
+  return g.D == 64 && g.Sk <= 128;
+}
+
 }  // namespace
 
 void register_attention_layers(LayerTable& table) {
@@ -598,8 +614,9 @@ void register_attention_layers(LayerTable& table) {
   };
   // The tensor-core tactics first (they refuse what they do not run: float32, other head dims, the wgmma one
   // devices other than Hopper).
-  k.tactics = [](const LayerSpec&) {
+  k.tactics = [](const LayerSpec& spec) {
     std::vector<std::string> t{kWgmmaPipe, kWgmmaPipeStaggered, kWgmma, kWgmmaLockstep};
+    if (short_keys(spec)) t.push_back(kWgmmaShort);
     for (const auto& [name, rows] : kFlashTactics) t.push_back(name);
     t.push_back(kRowsTactic);
     return t;

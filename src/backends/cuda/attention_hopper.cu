@@ -1,5 +1,5 @@
-// kiln.FusedAttention's Hopper kernel (tactics "cuda.flash.wgmma.pipe", "cuda.flash.wgmma" and
-// "cuda.flash.wgmma.lockstep", chosen in attention.cu): FlashAttention's
+// kiln.FusedAttention's Hopper kernel (tactics "cuda.flash.wgmma.pipe", ".pipe.staggered", "cuda.flash.wgmma",
+// ".lockstep" and ".short", chosen in attention.cu): FlashAttention's
 // forward with the warpgroup matrix instructions of sm_90a (wgmma.mma_async), float16 / bfloat16, head dims 64
 // and 128. mma.sync, which the FlashAttention-2 kernel in attention.cu uses, cannot feed an H100's tensor cores.
 //
@@ -16,10 +16,12 @@
 // - O += P V: m64n{D}k16 with A = P from registers and B = V from shared memory. V's tile is [keys, D], D
 //   contiguous: B is MN-major, read with the transpose bit; its 64-column slabs are LBO apart and its groups
 //   of 8 keys 1024 bytes (SBO).
-// Three schedules (WgmmaSchedule, above the kernel): "cuda.flash.wgmma.pipe" overlaps each warpgroup's softmax
-// with its own previous P V (FlashAttention-3's intra-warpgroup pipelining); "cuda.flash.wgmma" staggers the
-// two warpgroups by half a tile so that one's softmax overlaps the other's products; ".lockstep" runs them
-// together, waiting for each product (wgmma.wait_group 0) before reading its accumulators.
+// Five schedules (WgmmaSchedule, above the kernel): "cuda.flash.wgmma.pipe" overlaps each warpgroup's softmax
+// with its own previous P V (FlashAttention-3's intra-warpgroup pipelining; ".pipe.staggered" with the
+// warpgroups half a step apart); "cuda.flash.wgmma" staggers the two warpgroups by half a tile so that one's
+// softmax overlaps the other's products; ".lockstep" runs them together, waiting for each product
+// (wgmma.wait_group 0) before reading its accumulators; ".short" is for keys that fit one tile (BERT's
+// sequence 128), where nothing within a block can overlap: two blocks share an SM instead.
 //
 // The wgmma code exists only in the sm_90a pass; the build also embeds compute_90 PTX, where the kernel is a
 // trap (the layer only picks this tactic on a device of compute capability 9.0, which loads the sm_90a code).
@@ -43,15 +45,23 @@ namespace {
 constexpr int kWgThreads = 256;  // two warpgroups
 constexpr int kQRows = 128;      // query rows a block, 64 a warpgroup
 constexpr int kKeys = 128;       // keys a tile
-constexpr int kStages = 3;       // K and V tiles in shared memory (see the kernel's loop)
 
-template <int D>
+// K and V tiles in shared memory (see the kernel's loop): three, or one for kShort, whose one tile is all the
+// keys; and the blocks an SM runs at once: kShort's 49 KiB of shared memory and at most 128 registers a
+// thread let two share an SM, so that one block's loads overlap the other's products (at sequence 128 a block
+// has one tile: its loads and its products cannot overlap within it).
+__host__ __device__ constexpr int stages_of(WgmmaSchedule sched) { return sched == WgmmaSchedule::kShort ? 1 : 3; }
+__host__ __device__ constexpr int blocks_per_sm(WgmmaSchedule sched) { return sched == WgmmaSchedule::kShort ? 2 : 1; }
+
+template <int D, int STAGES>
 constexpr size_t wgmma_smem_bytes() {
   // Q, the stages of K and of V, the stages of a key mask's slice (see key_mask_stageable), and 1024 bytes to
-  // align the start to the swizzle's period: 225.75 KiB at D 128, under the 227 KiB a block may have.
-  return static_cast<size_t>(kQRows + 2 * kStages * kKeys) * D * 2 + kStages * kKeys * 2 + 1024;
+  // align the start to the swizzle's period: 225.75 KiB at D 128 and three stages, under the 227 KiB a block
+  // may have.
+  return static_cast<size_t>(kQRows + 2 * STAGES * kKeys) * D * 2 + STAGES * kKeys * 2 + 1024;
 }
-static_assert(wgmma_smem_bytes<128>() <= 227 * 1024);
+static_assert(wgmma_smem_bytes<128, 3>() <= 227 * 1024);
+static_assert(2 * wgmma_smem_bytes<64, 1>() <= 227 * 1024);
 
 #if KILN_HAVE_WGMMA
 
@@ -413,8 +423,10 @@ __device__ __forceinline__ void pack_p(const float (&s)[kKeys / 2], uint32_t (&p
 //   the P in flight are the wgmma's until it completes. The next tile's loads are issued after the products,
 //   so that their address arithmetic does not delay them.
 // - kPipelinedStaggered: kPipelined with the second warpgroup half a step behind the first (see the loop).
+// - kShort: the keys are one tile (Sk <= kKeys): Q, K and the mask's slice load as one cp.async group and V as
+//   a second, so that S = Q K^T and the softmax run while V arrives; one stage, two blocks an SM.
 template <class T, int D, WgmmaSchedule SCHED>
-__global__ void __launch_bounds__(kWgThreads, 1)
+__global__ void __launch_bounds__(kWgThreads, blocks_per_sm(SCHED))
     wgmma_attention_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                            const T* __restrict__ mask, T* __restrict__ y, AttentionParams p) {
 #if KILN_HAVE_WGMMA
@@ -422,6 +434,8 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   constexpr int kORegs = D / 2;      // m64n{D}
   constexpr int kQBytes = kQRows * D * 2, kTileBytes = kKeys * D * 2;
   constexpr bool kPipe = SCHED == WgmmaSchedule::kPipelined || SCHED == WgmmaSchedule::kPipelinedStaggered;
+  constexpr bool kOneTile = SCHED == WgmmaSchedule::kShort;
+  constexpr int kStages = stages_of(SCHED);
   extern __shared__ unsigned char smem_raw[];
   const uint32_t raw = smem_addr(smem_raw);
   unsigned char* const smem = smem_raw + (((raw + 1023) & ~1023u) - raw);
@@ -452,8 +466,9 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   load_tile_sw128<T, D, kQRows>(q_tile, qb + static_cast<int64_t>(q0) * p.q.seq, p.q.seq, p.Sq - q0);
   if (n_tiles > 0) {
     load_tile_sw128<T, D, kKeys>(k_tile(0), kb, p.k.seq, p.Sk);
-    load_tile_sw128<T, D, kKeys>(v_tile(0), vb, p.v.seq, p.Sk);
     if (p.key_mask) load_key_mask<T>(mask_slice(0), mask_row, 0, p.Sk);
+    if constexpr (kOneTile) cp_async_commit();  // Q, K and the mask: the first group; V the second
+    load_tile_sw128<T, D, kKeys>(v_tile(0), vb, p.v.seq, p.Sk);
   }
   cp_async_commit();
 
@@ -487,7 +502,22 @@ __global__ void __launch_bounds__(kWgThreads, 1)
     cp_async_commit();
   };
   float alpha_a, alpha_b;
-  if constexpr (kPipe) {
+  if constexpr (kOneTile) {
+    // One tile (the layer refuses kShort for Sk > kKeys): O starts at 0, so there is nothing to rescale.
+    if (n_tiles > 0) {
+      cp_async_wait<1>();  // Q, K and the mask in; V may still be on its way
+      fence_proxy_async();
+      __syncthreads();
+      wgmma_fence();
+      wgmma_qk_issue<T, D>(s, q_addr, smem_addr(k_tile(0)));
+      wgmma_wait<0>();
+      order_registers(s);
+      online_softmax<T>(s, st, alpha_a, alpha_b, mask, key_mask(0), p, b, h, 0, row_a, row_b, wg_row0, lane);
+      pack_p<T>(s, pf);
+      wait_tile();  // V in
+      wgmma_pv<T, D>(o, pf, smem_addr(v_tile(0)));
+    }
+  } else if constexpr (kPipe) {
     // Iteration t waits for the P V of tile t - 2, rescales O to tile t - 1's max and packs tile t - 1's P
     // (left as floats in S's registers by the softmax: the previous P's registers are the in-flight P V's);
     // then issues tile t's S = Q K^T and tile t - 1's P V, waits for S only (wait_group 1), and runs tile t's
@@ -608,7 +638,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
 template <class T, int D, WgmmaSchedule SCHED>
 Status opt_in() {
   if (cudaFuncSetAttribute(wgmma_attention_kernel<T, D, SCHED>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           static_cast<int>(wgmma_smem_bytes<D>())) != cudaSuccess)
+                           static_cast<int>(wgmma_smem_bytes<D, stages_of(SCHED)>())) != cudaSuccess)
     return launch_status("wgmma_attention_kernel (shared memory opt-in)");
   return OkStatus();
 }
@@ -630,7 +660,7 @@ Status launch(const AttentionParams& p, const void* q, const void* k, const void
                   static_cast<unsigned>(p.B));
   AttentionParams staged = p;
   staged.key_mask = key_mask_stageable(p, mask);
-  wgmma_attention_kernel<T, D, SCHED><<<grid, kWgThreads, wgmma_smem_bytes<D>(), stream>>>(
+  wgmma_attention_kernel<T, D, SCHED><<<grid, kWgThreads, wgmma_smem_bytes<D, stages_of(SCHED)>(), stream>>>(
       static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), static_cast<const T*>(mask),
       static_cast<T*>(y), staged);
   return launch_status("wgmma_attention_kernel");
@@ -642,16 +672,21 @@ bool wgmma_attention_fits(DType t, int64_t head_dim) {
   return (t == DType::kFloat16 || t == DType::kBFloat16) && (head_dim == 64 || head_dim == 128);
 }
 
+// kShort exists for head dim 64 only: at 128, S, O and P need more than the 128 registers a thread of two
+// blocks an SM may have (the layer refuses it there).
 template <class T, WgmmaSchedule SCHED>
 Status opt_in_typed(int head_dim) {
-  return head_dim == 64 ? opt_in<T, 64, SCHED>() : opt_in<T, 128, SCHED>();
+  if constexpr (SCHED == WgmmaSchedule::kShort) return opt_in<T, 64, SCHED>();
+  else return head_dim == 64 ? opt_in<T, 64, SCHED>() : opt_in<T, 128, SCHED>();
 }
 
 template <class T, WgmmaSchedule SCHED>
 Status launch_typed(const AttentionParams& p, const void* q, const void* k, const void* v, const void* mask, void* y,
                     cudaStream_t stream) {
-  return p.D == 64 ? launch<T, 64, SCHED>(p, q, k, v, mask, y, stream)
-                   : launch<T, 128, SCHED>(p, q, k, v, mask, y, stream);
+  if constexpr (SCHED == WgmmaSchedule::kShort) return launch<T, 64, SCHED>(p, q, k, v, mask, y, stream);
+  else
+    return p.D == 64 ? launch<T, 64, SCHED>(p, q, k, v, mask, y, stream)
+                     : launch<T, 128, SCHED>(p, q, k, v, mask, y, stream);
 }
 
 template <class T>
@@ -660,6 +695,7 @@ Status opt_in_scheduled(int head_dim, WgmmaSchedule sched) {
     case WgmmaSchedule::kLockstep: return opt_in_typed<T, WgmmaSchedule::kLockstep>(head_dim);
     case WgmmaSchedule::kStagger: return opt_in_typed<T, WgmmaSchedule::kStagger>(head_dim);
     case WgmmaSchedule::kPipelinedStaggered: return opt_in_typed<T, WgmmaSchedule::kPipelinedStaggered>(head_dim);
+    case WgmmaSchedule::kShort: return opt_in_typed<T, WgmmaSchedule::kShort>(head_dim);
     case WgmmaSchedule::kPipelined: break;
   }
   return opt_in_typed<T, WgmmaSchedule::kPipelined>(head_dim);
@@ -673,6 +709,7 @@ Status launch_scheduled(WgmmaSchedule sched, const AttentionParams& p, const voi
     case WgmmaSchedule::kStagger: return launch_typed<T, WgmmaSchedule::kStagger>(p, q, k, v, mask, y, stream);
     case WgmmaSchedule::kPipelinedStaggered:
       return launch_typed<T, WgmmaSchedule::kPipelinedStaggered>(p, q, k, v, mask, y, stream);
+    case WgmmaSchedule::kShort: return launch_typed<T, WgmmaSchedule::kShort>(p, q, k, v, mask, y, stream);
     case WgmmaSchedule::kPipelined: break;
   }
   return launch_typed<T, WgmmaSchedule::kPipelined>(p, q, k, v, mask, y, stream);

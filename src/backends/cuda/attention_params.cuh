@@ -41,6 +41,7 @@ __device__ __forceinline__ float mask_at(const T* mask, const AttentionParams& p
 // The sm_80 helpers (mma_sm80.cuh) both attention kernels use.
 using sm80::cp_async16;
 using sm80::cp_async_commit;
+using sm80::cp_async_wait;
 using sm80::cp_async_wait_all;
 using sm80::ldmatrix_x4;
 using sm80::ldmatrix_x4_trans;
@@ -52,7 +53,7 @@ using sm80::smem_addr;
 // in four schedules of its two warpgroups' products and softmax (the kernel's comment says what each does):
 // one per tactic. opt_in raises the kernel's shared-memory limit (once, when a layer is created; never in run(),
 // which may be captured into a CUDA graph).
-enum class WgmmaSchedule { kLockstep, kStagger, kPipelined, kPipelinedStaggered };
+enum class WgmmaSchedule { kLockstep, kStagger, kPipelined, kPipelinedStaggered, kShort };
 bool wgmma_attention_fits(DType t, int64_t head_dim);
 Status opt_in_wgmma_attention(DType t, int head_dim, WgmmaSchedule sched);
 Status launch_wgmma_attention(DType t, WgmmaSchedule sched, const AttentionParams& p, const void* q, const void* k,

@@ -36,6 +36,11 @@ __device__ __forceinline__ void cp_async8(void* dst, const void* src, bool valid
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+// Waits until at most N of this thread's committed cp.async groups are in flight (they complete in order).
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
 
 // Four 8x8 b16 matrices; lane i gives the address of row i % 8 of matrix i / 8 (16 bytes, 16-byte aligned).
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
