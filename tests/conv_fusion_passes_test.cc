@@ -496,6 +496,35 @@ TEST(ConvFusionPasses, ImageStemChannelsArePaddedToEight) {
   EXPECT_FALSE(passes::conv_suits_channels_last(twelve.graph, *find_node(twelve, "conv")));
 }
 
+TEST(ConvFusionPasses, StrideTwoImageStemIsPaddedToFour) {
+  // ResNet's stem proper (stride 2): 4 channels, which the CUDA stem kernel pairs two window positions a chunk
+  // with; a 4-channel input is not padded at all.
+  for (int64_t c : {3, 4}) {
+    SCOPED_TRACE(std::to_string(c) + " channels");
+    onnx::ModelProto p = testing::new_model();
+    auto* g = p.mutable_graph();
+    testing::set_type(g->add_input(), "x", 1, {"2", std::to_string(c), "13", "12"});
+    testing::set_type(g->add_output(), "y", 1, {});
+    set_ints(add_conv(g, "stem", "x", "s", c, 32, 7), "strides", {2, 2});
+    testing::add_node(g, "Relu", {"s"}, {"y"}, "relu");
+    ir::Model m = import(p);
+    ASSERT_TRUE(passes::lower_precision(m, DType::kFloat16, [](const ir::Node&) { return true; }).ok());
+    ir::Model before = m;
+    int fused = 0, converted = 0;
+    ASSERT_TRUE(passes::fuse_conv_activation(m, &fused).ok());
+    auto eligible = [&m](const ir::Node& n) { return passes::conv_suits_channels_last(m.graph, n); };
+    ASSERT_TRUE(passes::convert_conv_layout(m, eligible, &converted).ok());
+    EXPECT_EQ(converted, 1);
+    std::vector<std::string> ops{"Cast", "Transpose", "Pad", "kiln.FusedConv", "Transpose", "Cast"};
+    if (c == 4) ops.erase(ops.begin() + 2);
+    EXPECT_EQ(op_types(m), ops);
+    const ir::Node& conv = *find_node(m, "stem + relu");
+    EXPECT_EQ(m.graph.type_of(conv.inputs[0])->to_string(), "float16[2,13,12,4]");
+    EXPECT_EQ(m.graph.initializers.at(conv.inputs[1]).shape(), (Shape{32, 7, 7, 4}));
+    expect_same_outputs(before, m, 2e-2f);
+  }
+}
+
 TEST(ConvFusionPasses, HalfPrecisionBottleneckGoesChannelsLast) {
   // As the builder runs them for --fp16 on a GPU: lowered first, then fused, then converted.
   ir::Model m = import(bottleneck());

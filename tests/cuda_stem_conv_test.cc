@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 #include <string>
 #include <utility>
 #include <vector>
@@ -36,6 +37,7 @@ struct StemCase {
   std::string act = "Relu";
   bool bias = true;
   Attrs extra;       // activation parameters
+  bool with_inf = false;  // every 997th input element +inf
 };
 
 Attrs stem_attrs(const StemCase& c) {
@@ -55,7 +57,10 @@ std::string describe(const StemCase& c, DType t) {
 
 void expect_stem_matches(const StemCase& c, DType t) {
   SCOPED_TRACE(describe(c, t));
-  const Tensor x = random_float(c.x), w = random_float({c.k, c.r, c.s, c.x[3]}), b = random_float({c.k});
+  Tensor x = random_float(c.x);
+  const Tensor w = random_float({c.k, c.r, c.s, c.x[3]}), b = random_float({c.k});
+  if (c.with_inf)
+    for (int64_t i = 0; i < x.numel(); i += 997) x.data<float>()[i] = std::numeric_limits<float>::infinity();
   LayerCase lc;
   lc.op = "FusedConv";
   lc.domain = "kiln";
@@ -140,6 +145,36 @@ TEST(CudaStemConv, ChannelBlocksTilesAndActivations) {
     expect_stem_matches(d, t);
     if (::testing::Test::HasFatalFailure()) return;
   }
+}
+
+// 4 channels at horizontal stride 2 take the paired layout (two window positions a chunk): ResNet's stem as
+// convert_conv_layout now pads it; odd widths 3 and 7 (the pair past the window zeroed on every step or on odd
+// ones), even widths, an odd position count (the tail), other vertical strides; width 5 keeps the unpaired
+// layout. An inf in the input poisons exactly the outputs whose windows hold it, as in the reference: never
+// those where it is only the zero-weight pixel past the window.
+TEST(CudaStemConv, PairedPositions) {
+  KILN_SKIP_WITHOUT_GPU();
+  StemCase resnet;
+  resnet.x = {2, 224, 224, 4};
+  expect_stem_matches(resnet, DType::kFloat16);
+  struct Shape2 {
+    int64_t r, s, sh, pad;
+  };
+  for (DType t : {DType::kFloat16, DType::kBFloat16})
+    for (Shape2 k : {Shape2{7, 7, 2, 3}, {3, 3, 2, 1}, {3, 2, 1, 0}, {2, 4, 2, 2}, {5, 6, 3, 1}, {1, 7, 2, 3}, {7, 5, 2, 2}})
+      for (bool inf : {false, true}) {
+        StemCase c;
+        c.x = {3, 19, 37, 4};
+        c.r = k.r;
+        c.s = k.s;
+        c.sh = k.sh;
+        c.sw = 2;
+        c.pad = k.pad;
+        c.act = inf ? "" : "Relu";
+        c.with_inf = inf;
+        expect_stem_matches(c, t);
+        if (::testing::Test::HasFatalFailure()) return;
+      }
 }
 
 // Every way the k-step loop ends: the kernel's windows of 3 (two steps, the second's tail zeroed), 4, 5, 6 and

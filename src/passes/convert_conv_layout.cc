@@ -6,8 +6,8 @@
 //
 // A conv with fewer than 8 input channels (an image stem: 1, 3 or 4) has no tensor-core kernel as it is;
 // cuDNN falls back to a generic one (ResNet-50's 7x7 stem took 29% of the batch-256 time that way). Its
-// channels are padded to 8: zero weights for the extra channels, made here, and a Pad of zeros on the NHWC
-// input's last axis, so the products of the extra channels add nothing.
+// channels are padded to 8 (or 4: padded_channels): zero weights for the extra channels, made here, and a Pad
+// of zeros on the NHWC input's last axis, so the products of the extra channels add nothing.
 //
 // Pools between the convs (ResNet's MaxPool after the stem, its GlobalAveragePool before the classifier)
 // would transpose back and forth around them: a half-precision 2-D pool that reads a Transpose to NCHW
@@ -53,11 +53,16 @@ std::vector<int64_t> perm_of(const ir::Node& n, size_t rank) {
   return p;
 }
 
-// The channel count (per group) a channels-last conv runs with: 8 for an ungrouped conv of fewer than 8
-// channels (an image stem), otherwise its own.
+// The channel count (per group) a channels-last conv runs with: for an ungrouped conv of fewer than 8 channels
+// (an image stem) 8, or 4 where it has at most 4 and a horizontal stride of 2 (ResNet's stem): the CUDA stem
+// kernel then puts two horizontally adjacent window positions in one 16-byte chunk, almost halving its
+// products, and the padded input is half as large. Otherwise its own.
 int64_t padded_channels(const ir::Node& conv, int64_t c) {
   const ir::Attribute* group = conv.attr("group");
-  return (group == nullptr || group->i == 1) && c < 8 ? 8 : c;
+  if ((group != nullptr && group->i != 1) || c >= 8) return c;
+  const ir::Attribute* strides = conv.attr("strides");
+  const bool stride_w_2 = strides != nullptr && strides->ints.size() == 2 && strides->ints[1] == 2;
+  return c <= 4 && stride_w_2 ? 4 : 8;
 }
 
 // [M, C/group, kH, kW] -> [M, kH, kW, c_out], element by element of any size; channels from C/group up to
@@ -344,7 +349,7 @@ bool conv_suits_channels_last(const ir::Graph& g, const ir::Node& n) {
   const ir::Attribute* group = n.attr("group");
   const int64_t groups = group ? group->i : 1;
   const int64_t m = w->second.dim(0), c = w->second.dim(1) * groups;
-  // Fewer than 8 input channels are padded to 8 (ungrouped convs only).
+  // Fewer than 8 input channels are padded to 8 or 4 (ungrouped convs only).
   return m % 8 == 0 && (c % 8 == 0 || (groups == 1 && c < 8));
 }
 

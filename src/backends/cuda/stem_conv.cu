@@ -25,6 +25,15 @@
 // activation, rounds to T once and goes through shared memory (the patch buffer just used, 32 channels at a
 // time so that the staging fits in it) so that each pixel's channels leave in 16-byte stores.
 //
+// Paired window positions (4-channel inputs at horizontal stride 2: ResNet's stem once convert_conv_layout pads
+// its RGB to 4): a 4-channel pixel is 8 bytes, so one 16-byte chunk holds the two horizontally adjacent window
+// positions (r, 2j) and (r, 2j + 1), which are adjacent pixels of the input row. The patch keeps its columns
+// in order (8 bytes a pixel); output pixel px's chunk for pair j is chunk px + j of the patch row (its first
+// column 2 px + 2j is even), so the 8 pixels of an ldmatrix phase still read 8 consecutive chunks. A k16 step
+// then covers four positions rather than two: ResNet's 7x7 window takes 14 steps (7 rows of 4 pairs) rather
+// than the 25 of 8-channel chunks. The pair past an odd S (s = S) is a real input pixel with zero weights:
+// its A half is zeroed like the padding position's, so that an inf there cannot make a NaN.
+//
 // Bank conflicts: an ldmatrix phase reads 8 chunks; the patch is stored with its columns de-interleaved by the
 // stride (column c at (c % stride) * ceil(cols / stride) + c / stride), so the 8 pixels of a phase read 8
 // consecutive chunks; weight rows have an odd number of chunks, so 8 channels at one k read 8 different
@@ -61,7 +70,10 @@ struct StemParams {
   int H = 0, W = 0;                  // input image (X is [N, H, W, C])
   int P = 0, Q = 0, K = 0;           // output image and channels (Y is [N, P, Q, K])
   int R = 0, S = 0, sh = 1, sw = 1, pad_h = 0, pad_w = 0;
-  int RS = 0, ksteps = 0, kq = 0;    // window positions, k16 steps (two positions each), kq = 2 * ksteps
+  int RS = 0, ksteps = 0, kq = 0;    // window positions (pairs of them when paired), k16 steps (two positions
+                                     // each), kq = 2 * ksteps
+  int pairs = 0;                     // paired: positions a window row, ceil(S / 2)
+  bool zero_hi0 = false, zero_hi1 = false;  // paired, S odd: zero the second pixel of even / odd steps' second position
   int ws = 0;                        // weight row stride in chunks: kq + 1 (odd)
   int prow = 0, pcol = 0;            // patch extent
   int wd = 0, row_chunks = 0;        // de-interleaved columns per stride phase; row_chunks = sw * wd
@@ -76,16 +88,27 @@ struct StemLayout {
   size_t bytes;
 };
 
-StemLayout layout_for(int64_t r, int64_t s, int64_t sh, int64_t sw, int bn) {
+// Whether a problem takes the paired layout (see the top): 4 channels, horizontal stride 2, and a window width
+// whose pair past its end (odd S) falls on a fixed step parity (S = 3: every step's second position; S = 7:
+// odd steps'), or has none (even S).
+bool paired_layout(int64_t c, int64_t s, int64_t sw) { return c == 4 && sw == 2 && (s % 2 == 0 || s == 3 || s == 7); }
+
+StemLayout layout_for(int64_t r, int64_t s, int64_t sh, int64_t sw, int bn, bool paired) {
   StemLayout l;
-  const int rs = static_cast<int>(r * s);
-  l.ksteps = (rs + 1) / 2;
+  const int positions = static_cast<int>(paired ? r * ((s + 1) / 2) : r * s);
+  l.ksteps = (positions + 1) / 2;
   l.kq = 2 * l.ksteps;
   l.ws = l.kq + 1;
   l.prow = static_cast<int>((kTileRows - 1) * sh + r);
-  l.pcol = static_cast<int>((kTileCols - 1) * sw + s);
-  l.wd = static_cast<int>((l.pcol + sw - 1) / sw);
-  l.row_chunks = static_cast<int>(sw) * l.wd;
+  if (paired) {  // columns in order, 8 bytes each, through the last pair's second pixel
+    l.pcol = static_cast<int>((kTileCols - 1) * sw + 2 * ((s + 1) / 2));
+    l.wd = 0;
+    l.row_chunks = (l.pcol + 1) / 2;
+  } else {
+    l.pcol = static_cast<int>((kTileCols - 1) * sw + s);
+    l.wd = static_cast<int>((l.pcol + sw - 1) / sw);
+    l.row_chunks = static_cast<int>(sw) * l.wd;
+  }
   const int patch = l.prow * l.row_chunks, stage = kWarps * kWarpPixels * std::min(bn / 8, kStageChunks);
   l.buf_chunks = std::max(patch, stage);
   l.bytes = (static_cast<size_t>(bn) * l.ws + 2 * static_cast<size_t>(l.buf_chunks)) * 16 + l.kq * sizeof(int) + bn * sizeof(float);
@@ -110,7 +133,7 @@ __device__ __forceinline__ void tile_coords(const StemParams& p, int tile, int* 
 
 // Issues the cp.async copies of a tile's input patch into buf (the caller commits). Pixels outside the image
 // are zero (the convolution's padding); with C = 4 the chunk's upper 8 bytes are zeroed by a plain store.
-template <class T, int C>
+template <class T, int C, bool PAIRED>
 __device__ __forceinline__ void load_patch(uint4* buf, const T* x, const StemParams& p, int tile) {
   int n, tp, tq;
   tile_coords(p, tile, &n, &tp, &tq);
@@ -121,6 +144,10 @@ __device__ __forceinline__ void load_patch(uint4* buf, const T* x, const StemPar
     const int iy = y0 + r, ix = x0 + c;
     const bool valid = iy >= 0 && iy < p.H && ix >= 0 && ix < p.W;
     const T* src = valid ? img + (static_cast<int64_t>(iy) * p.W + ix) * C : x;
+    if constexpr (PAIRED) {  // in column order, two pixels a chunk
+      cp_async8(reinterpret_cast<uint2*>(buf + r * p.row_chunks) + c, src, valid);
+      continue;
+    }
     uint4* dst = buf + r * p.row_chunks + (c % p.sw) * p.wd + c / p.sw;
     if constexpr (C == 8) {
       cp_async16(dst, src, valid);
@@ -135,15 +162,16 @@ __device__ __forceinline__ void load_patch(uint4* buf, const T* x, const StemPar
 // step's window position for this lane's half; tile mt is mt * rstep chunks further), B for the block's BN
 // channels (this lane's weight chunk of channel tile 0 at `pb`, tile j 16 * j * ws chunks further). `tail`:
 // the step's second window position is padding, whose A half is zeroed (its weights are zero too, but 0 * inf
-// would be NaN).
+// would be NaN). `zero_hi`: this lane holds the second pixel of the second position's pair, past the window
+// (paired, odd S), zeroed for the same reason.
 template <int MT, int NB>
 __device__ __forceinline__ void load_frags(uint32_t (&a)[MT][4], uint32_t (&b)[NB][4], const uint4* pa, int rstep, const uint4* pb,
-                                           int ws, bool tail) {
+                                           int ws, bool tail, bool zero_hi) {
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) ldmatrix_x4(a[mt], pa + mt * rstep);
 #pragma unroll
   for (int j = 0; j < NB; ++j) ldmatrix_x4(b[j], pb + 16 * j * ws);
-  if (tail)
+  if (tail || zero_hi)
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) a[mt][2] = a[mt][3] = 0u;
 }
@@ -166,7 +194,7 @@ __device__ __forceinline__ int stage_swizzle(int pix) {
   return (pix * CPR / 8) % CPR;
 }
 
-template <class T, int C, int BN>
+template <class T, int C, int BN, bool PAIRED>
 __global__ void __launch_bounds__(kBlockThreads, 2) stem_conv_kernel(const void* xv, const void* wv, const void* bv, void* yv,
                                                                   StemParams p) {
   constexpr int MT = kRowsPerWarp;
@@ -187,16 +215,26 @@ __global__ void __launch_bounds__(kBlockThreads, 2) stem_conv_kernel(const void*
   const int k0 = blockIdx.y * BN;
 
   int tile = blockIdx.x;
-  if (tile < p.tiles) load_patch<T, C>(bufs, x, p, tile);
+  if (tile < p.tiles) load_patch<T, C, PAIRED>(bufs, x, p, tile);
   cp_async_commit();
 
-  // The block's weights, once: chunk (n, q) holds W[k0 + n, q / S, q % S, 0..C), zero past C and past RS.
+  // The block's weights, once: chunk (n, q) holds W[k0 + n, q / S, q % S, 0..C), zero past C and past RS;
+  // paired, W[k0 + n, q / pairs, 2 (q % pairs) + {0, 1}, 0..4), zero past S.
   for (int i = tid; i < BN * p.kq; i += kBlockThreads) {
     const int n = i / p.kq, q = i - n * p.kq;
     Pack<T> v;
 #pragma unroll
     for (int c = 0; c < 8; ++c) v.v[c] = from_f<T>(0.0f);
-    if (q < p.RS) {
+    if (PAIRED && q < p.RS) {
+      const int r = q / p.pairs, s0 = 2 * (q - r * p.pairs);
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+        if (s0 + h < p.S) {
+          const T* src = w + ((static_cast<int64_t>(k0 + n) * p.R + r) * p.S + s0 + h) * C;
+#pragma unroll
+          for (int c = 0; c < C; ++c) v.v[4 * h + c] = src[c];
+        }
+    } else if (q < p.RS) {
       const T* src = w + (static_cast<int64_t>(k0 + n) * p.RS + q) * C;
 #pragma unroll
       for (int c = 0; c < C; ++c) v.v[c] = src[c];
@@ -205,7 +243,10 @@ __global__ void __launch_bounds__(kBlockThreads, 2) stem_conv_kernel(const void*
   }
   for (int q = tid; q < p.kq; q += kBlockThreads) {
     int off = 0;  // the padding position reads a valid chunk; its A half is zeroed
-    if (q < p.RS) {
+    if (PAIRED && q < p.RS) {
+      const int r = q / p.pairs;
+      off = r * p.row_chunks + (q - r * p.pairs);
+    } else if (q < p.RS) {
       const int r = q / p.S, s = q - r * p.S;
       off = r * p.row_chunks + (s % p.sw) * p.wd + s / p.sw;
     }
@@ -223,13 +264,16 @@ __global__ void __launch_bounds__(kBlockThreads, 2) stem_conv_kernel(const void*
   const bool odd = p.RS % 2 == 1;
   const int last = p.ksteps - 1;
   const int g = lane / 4, t4 = lane % 4;  // accumulator layout: rows g and g + 8, columns 2 * t4, 2 * t4 + 1
+  // Paired, odd S: lanes 2 and 3 of each quad hold a chunk's second pixel (its channels 4..7); zeroed on the
+  // steps whose second position is the last pair (a0 holds even steps, a1 odd ones).
+  const bool hi0 = PAIRED && p.zero_hi0 && t4 >= 2, hi1 = PAIRED && p.zero_hi1 && t4 >= 2;
 
   for (int it = 0; tile < p.tiles; ++it, tile += gridDim.x) {
     uint4* cur = bufs + (it & 1) * p.buf_chunks;
     cp_async_wait_all();
     __syncthreads();  // the patch is in; every warp is done with the other buffer's staging
     const int next = tile + gridDim.x;
-    if (next < p.tiles) load_patch<T, C>(bufs + ((it + 1) & 1) * p.buf_chunks, x, p, next);
+    if (next < p.tiles) load_patch<T, C, PAIRED>(bufs + ((it + 1) & 1) * p.buf_chunks, x, p, next);
     cp_async_commit();
 
     float acc[MT][2 * NB][4] = {};
@@ -238,20 +282,20 @@ __global__ void __launch_bounds__(kBlockThreads, 2) stem_conv_kernel(const void*
     // Steps ks (in a0/b0) and ks + 1 (a1/b1) a pair; the loads of a step go out while the one before multiplies.
     // The loop runs the steps before the last two or three, whose loads are unconditional and never the tail:
     // a zeroing select or a skipped load there makes ptxas copy the fragments between registers every step.
-    load_frags<MT, NB>(a0, b0, pa + off_tab[half], rstep, wb, p.ws, odd && last == 0);
+    load_frags<MT, NB>(a0, b0, pa + off_tab[half], rstep, wb, p.ws, odd && last == 0, hi0);
     int ks = 0;
     for (; ks + 2 < last; ks += 2) {
       const int off1 = off_tab[2 * (ks + 1) + half], off2 = off_tab[2 * (ks + 2) + half];
-      load_frags<MT, NB>(a1, b1, pa + off1, rstep, wb + 2 * (ks + 1), p.ws, false);
+      load_frags<MT, NB>(a1, b1, pa + off1, rstep, wb + 2 * (ks + 1), p.ws, false, hi1);
       mma_step<T, MT, NB>(acc, a0, b0);
-      load_frags<MT, NB>(a0, b0, pa + off2, rstep, wb + 2 * (ks + 2), p.ws, false);
+      load_frags<MT, NB>(a0, b0, pa + off2, rstep, wb + 2 * (ks + 2), p.ws, false, hi0);
       mma_step<T, MT, NB>(acc, a1, b1);
     }
     // Steps ks .. last remain (one to three); a0/b0 hold step ks.
     if (ks + 1 <= last)
-      load_frags<MT, NB>(a1, b1, pa + off_tab[2 * (ks + 1) + half], rstep, wb + 2 * (ks + 1), p.ws, odd && ks + 1 == last);
+      load_frags<MT, NB>(a1, b1, pa + off_tab[2 * (ks + 1) + half], rstep, wb + 2 * (ks + 1), p.ws, odd && ks + 1 == last, hi1);
     mma_step<T, MT, NB>(acc, a0, b0);
-    if (ks + 2 <= last) load_frags<MT, NB>(a0, b0, pa + off_tab[2 * last + half], rstep, wb + 2 * last, p.ws, odd);
+    if (ks + 2 <= last) load_frags<MT, NB>(a0, b0, pa + off_tab[2 * last + half], rstep, wb + 2 * last, p.ws, odd, hi0);
     if (ks + 1 <= last) mma_step<T, MT, NB>(acc, a1, b1);
     if (ks + 2 <= last) mma_step<T, MT, NB>(acc, a0, b0);
     __syncthreads();  // every warp is done reading the patch: its buffer becomes the staging area
@@ -293,9 +337,10 @@ __global__ void __launch_bounds__(kBlockThreads, 2) stem_conv_kernel(const void*
 using StemKernel = void (*)(const void*, const void*, const void*, void*, StemParams);
 
 template <class T>
-StemKernel kernel_for(int c, int bn) {
-  if (c == 8) return bn == 64 ? stem_conv_kernel<T, 8, 64> : stem_conv_kernel<T, 8, 32>;
-  return bn == 64 ? stem_conv_kernel<T, 4, 64> : stem_conv_kernel<T, 4, 32>;
+StemKernel kernel_for(int c, int bn, bool paired) {
+  if (c == 8) return bn == 64 ? stem_conv_kernel<T, 8, 64, false> : stem_conv_kernel<T, 8, 32, false>;
+  if (paired) return bn == 64 ? stem_conv_kernel<T, 4, 64, true> : stem_conv_kernel<T, 4, 32, true>;
+  return bn == 64 ? stem_conv_kernel<T, 4, 64, false> : stem_conv_kernel<T, 4, 32, false>;
 }
 
 class StemConvLayer final : public Layer {
@@ -351,7 +396,7 @@ std::string stem_conv_ineligible(const LayerSpec& spec) {
   const std::vector<int64_t> strides = spec.attr_ints("strides", {1, 1});
   if (strides.size() != 2 || strides[0] > kMaxStride || strides[1] > kMaxStride || strides[0] < 1 || strides[1] < 1)
     return op + ": needs 2 strides of 1 to " + std::to_string(kMaxStride) + ", got " + shape_to_string(strides);
-  const StemLayout l = layout_for(ws[1], ws[2], strides[0], strides[1], ws[0] % 64 == 0 ? 64 : 32);
+  const StemLayout l = layout_for(ws[1], ws[2], strides[0], strides[1], ws[0] % 64 == 0 ? 64 : 32, paired_layout(ws[3], ws[2], strides[1]));
   if (l.bytes > kSmemCap)
     return op + ": strides " + shape_to_string(strides) + " and W " + shape_to_string(ws) + " need " + std::to_string(l.bytes) +
            " bytes of shared memory, over " + std::to_string(kSmemCap);
@@ -382,7 +427,8 @@ Result<std::unique_ptr<Layer>> create_stem_conv(const LayerSpec& spec, const Cud
   for (int64_t v : {xs[1], xs[2], g.pad_begin[0], g.pad_begin[1]})
     if (v > kDimCap) return Unsupported(op + ": X " + shape_to_string(xs) + " or its pads are over 2^24");
   const int bn = ws[0] % 64 == 0 ? 64 : 32;
-  const StemLayout l = layout_for(ws[1], ws[2], g.strides[0], g.strides[1], bn);
+  const bool paired = paired_layout(ws[3], ws[2], g.strides[1]);
+  const StemLayout l = layout_for(ws[1], ws[2], g.strides[0], g.strides[1], bn, paired);
   StemParams& p = layer->p_;
   p.H = static_cast<int>(xs[1]);
   p.W = static_cast<int>(xs[2]);
@@ -395,7 +441,11 @@ Result<std::unique_ptr<Layer>> create_stem_conv(const LayerSpec& spec, const Cud
   p.sw = static_cast<int>(g.strides[1]);
   p.pad_h = static_cast<int>(g.pad_begin[0]);
   p.pad_w = static_cast<int>(g.pad_begin[1]);
-  p.RS = p.R * p.S;
+  p.pairs = paired ? (p.S + 1) / 2 : 0;
+  p.RS = paired ? p.R * p.pairs : p.R * p.S;
+  // The pair past an odd S is the second position of every step (pairs 2) or of odd steps only (pairs 4).
+  p.zero_hi1 = paired && p.S % 2 == 1;
+  p.zero_hi0 = p.zero_hi1 && p.pairs == 2;
   p.ksteps = l.ksteps;
   p.kq = l.kq;
   p.ws = l.ws;
@@ -414,7 +464,8 @@ Result<std::unique_ptr<Layer>> create_stem_conv(const LayerSpec& spec, const Cud
   p.hi = act == "Clip" ? spec.attr_float("activation_max", INFINITY) : INFINITY;
   p.slope = act == "LeakyRelu" ? spec.attr_float("activation_alpha", 0.01f) : 1.0f;
 
-  layer->kernel_ = xd.dtype == DType::kFloat16 ? kernel_for<__half>(layer->c_, bn) : kernel_for<__nv_bfloat16>(layer->c_, bn);
+  layer->kernel_ = xd.dtype == DType::kFloat16 ? kernel_for<__half>(layer->c_, bn, paired)
+                                               : kernel_for<__nv_bfloat16>(layer->c_, bn, paired);
   layer->smem_ = l.bytes;
   int dev = 0, optin = 0, per_sm = 0;
   KILN_CUDA_TRY(cudaGetDevice(&dev));
