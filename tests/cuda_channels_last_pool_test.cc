@@ -6,6 +6,8 @@
 
 #include <gtest/gtest.h>
 
+#include <limits>
+
 #include <string>
 #include <vector>
 
@@ -65,6 +67,34 @@ TEST(CudaChannelsLastPool, WindowedPoolsWideAndOddChannels) {
           a["count_include_pad"] = int_attr(include_pad);
           expect_pool("average", {2, 13, 11, c}, a, p);
         }
+      }
+}
+
+// 3x3 max windows at their edges: windows of padding only (-inf), ceil_mode's last windows, strides 1 to 3,
+// and NaN inputs (which never win, as in the reference).
+TEST(CudaChannelsLastPool, ThreeByThreeMaxEdgesAndNaN) {
+  KILN_SKIP_WITHOUT_GPU();
+  const std::vector<Attrs> windows = {
+      {{"kernel_shape", ints_attr({3, 3})}, {"strides", ints_attr({3, 3})}, {"pads", ints_attr({3, 3, 3, 3})}},
+      {{"kernel_shape", ints_attr({3, 3})}, {"strides", ints_attr({2, 2})}, {"pads", ints_attr({0, 1, 2, 0})},
+       {"ceil_mode", int_attr(1)}},
+      {{"kernel_shape", ints_attr({3, 3})}},
+  };
+  for (int64_t c : {64, 3})
+    for (DType p : kFloatTypes)
+      for (const Attrs& w : windows) {
+        SCOPED_TRACE(dtype_name(p) + " C" + std::to_string(c));
+        LayerCase lc;
+        lc.op = "ChannelsLastPool";
+        lc.domain = "kiln";
+        lc.opset = 1;
+        Tensor x = random_float({2, 13, 11, c}, 0.1f, 4.0f);
+        for (int64_t i = 0; i < x.numel(); i += 37) x.data<float>()[i] = std::numeric_limits<float>::quiet_NaN();
+        lc.inputs = {x};
+        lc.attrs = w;
+        lc.attrs["mode"] = string_attr("max");
+        lc.precision = p;
+        expect_layer_matches_reference(lc);
       }
 }
 

@@ -250,6 +250,10 @@ TEST(CudaNormalization, GroupNorm) {
           lc.attrs["num_groups"] = int_attr(c.groups);
           lc.opset = opset;
           lc.precision = p;
+          // float32: a group of two close values normalizes their difference, in which the rounding of their
+          // mean (an ulp of an O(1) value) is amplified by up to 1 / sqrt(epsilon): about 2e-5 absolute, not
+          // the harness's 1e-6 (an H100 run missed it by 4e-6 in 4 of 40 repeats).
+          if (p == DType::kFloat32) lc.atol = 3e-5;
           if (constant) lc.constant_inputs = {1, 2};
           expect_layer_matches_reference(lc);
         }

@@ -1,6 +1,6 @@
 // Tactic "cuda.conv.stem" of kiln.FusedConv: a direct convolution on the tensor cores for convolutions with
-// few input channels, such as ResNet's stem (X [N, 224, 224, 8] NHWC, the RGB channels padded to 8 by
-// convert_conv_layout, W [64, 7, 7, 8] KRSC, stride 2, pad 3, bias, Relu). cuDNN's GEMM kernels are built
+// few input channels, such as ResNet's stem (X [N, 224, 224, 4] NHWC, the RGB channels padded to 4 by
+// convert_conv_layout, W [64, 7, 7, 4] KRSC, stride 2, pad 3, bias, Relu; 8 channels where the stride is not 2). cuDNN's GEMM kernels are built
 // for deep reductions and spend most of their time on 3 useful channels; here the reduction is the whole
 // window at once.
 //
