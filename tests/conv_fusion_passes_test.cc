@@ -460,23 +460,36 @@ TEST(ConvFusionPasses, PlainAndGroupedConvsAroundAMaxPool) {
   EXPECT_EQ(op_types(untouched), op_types(before));
 }
 
-TEST(ConvFusionPasses, ImageStemChannelsArePaddedToEight) {
-  // A 3-channel 7x7 stem (ResNet's) in float16: channels-last with its input padded to 8 channels by a Pad
-  // of zeros on the NHWC input and its weights [16, 7, 7, 8] zero past channel 3.
+// A float16 image stem, a 7x7 Conv of `c` channels to `m` (pads 3, the given stride) + Relu, as lower_precision
+// leaves it.
+ir::Model half_precision_stem(int64_t c, int64_t h, int64_t w, int64_t m, int64_t stride) {
   onnx::ModelProto p = testing::new_model();
   auto* g = p.mutable_graph();
-  testing::set_type(g->add_input(), "x", 1, {"2", "3", "12", "12"});
+  testing::set_type(g->add_input(), "x", 1, {"2", std::to_string(c), std::to_string(h), std::to_string(w)});
   testing::set_type(g->add_output(), "y", 1, {});
-  add_conv(g, "stem", "x", "s", 3, 16, 7);
+  set_ints(add_conv(g, "stem", "x", "s", c, m, 7), "strides", {stride, stride});
   testing::add_node(g, "Relu", {"s"}, {"y"}, "relu");
-  ir::Model m = import(p);
-  ASSERT_TRUE(passes::lower_precision(m, DType::kFloat16, [](const ir::Node&) { return true; }).ok());
-  ir::Model before = m;
+  ir::Model model = import(p);
+  EXPECT_TRUE(passes::lower_precision(model, DType::kFloat16, [](const ir::Node&) { return true; }).ok());
+  return model;
+}
+
+// fuse_conv_activation, then convert_conv_layout of the convs conv_suits_channels_last accepts, as the builder
+// runs them for a GPU; how many convs it converted.
+int fuse_and_convert(ir::Model& m) {
   int fused = 0, converted = 0;
-  ASSERT_TRUE(passes::fuse_conv_activation(m, &fused).ok());
+  EXPECT_TRUE(passes::fuse_conv_activation(m, &fused).ok());
   auto eligible = [&m](const ir::Node& n) { return passes::conv_suits_channels_last(m.graph, n); };
-  ASSERT_TRUE(passes::convert_conv_layout(m, eligible, &converted).ok());
-  EXPECT_EQ(converted, 1);
+  EXPECT_TRUE(passes::convert_conv_layout(m, eligible, &converted).ok());
+  return converted;
+}
+
+TEST(ConvFusionPasses, ImageStemChannelsArePaddedToEight) {
+  // A 3-channel 7x7 stem (ResNet's, here at stride 1) in float16: channels-last with its input padded to 8
+  // channels by a Pad of zeros on the NHWC input and its weights [16, 7, 7, 8] zero past channel 3.
+  ir::Model m = half_precision_stem(3, 12, 12, 16, 1);
+  ir::Model before = m;
+  EXPECT_EQ(fuse_and_convert(m), 1);
   EXPECT_EQ(op_types(m),
             (std::vector<std::string>{"Cast", "Transpose", "Pad", "kiln.FusedConv", "Transpose", "Cast"}));
   const ir::Node& conv = *find_node(m, "stem + relu");
@@ -501,20 +514,9 @@ TEST(ConvFusionPasses, StrideTwoImageStemIsPaddedToFour) {
   // with; a 4-channel input is not padded at all.
   for (int64_t c : {3, 4}) {
     SCOPED_TRACE(std::to_string(c) + " channels");
-    onnx::ModelProto p = testing::new_model();
-    auto* g = p.mutable_graph();
-    testing::set_type(g->add_input(), "x", 1, {"2", std::to_string(c), "13", "12"});
-    testing::set_type(g->add_output(), "y", 1, {});
-    set_ints(add_conv(g, "stem", "x", "s", c, 32, 7), "strides", {2, 2});
-    testing::add_node(g, "Relu", {"s"}, {"y"}, "relu");
-    ir::Model m = import(p);
-    ASSERT_TRUE(passes::lower_precision(m, DType::kFloat16, [](const ir::Node&) { return true; }).ok());
+    ir::Model m = half_precision_stem(c, 13, 12, 32, 2);
     ir::Model before = m;
-    int fused = 0, converted = 0;
-    ASSERT_TRUE(passes::fuse_conv_activation(m, &fused).ok());
-    auto eligible = [&m](const ir::Node& n) { return passes::conv_suits_channels_last(m.graph, n); };
-    ASSERT_TRUE(passes::convert_conv_layout(m, eligible, &converted).ok());
-    EXPECT_EQ(converted, 1);
+    EXPECT_EQ(fuse_and_convert(m), 1);
     std::vector<std::string> ops{"Cast", "Transpose", "Pad", "kiln.FusedConv", "Transpose", "Cast"};
     if (c == 4) ops.erase(ops.begin() + 2);
     EXPECT_EQ(op_types(m), ops);
