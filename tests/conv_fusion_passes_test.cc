@@ -511,7 +511,13 @@ TEST(ConvFusionPasses, ImageStemChannelsArePaddedToEight) {
 
 TEST(ConvFusionPasses, StrideTwoImageStemIsPaddedToFour) {
   // ResNet's stem proper (stride 2): 4 channels, which the CUDA stem kernel pairs two window positions a chunk
-  // with; a 4-channel input is not padded at all.
+  // with; a 4-channel input is not padded at all. With 24 output channels, which that kernel does not take,
+  // cuDNN runs it: 8.
+  {
+    ir::Model m = half_precision_stem(3, 13, 12, 24, 2);
+    EXPECT_EQ(fuse_and_convert(m), 1);
+    EXPECT_EQ(m.graph.type_of(find_node(m, "stem + relu")->inputs[0])->to_string(), "float16[2,13,12,8]");
+  }
   for (int64_t c : {3, 4}) {
     SCOPED_TRACE(std::to_string(c) + " channels");
     ir::Model m = half_precision_stem(c, 13, 12, 32, 2);

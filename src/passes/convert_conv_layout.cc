@@ -15,6 +15,7 @@
 #include <cstring>
 #include <map>
 #include <set>
+#include <vector>
 
 #include "passes/graph_uses.h"
 #include "passes/passes.h"
@@ -54,15 +55,20 @@ std::vector<int64_t> perm_of(const ir::Node& n, size_t rank) {
 }
 
 // The channel count (per group) a channels-last conv runs with: for an ungrouped conv of fewer than 8 channels
-// (an image stem) 8, or 4 where it has at most 4 and a horizontal stride of 2 (ResNet's stem): the CUDA stem
-// kernel then puts two horizontally adjacent window positions in one 16-byte chunk, almost halving its
-// products, and the padded input is half as large. Otherwise its own.
-int64_t padded_channels(const ir::Node& conv, int64_t c) {
+// (an image stem) 8, or 4 where it has at most 4, a horizontal stride of 2 and what the CUDA stem kernel
+// (cuda.conv.stem) takes besides: output channels a multiple of 32, a window of at most 7x7, no dilation
+// (ResNet's and MobileNet's stems). That kernel then puts two horizontally adjacent window positions in one
+// 16-byte chunk, almost halving its products, and the padded input is half as large; cuDNN, which would run
+// any other such conv, wants 8. Otherwise its own count. `w`: the conv's weights [M, C, kH, kW].
+int64_t padded_channels(const ir::Node& conv, int64_t c, const Tensor& w) {
   const ir::Attribute* group = conv.attr("group");
   if ((group != nullptr && group->i != 1) || c >= 8) return c;
   const ir::Attribute* strides = conv.attr("strides");
+  const ir::Attribute* dilations = conv.attr("dilations");
   const bool stride_w_2 = strides != nullptr && strides->ints.size() == 2 && strides->ints[1] == 2;
-  return c <= 4 && stride_w_2 ? 4 : 8;
+  const bool undilated = dilations == nullptr || dilations->ints == std::vector<int64_t>{1, 1};
+  const bool stem_kernel = w.dim(0) % 32 == 0 && w.dim(2) <= 7 && w.dim(3) <= 7 && undilated;
+  return c <= 4 && stride_w_2 && stem_kernel ? 4 : 8;
 }
 
 // [M, C/group, kH, kW] -> [M, kH, kW, c_out], element by element of any size; channels from C/group up to
@@ -118,7 +124,7 @@ class LayoutConverter {
       const std::string z = n.inputs.size() > 3 ? n.inputs[3] : "";
       const int64_t c = g_.initializers.at(n.inputs[1]).dim(1);
       n.inputs[0] = to_nhwc(n.inputs[0], n.index, &out);
-      const int64_t c_run = padded_channels(n, c);
+      const int64_t c_run = padded_channels(n, c, g_.initializers.at(n.inputs[1]));
       if (c_run != c) n.inputs[0] = pad_channels(n.inputs[0], c, c_run, n.index, &out);
       n.inputs[1] = krsc_weights(n.inputs[1], c_run);
       if (!z.empty()) n.inputs[3] = to_nhwc(z, n.index, &out);
