@@ -1,8 +1,8 @@
 // Tactic "cuda.conv.stem" of kiln.FusedConv: a direct convolution on the tensor cores for convolutions with
 // few input channels, such as ResNet's stem (X [N, 224, 224, 4] NHWC, the RGB channels padded to 4 by
-// convert_conv_layout, W [64, 7, 7, 4] KRSC, stride 2, pad 3, bias, Relu; 8 channels where the stride is not 2). cuDNN's GEMM kernels are built
-// for deep reductions and spend most of their time on 3 useful channels; here the reduction is the whole
-// window at once.
+// convert_conv_layout, W [64, 7, 7, 4] KRSC, stride 2, pad 3, bias, Relu; it pads other stems to 8). cuDNN's
+// GEMM kernels are built for deep reductions and spend most of their time on 3 useful channels; here the
+// reduction is the whole window at once.
 //
 // The convolution is an implicit GEMM: rows are output pixels, columns output channels, and the reduction
 // runs over (r, s, c) with c fastest. An 8-channel pixel is one 16-byte chunk (4-channel inputs are padded
@@ -396,7 +396,8 @@ std::string stem_conv_ineligible(const LayerSpec& spec) {
   const std::vector<int64_t> strides = spec.attr_ints("strides", {1, 1});
   if (strides.size() != 2 || strides[0] > kMaxStride || strides[1] > kMaxStride || strides[0] < 1 || strides[1] < 1)
     return op + ": needs 2 strides of 1 to " + std::to_string(kMaxStride) + ", got " + shape_to_string(strides);
-  const StemLayout l = layout_for(ws[1], ws[2], strides[0], strides[1], ws[0] % 64 == 0 ? 64 : 32, paired_layout(ws[3], ws[2], strides[1]));
+  const StemLayout l =
+      layout_for(ws[1], ws[2], strides[0], strides[1], ws[0] % 64 == 0 ? 64 : 32, paired_layout(ws[3], ws[2], strides[1]));
   if (l.bytes > kSmemCap)
     return op + ": strides " + shape_to_string(strides) + " and W " + shape_to_string(ws) + " need " + std::to_string(l.bytes) +
            " bytes of shared memory, over " + std::to_string(kSmemCap);
