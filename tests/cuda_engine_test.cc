@@ -14,6 +14,7 @@
 #include <set>
 #include <thread>
 
+#include "cuda_skip.h"
 #include "quiet_logger.h"
 #include "backends/cuda/cuda_backend.h"
 #include "core/cast.h"
@@ -24,11 +25,6 @@
 
 namespace kiln {
 namespace {
-
-#define SKIP_WITHOUT_GPU()                                                                  \
-  do {                                                                                      \
-    if (!backends::cuda_device_available()) GTEST_SKIP() << "no CUDA device";               \
-  } while (0)
 
 using Quiet = testing::QuietLogger;
 
@@ -87,7 +83,7 @@ BuilderConfig on(const std::string& device) {
 }
 
 TEST(CudaEngine, MatchesTheCpuWithExplicitFallback) {
-  SKIP_WITHOUT_GPU();
+  KILN_SKIP_WITHOUT_GPU();
   auto cpu = build(cnn_with_cpu_tail(), on("cpu"));
   ASSERT_TRUE(cpu.ok()) << cpu.status().to_string();
   BuilderConfig cfg = on("cuda");
@@ -129,7 +125,7 @@ TEST(CudaEngine, MatchesTheCpuWithExplicitFallback) {
 }
 
 TEST(CudaEngine, StrictGpuRefusesFallback) {
-  SKIP_WITHOUT_GPU();
+  KILN_SKIP_WITHOUT_GPU();
   BuilderConfig cfg = on("cuda");
   cfg.set_strict_gpu(true);
   auto gpu = build(cnn_with_cpu_tail(), cfg);
@@ -139,7 +135,7 @@ TEST(CudaEngine, StrictGpuRefusesFallback) {
 }
 
 TEST(CudaEngine, PrecisionsAndPins) {
-  SKIP_WITHOUT_GPU();
+  KILN_SKIP_WITHOUT_GPU();
   auto cpu = build(cnn_with_cpu_tail(), on("cpu"));
   ASSERT_TRUE(cpu.ok());
   const Tensor x = random_input({2, 3, 8, 8}, 9);
@@ -170,7 +166,7 @@ TEST(CudaEngine, PrecisionsAndPins) {
 }
 
 TEST(CudaEngine, CudaGraphAndManyContexts) {
-  SKIP_WITHOUT_GPU();
+  KILN_SKIP_WITHOUT_GPU();
   // Without the CPU tail the whole graph is on the GPU and can be captured.
   onnx::ModelProto m = cnn_with_cpu_tail();
   auto* g = m.mutable_graph();
@@ -214,7 +210,7 @@ TEST(CudaEngine, CudaGraphAndManyContexts) {
 // Graph inputs live from the start of the run: one read only by a later layer must not share arena memory
 // with one read first (the bug behind the first CUDA conformance run's failures of *_expanded graphs).
 TEST(CudaEngine, GraphInputsReadLateKeepTheirOwnMemory) {
-  SKIP_WITHOUT_GPU();
+  KILN_SKIP_WITHOUT_GPU();
   onnx::ModelProto m = testing::new_model(17);
   auto* g = m.mutable_graph();
   testing::set_type(g->add_input(), "a", 1, {"2", "4"});
@@ -234,7 +230,7 @@ TEST(CudaEngine, GraphInputsReadLateKeepTheirOwnMemory) {
 
 // TensorRT-style enqueue: device buffers bound by name, the caller's stream, no wait inside.
 TEST(CudaEngine, EnqueueOnDeviceBuffersAndTheCallersStream) {
-  SKIP_WITHOUT_GPU();
+  KILN_SKIP_WITHOUT_GPU();
   onnx::ModelProto m = cnn_with_cpu_tail();
   auto* g = m.mutable_graph();
   g->mutable_node()->DeleteSubrange(g->node_size() - 3, 3);
@@ -275,7 +271,7 @@ TEST(CudaEngine, EnqueueOnDeviceBuffersAndTheCallersStream) {
 }
 
 TEST(CudaEngine, TimingCacheMakesRebuildsIdentical) {
-  SKIP_WITHOUT_GPU();
+  KILN_SKIP_WITHOUT_GPU();
   const std::string cache = (std::filesystem::temp_directory_path() / ("kiln_tc_" + std::to_string(::getpid()) + ".json")).string();
   std::remove(cache.c_str());
   BuilderConfig cfg = on("cuda");

@@ -22,15 +22,11 @@
 #include "backends/cuda/cuda_backend.h"
 #include "backends/cuda/layer.h"
 #include "core/cast.h"
+#include "cuda_skip.h"
 #include "kernel_harness.h"
 #include "random_tensors.h"
 
 namespace kiln::testing {
-
-#define KILN_SKIP_WITHOUT_GPU()                                                        \
-  do {                                                                                 \
-    if (!::kiln::backends::cuda_device_available()) GTEST_SKIP() << "no CUDA device"; \
-  } while (0)
 
 inline std::mt19937& cuda_test_rng() {
   static std::mt19937 gen(random_seed("cuda layer tests"));

@@ -13,6 +13,7 @@
 
 #include "quiet_logger.h"
 #include "graph_builder.h"
+#include "cuda_skip.h"
 #include "kiln/kiln.h"
 #ifdef KILN_HAVE_CUDA
 #include "backends/cuda/cuda_backend.h"
@@ -70,11 +71,7 @@ std::map<std::string, Tensor> tokens(const std::string& name, int64_t batch, int
 class CudaProfiles : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
-#ifdef KILN_HAVE_CUDA
-    if (!backends::cuda_device_available()) GTEST_SKIP() << "no CUDA device";
-#else
-    GTEST_SKIP() << "built without the CUDA backend";
-#endif
+    KILN_SKIP_WITHOUT_GPU();
     BuilderConfig cpu;
     cpu.set_device("cpu");
     auto e = build(GetParam(), cpu);

@@ -11,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include "cuda_skip.h"
 #include "quiet_logger.h"
 #include "engine/plan.h"
 #include "graph_builder.h"
@@ -96,7 +97,7 @@ bool run_and_compare(ExecutionContext& ctx, ExecutionContext& ref, int64_t n, st
 class CudaProgramCache : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (!backends::cuda_device_available()) GTEST_SKIP() << "no CUDA device";
+    KILN_SKIP_WITHOUT_GPU();
     auto cpu = build("cpu");
     auto gpu = build("cuda");
     ASSERT_TRUE(cpu.ok()) << cpu.status().to_string();

@@ -7,6 +7,7 @@
 
 #include <random>
 
+#include "cuda_skip.h"
 #include "quiet_logger.h"
 #include "engine/plan.h"
 #include "kiln/kiln.h"
@@ -47,11 +48,7 @@ OptimizationProfile gpu_profile() {
 class CudaShapeTensors : public ::testing::Test {
  protected:
   void SetUp() override {
-#ifdef KILN_HAVE_CUDA
-    if (!backends::cuda_device_available()) GTEST_SKIP() << "no CUDA device";
-#else
-    GTEST_SKIP() << "built without the CUDA backend";
-#endif
+    KILN_SKIP_WITHOUT_GPU();
     auto cpu = build("cpu", {});
     ASSERT_TRUE(cpu.ok()) << cpu.status().to_string();
     cpu_ = *cpu;

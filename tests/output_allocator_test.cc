@@ -12,6 +12,7 @@
 #include <set>
 #include <thread>
 
+#include "cuda_skip.h"
 #include "quiet_logger.h"
 #include "graph_builder.h"
 #include "kiln/kiln.h"
@@ -212,11 +213,7 @@ TEST(OutputAllocator, DataDependentOutputsGoThroughTheAllocator) {
 // The same on a GPU engine: its layers run on the GPU where they can (NonZero, Unique and TopK with a run-time
 // k on the CPU between them), and the data-dependent outputs still go through the allocator.
 TEST(CudaOutputAllocator, DataDependentOutputsGoThroughTheAllocator) {
-#ifdef KILN_HAVE_CUDA
-  if (!backends::cuda_device_available()) GTEST_SKIP() << "no CUDA device";
-#else
-  GTEST_SKIP() << "built without the CUDA backend";
-#endif
+  KILN_SKIP_WITHOUT_GPU();
   auto e = engine(data_dependent_model(), "cuda");
   ASSERT_TRUE(e);
   GrowingAllocator allocator;
