@@ -38,11 +38,6 @@ std::string cpu_device_name() {
 
 namespace {
 
-int opset_of(const ir::Model& m, const ir::Node& n) {
-  auto it = m.opsets.find(n.domain);
-  return it == m.opsets.end() ? 0 : it->second;
-}
-
 // The GPU backend for a target of "auto" or "cuda"; null (and the CPU) for "auto" without a GPU.
 Result<std::unique_ptr<backends::Backend>> gpu_backend_for(const std::string& device) {
   if (device == "cpu") return std::unique_ptr<backends::Backend>();
@@ -156,7 +151,7 @@ std::string gpu_tactic_when_specialized(backends::Backend& gpu, const std::vecto
       auto n = std::find_if(m->graph.nodes.begin(), m->graph.nodes.end(),
                             [&](const ir::Node& node) { return node.name == name; });
       if (n == m->graph.nodes.end()) continue;  // folded away there: nothing runs
-      const int opset = opset_of(*m, *n);
+      const int opset = m->opset_of(*n);
       if (!gpu.supports(*n, m->graph, opset, nullptr)) return "";
       if (!present) tactic = gpu.tactics(*n, m->graph, opset).front().name;
       present = true;
@@ -208,7 +203,7 @@ Result<engine::Plan> build_plan(const ir::Model& model, const engine::BuildSetti
   OptimizeOptions options = optimize_options(settings, gpu != nullptr);
   if (gpu)
     options.can_run_in_half = [&gpu](const ir::Model& model, const ir::Node& n) {
-      return gpu->supports(n, model.graph, opset_of(model, n), nullptr) && gpu->can_lower_precision(n);
+      return gpu->supports(n, model.graph, model.opset_of(n), nullptr) && gpu->can_lower_precision(n);
     };
   std::set<std::string> lowered;
   KILN_RETURN_IF_ERROR(optimize_graph(m, options, logger, &lowered));
@@ -229,7 +224,7 @@ Result<engine::Plan> build_plan(const ir::Model& model, const engine::BuildSetti
   const bool shape_tensors = has_shape_tensors(settings.profiles);
   std::vector<std::string> fallbacks;
   for (const ir::Node& n : m.graph.nodes) {
-    const int opset = opset_of(m, n);
+    const int opset = m.opset_of(n);
     engine::LayerInfo layer;
     layer.name = n.name;
     layer.op_type = (n.domain.empty() ? "" : n.domain + ".") + n.op_type;

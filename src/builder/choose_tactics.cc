@@ -14,11 +14,6 @@ namespace kiln::builder {
 
 namespace {
 
-int opset_of(const ir::Model& m, const ir::Node& n) {
-  auto it = m.opsets.find(n.domain);
-  return it == m.opsets.end() ? 0 : it->second;
-}
-
 // "[=====>      ] 120/300 layers timed", redrawn in place on a terminal.
 class Progress {
  public:
@@ -51,8 +46,8 @@ std::set<std::string> listed_everywhere(backends::Backend& gpu, const std::vecto
       if (node.name == name) n = &node;
     if (n == nullptr) continue;  // folded away at those shapes: nothing runs there
     std::set<std::string> here;
-    if (gpu.supports(*n, m.graph, opset_of(m, *n), nullptr))
-      for (const auto& t : gpu.tactics(*n, m.graph, opset_of(m, *n))) here.insert(t.name);
+    if (gpu.supports(*n, m.graph, m.opset_of(*n), nullptr))
+      for (const auto& t : gpu.tactics(*n, m.graph, m.opset_of(*n))) here.insert(t.name);
     std::set<std::string> both;
     for (const auto& t : ok)
       if (here.count(t)) both.insert(t);
@@ -85,9 +80,9 @@ Result<std::map<std::string, TacticChoice>> choose_tactics(backends::Backend& gp
   for (size_t i = 0; i < g.nodes.size(); ++i) {
     const ir::Node& n = g.nodes[i];
     auto layer = gpu_layers.find(n.name);
-    if (layer == gpu_layers.end() || !gpu.supports(n, g, opset_of(timed, n), nullptr)) continue;
+    if (layer == gpu_layers.end() || !gpu.supports(n, g, timed.opset_of(n), nullptr)) continue;
     std::vector<std::string> names;
-    for (const auto& t : gpu.tactics(n, g, opset_of(timed, n))) names.push_back(t.name);
+    for (const auto& t : gpu.tactics(n, g, timed.opset_of(n))) names.push_back(t.name);
     if (!also_valid_in.empty()) {
       const std::set<std::string> valid = listed_everywhere(gpu, also_valid_in, n.name, names);
       std::erase_if(names, [&](const std::string& t) { return !valid.count(t); });
@@ -104,7 +99,7 @@ Result<std::map<std::string, TacticChoice>> choose_tactics(backends::Backend& gp
   for (size_t k = 0; k < to_time.size(); ++k) {
     const auto& [index, names, tf32] = to_time[k];
     const ir::Node& n = g.nodes[index];
-    const int opset = opset_of(timed, n);
+    const int opset = timed.opset_of(n);
     const std::string key = problem_key(n, g, opset, tf32, gpu.device_name());
     if (const backends::TacticTime* hit = cache.find(key);
         hit != nullptr && std::find(names.begin(), names.end(), hit->tactic) != names.end()) {

@@ -97,8 +97,11 @@ struct Model {
   std::string producer_version;
   Graph graph;
 
-  int default_opset() const {
-    auto it = opsets.find("");
+  int default_opset() const { return opset_of_domain(""); }
+  // The opset the model imports for the node's domain; 0 when it imports none.
+  int opset_of(const Node& n) const { return opset_of_domain(n.domain); }
+  int opset_of_domain(const std::string& domain) const {
+    auto it = opsets.find(domain);
     return it == opsets.end() ? 0 : it->second;
   }
 };

@@ -57,8 +57,7 @@ Status fold_constants(ir::Model& model, int* folded) {
   std::vector<ir::Node> kept;
   for (ir::Node& n : g.nodes) {
     const ir::OpSchema* schema = ir::OpRegistry::global().find(n.domain, n.op_type);
-    auto opset_it = model.opsets.find(n.domain);
-    int opset = opset_it == model.opsets.end() ? 0 : opset_it->second;
+    const int opset = model.opset_of(n);
     Tensor shape_value;
     if (n.outputs.size() == 1 && fold_shape_of_static(g, n, opset, &shape_value)) {
       g.initializers[n.outputs[0]] = shape_value;

@@ -89,7 +89,7 @@ std::string literal_of(const ir::Graph& g, const std::string& name, const ir::No
 Status fuse_pointwise(ir::Model& model, int* fused) {
   if (fused) *fused = 0;
   ir::Graph& g = model.graph;
-  if (auto it = model.opsets.find(""); it == model.opsets.end() || it->second < 8) return OkStatus();
+  if (model.default_opset() < 8) return OkStatus();
   std::map<std::string, long> producer;
   for (size_t k = 0; k < g.nodes.size(); ++k)
     for (const auto& o : g.nodes[k].outputs) producer[o] = static_cast<long>(k);

@@ -58,8 +58,7 @@ bool is_noop(const ir::Graph& g, const ir::Node& n, int opset, const std::set<st
 
 Status remove_noops(ir::Model& model, int* removed) {
   ir::Graph& g = model.graph;
-  const auto it = model.opsets.find("");
-  const int opset = it == model.opsets.end() ? 0 : it->second;
+  const int opset = model.default_opset();
   // Names that must keep their producer: graph outputs, and values subgraphs read from this scope (a
   // subgraph names them itself, so they cannot be renamed from here).
   std::set<std::string> pinned, read;

@@ -104,8 +104,7 @@ std::string cuda_layer_refusal(const ir::Node& node, const ir::Graph& graph, int
 bool cuda_runs_in_half(const ir::Model& model, const ir::Node& node) {
   const cuda::LayerKind* kind = cuda::layer_table().find_for(node);
   if (kind == nullptr || !kind->lowers_to_fp16) return false;
-  const auto opset = model.opsets.find(node.domain);
-  return cuda_layer_refusal(node, model.graph, opset == model.opsets.end() ? 0 : opset->second).empty();
+  return cuda_layer_refusal(node, model.graph, model.opset_of(node)).empty();
 }
 
 Result<std::unique_ptr<Backend>> make_cuda_backend() {

@@ -235,8 +235,7 @@ Status CudaProgram::Impl::plan_steps(const std::map<std::string, NodePlacement>&
     std::string why_cpu;
     if (p != nullptr && p->backend == "cuda") {
       kind = layer_table().find_for(n);
-      auto o = model.opsets.find(n.domain);
-      spec = make_layer_spec(n, g, o == model.opsets.end() ? 0 : o->second, p->allow_tf32);
+      spec = make_layer_spec(n, g, model.opset_of(n), p->allow_tf32);
       for (size_t i = 0; i < spec.inputs.size() && why_cpu.empty(); ++i)
         if (!n.inputs[i].empty() && !spec.inputs[i].is_static())
           why_cpu = "input '" + n.inputs[i] + "' has a shape known only from data";
@@ -318,8 +317,7 @@ Status CudaProgram::Impl::plan_steps(const std::map<std::string, NodePlacement>&
     st.schema = ir::OpRegistry::global().find(n.domain, n.op_type);
     if (st.schema == nullptr || st.schema->cpu_kernel == nullptr)
       return Unsupported(n.describe() + ": no CPU kernel for this op");
-    auto o = model.opsets.find(n.domain);
-    st.opset = o == model.opsets.end() ? 0 : o->second;
+    st.opset = model.opset_of(n);
     for (const auto& out : n.outputs)
       if (!out.empty()) on_device[out] = false;
     steps.push_back(std::move(st));
