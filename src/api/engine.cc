@@ -411,6 +411,17 @@ const ProfileShapes* values_range(const engine::Plan& plan, int profile, const s
   auto it = p.find(name);
   return it != p.end() && it->second.values ? &it->second : nullptr;
 }
+
+// Where input `name` is a shape tensor in the profile: its values, read from `t` and checked against the
+// profile's range, into (*values)[name]. Nothing for another input.
+Status read_shape_values(const engine::Plan& plan, int profile, const std::string& name, const Tensor& t,
+                         std::map<std::string, std::vector<int64_t>>* values) {
+  if (values_range(plan, profile, name) == nullptr) return OkStatus();
+  KILN_ASSIGN_OR_RETURN(std::vector<int64_t> v, engine::shape_tensor_values(name, t));
+  KILN_RETURN_IF_ERROR(engine::check_values_in_profile(name, v, plan.settings.profiles[profile], profile));
+  (*values)[name] = std::move(v);
+  return OkStatus();
+}
 }  // namespace
 
 Status ExecutionContext::set_optimization_profile(int profile) {
@@ -556,11 +567,7 @@ Status ExecutionContext::execute() {
     if (addr == addresses_.end()) continue;  // missing inputs are reported by execute(map)
     KILN_ASSIGN_OR_RETURN(shapes[in.name], run_shape(in, input_shapes_));
     inputs[in.name] = Tensor::view(in.type.dtype, shapes[in.name], addr->second);
-    if (values_range(*engine_->plan_, profile_, in.name) != nullptr) {
-      KILN_ASSIGN_OR_RETURN(values[in.name], engine::shape_tensor_values(in.name, inputs[in.name]));
-      KILN_RETURN_IF_ERROR(
-          engine::check_values_in_profile(in.name, values[in.name], engine_->plan_->settings.profiles[profile_], profile_));
-    }
+    KILN_RETURN_IF_ERROR(read_shape_values(*engine_->plan_, profile_, in.name, inputs[in.name], &values));
   }
   // Before running: every bound output without an allocator must have a shape the input shapes fix, the
   // size its buffer was made for.
@@ -618,11 +625,7 @@ Result<std::vector<Value>> ExecutionContext::execute_values(const std::map<std::
                              " does not match the engine's " + dtype_name(info->type.dtype));
     KILN_RETURN_IF_ERROR(check_input_shape(*info, v.tensor().shape()));
     KILN_RETURN_IF_ERROR(check_in_profile(*engine_->plan_, profile_, name, v.tensor().shape()));
-    if (values_range(*engine_->plan_, profile_, name) != nullptr) {
-      KILN_ASSIGN_OR_RETURN(values[name], engine::shape_tensor_values(name, v.tensor()));
-      KILN_RETURN_IF_ERROR(
-          engine::check_values_in_profile(name, values[name], engine_->plan_->settings.profiles[profile_], profile_));
-    }
+    KILN_RETURN_IF_ERROR(read_shape_values(*engine_->plan_, profile_, name, v.tensor(), &values));
   }
   for (const auto& in : g.inputs)
     if (!inputs.count(in.name) && !g.initializers.count(in.name) && in.type.kind != ir::TypeInfo::Kind::kOptional)
