@@ -148,9 +148,8 @@ std::string gpu_tactic_when_specialized(backends::Backend& gpu, const std::vecto
   bool present = false;
   for (const ProfileGraphs& p : profiles)
     for (const ir::Model* m : {&p.opt, &p.ends[0], &p.ends[1]}) {
-      auto n = std::find_if(m->graph.nodes.begin(), m->graph.nodes.end(),
-                            [&](const ir::Node& node) { return node.name == name; });
-      if (n == m->graph.nodes.end()) continue;  // folded away there: nothing runs
+      const ir::Node* n = m->graph.node_named(name);
+      if (n == nullptr) continue;  // folded away there: nothing runs
       const int opset = m->opset_of(*n);
       if (!gpu.supports(*n, m->graph, opset, nullptr)) return "";
       if (!present) tactic = gpu.tactics(*n, m->graph, opset).front().name;

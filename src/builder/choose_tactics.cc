@@ -41,9 +41,7 @@ std::set<std::string> listed_everywhere(backends::Backend& gpu, const std::vecto
                                         const std::string& name, const std::vector<std::string>& candidates) {
   std::set<std::string> ok(candidates.begin(), candidates.end());
   for (const ir::Model& m : graphs) {
-    const ir::Node* n = nullptr;
-    for (const auto& node : m.graph.nodes)
-      if (node.name == name) n = &node;
+    const ir::Node* n = m.graph.node_named(name);
     if (n == nullptr) continue;  // folded away at those shapes: nothing runs there
     std::set<std::string> here;
     if (gpu.supports(*n, m.graph, m.opset_of(*n), nullptr))

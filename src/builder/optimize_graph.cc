@@ -85,8 +85,7 @@ Status optimize_graph(ir::Model& m, const OptimizeOptions& o, Logger& logger, st
                                     std::to_string(packed) + " with Q, K and V packed into one GEMM)");
   }
   auto layer_named = [&](const std::string& name) -> const ir::Node* {
-    for (const auto& n : m.graph.nodes)
-      if (n.name == name) return &n;
+    if (const ir::Node* n = m.graph.node_named(name)) return n;
     for (const auto& n : m.graph.nodes)
       for (const auto& part : parts_of(n.name))
         if (part == name) return &n;

@@ -58,6 +58,12 @@ std::string Node::describe() const {
   return "node '" + name + "' (" + (domain.empty() ? "" : domain + ".") + op_type + ", #" + std::to_string(index) + ")";
 }
 
+const Node* Graph::node_named(const std::string& name) const {
+  for (const Node& n : nodes)
+    if (n.name == name) return &n;
+  return nullptr;
+}
+
 const TypeInfo* Graph::type_of(const std::string& value) const {
   for (const ValueInfo& v : inputs)
     if (v.name == value) return &v.type;

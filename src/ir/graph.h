@@ -85,6 +85,8 @@ struct Graph {
   std::map<std::string, Tensor> initializers;
 
   const TypeInfo* type_of(const std::string& value) const;
+  // The node of that name; null when there is none (node names are unique).
+  const Node* node_named(const std::string& name) const;
 };
 
 // Opset version per domain ("" is the default domain).
