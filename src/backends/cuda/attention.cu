@@ -458,6 +458,10 @@ std::string check_attention(const LayerSpec& spec, Geometry* g) {
   return "";
 }
 
+// What ".short" runs: head dim 64 (at 128, S, O and P need more registers than two blocks an SM leave a
+// thread) and keys that fit its one tile.
+bool short_fits(const Geometry& g) { return g.D == 64 && g.Sk <= 128; }
+
 bool flash_fits(DType t, int64_t d) { return (t == DType::kFloat16 || t == DType::kBFloat16) && (d == 64 || d == 128); }
 
 class AttentionLayer : public Layer {
@@ -475,7 +479,7 @@ class AttentionLayer : public Layer {
         !(wgmma && wgmma_attention_fits(dtype_, g.D)))
       return Unsupported(std::string(kPrefix) + "tactic '" + tactic + "' does not run " + dtype_name(dtype_) +
                          " with head dim " + std::to_string(g.D));
-    if (wgmma && sched_ == WgmmaSchedule::kShort && (g.D != 64 || g.Sk > 128))
+    if (wgmma && sched_ == WgmmaSchedule::kShort && !short_fits(g))
       return Unsupported(std::string(kPrefix) + "tactic '" + tactic + "' runs head dim 64 with at most 128 keys, not " +
                          std::to_string(g.Sk) + " keys of head dim " + std::to_string(g.D));
     wgmma_ = wgmma;
@@ -600,7 +604,7 @@ bool short_keys(const LayerSpec& spec) {
   if (!check_attention(spec, &g).empty()) return false;
   for (int i = 0; i < (g.packed ? 1 : 3); ++i)
     if (!spec.inputs[i].is_static()) return false;
-  return g.D == 64 && g.Sk <= 128;
+  return short_fits(g);
 }
 
 }  // namespace
