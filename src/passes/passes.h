@@ -116,8 +116,8 @@ Status convert_conv_layout(ir::Model& model, const std::function<bool(const ir::
                            int* converted = nullptr);
 // Whether a conv's data suits cuDNN's channels-last tensor-core kernels: float16 or bfloat16 input, weights
 // an initializer, output channels a multiple of 8, input channels too or, ungrouped, fewer than 8 (then
-// convert_conv_layout pads them to 8: zero weights and a Pad of the NHWC input). (The builder adds: the
-// target is CUDA.)
+// convert_conv_layout pads them to 8, or to 4 for a stride-2 stem the CUDA stem kernel takes: zero weights
+// and a Pad of the NHWC input). (The builder adds: the target is CUDA.)
 bool conv_suits_channels_last(const ir::Graph& g, const ir::Node& n);
 // A chain of two or more Cast (float to float, at most one), Transpose and Pad (mode constant, value 0 or
 // absent, constant non-negative pads) nodes of float32/float16/bfloat16 data of rank <= 6, in any order, each
