@@ -164,6 +164,18 @@ Status optimize_graph(ir::Model& m, const OptimizeOptions& o, Logger& logger, st
       KILN_RETURN_IF_ERROR(passes::infer_shapes(m));
       logger.log(Severity::kInfo, "optimizer: " + std::to_string(relayouts) + " Cast/Transpose/Pad chains fused into kiln.Relayout");
     }
+    // A projection shortcut into its block's last conv, once both are channels-last: the new conv, Concat and
+    // Slice keep the precision of the conv they replace.
+    int shortcuts = 0;
+    std::map<std::string, std::string> made_from;
+    KILN_RETURN_IF_ERROR(passes::fold_projection_shortcut(m, &shortcuts, &made_from));
+    if (shortcuts > 0) {
+      for (const auto& [made, from] : made_from)
+        if (lowered.count(from)) lowered.insert(made);
+      KILN_RETURN_IF_ERROR(passes::eliminate_dead_nodes(m, &removed));  // the old weights and biases
+      KILN_RETURN_IF_ERROR(passes::infer_shapes(m));
+      logger.log(Severity::kInfo, "optimizer: " + std::to_string(shortcuts) + " projection shortcuts folded into their block's last conv");
+    }
   }
   // Pointwise fusion last, for GPU engines: what is left of the elementwise ops once the fusions above
   // claimed theirs (epilogues of Conv and MatMul, GELU, SiLU, LayerNorm, softmax, attention: each is one

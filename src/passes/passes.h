@@ -125,6 +125,17 @@ bool conv_suits_channels_last(const ir::Graph& g, const ir::Node& n);
 // perm), to), pads), named "a + b + c": the composed perm, the cast's dtype, the pads moved to Y's axes.
 // The number of fused nodes goes to *fused.
 Status fuse_relayout(ir::Model& model, int* fused = nullptr);
+// A ResNet projection shortcut folded into the block's last conv: Y = kiln.FusedConv(A, W3, [B3], Z = D) and
+// D = kiln.FusedConv(X, Wd, [Bd]), both channels-last 1x1 (no padding, dilation 1, one group; Y of stride 1,
+// D of stride s along both axes, no activation), D read by Y alone and no graph output, A, X and the
+// constant weights and biases of one float dtype, Ca and Cx multiples of 8, become Concat(A, X') along the
+// channels (X' = X, or Slice(X, steps s) when s > 1: opset >= 10) and one kiln.FusedConv(concat, [W3 | Wd],
+// [B3 + Bd]) with Y's attributes, named "<D's name> + <Y's name>", in Y's place; only when it moves fewer
+// bytes: 2 (Ca + Cx) + (s > 1 ? 2 Cx : 0) < 2 M (ResNet-50's layer1.0, not layer2.0 to 4.0). The Concat and
+// Slice are named "<Y's name> shortcut concat" / "... shortcut slice". The number folded goes to *folded;
+// each new node's name, mapped to Y's old name, to *made_from (the builder's lowered-precision bookkeeping).
+Status fold_projection_shortcut(ir::Model& model, int* folded = nullptr,
+                                std::map<std::string, std::string>* made_from = nullptr);
 
 // [Add(X, Mask) ->] Softmax(axis = last, opset >= 13) [-> IsNaN -> Where(isnan, 0, P)] becomes one
 // kiln.MaskedSoftmax(X, Mask, nan_to_zero): the Add only when the Softmax alone reads it and Mask's static
