@@ -1,5 +1,6 @@
-// The conv passes: fuse_conv_activation (Conv -> Add -> Relu into kiln.FusedConv) and convert_conv_layout
-// (channels-last convs with the transposes between them cancelled). Each test checks the graph after the
+// The conv passes: fuse_conv_activation (Conv -> Add -> Relu into kiln.FusedConv), convert_conv_layout
+// (channels-last convs with the transposes between them cancelled) and fuse_conv_pool (a stem's max pool into
+// it). Each test checks the graph after the
 // pass and that it computes what it did before, on the CPU reference, with fresh random inputs.
 #include <gtest/gtest.h>
 
@@ -622,6 +623,73 @@ TEST(ConvFusionPasses, HalfPrecisionPoolsStayChannelsLast) {
   EXPECT_EQ(count_op(fp32, "ChannelsLastPool"), 0);
   EXPECT_EQ(count_op(fp32, "MaxPool"), 1);
   EXPECT_EQ(count_op(fp32, "GlobalAveragePool"), 1);
+}
+
+// A float16 image stem (`c` channels, 7x7 stride 2 to `m`) + Relu + a MaxPool with `kernel` / stride 2 / pads 1
+// (or an AveragePool), then a Neg, brought as far as the builder brings it before fuse_conv_pool: lowered,
+// fused, channels-last, dead nodes gone, shapes inferred.
+ir::Model stem_and_pool(int64_t c, int64_t m_out, const char* pool_op, int64_t kernel) {
+  onnx::ModelProto p = testing::new_model();
+  auto* g = p.mutable_graph();
+  testing::set_type(g->add_input(), "x", 1, {"2", std::to_string(c), "37", "29"});
+  testing::set_type(g->add_output(), "y", 1, {});
+  set_ints(add_conv(g, "stem", "x", "s", c, m_out, 7), "strides", {2, 2});
+  testing::add_node(g, "Relu", {"s"}, {"r"}, "relu");
+  auto* pool = testing::add_node(g, pool_op, {"r"}, {"pooled"}, "pool");
+  set_ints(pool, "kernel_shape", {kernel, kernel});
+  set_ints(pool, "strides", {2, 2});
+  set_ints(pool, "pads", {1, 1, 1, 1});
+  testing::add_node(g, "Neg", {"pooled"}, {"y"}, "neg");
+  ir::Model m = import(p);
+  EXPECT_TRUE(passes::lower_precision(m, DType::kFloat16, [](const ir::Node&) { return true; }).ok());
+  fuse_and_convert(m);
+  int removed = 0;
+  EXPECT_TRUE(passes::eliminate_dead_nodes(m, &removed).ok());
+  EXPECT_TRUE(passes::infer_shapes(m).ok());
+  return m;
+}
+
+TEST(ConvFusionPasses, StemMaxPoolBecomesOneFusedConv) {
+  for (int64_t c : {3, 8}) {
+    SCOPED_TRACE(std::to_string(c) + " channels");
+    ir::Model m = stem_and_pool(c, 64, "MaxPool", 3);
+    ir::Model before = m;
+    int fused = 0;
+    ASSERT_TRUE(passes::fuse_conv_pool(m, &fused).ok());
+    ASSERT_TRUE(passes::infer_shapes(m).ok());
+    EXPECT_EQ(fused, 1);
+    EXPECT_EQ(count_op(m, "ChannelsLastPool"), 0);
+    const ir::Node* f = find_node(m, "stem + relu + pool");
+    ASSERT_NE(f, nullptr);
+    EXPECT_EQ(f->op_type, "FusedConv");
+    EXPECT_EQ(attr_s(*f, "pool"), "max");
+    EXPECT_EQ(f->attr("pool_kernel_shape")->ints, (std::vector<int64_t>{3, 3}));
+    EXPECT_EQ(f->attr("pool_strides")->ints, (std::vector<int64_t>{2, 2}));
+    EXPECT_EQ(f->attr("pool_pads")->ints, (std::vector<int64_t>{1, 1, 1, 1}));
+    // conv 37 x 29 -> 19 x 15, pooled -> 10 x 8
+    EXPECT_EQ(m.graph.type_of(f->outputs[0])->to_string(), "float16[2,10,8,64]");
+    // The CPU reference pools the rounded conv output, as the separate pool did: equal to the bit.
+    expect_same_outputs(before, m, 0.0);
+  }
+}
+
+TEST(ConvFusionPasses, WhatTheStemPoolFusionLeaves) {
+  struct Case {
+    const char* what;
+    int64_t m_out;
+    const char* pool;
+    int64_t kernel;
+  };
+  for (const Case& k : {Case{"48 outputs (no stem kernel)", 48, "MaxPool", 3}, Case{"an average pool", 64, "AveragePool", 3},
+                        Case{"a 2x2 pool", 64, "MaxPool", 2}}) {
+    SCOPED_TRACE(k.what);
+    ir::Model m = stem_and_pool(3, k.m_out, k.pool, k.kernel);
+    const std::vector<std::string> ops = op_types(m);
+    int fused = -1;
+    ASSERT_TRUE(passes::fuse_conv_pool(m, &fused).ok());
+    EXPECT_EQ(fused, 0);
+    EXPECT_EQ(op_types(m), ops);
+  }
 }
 
 TEST(ConvFusionPasses, WeightsThatDoNotFitAreAnError) {

@@ -164,6 +164,16 @@ Status optimize_graph(ir::Model& m, const OptimizeOptions& o, Logger& logger, st
       KILN_RETURN_IF_ERROR(passes::infer_shapes(m));
       logger.log(Severity::kInfo, "optimizer: " + std::to_string(relayouts) + " Cast/Transpose/Pad chains fused into kiln.Relayout");
     }
+    // A stem's max pool into the stem kernel's epilogue, once both are channels-last: "conv + pool" keeps the
+    // conv's precision.
+    int pools = 0;
+    KILN_RETURN_IF_ERROR(passes::fuse_conv_pool(m, &pools));
+    if (pools > 0) {
+      for (const ir::Node& n : m.graph.nodes)
+        if (n.attr("pool") != nullptr && lowered.count(parts_of(n.name).front())) lowered.insert(n.name);
+      KILN_RETURN_IF_ERROR(passes::infer_shapes(m));
+      logger.log(Severity::kInfo, "optimizer: " + std::to_string(pools) + " max pools fused into their stem conv");
+    }
     // A projection shortcut into its block's last conv, once both are channels-last: the new conv, Concat and
     // Slice keep the precision of the conv they replace.
     int shortcuts = 0;

@@ -623,7 +623,11 @@ class Inferrer {
     }
     if (n.op_type == "MaskedSoftmax") return set(n, 0, *x);  // the mask broadcasts to X without growing it
     if (n.op_type == "FusedMatMul" && x->has_shape) return infer_matmul(n, *x);  // the bias keeps MatMul's shape
-    if (n.op_type == "FusedConv" && x->has_shape) return infer_window(n, *x);  // B, Z and the activation keep Conv's shape
+    if (n.op_type == "FusedConv" && x->has_shape) {  // B, Z and the activation keep Conv's shape
+      infer_window(n, *x);
+      if (n.attr("pool") != nullptr) pool_fused_conv_output(n);
+      return;
+    }
     if (n.op_type == "ChannelsLastPool" && x->has_shape && x->dims.size() == 4) {  // the ONNX pool's rule, in NHWC
       const ir::Attribute* mode = n.attr("mode");
       if (mode == nullptr || (mode->s != "global_average" && mode->s != "global_max")) return infer_window(n, *x);
@@ -668,6 +672,31 @@ class Inferrer {
     set(n, 0, tensor_type(x.dtype, batch));
   }
 
+
+  // kiln.FusedConv with a pool (fuse_conv_pool; channels_last 1): the conv's [N, H, W, M] output max-pooled
+  // by pool_kernel_shape / pool_strides / pool_pads, floor((in + pads - kernel) / stride) + 1 (no dilation, no
+  // ceil_mode: the pass fuses only such pools).
+  void pool_fused_conv_output(const ir::Node& n) {
+    const TypeInfo* y = n.outputs.empty() ? nullptr : type(n.outputs[0]);
+    if (y == nullptr || !y->has_shape || y->dims.size() != 4) return;
+    const std::vector<int64_t> k = iattrs(n, "pool_kernel_shape"), s = iattrs(n, "pool_strides"), p = iattrs(n, "pool_pads");
+    TypeInfo pooled = *y;
+    for (size_t i = 0; i < 2; ++i) {
+      Dim& d = pooled.dims[1 + i];
+      if (k.size() != 2 || s.size() != 2 || p.size() != 4 || s[i] <= 0) {
+        d = Dim();
+        continue;
+      }
+      if (!d.known()) {  // a symbolic size pools to an unknown one, not to itself
+        d = Dim();
+        continue;
+      }
+      const int64_t span = d.value + p[i] + p[i + 2] - k[i];
+      if (span < 0) return;
+      d = Dim::of(span / s[i] + 1);
+    }
+    set(n, 0, pooled);
+  }
 
   // Conv, kiln.FusedConv (either layout) and pooling: out = floor((in + pads - dilation * (kernel - 1) - 1) / stride) + 1
   // (ceil for ceil_mode).

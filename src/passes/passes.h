@@ -114,6 +114,12 @@ Status fuse_conv_activation(ir::Model& model, int* fused = nullptr);
 // changes.
 Status convert_conv_layout(ir::Model& model, const std::function<bool(const ir::Node&)>& eligible,
                            int* converted = nullptr);
+// A channels-last image stem (kiln.FusedConv that the CUDA stem kernel runs: see fuse_conv_pool.cc) read only by
+// a 3x3 stride-2 pad-1 max kiln.ChannelsLastPool becomes one kiln.FusedConv with attributes pool = "max",
+// pool_kernel_shape, pool_strides and pool_pads, named "conv + pool", in the pool's place: the stem kernel
+// pools its tile on chip instead of writing the full-size output. Run after convert_conv_layout, then
+// infer_shapes. The number of fused nodes goes to *fused.
+Status fuse_conv_pool(ir::Model& model, int* fused = nullptr);
 // Whether a conv's data suits cuDNN's channels-last tensor-core kernels: float16 or bfloat16 input, weights
 // an initializer, output channels a multiple of 8, input channels too or, ungrouped, fewer than 8 (then
 // convert_conv_layout pads them to 8, or to 4 for a stride-2 stem the CUDA stem kernel takes: zero weights

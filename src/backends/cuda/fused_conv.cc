@@ -170,6 +170,8 @@ std::string gemm_ineligible(const LayerSpec& spec) {
 }
 
 std::vector<std::string> fused_conv_tactics(const LayerSpec& spec) {
+  // A pool fused into the conv (fuse_conv_pool) runs in the stem kernel alone.
+  if (spec.has_attr("pool")) return stem_conv_ineligible(spec).empty() ? std::vector<std::string>{kStem} : std::vector<std::string>{};
   std::vector<std::string> t;
   for (int a : {1, 0, 6, 7, 5, 4, 2, 3}) t.push_back(kFusedPrefix + std::to_string(a));
   t.push_back(kUnfused);
@@ -436,6 +438,8 @@ Result<std::unique_ptr<Layer>> create_graph_conv(const LayerSpec& spec, const st
 }
 
 Result<std::unique_ptr<Layer>> create_fused_conv(const LayerSpec& spec, const std::string& tactic, const CudaHandles& h) {
+  if (spec.has_attr("pool") && tactic != kStem)
+    return Unsupported(std::string(kOp) + ": a fused pool runs in tactic " + kStem + " only, not " + tactic);
   if (is_gemm_tactic(tactic)) return FusedConvGemmLayer::create(spec, tactic, h);
   if (is_cudnn_graph_tactic(tactic)) return create_graph_conv(spec, tactic, h);
   if (tactic == kStem) {

@@ -34,6 +34,16 @@
 // than the 25 of 8-channel chunks. The pair past an odd S (s = S) is a real input pixel with zero weights:
 // its A half is zeroed like the padding position's, so that an inf there cannot make a NaN.
 //
+// Fused max pool (attribute `pool`, made by fuse_conv_pool: 3x3, stride 2, pads 1, ResNet's stem pool): the
+// conv output never reaches memory whole. Tile (tp, tq) of 16x16 conv pixels owns the 8x8 pool outputs
+// (8 tp.., 8 tq..), whose windows cover conv rows 16 tp - 1 .. 16 tp + 15 and columns likewise: all in the
+// tile but for the row above it and the column left of it, which belong to other tiles and maybe other
+// blocks. So the epilogue stages the whole tile (32 channels a pass), pools every owned output over the taps
+// in the tile, and writes those partial maxima to Y together with its bottom conv row and right conv column
+// ("halos", in the workspace); a second small kernel then folds the halos into the outputs on tile
+// boundaries. Max is order-free and idempotent (a corner's tap seen twice is harmless), and, taken in T with
+// NaN never winning and -inf to start, matches the separate pool exactly (it compares the same rounded values).
+//
 // Bank conflicts: an ldmatrix phase reads 8 chunks; the patch is stored with its columns de-interleaved by the
 // stride (column c at (c % stride) * ceil(cols / stride) + c / stride), so the 8 pixels of a phase read 8
 // consecutive chunks; weight rows have an odd number of chunks, so 8 channels at one k read 8 different
@@ -41,6 +51,7 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "backends/cuda/conv_common.h"
@@ -57,7 +68,7 @@ constexpr int kTileRows = 16, kTileCols = 16;  // output pixels of a tile; 112 =
 constexpr int kRowsPerWarp = 4;                 // m16 tiles per warp, one output row of 16 pixels each
 constexpr int kWarps = kTileRows / kRowsPerWarp;
 constexpr int kWarpPixels = kRowsPerWarp * kTileCols;
-constexpr int kStageChunks = 4;                 // the epilogue stages 32 channels (4 chunks) a pass
+constexpr int kStageChunks = 4;                 // the epilogue stages 32 channels (4 chunks) a pass (all 64 with a pool)
 constexpr int kBlockThreads = 32 * kWarps;
 static_assert(kTileCols == 16, "an m16 tile is one output row of the tile");
 constexpr int kMaxKernel = 7;
@@ -80,7 +91,18 @@ struct StemParams {
   int buf_chunks = 0;                // one patch (or staging) buffer
   int tiles_q = 0, tiles_p = 0, tiles = 0;
   float lo = 0, hi = 0, slope = 1;   // every activation as clip(v < 0 ? v * slope : v, lo, hi)
+  int PH = 0, PW = 0;                // fused pool: Y is [N, PH, PW, K]
+  int64_t halo_col_offset = 0;       // fused pool: elements of the workspace before the column halos
 };
+
+// The workspace of a fused pool: the bottom conv row of every tile row but the last, [N, tiles_p - 1, Q, K],
+// then the right conv column of every tile column but the last, [N, P, tiles_q - 1, K], in T.
+struct PoolHalos {
+  size_t row_elems = 0, col_elems = 0;
+};
+PoolHalos halos_of(int64_t n, const StemParams& p) {
+  return {static_cast<size_t>(n) * (p.tiles_p - 1) * p.Q * p.K, static_cast<size_t>(n) * p.P * (p.tiles_q - 1) * p.K};
+}
 
 // Shared-memory layout of a problem, in 16-byte chunks unless named bytes.
 struct StemLayout {
@@ -93,7 +115,7 @@ struct StemLayout {
 // odd steps'), or has none (even S).
 bool paired_layout(int64_t c, int64_t s, int64_t sw) { return c == 4 && sw == 2 && (s % 2 == 0 || s == 3 || s == 7); }
 
-StemLayout layout_for(int64_t r, int64_t s, int64_t sh, int64_t sw, int bn, bool paired) {
+StemLayout layout_for(int64_t r, int64_t s, int64_t sh, int64_t sw, int bn, bool paired, bool pool) {
   StemLayout l;
   const int positions = static_cast<int>(paired ? r * ((s + 1) / 2) : r * s);
   l.ksteps = (positions + 1) / 2;
@@ -109,7 +131,7 @@ StemLayout layout_for(int64_t r, int64_t s, int64_t sh, int64_t sw, int bn, bool
     l.wd = static_cast<int>((l.pcol + sw - 1) / sw);
     l.row_chunks = static_cast<int>(sw) * l.wd;
   }
-  const int patch = l.prow * l.row_chunks, stage = kWarps * kWarpPixels * std::min(bn / 8, kStageChunks);
+  const int patch = l.prow * l.row_chunks, stage = kWarps * kWarpPixels * (pool ? bn / 8 : std::min(bn / 8, kStageChunks));
   l.buf_chunks = std::max(patch, stage);
   l.bytes = (static_cast<size_t>(bn) * l.ws + 2 * static_cast<size_t>(l.buf_chunks)) * 16 + l.kq * sizeof(int) + bn * sizeof(float);
   return l;
@@ -194,13 +216,121 @@ __device__ __forceinline__ int stage_swizzle(int pix) {
   return (pix * CPR / 8) % CPR;
 }
 
-template <class T, int C, int BN, bool PAIRED>
+// The max of 8 channels over taps, two at a time in T (__hmax2): where one side is NaN it gives the other, so
+// an accumulator that starts at -inf never becomes NaN. That is the separate pool's and the CPU reference's
+// rule (a tap wins only when strictly greater: NaN never does, and taps that are all NaN leave -inf).
+template <class T>
+__device__ __forceinline__ uint4 max_chunk(const uint4& acc, const uint4& tap) {
+  using T2 = std::conditional_t<std::is_same_v<T, __half>, __half2, __nv_bfloat162>;
+  uint4 r;
+  const T2* a = reinterpret_cast<const T2*>(&acc);
+  const T2* b = reinterpret_cast<const T2*>(&tap);
+  T2* o = reinterpret_cast<T2*>(&r);
+#pragma unroll
+  for (int j = 0; j < 4; ++j) o[j] = __hmax2(a[j], b[j]);
+  return r;
+}
+
+template <class T>
+__device__ __forceinline__ uint4 minus_inf_chunk() {
+  Pack<T> v;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) v.v[j] = from_f<T>(-INFINITY);
+  return *reinterpret_cast<const uint4*>(&v);
+}
+
+// One epilogue pass of the fused pool (see the top): the block's staged tile (16 x 16 pixels of SC chunks,
+// pixel (r, c) at (16 r + c) * SC, its chunks swizzled as the staging wrote them) pooled into its 8 x 8
+// outputs, chunks chunk0.. of each, and its bottom row and right column copied to the halos.
+template <class T, int SC>
+__device__ __forceinline__ void pool_tile_pass(const uint4* stage, const StemParams& p, int n, int tp, int tq, int chunk0,
+                                               T* y, T* halo_rows, T* halo_cols) {
+  auto at = [&](int r, int c, int j) { return stage[(r * kTileCols + c) * SC + (j ^ stage_swizzle<SC>((r % kRowsPerWarp) * kTileCols + c))]; };
+  const int r_end = min(kTileRows, p.P - tp * kTileRows), c_end = min(kTileCols, p.Q - tq * kTileCols);  // conv pixels in the image
+  for (int i = threadIdx.x; i < (kTileRows / 2) * (kTileCols / 2) * SC; i += kBlockThreads) {
+    const int j = i % SC, pp = i / SC, pr = pp / (kTileCols / 2), pc = pp % (kTileCols / 2);
+    const int py = tp * (kTileRows / 2) + pr, px = tq * (kTileCols / 2) + pc;
+    if (py >= p.PH || px >= p.PW) continue;
+    uint4 acc = minus_inf_chunk<T>();
+#pragma unroll
+    for (int dr = -1; dr <= 1; ++dr) {
+      const int r = 2 * pr + dr;
+      if (r < 0 || r >= r_end) continue;  // the row above is the tile above's (the halo kernel adds it)
+#pragma unroll
+      for (int dc = -1; dc <= 1; ++dc) {
+        const int c = 2 * pc + dc;
+        if (c >= 0 && c < c_end) acc = max_chunk<T>(acc, at(r, c, j));
+      }
+    }
+    *reinterpret_cast<uint4*>(y + ((static_cast<int64_t>(n) * p.PH + py) * p.PW + px) * p.K + 8 * (chunk0 + j)) = acc;
+  }
+  if (tp + 1 < p.tiles_p)  // then the tile is 16 rows high
+    for (int i = threadIdx.x; i < c_end * SC; i += kBlockThreads) {
+      const int c = i / SC, j = i % SC;
+      *reinterpret_cast<uint4*>(halo_rows + ((static_cast<int64_t>(n) * (p.tiles_p - 1) + tp) * p.Q + tq * kTileCols + c) * p.K +
+                                8 * (chunk0 + j)) = at(kTileRows - 1, c, j);
+    }
+  if (tq + 1 < p.tiles_q)
+    for (int i = threadIdx.x; i < r_end * SC; i += kBlockThreads) {
+      const int r = i / SC, j = i % SC;
+      *reinterpret_cast<uint4*>(halo_cols + ((static_cast<int64_t>(n) * p.P + tp * kTileRows + r) * (p.tiles_q - 1) + tq) * p.K +
+                                8 * (chunk0 + j)) = at(r, kTileCols - 1, j);
+    }
+}
+
+// The second kernel of a fused pool: each pool output on a tile boundary (row or column a multiple of 8, not
+// 0) takes the max of its partial value and the window's taps in the halos. One thread a 16-byte chunk:
+// items [0, along_rows) are the boundary rows' outputs, the rest the boundary columns' outside those rows.
+template <class T>
+__global__ void stem_pool_halo_kernel(void* yv, const void* rows_v, const void* cols_v, StemParams p, int64_t along_rows,
+                                      int64_t items) {
+  T* y = static_cast<T*>(yv);
+  const T* halo_rows = static_cast<const T*>(rows_v);
+  const T* halo_cols = static_cast<const T*>(cols_v);
+  const int ck = p.K / 8, nby = (p.PH - 1) / 8, nbx = (p.PW - 1) / 8;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < items;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int64_t rest;
+    int j, py, px, n;
+    if (i < along_rows) {  // [N, nby, PW, ck]
+      j = static_cast<int>(i % ck);
+      rest = i / ck;
+      px = static_cast<int>(rest % p.PW);
+      rest /= p.PW;
+      py = 8 * (static_cast<int>(rest % nby) + 1);
+      n = static_cast<int>(rest / nby);
+    } else {  // [N, PH, nbx, ck]
+      const int64_t k = i - along_rows;
+      j = static_cast<int>(k % ck);
+      rest = k / ck;
+      px = 8 * (static_cast<int>(rest % nbx) + 1);
+      rest /= nbx;
+      py = static_cast<int>(rest % p.PH);
+      n = static_cast<int>(rest / p.PH);
+      if (py % 8 == 0 && py > 0) continue;  // a boundary row's output: the first range has it
+    }
+    uint4* out = reinterpret_cast<uint4*>(y + ((static_cast<int64_t>(n) * p.PH + py) * p.PW + px) * p.K) + j;
+    uint4 acc = *out;  // the tile's partial maximum
+    if (py % 8 == 0 && py > 0) {  // conv row 2 py - 1, the bottom row of tile row py / 8 - 1
+      const T* row = halo_rows + (static_cast<int64_t>(n) * (p.tiles_p - 1) + py / 8 - 1) * p.Q * p.K;
+      for (int ox = max(2 * px - 1, 0); ox <= min(2 * px + 1, p.Q - 1); ++ox)
+        acc = max_chunk<T>(acc, reinterpret_cast<const uint4*>(row + static_cast<int64_t>(ox) * p.K)[j]);
+    }
+    if (px % 8 == 0 && px > 0)  // conv column 2 px - 1, the right column of tile column px / 8 - 1
+      for (int oy = max(2 * py - 1, 0); oy <= min(2 * py + 1, p.P - 1); ++oy)
+        acc = max_chunk<T>(acc, reinterpret_cast<const uint4*>(halo_cols + ((static_cast<int64_t>(n) * p.P + oy) * (p.tiles_q - 1) + px / 8 - 1) * p.K)[j]);
+    *out = acc;
+  }
+}
+
+template <class T, int C, int BN, bool PAIRED, bool POOL>
 __global__ void __launch_bounds__(kBlockThreads, 2) stem_conv_kernel(const void* xv, const void* wv, const void* bv, void* yv,
-                                                                  StemParams p) {
+                                                                  void* halo, StemParams p) {
   constexpr int MT = kRowsPerWarp;
   constexpr int NB = BN / 16;  // ldmatrix.x4 loads of B per k step (two n8 tiles each)
   constexpr int CPR = BN / 8;  // n8 tiles; output chunks per pixel
-  constexpr int SC = kStageChunks;
+  // A pool stages the tile's 64 channels at once: one block-wide wait a tile rather than one a pass.
+  constexpr int SC = POOL ? CPR : kStageChunks;
   static_assert(CPR % SC == 0, "the epilogue stages whole passes");
   const T* x = static_cast<const T*>(xv);
   const T* w = static_cast<const T*>(wv);
@@ -307,7 +437,8 @@ __global__ void __launch_bounds__(kBlockThreads, 2) stem_conv_kernel(const void*
     uint4* stage = cur + warp * kWarpPixels * SC;
 #pragma unroll
     for (int pass = 0; pass < CPR / SC; ++pass) {
-      if (pass > 0) __syncwarp();  // the previous pass's stores have read the staging area
+      if (POOL && pass > 0) __syncthreads();  // every warp is done pooling the previous pass's tile
+      if (!POOL && pass > 0) __syncwarp();  // the previous pass's stores have read the staging area
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -319,6 +450,12 @@ __global__ void __launch_bounds__(kBlockThreads, 2) stem_conv_kernel(const void*
             const float v1 = activate(acc[mt][nt][2 * h + 1] + bias_s[ch + 1], p);
             reinterpret_cast<uint32_t*>(stage + pix * SC + (nl ^ stage_swizzle<SC>(pix)))[t4] = pack2<T>(v0, v1);
           }
+      if constexpr (POOL) {  // the pool windows cross warps' rows: the whole tile first
+        __syncthreads();
+        T* halo_rows = static_cast<T*>(halo);
+        pool_tile_pass<T, SC>(cur, p, n, tp, tq, k0 / 8 + pass * SC, y, halo_rows, halo_rows + p.halo_col_offset);
+        continue;
+      }
       __syncwarp();
 #pragma unroll
       for (int k = 0; k < kWarpPixels * SC / 32; ++k) {
@@ -334,18 +471,28 @@ __global__ void __launch_bounds__(kBlockThreads, 2) stem_conv_kernel(const void*
   cp_async_wait_all();  // no copy may be left in flight when the block exits (none is: the last was empty)
 }
 
-using StemKernel = void (*)(const void*, const void*, const void*, void*, StemParams);
+using StemKernel = void (*)(const void*, const void*, const void*, void*, void*, StemParams);
+
+// A fused pool runs at BN = 64 only (stem_conv_ineligible asks for it): half the variants to compile.
+template <class T>
+StemKernel kernel_for(int c, int bn, bool paired, bool pool) {
+  if (pool) return c == 8 ? stem_conv_kernel<T, 8, 64, false, true> : paired ? stem_conv_kernel<T, 4, 64, true, true>
+                                                                             : stem_conv_kernel<T, 4, 64, false, true>;
+  if (c == 8) return bn == 64 ? stem_conv_kernel<T, 8, 64, false, false> : stem_conv_kernel<T, 8, 32, false, false>;
+  if (paired) return bn == 64 ? stem_conv_kernel<T, 4, 64, true, false> : stem_conv_kernel<T, 4, 32, true, false>;
+  return bn == 64 ? stem_conv_kernel<T, 4, 64, false, false> : stem_conv_kernel<T, 4, 32, false, false>;
+}
+
+using HaloKernel = void (*)(void*, const void*, const void*, StemParams, int64_t, int64_t);
 
 template <class T>
-StemKernel kernel_for(int c, int bn, bool paired) {
-  if (c == 8) return bn == 64 ? stem_conv_kernel<T, 8, 64, false> : stem_conv_kernel<T, 8, 32, false>;
-  if (paired) return bn == 64 ? stem_conv_kernel<T, 4, 64, true> : stem_conv_kernel<T, 4, 32, true>;
-  return bn == 64 ? stem_conv_kernel<T, 4, 64, false> : stem_conv_kernel<T, 4, 32, false>;
+HaloKernel halo_kernel_for() {
+  return stem_pool_halo_kernel<T>;
 }
 
 class StemConvLayer final : public Layer {
  public:
-  Status run(const std::vector<DeviceTensor>& inputs, const std::vector<DeviceTensor>& outputs, void*,
+  Status run(const std::vector<DeviceTensor>& inputs, const std::vector<DeviceTensor>& outputs, void* workspace,
              const CudaHandles& h) const override {
     if (nothing_to_do_) return OkStatus();
     const void* x = inputs[0].data;
@@ -355,12 +502,22 @@ class StemConvLayer final : public Layer {
     if (!aligned_to(x, static_cast<size_t>(c_) * 2) || !aligned16(y))
       return InvalidArgument(std::string(kOp) + ": needs X aligned to " + std::to_string(c_ * 2) +
                              " bytes and Y to 16 bytes");
-    kernel_<<<grid_, kBlockThreads, smem_, h.stream>>>(x, inputs[1].data, b, y, p_);
-    return launch_status("stem_conv_kernel");
+    kernel_<<<grid_, kBlockThreads, smem_, h.stream>>>(x, inputs[1].data, b, y, workspace, p_);
+    KILN_RETURN_IF_ERROR(launch_status("stem_conv_kernel"));
+    if (halo_items_ == 0) return OkStatus();
+    const char* ws = static_cast<const char*>(workspace);  // T is 2 bytes (float16, bfloat16)
+    halo_kernel_<<<capped_grid(ceil_div(halo_items_, 256), 8), 256, 0, h.stream>>>(y, ws, ws + p_.halo_col_offset * 2, p_,
+                                                                                  halo_along_rows_, halo_items_);
+    return launch_status("stem_pool_halo_kernel");
   }
+
+  size_t workspace_bytes() const override { return workspace_; }
 
   StemParams p_;
   StemKernel kernel_ = nullptr;
+  HaloKernel halo_kernel_ = nullptr;
+  int64_t halo_along_rows_ = 0, halo_items_ = 0;  // the halo kernel's items (see stem_pool_halo_kernel)
+  size_t workspace_ = 0;
   dim3 grid_;
   size_t smem_ = 0;
   int c_ = 8;
@@ -396,8 +553,17 @@ std::string stem_conv_ineligible(const LayerSpec& spec) {
   const std::vector<int64_t> strides = spec.attr_ints("strides", {1, 1});
   if (strides.size() != 2 || strides[0] > kMaxStride || strides[1] > kMaxStride || strides[0] < 1 || strides[1] < 1)
     return op + ": needs 2 strides of 1 to " + std::to_string(kMaxStride) + ", got " + shape_to_string(strides);
+  if (spec.has_attr("pool")) {  // fuse_conv_pool's, which only this tactic runs
+    if (spec.attr_string("pool", "") != "max" || spec.attr_ints("pool_kernel_shape") != std::vector<int64_t>{3, 3} ||
+        spec.attr_ints("pool_strides") != std::vector<int64_t>{2, 2} || spec.attr_ints("pool_pads") != std::vector<int64_t>{1, 1, 1, 1})
+      return op + ": fuses a 3x3 max pool of strides 2 and pads 1 only, got pool '" + spec.attr_string("pool", "") +
+             "' kernel " + shape_to_string(spec.attr_ints("pool_kernel_shape")) + " strides " +
+             shape_to_string(spec.attr_ints("pool_strides")) + " pads " + shape_to_string(spec.attr_ints("pool_pads"));
+    if (ws[0] % 64 != 0) return op + ": fuses a pool with output channels a multiple of 64, W is " + shape_to_string(ws);
+  }
   const StemLayout l =
-      layout_for(ws[1], ws[2], strides[0], strides[1], ws[0] % 64 == 0 ? 64 : 32, paired_layout(ws[3], ws[2], strides[1]));
+      layout_for(ws[1], ws[2], strides[0], strides[1], ws[0] % 64 == 0 ? 64 : 32, paired_layout(ws[3], ws[2], strides[1]),
+                 spec.has_attr("pool"));
   if (l.bytes > kSmemCap)
     return op + ": strides " + shape_to_string(strides) + " and W " + shape_to_string(ws) + " need " + std::to_string(l.bytes) +
            " bytes of shared memory, over " + std::to_string(kSmemCap);
@@ -429,7 +595,7 @@ Result<std::unique_ptr<Layer>> create_stem_conv(const LayerSpec& spec, const Cud
     if (v > kDimCap) return Unsupported(op + ": X " + shape_to_string(xs) + " or its pads are over 2^24");
   const int bn = ws[0] % 64 == 0 ? 64 : 32;
   const bool paired = paired_layout(ws[3], ws[2], g.strides[1]);
-  const StemLayout l = layout_for(ws[1], ws[2], g.strides[0], g.strides[1], bn, paired);
+  const StemLayout l = layout_for(ws[1], ws[2], g.strides[0], g.strides[1], bn, paired, spec.has_attr("pool"));
   StemParams& p = layer->p_;
   p.H = static_cast<int>(xs[1]);
   p.W = static_cast<int>(xs[2]);
@@ -465,8 +631,24 @@ Result<std::unique_ptr<Layer>> create_stem_conv(const LayerSpec& spec, const Cud
   p.hi = act == "Clip" ? spec.attr_float("activation_max", INFINITY) : INFINITY;
   p.slope = act == "LeakyRelu" ? spec.attr_float("activation_alpha", 0.01f) : 1.0f;
 
-  layer->kernel_ = xd.dtype == DType::kFloat16 ? kernel_for<__half>(layer->c_, bn, paired)
-                                               : kernel_for<__nv_bfloat16>(layer->c_, bn, paired);
+  const bool pool = spec.has_attr("pool");
+  if (pool) {  // 3x3, stride 2, pads 1 (stem_conv_ineligible): floor((P - 1) / 2) + 1
+    p.PH = (p.P - 1) / 2 + 1;
+    p.PW = (p.Q - 1) / 2 + 1;
+    const Shape want = {xs[0], p.PH, p.PW, p.K};
+    if (spec.outputs.empty() || spec.outputs[0].shape != want)
+      return InvalidArgument(op + ": the output must be the pooled shape " + shape_to_string(want) + ", got " +
+                             (spec.outputs.empty() ? std::string("none") : shape_to_string(spec.outputs[0].shape)));
+    const PoolHalos halos = halos_of(g.N, p);
+    p.halo_col_offset = static_cast<int64_t>(halos.row_elems);
+    layer->workspace_ = (halos.row_elems + halos.col_elems) * 2;
+    const int64_t ck = p.K / 8;
+    layer->halo_along_rows_ = g.N * ((p.PH - 1) / 8) * p.PW * ck;
+    layer->halo_items_ = layer->halo_along_rows_ + g.N * p.PH * ((p.PW - 1) / 8) * ck;
+    layer->halo_kernel_ = xd.dtype == DType::kFloat16 ? halo_kernel_for<__half>() : halo_kernel_for<__nv_bfloat16>();
+  }
+  layer->kernel_ = xd.dtype == DType::kFloat16 ? kernel_for<__half>(layer->c_, bn, paired, pool)
+                                               : kernel_for<__nv_bfloat16>(layer->c_, bn, paired, pool);
   layer->smem_ = l.bytes;
   int dev = 0, optin = 0, per_sm = 0;
   KILN_CUDA_TRY(cudaGetDevice(&dev));

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "backends/cpu/kernel_util.h"
+#include "backends/cpu/ops/conv_util.h"
 
 namespace kiln::cpu {
 namespace {
@@ -56,22 +57,25 @@ Result<Tensor> transpose(const KernelContext& ctx, const Tensor& x, std::vector<
 Status channels_last_pool_kernel(KernelContext& ctx) {
   if (!ctx.has_input(0)) return ctx.error("input X is required");
   if (ctx.num_inputs() > 1) return ctx.error("takes 1 input (X), got " + std::to_string(ctx.num_inputs()));
-  const Tensor& x = ctx.input(0);
-  const std::string mode = ctx.attr_string("mode", "");
-  const char* op = onnx_pool_of(mode);
-  if (op == nullptr)
-    return ctx.error("mode must be \"max\", \"average\", \"global_average\" or \"global_max\", got \"" + mode + "\"");
-  if (x.rank() != 4) return ctx.error("X must be [N, H, W, C] (rank 4), got " + x.description());
   std::map<std::string, ir::Attribute> attrs = ctx.node().attributes;
   attrs.erase("mode");
-  KILN_ASSIGN_OR_RETURN(Tensor nchw, transpose(ctx, x, {0, 3, 1, 2}));
-  KILN_ASSIGN_OR_RETURN(Tensor pooled, run_onnx_reference(ctx, op, nchw, std::move(attrs)));
-  KILN_ASSIGN_OR_RETURN(Tensor y, transpose(ctx, pooled, {0, 2, 3, 1}));
+  KILN_ASSIGN_OR_RETURN(Tensor y, channels_last_pool(ctx, ctx.input(0), ctx.attr_string("mode", ""), std::move(attrs)));
   ctx.set_output(0, std::move(y));
   return OkStatus();
 }
 
 }  // namespace
+
+Result<Tensor> channels_last_pool(const KernelContext& ctx, const Tensor& x, const std::string& mode,
+                                  std::map<std::string, ir::Attribute> attrs) {
+  const char* op = onnx_pool_of(mode);
+  if (op == nullptr)
+    return ctx.error("pool mode must be \"max\", \"average\", \"global_average\" or \"global_max\", got \"" + mode + "\"");
+  if (x.rank() != 4) return ctx.error("the pool's input must be [N, H, W, C] (rank 4), got " + x.description());
+  KILN_ASSIGN_OR_RETURN(Tensor nchw, transpose(ctx, x, {0, 3, 1, 2}));
+  KILN_ASSIGN_OR_RETURN(Tensor pooled, run_onnx_reference(ctx, op, nchw, std::move(attrs)));
+  return transpose(ctx, pooled, {0, 2, 3, 1});
+}
 
 void register_channels_last_pool_ops(ir::OpRegistry& r) {
   ir::OpSchema s;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -93,5 +94,11 @@ inline Status window_geometry(const KernelContext& ctx, const Shape& in_spatial,
 // ctx's node (group, strides, pads, ...): the reference of Conv, also run by the fused kiln.FusedConv. The
 // result is computed and returned in float32 for float16/bfloat16 inputs (the caller narrows it back).
 Result<Tensor> conv_reference(const KernelContext& ctx, const Tensor& x, const Tensor& w, const Tensor* b);
+
+// The reference of kiln.ChannelsLastPool, also run by kiln.FusedConv's optional pool: x [N, H, W, C] pooled by
+// the ONNX pool `mode` names ("max": MaxPool, "average", "global_average", "global_max") with that pool's
+// attributes, through the registered NCHW reference (channels_last_pool.cc). Errors name ctx's node.
+Result<Tensor> channels_last_pool(const KernelContext& ctx, const Tensor& x, const std::string& mode,
+                                  std::map<std::string, ir::Attribute> attrs);
 
 }  // namespace kiln::cpu

@@ -1,5 +1,7 @@
 // CPU reference of the optimizer's kiln.FusedConv (domain "kiln"): Y = activation(Conv(X, W) + B + Z), in
-// the ONNX layout (channels_last = 0) or NHWC / KRSC (channels_last = 1). The activation is "" (none), Relu,
+// the ONNX layout (channels_last = 0) or NHWC / KRSC (channels_last = 1), then, with attribute `pool` (channels
+// last only; made by fuse_conv_pool), that pool of Y ("max": MaxPool with pool_kernel_shape, pool_strides,
+// pool_pads). The activation is "" (none), Relu,
 // Clip (bounds activation_min / activation_max, default unbounded), LeakyRelu (activation_alpha, default
 // 0.01), Sigmoid, Silu (x * sigmoid(x)) or HardSwish, each as the ONNX op of that name computes it. It is the oracle of the CUDA layer
 // and of the fusion passes, so it is built from the Conv reference itself: channels-last tensors are moved
@@ -8,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <map>
 #include <string>
 
 #include "backends/cpu/kernel_util.h"
@@ -121,7 +124,16 @@ Status fused_conv_kernel(KernelContext& ctx) {
       yd[i] = activation.apply(zd ? yd[i] + zd[i] : yd[i]);
     }
   });
-  ctx.set_output(0, narrow_back(y, x0.dtype()));
+  Tensor out = narrow_back(y, x0.dtype());
+  // The optional max pool of fuse_conv_pool, on the rounded output, as the separate pool node computed it.
+  if (ctx.node().attr("pool") != nullptr) {
+    if (!channels_last) return ctx.error("a pool needs channels_last = 1");
+    std::map<std::string, ir::Attribute> attrs;
+    for (const char* name : {"kernel_shape", "strides", "pads"})
+      if (const ir::Attribute* a = ctx.node().attr(std::string("pool_") + name)) attrs[name] = *a;
+    KILN_ASSIGN_OR_RETURN(out, channels_last_pool(ctx, out, ctx.attr_string("pool", ""), std::move(attrs)));
+  }
+  ctx.set_output(0, std::move(out));
   return OkStatus();
 }
 
