@@ -1,4 +1,4 @@
-// Golden dumps of the optimized graph (issue 4, DESIGN.md principle 10): three models, each optimized as a
+// Golden dumps of the optimized graph (issue 4, DESIGN.md principle 10): four models, each optimized as a
 // GPU engine in fp16 and as a CPU engine, at opt level 3, are printed by dump_graph and compared with the
 // files of tests/golden/, so that every change to the optimizer shows up in review as a change to them.
 // The GPU graph is made without a GPU: optimize_graph asks the CUDA layer table (which needs no device)
@@ -248,12 +248,29 @@ struct Builder {
     return m.graph.nodes.back();
   }
   // Conv with bias, "same" padding for odd kernels.
-  void conv(const std::string& x, const std::string& y, int64_t cin, int64_t cout, int64_t k, const std::string& name) {
+  void conv(const std::string& x, const std::string& y, int64_t cin, int64_t cout, int64_t k, const std::string& name,
+            int64_t stride = 1) {
     weight(name + ".weight", random_tensor({cout, cin, k, k}, -0.5f, 0.5f));
     weight(name + ".bias", random_tensor({cout}, -0.2f, 0.2f));
     ir::Node& n = node("Conv", {x, name + ".weight", name + ".bias"}, y, name);
     n.attributes["kernel_shape"] = ints_attr({k, k});
     n.attributes["pads"] = ints_attr({k / 2, k / 2, k / 2, k / 2});
+    if (stride != 1) n.attributes["strides"] = ints_attr({stride, stride});
+  }
+  // An inference BatchNormalization over `c` channels (scale, bias, mean and variance as initializers).
+  void batch_norm(const std::string& x, const std::string& y, int64_t c, const std::string& name) {
+    weight(name + ".scale", random_tensor({c}, 0.5f, 1.5f));
+    weight(name + ".bias", random_tensor({c}, -0.2f, 0.2f));
+    weight(name + ".mean", random_tensor({c}, -0.2f, 0.2f));
+    weight(name + ".var", random_tensor({c}, 0.5f, 1.5f));
+    node("BatchNormalization", {x, name + ".scale", name + ".bias", name + ".mean", name + ".var"}, y, name);
+  }
+  // A max pool, 3x3 stride 2 pads 1: ResNet's.
+  void resnet_max_pool(const std::string& x, const std::string& y, const std::string& name) {
+    ir::Node& pool = node("MaxPool", {x}, y, name);
+    pool.attributes["kernel_shape"] = ints_attr({3, 3});
+    pool.attributes["strides"] = ints_attr({2, 2});
+    pool.attributes["pads"] = ints_attr({1, 1, 1, 1});
   }
   // MatMul by a [k, n] weight, then Add of its bias: a torch Linear.
   void linear(const std::string& x, const std::string& y, int64_t k, int64_t n, const std::string& name) {
@@ -277,17 +294,9 @@ Builder resnet_bottleneck() {
   Builder b;
   b.input("image", random_tensor({2, 3, 32, 32}));
   b.conv("image", "stem", 3, 16, 3, "stem.conv");
-  b.weight("stem.bn.scale", random_tensor({16}, 0.5f, 1.5f));
-  b.weight("stem.bn.bias", random_tensor({16}, -0.2f, 0.2f));
-  b.weight("stem.bn.mean", random_tensor({16}, -0.2f, 0.2f));
-  b.weight("stem.bn.var", random_tensor({16}, 0.5f, 1.5f));
-  b.node("BatchNormalization", {"stem", "stem.bn.scale", "stem.bn.bias", "stem.bn.mean", "stem.bn.var"}, "stem.n",
-         "stem.bn");
+  b.batch_norm("stem", "stem.n", 16, "stem.bn");
   b.node("Relu", {"stem.n"}, "stem.r", "stem.relu");
-  ir::Node& pool = b.node("MaxPool", {"stem.r"}, "pooled", "stem.pool");
-  pool.attributes["kernel_shape"] = ints_attr({3, 3});
-  pool.attributes["strides"] = ints_attr({2, 2});
-  pool.attributes["pads"] = ints_attr({1, 1, 1, 1});
+  b.resnet_max_pool("stem.r", "pooled", "stem.pool");
   b.conv("pooled", "c1", 16, 8, 1, "block.conv1");
   b.node("Relu", {"c1"}, "r1", "block.relu1");
   b.conv("r1", "c2", 8, 8, 3, "block.conv2");
@@ -301,6 +310,33 @@ Builder resnet_bottleneck() {
   b.weight("head.fc.bias", random_tensor({10}, -0.2f, 0.2f));
   b.node("Gemm", {"flat", "head.fc.weight", "head.fc.bias"}, "logits", "head.fc").attributes["transB"] = int_attr(1);
   b.output("logits");
+  return b;
+}
+
+// ResNet-50's front at a small image, with torch's node names: the stem (Conv 7x7 stride 2, 3 -> 64 ->
+// BatchNorm left as a node, as in resnet_bottleneck -> Relu -> MaxPool 3x3 stride 2) and layer1.0, the
+// bottleneck whose shortcut is a projection (1x1 64 -> 64 -> Relu -> 3x3 64 -> 64 -> Relu -> 1x1 64 -> 256,
+// plus downsample 1x1 64 -> 256 of the pool's output, added after conv3 as torchvision's forward does; the
+// block's BatchNorms folded by the exporter). Image [2, 3, 32, 32], output [2, 256, 8, 8]. Made to show the
+// two GPU fusions of ResNet's front: the max pool into the stem conv (fuse_conv_pool) and the projection
+// shortcut into conv3 (fold_projection_shortcut: 2 (64 + 64) elements moved a pixel against 2 * 256).
+Builder resnet_front() {
+  const std::string l = "/layer1/layer1.0/";
+  Builder b;
+  b.input("input", random_tensor({2, 3, 32, 32}));
+  b.conv("input", "conv1", 3, 64, 7, "/conv1/Conv", 2);
+  b.batch_norm("conv1", "bn1", 64, "/bn1/BatchNormalization");
+  b.node("Relu", {"bn1"}, "relu", "/relu/Relu");
+  b.resnet_max_pool("relu", "maxpool", "/maxpool/MaxPool");
+  b.conv("maxpool", "l1.conv1", 64, 64, 1, l + "conv1/Conv");
+  b.node("Relu", {"l1.conv1"}, "l1.relu", l + "relu/Relu");
+  b.conv("l1.relu", "l1.conv2", 64, 64, 3, l + "conv2/Conv");
+  b.node("Relu", {"l1.conv2"}, "l1.relu_1", l + "relu_1/Relu");
+  b.conv("l1.relu_1", "l1.conv3", 64, 256, 1, l + "conv3/Conv");
+  b.conv("maxpool", "l1.downsample", 64, 256, 1, l + "downsample/downsample.0/Conv");
+  b.node("Add", {"l1.conv3", "l1.downsample"}, "l1.add", l + "Add");
+  b.node("Relu", {"l1.add"}, "output", l + "relu_2/Relu");
+  b.output("output");
   return b;
 }
 
@@ -440,6 +476,35 @@ void check_dynamic_model(const std::string& name) {
 
 TEST(GoldenGraph, DynamicBert) { check_dynamic_model("tiny_bert_dyn"); }
 TEST(GoldenGraph, DynamicGpt2) { check_dynamic_model("tiny_gpt2_dyn"); }
+
+// Both fusions of ResNet's front show in the fp16 GPU graph, checked here by name as well as by the golden
+// file, so that a change that loses either fails by saying which.
+TEST(GoldenGraph, ResNetFront) {
+  Builder b = resnet_front();
+  check_model("resnet_front", b.m, b.feeds);
+#ifdef KILN_HAVE_CUDA
+  auto opt = optimized(b.m, kGpuFp16);
+  ASSERT_TRUE(opt.ok()) << opt.status().to_string();
+  const std::string dump = builder::dump_graph(*opt);
+  int stems = 0, folded = 0, concats = 0;
+  for (const std::string& line : lines_of(dump)) {
+    const bool fused_conv = line.find(": kiln.FusedConv(") != std::string::npos;
+    if (fused_conv && line.find(" + /maxpool/MaxPool") != std::string::npos) {
+      ++stems;
+      EXPECT_EQ(line.rfind("/conv1/Conv + ", 0), 0u) << line;
+      for (const char* attr : {"pool=\"max\"", "pool_kernel_shape=[3,3]", "pool_strides=[2,2]", "pool_pads=[1,1,1,1]"})
+        EXPECT_NE(line.find(attr), std::string::npos) << "no " << attr << " in the stem: " << line;
+    }
+    if (fused_conv && line.rfind("/layer1/layer1.0/downsample/downsample.0/Conv + /layer1/layer1.0/conv3/Conv + ", 0) == 0)
+      ++folded;
+    if (line.find(": Concat(") != std::string::npos && line.find(" shortcut concat") != std::string::npos) ++concats;
+  }
+  EXPECT_EQ(stems, 1) << "the max pool is not fused into the stem conv (fuse_conv_pool):\n" << dump;
+  EXPECT_EQ(folded, 1) << "the projection shortcut is not folded into conv3 (fold_projection_shortcut):\n" << dump;
+  EXPECT_EQ(concats, 1) << "no Concat of conv3's input and the shortcut's:\n" << dump;
+  EXPECT_EQ(dump.find("kiln.ChannelsLastPool"), std::string::npos) << "a pool left:\n" << dump;
+#endif
+}
 
 // build_plan makes the same graph through optimize_graph: the CPU golden of a model equals the graph of a
 // CPU engine, and on a machine with a GPU the fp16 golden equals a CUDA engine's (the layer table answered
