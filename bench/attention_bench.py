@@ -80,7 +80,7 @@ def torch_sdpa_ms(b, h, s, d, mask=None):
 
 
 TACTICS = ["cuda.flash.wgmma.pipe", "cuda.flash.wgmma.pipe.staggered", "cuda.flash.wgmma",
-           "cuda.flash.wgmma.lockstep", "cuda.flash.wgmma.short", "cuda.flash.br128", "cuda.flash.br64", "cuda.flash.br32", "cuda.flash.br16"]
+           "cuda.flash.wgmma.lockstep", "cuda.flash.wgmma.short", "cuda.flash.wgmma.short.persistent", "cuda.flash.br128", "cuda.flash.br64", "cuda.flash.br32", "cuda.flash.br16"]
 
 
 def bench_engine(kiln, engine, jpath):
@@ -127,7 +127,9 @@ def main():
     ap.add_argument("--kiln", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--max-seq", type=int, default=1 << 30, help="only the configurations up to this sequence length")
+    ap.add_argument("--tactics", default="", help="comma-separated: time only these tactics alone (default: all)")
     args = ap.parse_args()
+    tactics = [t for t in args.tactics.split(",") if t] or TACTICS
     os.makedirs(args.out, exist_ok=True)
     rows = []
     for b, h, s, d, mask in CONFIGS:
@@ -155,7 +157,7 @@ def main():
         row["layers"] = [l.strip() for l in insp.stdout.splitlines() if l.strip().startswith("#")]
         if build.returncode == 0 and os.path.exists(cache):
             row["tactics"] = {}
-            for t in TACTICS:
+            for t in tactics:
                 r = forced_tactic_ms(args.kiln, path, cache, t)
                 if "ms" in r:
                     r["tflops"] = flops / r["ms"] / 1e9

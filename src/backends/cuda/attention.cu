@@ -350,16 +350,6 @@ bool wgmma_schedule(const std::string& tactic, WgmmaSchedule* sched) {
   return true;
 }
 
-// The sm_90a code of the Hopper kernel runs on compute capability 9.0 only.
-bool device_is_sm90() {
-  int device = 0, major = 0, minor = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) return false;
-  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess)
-    return false;
-  return major == 9 && minor == 0;
-}
-
 struct Geometry {
   bool bshd = false;
   bool packed = false;  // packed_qkv: one input QKV [B, S, 3, H, D], the mask second

@@ -83,6 +83,16 @@ inline int sm_count() {
   return count;
 }
 
+// Whether the current device runs sm_90a code (wgmma): compute capability 9.0 exactly.
+inline bool device_is_sm90() {
+  int device = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return false;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess)
+    return false;
+  return major == 9 && minor == 0;
+}
+
 // `blocks` clamped to [1, per_sm blocks on every SM].
 inline unsigned capped_grid(int64_t blocks, int per_sm) {
   const int64_t cap = static_cast<int64_t>(sm_count()) * per_sm;

@@ -41,9 +41,10 @@
 
 namespace kiln::cuda {
 
-// stem_conv.cu: why the tactic "cuda.conv.stem" cannot run a node ("" when it can), and its layer.
+// stem_conv.cu: why the tactic "cuda.conv.stem" cannot run a node ("" when it can), and its layer (wgmma: the
+// variant "cuda.conv.stem.wgmma", for 64 output channels a block on compute capability 9.0).
 std::string stem_conv_ineligible(const LayerSpec& spec);
-Result<std::unique_ptr<Layer>> create_stem_conv(const LayerSpec& spec, const CudaHandles& h);
+Result<std::unique_ptr<Layer>> create_stem_conv(const LayerSpec& spec, const CudaHandles& h, bool wgmma);
 
 namespace {
 
@@ -53,6 +54,7 @@ const char* const kOp = "CUDA kiln.FusedConv";
 const char* const kFusedPrefix = "cuda.cudnn.fused.algo";
 const char* const kUnfused = "cuda.cudnn.unfused";
 const char* const kStem = "cuda.conv.stem";
+const char* const kStemWgmma = "cuda.conv.stem.wgmma";
 
 // [N, S..., C] -> [N, C, S...] (for X, Z and Y) or [M, k..., C/g] -> [M, C/g, k...] (for W): the ONNX-layout
 // shape that the geometry code and cuDNN's dims take.
@@ -171,14 +173,18 @@ std::string gemm_ineligible(const LayerSpec& spec) {
 
 std::vector<std::string> fused_conv_tactics(const LayerSpec& spec) {
   // A pool fused into the conv (fuse_conv_pool) runs in the stem kernel alone.
-  if (spec.has_attr("pool")) return stem_conv_ineligible(spec).empty() ? std::vector<std::string>{kStem} : std::vector<std::string>{};
+  if (spec.has_attr("pool"))
+    return stem_conv_ineligible(spec).empty() ? std::vector<std::string>{kStem, kStemWgmma} : std::vector<std::string>{};
   std::vector<std::string> t;
   for (int a : {1, 0, 6, 7, 5, 4, 2, 3}) t.push_back(kFusedPrefix + std::to_string(a));
   t.push_back(kUnfused);
   for (const std::string& name : cudnn_graph_tactics()) t.push_back(name);
   if (gemm_ineligible(spec).empty())
     for (const std::string& name : matmul_tactics()) t.push_back(name);
-  if (stem_conv_ineligible(spec).empty()) t.push_back(kStem);
+  if (stem_conv_ineligible(spec).empty()) {
+    t.push_back(kStem);
+    t.push_back(kStemWgmma);  // create refuses it off Hopper and for output channels not a multiple of 64
+  }
   return t;
 }
 
@@ -438,13 +444,13 @@ Result<std::unique_ptr<Layer>> create_graph_conv(const LayerSpec& spec, const st
 }
 
 Result<std::unique_ptr<Layer>> create_fused_conv(const LayerSpec& spec, const std::string& tactic, const CudaHandles& h) {
-  if (spec.has_attr("pool") && tactic != kStem)
-    return Unsupported(std::string(kOp) + ": a fused pool runs in tactic " + kStem + " only, not " + tactic);
+  if (spec.has_attr("pool") && tactic != kStem && tactic != kStemWgmma)
+    return Unsupported(std::string(kOp) + ": a fused pool runs in tactics " + kStem + " and " + kStemWgmma + " only, not " + tactic);
   if (is_gemm_tactic(tactic)) return FusedConvGemmLayer::create(spec, tactic, h);
   if (is_cudnn_graph_tactic(tactic)) return create_graph_conv(spec, tactic, h);
-  if (tactic == kStem) {
+  if (tactic == kStem || tactic == kStemWgmma) {
     if (std::string why = check_fused_conv(spec); !why.empty()) return Unsupported(why);
-    return create_stem_conv(spec, h);
+    return create_stem_conv(spec, h, tactic == kStemWgmma);
   }
   return FusedConvLayer::create(spec, tactic, h);
 }

@@ -58,11 +58,13 @@
 #include "backends/cuda/device_common.cuh"
 #include "backends/cuda/layer.h"
 #include "backends/cuda/mma_sm80.cuh"
+#include "backends/cuda/wgmma_sm90.cuh"
 
 namespace kiln::cuda {
 namespace {
 
 using namespace sm80;
+using namespace sm90;
 
 constexpr int kTileRows = 16, kTileCols = 16;  // output pixels of a tile; 112 = 7 * 16 for ResNet
 constexpr int kRowsPerWarp = 4;                 // m16 tiles per warp, one output row of 16 pixels each
@@ -86,6 +88,7 @@ struct StemParams {
   int pairs = 0;                     // paired: positions a window row, ceil(S / 2)
   bool zero_hi0 = false, zero_hi1 = false;  // paired, S odd: zero the second pixel of even / odd steps' second position
   int ws = 0;                        // weight row stride in chunks: kq + 1 (odd)
+  int w_chunks = 0;                  // the weights' shared memory (wgmma: slabs of 64 rows x 128 bytes)
   int prow = 0, pcol = 0;            // patch extent
   int wd = 0, row_chunks = 0;        // de-interleaved columns per stride phase; row_chunks = sw * wd
   int buf_chunks = 0;                // one patch (or staging) buffer
@@ -106,7 +109,7 @@ PoolHalos halos_of(int64_t n, const StemParams& p) {
 
 // Shared-memory layout of a problem, in 16-byte chunks unless named bytes.
 struct StemLayout {
-  int ksteps, kq, ws, prow, pcol, wd, row_chunks, buf_chunks;
+  int ksteps, kq, ws, w_chunks, prow, pcol, wd, row_chunks, buf_chunks;
   size_t bytes;
 };
 
@@ -116,12 +119,16 @@ struct StemLayout {
 bool paired_layout(int64_t c, int64_t s, int64_t sw) { return c == 4 && sw == 2 && (s % 2 == 0 || s == 3 || s == 7); }
 
 // full_stage: the epilogue stages all BN channels at once (a fused pool in the paired layout; see the kernel).
-StemLayout layout_for(int64_t r, int64_t s, int64_t sh, int64_t sw, int bn, bool paired, bool full_stage) {
+// wg: the wgmma variant, whose k steps go in pairs (an even count; a padding step multiplies zeros) and whose
+// weights sit in wgmma's 128-byte-swizzled K-major slabs (64 channels x 64 k), 1024-byte aligned.
+StemLayout layout_for(int64_t r, int64_t s, int64_t sh, int64_t sw, int bn, bool paired, bool full_stage, bool wg) {
   StemLayout l;
   const int positions = static_cast<int>(paired ? r * ((s + 1) / 2) : r * s);
   l.ksteps = (positions + 1) / 2;
+  if (wg) l.ksteps += l.ksteps % 2;
   l.kq = 2 * l.ksteps;
   l.ws = l.kq + 1;
+  l.w_chunks = wg ? static_cast<int>(ceil_div(l.kq, 8)) * 64 * 8 : bn * l.ws;
   l.prow = static_cast<int>((kTileRows - 1) * sh + r);
   if (paired) {  // columns in order, 8 bytes each, through the last pair's second pixel
     l.pcol = static_cast<int>((kTileCols - 1) * sw + 2 * ((s + 1) / 2));
@@ -134,7 +141,8 @@ StemLayout layout_for(int64_t r, int64_t s, int64_t sh, int64_t sw, int bn, bool
   }
   const int patch = l.prow * l.row_chunks, stage = kWarps * kWarpPixels * (full_stage ? bn / 8 : std::min(bn / 8, kStageChunks));
   l.buf_chunks = std::max(patch, stage);
-  l.bytes = (static_cast<size_t>(bn) * l.ws + 2 * static_cast<size_t>(l.buf_chunks)) * 16 + l.kq * sizeof(int) + bn * sizeof(float);
+  l.bytes = (static_cast<size_t>(l.w_chunks) + 2 * static_cast<size_t>(l.buf_chunks)) * 16 + l.kq * sizeof(int) + bn * sizeof(float) +
+            (wg ? 1024 : 0);
   return l;
 }
 
@@ -216,6 +224,51 @@ template <int CPR>
 __device__ __forceinline__ int stage_swizzle(int pix) {
   return (pix * CPR / 8) % CPR;
 }
+
+#if KILN_HAVE_WGMMA
+// The k loop of the wgmma variant (tactic cuda.conv.stem.wgmma). Per k16 step, each warp's A fragments of its
+// four m16 tiles come from the patch by ldmatrix as in the mma.sync loop, and four m64n64k16 products (m16 tile
+// mt of every warp together make 64 rows; A from registers) take B from the weight slabs. The fragments go in
+// two sets, a step's products in flight while the next step's fragments load; a set is reloaded only once the
+// products that read it are done (wgmma_wait<1>). Zeroed as load_frags zeroes: a padding position's half (its
+// weights are zero, but 0 * inf is NaN) and, paired with odd S, the pixel past the window (hi).
+template <class T, int MT>
+__device__ __forceinline__ void wg_steps(float (&acc)[MT][8][4], const uint4* pa, int rstep, const int* off_tab, int half,
+                                         uint32_t w_addr, const StemParams& p, bool hi0, bool hi1) {
+  const uint64_t bdesc = sw128_desc(w_addr, 16, 1024);
+  uint32_t a0[MT][4], a1[MT][4];
+  auto load = [&](uint32_t (&a)[MT][4], int ks, bool hi) {
+    const int q0 = 2 * ks;
+    const uint4* at = pa + off_tab[q0 + half];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) ldmatrix_x4(a[mt], at + mt * rstep);
+    const bool zlo = q0 >= p.RS, zhi = q0 + 1 >= p.RS || hi;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      if (zlo) a[mt][0] = a[mt][1] = 0u;
+      if (zhi) a[mt][2] = a[mt][3] = 0u;
+    }
+  };
+  auto issue = [&](const uint32_t (&a)[MT][4], int ks) {
+    wgmma_fence();  // the fragments were just written by ordinary instructions
+    const uint64_t b = desc_advance(bdesc, (ks / 4) * (64 * 128) + (ks % 4) * 32);
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) wgmma_rs_n64<T>(reinterpret_cast<float(&)[32]>(acc[mt]), a[mt], b, ks > 0);
+    wgmma_commit();
+  };
+  for (int ks = 0; ks < p.ksteps; ks += 2) {  // an even count (layout_for)
+    wgmma_wait<1>();  // step ks - 2, the last reader of a0, is done
+    load(a0, ks, hi0);
+    issue(a0, ks);
+    wgmma_wait<1>();  // step ks - 1, a1's
+    load(a1, ks + 1, hi1);
+    issue(a1, ks + 1);
+  }
+  wgmma_wait<0>();
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) order_registers(reinterpret_cast<float(&)[32]>(acc[mt]));
+}
+#endif
 
 // The max of 8 channels over taps, two at a time in T (__hmax2): where one side is NaN it gives the other, so
 // an accumulator that starts at -inf never becomes NaN. That is the separate pool's and the CPU reference's
@@ -324,9 +377,15 @@ __global__ void stem_pool_halo_kernel(void* yv, const void* rows_v, const void* 
   }
 }
 
-template <class T, int C, int BN, bool PAIRED, bool POOL>
+template <class T, int C, int BN, bool PAIRED, bool POOL, bool WG>
 __global__ void __launch_bounds__(kBlockThreads, 2) stem_conv_kernel(const void* xv, const void* wv, const void* bv, void* yv,
                                                                   void* halo, StemParams p) {
+#if !KILN_HAVE_WGMMA
+  if constexpr (WG) {
+    __trap();  // the wgmma variant runs in the sm_90a pass only (its tactic is listed for compute capability 9.0)
+    return;
+  }
+#endif
   constexpr int MT = kRowsPerWarp;
   constexpr int NB = BN / 16;  // ldmatrix.x4 loads of B per k step (two n8 tiles each)
   constexpr int CPR = BN / 8;  // n8 tiles; output chunks per pixel
@@ -339,9 +398,11 @@ __global__ void __launch_bounds__(kBlockThreads, 2) stem_conv_kernel(const void*
   const T* w = static_cast<const T*>(wv);
   const T* bias = static_cast<const T*>(bv);
   T* y = static_cast<T*>(yv);
-  extern __shared__ uint4 smem[];
-  uint4* w_s = smem;                                             // [BN][ws] chunks
-  uint4* bufs = w_s + BN * p.ws;                                 // two patch / staging buffers
+  extern __shared__ uint4 smem_raw[];
+  // The wgmma variant's weight slabs are 1024-byte aligned (the 128-byte swizzle's period).
+  uint4* smem = WG ? smem_raw + (((smem_addr(smem_raw) + 1023) & ~1023u) - smem_addr(smem_raw)) / 16 : smem_raw;
+  uint4* w_s = smem;                                             // [BN][ws] chunks, or wgmma slabs
+  uint4* bufs = w_s + p.w_chunks;                                // two patch / staging buffers
   int* off_tab = reinterpret_cast<int*>(bufs + 2 * p.buf_chunks);  // [kq] chunk offset of window position q
   float* bias_s = reinterpret_cast<float*>(off_tab + p.kq);       // [BN]
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
@@ -372,7 +433,9 @@ __global__ void __launch_bounds__(kBlockThreads, 2) stem_conv_kernel(const void*
 #pragma unroll
       for (int c = 0; c < C; ++c) v.v[c] = src[c];
     }
-    *reinterpret_cast<Pack<T>*>(w_s + n * p.ws + q) = v;
+    // wgmma: slab q / 8 (64 k) of 64 rows of 128 bytes, chunk q % 8 of row n swizzled by n % 8.
+    uint4* dst = WG ? w_s + (q / 8) * 512 + n * 8 + ((q % 8) ^ (n % 8)) : w_s + n * p.ws + q;
+    *reinterpret_cast<Pack<T>*>(dst) = v;
   }
   for (int q = tid; q < p.kq; q += kBlockThreads) {
     int off = 0;  // the padding position reads a valid chunk; its A half is zeroed
@@ -386,6 +449,9 @@ __global__ void __launch_bounds__(kBlockThreads, 2) stem_conv_kernel(const void*
     off_tab[q] = off;
   }
   for (int n = tid; n < BN; n += kBlockThreads) bias_s[n] = bias != nullptr ? to_f(bias[k0 + n]) : 0.0f;
+#if KILN_HAVE_WGMMA
+  if constexpr (WG) fence_proxy_async();  // the weights' stores, visible to wgmma after the loop's first barrier
+#endif
 
   // ldmatrix addressing. A: lanes 0-15 give pixels 0-15 at the step's first window position, lanes 16-31 the
   // same pixels at the second. B (x4 = two n8 tiles): lanes 0-7 / 8-15 rows 0-7 at the first / second
@@ -409,28 +475,41 @@ __global__ void __launch_bounds__(kBlockThreads, 2) stem_conv_kernel(const void*
     if (next < p.tiles) load_patch<T, C, PAIRED>(bufs + ((it + 1) & 1) * p.buf_chunks, x, p, next);
     cp_async_commit();
 
-    float acc[MT][2 * NB][4] = {};
-    uint32_t a0[MT][4], b0[NB][4], a1[MT][4], b1[NB][4];
+    // The wgmma variant's first product overwrites the accumulators: zeroing them here would put ordinary
+    // instructions between its products, which ptxas then serializes.
+    float acc[MT][2 * NB][4];
+    if constexpr (!WG)
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < 2 * NB; ++nt) acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0.0f;
     const uint4* pa = cur + abase;
-    // Steps ks (in a0/b0) and ks + 1 (a1/b1) a pair; the loads of a step go out while the one before multiplies.
-    // The loop runs the steps before the last two or three, whose loads are unconditional and never the tail:
-    // a zeroing select or a skipped load there makes ptxas copy the fragments between registers every step.
-    load_frags<MT, NB>(a0, b0, pa + off_tab[half], rstep, wb, p.ws, odd && last == 0, hi0);
-    int ks = 0;
-    for (; ks + 2 < last; ks += 2) {
-      const int off1 = off_tab[2 * (ks + 1) + half], off2 = off_tab[2 * (ks + 2) + half];
-      load_frags<MT, NB>(a1, b1, pa + off1, rstep, wb + 2 * (ks + 1), p.ws, false, hi1);
+    if constexpr (WG) {
+#if KILN_HAVE_WGMMA
+      wg_steps<T, MT>(acc, pa, rstep, off_tab, half, smem_addr(w_s), p, hi0, hi1);
+#endif
+    } else {
+      uint32_t a0[MT][4], b0[NB][4], a1[MT][4], b1[NB][4];
+      // Steps ks (in a0/b0) and ks + 1 (a1/b1) a pair; the loads of a step go out while the one before multiplies.
+      // The loop runs the steps before the last two or three, whose loads are unconditional and never the tail:
+      // a zeroing select or a skipped load there makes ptxas copy the fragments between registers every step.
+      load_frags<MT, NB>(a0, b0, pa + off_tab[half], rstep, wb, p.ws, odd && last == 0, hi0);
+      int ks = 0;
+      for (; ks + 2 < last; ks += 2) {
+        const int off1 = off_tab[2 * (ks + 1) + half], off2 = off_tab[2 * (ks + 2) + half];
+        load_frags<MT, NB>(a1, b1, pa + off1, rstep, wb + 2 * (ks + 1), p.ws, false, hi1);
+        mma_step<T, MT, NB>(acc, a0, b0);
+        load_frags<MT, NB>(a0, b0, pa + off2, rstep, wb + 2 * (ks + 2), p.ws, false, hi0);
+        mma_step<T, MT, NB>(acc, a1, b1);
+      }
+      // Steps ks .. last remain (one to three); a0/b0 hold step ks.
+      if (ks + 1 <= last)
+        load_frags<MT, NB>(a1, b1, pa + off_tab[2 * (ks + 1) + half], rstep, wb + 2 * (ks + 1), p.ws, odd && ks + 1 == last, hi1);
       mma_step<T, MT, NB>(acc, a0, b0);
-      load_frags<MT, NB>(a0, b0, pa + off2, rstep, wb + 2 * (ks + 2), p.ws, false, hi0);
-      mma_step<T, MT, NB>(acc, a1, b1);
+      if (ks + 2 <= last) load_frags<MT, NB>(a0, b0, pa + off_tab[2 * last + half], rstep, wb + 2 * last, p.ws, odd, hi0);
+      if (ks + 1 <= last) mma_step<T, MT, NB>(acc, a1, b1);
+      if (ks + 2 <= last) mma_step<T, MT, NB>(acc, a0, b0);
     }
-    // Steps ks .. last remain (one to three); a0/b0 hold step ks.
-    if (ks + 1 <= last)
-      load_frags<MT, NB>(a1, b1, pa + off_tab[2 * (ks + 1) + half], rstep, wb + 2 * (ks + 1), p.ws, odd && ks + 1 == last, hi1);
-    mma_step<T, MT, NB>(acc, a0, b0);
-    if (ks + 2 <= last) load_frags<MT, NB>(a0, b0, pa + off_tab[2 * last + half], rstep, wb + 2 * last, p.ws, odd, hi0);
-    if (ks + 1 <= last) mma_step<T, MT, NB>(acc, a1, b1);
-    if (ks + 2 <= last) mma_step<T, MT, NB>(acc, a0, b0);
     __syncthreads();  // every warp is done reading the patch: its buffer becomes the staging area
 
     // Epilogue: bias, activation, one rounding; staged per warp (64 pixels x 32 channels a pass), then 16-byte
@@ -476,14 +555,22 @@ __global__ void __launch_bounds__(kBlockThreads, 2) stem_conv_kernel(const void*
 
 using StemKernel = void (*)(const void*, const void*, const void*, void*, void*, StemParams);
 
-// A fused pool runs at BN = 64 only (stem_conv_ineligible asks for it): half the variants to compile.
+// A fused pool and the wgmma variant run at BN = 64 only (stem_conv_ineligible and create ask for it): fewer
+// variants to compile.
+template <class T, bool WG>
+StemKernel kernel_for64(int c, bool paired, bool pool) {
+  if (pool) return c == 8 ? stem_conv_kernel<T, 8, 64, false, true, WG> : paired ? stem_conv_kernel<T, 4, 64, true, true, WG>
+                                                                                 : stem_conv_kernel<T, 4, 64, false, true, WG>;
+  return c == 8 ? stem_conv_kernel<T, 8, 64, false, false, WG> : paired ? stem_conv_kernel<T, 4, 64, true, false, WG>
+                                                                        : stem_conv_kernel<T, 4, 64, false, false, WG>;
+}
+
 template <class T>
-StemKernel kernel_for(int c, int bn, bool paired, bool pool) {
-  if (pool) return c == 8 ? stem_conv_kernel<T, 8, 64, false, true> : paired ? stem_conv_kernel<T, 4, 64, true, true>
-                                                                             : stem_conv_kernel<T, 4, 64, false, true>;
-  if (c == 8) return bn == 64 ? stem_conv_kernel<T, 8, 64, false, false> : stem_conv_kernel<T, 8, 32, false, false>;
-  if (paired) return bn == 64 ? stem_conv_kernel<T, 4, 64, true, false> : stem_conv_kernel<T, 4, 32, true, false>;
-  return bn == 64 ? stem_conv_kernel<T, 4, 64, false, false> : stem_conv_kernel<T, 4, 32, false, false>;
+StemKernel kernel_for(int c, int bn, bool paired, bool pool, bool wg) {
+  if (wg) return kernel_for64<T, true>(c, paired, pool);
+  if (bn == 64) return kernel_for64<T, false>(c, paired, pool);
+  if (c == 8) return stem_conv_kernel<T, 8, 32, false, false, false>;
+  return paired ? stem_conv_kernel<T, 4, 32, true, false, false> : stem_conv_kernel<T, 4, 32, false, false, false>;
 }
 
 using HaloKernel = void (*)(void*, const void*, const void*, StemParams, int64_t, int64_t);
@@ -566,7 +653,7 @@ std::string stem_conv_ineligible(const LayerSpec& spec) {
   }
   const StemLayout l =
       layout_for(ws[1], ws[2], strides[0], strides[1], ws[0] % 64 == 0 ? 64 : 32, paired_layout(ws[3], ws[2], strides[1]),
-                 spec.has_attr("pool") && paired_layout(ws[3], ws[2], strides[1]));
+                 spec.has_attr("pool") && paired_layout(ws[3], ws[2], strides[1]), false);
   if (l.bytes > kSmemCap)
     return op + ": strides " + shape_to_string(strides) + " and W " + shape_to_string(ws) + " need " + std::to_string(l.bytes) +
            " bytes of shared memory, over " + std::to_string(kSmemCap);
@@ -574,9 +661,12 @@ std::string stem_conv_ineligible(const LayerSpec& spec) {
 }
 
 // The layer at concrete shapes (the caller ran FusedConv's check first).
-Result<std::unique_ptr<Layer>> create_stem_conv(const LayerSpec& spec, const CudaHandles&) {
-  const std::string op = kOp;
+Result<std::unique_ptr<Layer>> create_stem_conv(const LayerSpec& spec, const CudaHandles&, bool wg) {
+  const std::string op = wg ? std::string(kOp) + " (wgmma variant cuda.conv.stem.wgmma)" : std::string(kOp);
   if (std::string why = stem_conv_ineligible(spec); !why.empty()) return Unsupported(why);
+  if (wg && spec.inputs[1].shape[0] % 64 != 0)
+    return Unsupported(op + ": needs output channels a multiple of 64, W is " + shape_to_string(spec.inputs[1].shape));
+  if (wg && !device_is_sm90()) return Unsupported(op + ": needs a device of compute capability 9.0");
   const TensorDesc& xd = spec.inputs[0];
   const TensorDesc& wd = spec.inputs[1];
   if (!xd.is_static()) return InvalidArgument(op + ": create needs concrete shapes");
@@ -598,7 +688,7 @@ Result<std::unique_ptr<Layer>> create_stem_conv(const LayerSpec& spec, const Cud
     if (v > kDimCap) return Unsupported(op + ": X " + shape_to_string(xs) + " or its pads are over 2^24");
   const int bn = ws[0] % 64 == 0 ? 64 : 32;
   const bool paired = paired_layout(ws[3], ws[2], g.strides[1]);
-  const StemLayout l = layout_for(ws[1], ws[2], g.strides[0], g.strides[1], bn, paired, spec.has_attr("pool") && paired);
+  const StemLayout l = layout_for(ws[1], ws[2], g.strides[0], g.strides[1], bn, paired, spec.has_attr("pool") && paired, wg);
   StemParams& p = layer->p_;
   p.H = static_cast<int>(xs[1]);
   p.W = static_cast<int>(xs[2]);
@@ -619,6 +709,7 @@ Result<std::unique_ptr<Layer>> create_stem_conv(const LayerSpec& spec, const Cud
   p.ksteps = l.ksteps;
   p.kq = l.kq;
   p.ws = l.ws;
+  p.w_chunks = l.w_chunks;
   p.prow = l.prow;
   p.pcol = l.pcol;
   p.wd = l.wd;
@@ -650,8 +741,8 @@ Result<std::unique_ptr<Layer>> create_stem_conv(const LayerSpec& spec, const Cud
     layer->halo_items_ = layer->halo_along_rows_ + g.N * p.PH * ((p.PW - 1) / 8) * ck;
     layer->halo_kernel_ = xd.dtype == DType::kFloat16 ? halo_kernel_for<__half>() : halo_kernel_for<__nv_bfloat16>();
   }
-  layer->kernel_ = xd.dtype == DType::kFloat16 ? kernel_for<__half>(layer->c_, bn, paired, pool)
-                                               : kernel_for<__nv_bfloat16>(layer->c_, bn, paired, pool);
+  layer->kernel_ = xd.dtype == DType::kFloat16 ? kernel_for<__half>(layer->c_, bn, paired, pool, wg)
+                                               : kernel_for<__nv_bfloat16>(layer->c_, bn, paired, pool, wg);
   layer->smem_ = l.bytes;
   int dev = 0, optin = 0, per_sm = 0;
   KILN_CUDA_TRY(cudaGetDevice(&dev));
