@@ -80,7 +80,7 @@ def torch_sdpa_ms(b, h, s, d, mask=None):
 
 
 TACTICS = ["cuda.flash.wgmma.pipe", "cuda.flash.wgmma.pipe.staggered", "cuda.flash.wgmma",
-           "cuda.flash.wgmma.lockstep", "cuda.flash.wgmma.short", "cuda.flash.wgmma.short.persistent", "cuda.flash.br128", "cuda.flash.br64", "cuda.flash.br32", "cuda.flash.br16"]
+           "cuda.flash.wgmma.lockstep", "cuda.flash.wgmma.short", "cuda.flash.br128", "cuda.flash.br64", "cuda.flash.br32", "cuda.flash.br16"]
 
 
 def bench_engine(kiln, engine, jpath):

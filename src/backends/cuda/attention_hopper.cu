@@ -1,5 +1,5 @@
 // kiln.FusedAttention's Hopper kernel (tactics "cuda.flash.wgmma.pipe", ".pipe.staggered", "cuda.flash.wgmma",
-// ".lockstep", ".short" and ".short.persistent", chosen in attention.cu): FlashAttention's
+// ".lockstep" and ".short", chosen in attention.cu): FlashAttention's
 // forward with the warpgroup matrix instructions of sm_90a (wgmma.mma_async), float16 / bfloat16, head dims 64
 // and 128. mma.sync, which the FlashAttention-2 kernel in attention.cu uses, cannot feed an H100's tensor cores.
 //
@@ -302,7 +302,6 @@ __device__ __forceinline__ void store_rows(const float (&o)[D / 2], const RowSta
 // - kPipelinedStaggered: kPipelined with the second warpgroup half a step behind the first (see the loop).
 // - kShort: the keys are one tile (Sk <= kKeys): Q, K and the mask's slice load as one cp.async group and V as
 //   a second, so that S = Q K^T and the softmax run while V arrives; one stage, two blocks an SM.
-// - kShortPersistent: kShort's work in wgmma_attention_short_persistent_kernel (below).
 template <class T, int D, WgmmaSchedule SCHED>
 __global__ void __launch_bounds__(kWgThreads, blocks_per_sm(SCHED))
     wgmma_attention_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
@@ -501,119 +500,6 @@ bool key_mask_stageable(const AttentionParams& p, const void* mask) {
          reinterpret_cast<uintptr_t>(mask) % 16 == 0;
 }
 
-// kShortPersistent: kShort's one-tile work, by persistent blocks that each walk (batch, head, query tile)
-// items, two buffers of Q, K, V and the mask slice apiece: the next item's loads are issued before this one's
-// products, so that an SM always has loads in flight (kShort's blocks load, then compute, then store: at
-// BERT's shape the loads are most of the time and two blocks an SM overlap them only in part).
-constexpr size_t kShortBufBytes = (kQRows + 2 * kKeys) * 64 * 2 + 1024;  // Q, K, V of head dim 64, the mask slice; 1024-aligned
-constexpr size_t short_persistent_smem_bytes() { return 2 * kShortBufBytes + 1024; }
-static_assert(2 * short_persistent_smem_bytes() <= 227 * 1024);
-
-template <class T>
-__global__ void __launch_bounds__(kWgThreads, 2)
-    wgmma_attention_short_persistent_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
-                                            const T* __restrict__ mask, T* __restrict__ y, AttentionParams p, int q_tiles,
-                                            int items) {
-#if KILN_HAVE_WGMMA
-  constexpr int D = 64;
-  constexpr int kQBytes = kQRows * D * 2, kTileBytes = kKeys * D * 2;
-  extern __shared__ unsigned char smem_raw[];
-  const uint32_t raw = smem_addr(smem_raw);
-  unsigned char* const smem = smem_raw + (((raw + 1023) & ~1023u) - raw);
-  auto q_tile = [&](int buf) { return smem + buf * kShortBufBytes; };
-  auto k_tile = [&](int buf) { return q_tile(buf) + kQBytes; };
-  auto v_tile = [&](int buf) { return k_tile(buf) + kTileBytes; };
-  auto mask_slice = [&](int buf) { return v_tile(buf) + kTileBytes; };
-  const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
-  // Item i: query tile i % q_tiles (the last first, as kShort's grid: under a causal mask it has the most
-  // keys), head (i / q_tiles) % H, batch i / (q_tiles * H).
-  auto decode = [&](int i, int* b, int* h, int* q0) {
-    *q0 = (q_tiles - 1 - i % q_tiles) * kQRows;
-    *h = (i / q_tiles) % p.H;
-    *b = i / q_tiles / p.H;
-  };
-  // Item i's loads into buffer `buf` as two cp.async groups, Q, K and the mask slice, then V; empty past the
-  // last item, so that every iteration waits on the same group counts.
-  auto load_item = [&](int i, int buf) {
-    int b = 0, h = 0, q0 = 0;
-    if (i < items) {
-      decode(i, &b, &h, &q0);
-      load_tile_sw128<T, D, kQRows>(q_tile(buf), q + b * p.q.batch + h * p.q.head + static_cast<int64_t>(q0) * p.q.seq, p.q.seq,
-                                    p.Sq - q0);
-      load_tile_sw128<T, D, kKeys>(k_tile(buf), k + b * p.k.batch + h * p.k.head, p.k.seq, p.Sk);
-      if (p.key_mask) load_key_mask<T>(mask_slice(buf), mask + b * p.mask_strides[0] + h * p.mask_strides[1], 0, p.Sk);
-    }
-    cp_async_commit();
-    if (i < items) load_tile_sw128<T, D, kKeys>(v_tile(buf), v + b * p.v.batch + h * p.v.head, p.v.seq, p.Sk);
-    cp_async_commit();
-  };
-
-  int item = blockIdx.x;
-  load_item(item, 0);
-  for (int it = 0; item < items; ++it, item += gridDim.x) {
-    const int buf = it & 1;
-    load_item(item + gridDim.x, buf ^ 1);  // into the buffer the last iteration's closing barrier freed
-    int b, h, q0;
-    decode(item, &b, &h, &q0);
-    const int wg_row0 = q0 + wg * 64;
-    const int row_a = wg_row0 + warp * 16 + lane / 4, row_b = row_a + 8;
-    float s[kKeys / 2], o[D / 2];
-#pragma unroll
-    for (int i = 0; i < kKeys / 2; ++i) s[i] = 0.0f;
-#pragma unroll
-    for (int i = 0; i < D / 2; ++i) o[i] = 0.0f;
-    RowState st;
-    if (p.Sk > 0) {
-      // In flight: this item's two groups, then the next item's two.
-      cp_async_wait<3>();  // Q, K and the mask in; V may still be on its way
-      fence_proxy_async();
-      __syncthreads();
-      float alpha_a, alpha_b;
-      uint32_t pf[kKeys / 16][4];
-      wgmma_fence();
-      wgmma_qk_issue<T, D>(s, smem_addr(q_tile(buf)) + wg * 64 * 128, smem_addr(k_tile(buf)));
-      wgmma_wait<0>();
-      order_registers(s);
-      const T* staged = p.key_mask ? reinterpret_cast<const T*>(mask_slice(buf)) : nullptr;
-      online_softmax<T>(s, st, alpha_a, alpha_b, mask, staged, p, b, h, 0, row_a, row_b, wg_row0, lane);
-      pack_p<T>(s, pf);
-      cp_async_wait<2>();  // V in
-      fence_proxy_async();
-      __syncthreads();
-      wgmma_pv<T, D>(o, pf, smem_addr(v_tile(buf)));
-    }
-    store_rows<T, D>(o, st, p, y, b, h, row_a, row_b, lane);
-    __syncthreads();  // both warpgroups are done with this buffer, which the next iteration loads into
-  }
-  cp_async_wait_all();
-#else
-  __trap();  // not an sm_90a device: the layer never launches this
-#endif
-}
-
-template <class T>
-Status opt_in_short_persistent() {
-  if (cudaFuncSetAttribute(wgmma_attention_short_persistent_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           static_cast<int>(short_persistent_smem_bytes())) != cudaSuccess)
-    return launch_status("wgmma_attention_short_persistent_kernel (shared memory opt-in)");
-  return OkStatus();
-}
-
-template <class T>
-Status launch_short_persistent(const AttentionParams& p, const void* q, const void* k, const void* v, const void* mask,
-                               void* y, cudaStream_t stream) {
-  const int64_t q_tiles = ceil_div(p.Sq, kQRows), items = q_tiles * p.H * p.B;
-  if (items == 0) return OkStatus();
-  if (items > INT32_MAX) return Unsupported("CUDA kiln.FusedAttention: more than 2^31 - 1 (batch, head, query tile) items");
-  AttentionParams staged = p;
-  staged.key_mask = key_mask_stageable(p, mask);
-  const unsigned grid = capped_grid(items, 2);
-  wgmma_attention_short_persistent_kernel<T><<<grid, kWgThreads, short_persistent_smem_bytes(), stream>>>(
-      static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), static_cast<const T*>(mask),
-      static_cast<T*>(y), staged, static_cast<int>(q_tiles), static_cast<int>(items));
-  return launch_status("wgmma_attention_short_persistent_kernel");
-}
-
 template <class T, int D, WgmmaSchedule SCHED>
 Status opt_in() {
   if (cudaFuncSetAttribute(wgmma_attention_kernel<T, D, SCHED>, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -661,7 +547,6 @@ Status launch_typed(const AttentionParams& p, const void* q, const void* k, cons
 template <class T>
 Status opt_in_scheduled(int head_dim, WgmmaSchedule sched) {
   switch (sched) {
-    case WgmmaSchedule::kShortPersistent: return opt_in_short_persistent<T>();
     case WgmmaSchedule::kLockstep: return opt_in_typed<T, WgmmaSchedule::kLockstep>(head_dim);
     case WgmmaSchedule::kStagger: return opt_in_typed<T, WgmmaSchedule::kStagger>(head_dim);
     case WgmmaSchedule::kPipelinedStaggered: return opt_in_typed<T, WgmmaSchedule::kPipelinedStaggered>(head_dim);
@@ -675,7 +560,6 @@ template <class T>
 Status launch_scheduled(WgmmaSchedule sched, const AttentionParams& p, const void* q, const void* k, const void* v,
                         const void* mask, void* y, cudaStream_t stream) {
   switch (sched) {
-    case WgmmaSchedule::kShortPersistent: return launch_short_persistent<T>(p, q, k, v, mask, y, stream);
     case WgmmaSchedule::kLockstep: return launch_typed<T, WgmmaSchedule::kLockstep>(p, q, k, v, mask, y, stream);
     case WgmmaSchedule::kStagger: return launch_typed<T, WgmmaSchedule::kStagger>(p, q, k, v, mask, y, stream);
     case WgmmaSchedule::kPipelinedStaggered:

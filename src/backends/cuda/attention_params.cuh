@@ -53,7 +53,7 @@ using sm80::smem_addr;
 // in four schedules of its two warpgroups' products and softmax (the kernel's comment says what each does):
 // one per tactic. opt_in raises the kernel's shared-memory limit (once, when a layer is created; never in run(),
 // which may be captured into a CUDA graph).
-enum class WgmmaSchedule { kLockstep, kStagger, kPipelined, kPipelinedStaggered, kShort, kShortPersistent };
+enum class WgmmaSchedule { kLockstep, kStagger, kPipelined, kPipelinedStaggered, kShort };
 bool wgmma_attention_fits(DType t, int64_t head_dim);
 Status opt_in_wgmma_attention(DType t, int head_dim, WgmmaSchedule sched);
 Status launch_wgmma_attention(DType t, WgmmaSchedule sched, const AttentionParams& p, const void* q, const void* k,
