@@ -20,24 +20,9 @@ namespace {
 
 bool is_kiln(const ir::Node& n, const char* op) { return n.domain == "kiln" && n.op_type == op; }
 
-std::vector<int64_t> ints_or(const ir::Node& n, const char* name, std::vector<int64_t> dflt) {
-  const ir::Attribute* a = n.attr(name);
-  return a != nullptr && a->type == ir::Attribute::Type::kInts ? a->ints : dflt;
-}
-
-int64_t int_or(const ir::Node& n, const char* name, int64_t dflt) {
-  const ir::Attribute* a = n.attr(name);
-  return a != nullptr && a->type == ir::Attribute::Type::kInt ? a->i : dflt;
-}
-
-std::string string_or(const ir::Node& n, const char* name, const std::string& dflt) {
-  const ir::Attribute* a = n.attr(name);
-  return a != nullptr && a->type == ir::Attribute::Type::kString ? a->s : dflt;
-}
-
 // Whether `conv` is a stem the CUDA stem kernel runs (see the top).
 bool stem_conv(const ir::Graph& g, const ir::Node& conv) {
-  if (!is_kiln(conv, "FusedConv") || int_or(conv, "channels_last", 0) != 1 || conv.attr("pool") != nullptr) return false;
+  if (!is_kiln(conv, "FusedConv") || int_attr_or(conv, "channels_last", 0) != 1 || conv.attr("pool") != nullptr) return false;
   if (conv.inputs.size() < 2 || conv.outputs.size() != 1 || (conv.inputs.size() > 3 && !conv.inputs[3].empty())) return false;
   const DType xt = dtype_of(g, conv.inputs[0]);
   if (xt != DType::kFloat16 && xt != DType::kBFloat16) return false;
@@ -45,30 +30,23 @@ bool stem_conv(const ir::Graph& g, const ir::Node& conv) {
   if (w == nullptr || w->rank() != 4) return false;
   const Shape& ws = w->shape();  // [M, R, S, C]
   if ((ws[3] != 4 && ws[3] != 8) || ws[0] % 32 != 0 || ws[0] == 0 || ws[1] > 7 || ws[2] > 7) return false;
-  if (int_or(conv, "group", 1) != 1 || ints_or(conv, "dilations", {1, 1}) != std::vector<int64_t>{1, 1}) return false;
-  const std::vector<int64_t> strides = ints_or(conv, "strides", {1, 1});
+  if (int_attr_or(conv, "group", 1) != 1 || ints_attr_or(conv, "dilations", {1, 1}) != std::vector<int64_t>{1, 1}) return false;
+  const std::vector<int64_t> strides = ints_attr_or(conv, "strides", {1, 1});
   if (strides.size() != 2 || strides[0] < 1 || strides[0] > 2 || strides[1] < 1 || strides[1] > 2) return false;
-  const std::string act = string_or(conv, "activation", "");
+  const std::string act = string_attr_or(conv, "activation", "");
   return act.empty() || act == "Relu" || act == "Clip" || act == "LeakyRelu";
 }
 
 // Whether `pool` is the 3x3 stride-2 max pool the stem kernel applies (see the top).
 bool stem_pool(const ir::Node& pool) {
-  if (!is_kiln(pool, "ChannelsLastPool") || string_or(pool, "mode", "") != "max") return false;
+  if (!is_kiln(pool, "ChannelsLastPool") || string_attr_or(pool, "mode", "") != "max") return false;
   if (pool.inputs.size() != 1 || pool.outputs.size() != 1) return false;
-  const std::string auto_pad = string_or(pool, "auto_pad", "NOTSET");
-  return ints_or(pool, "kernel_shape", {}) == std::vector<int64_t>{3, 3} &&
-         ints_or(pool, "strides", {1, 1}) == std::vector<int64_t>{2, 2} &&
-         ints_or(pool, "pads", {0, 0, 0, 0}) == std::vector<int64_t>{1, 1, 1, 1} &&
-         ints_or(pool, "dilations", {1, 1}) == std::vector<int64_t>{1, 1} && int_or(pool, "ceil_mode", 0) == 0 &&
+  const std::string auto_pad = string_attr_or(pool, "auto_pad", "NOTSET");
+  return ints_attr_or(pool, "kernel_shape", {}) == std::vector<int64_t>{3, 3} &&
+         ints_attr_or(pool, "strides", {1, 1}) == std::vector<int64_t>{2, 2} &&
+         ints_attr_or(pool, "pads", {0, 0, 0, 0}) == std::vector<int64_t>{1, 1, 1, 1} &&
+         ints_attr_or(pool, "dilations", {1, 1}) == std::vector<int64_t>{1, 1} && int_attr_or(pool, "ceil_mode", 0) == 0 &&
          (auto_pad == "NOTSET" || auto_pad.empty());
-}
-
-ir::Attribute ints_attribute(std::vector<int64_t> v) {
-  ir::Attribute a;
-  a.type = ir::Attribute::Type::kInts;
-  a.ints = std::move(v);
-  return a;
 }
 
 }  // namespace
@@ -86,9 +64,9 @@ Status fuse_conv_pool(ir::Model& model, int* fused) {
     const ir::Node& pool = g.nodes[p];
     ir::Node f = conv;
     f.attributes["pool"] = string_attribute("max");
-    f.attributes["pool_kernel_shape"] = ints_attribute(ints_or(pool, "kernel_shape", {}));
-    f.attributes["pool_strides"] = ints_attribute(ints_or(pool, "strides", {}));
-    f.attributes["pool_pads"] = ints_attribute(ints_or(pool, "pads", {}));
+    f.attributes["pool_kernel_shape"] = ints_attribute(ints_attr_or(pool, "kernel_shape", {}));
+    f.attributes["pool_strides"] = ints_attribute(ints_attr_or(pool, "strides", {}));
+    f.attributes["pool_pads"] = ints_attribute(ints_attr_or(pool, "pads", {}));
     f.outputs = pool.outputs;
     f.name = absorb_chain(g, {k, static_cast<size_t>(p)}, absorbed);
     replacement[static_cast<size_t>(p)] = std::move(f);

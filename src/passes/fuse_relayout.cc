@@ -138,13 +138,6 @@ class Composer {
   const int opset_;
 };
 
-ir::Attribute ints_attribute(std::vector<int64_t> v) {
-  ir::Attribute a;
-  a.type = ir::Attribute::Type::kInts;
-  a.ints = std::move(v);
-  return a;
-}
-
 }  // namespace
 
 Status fuse_relayout(ir::Model& model, int* fused) {

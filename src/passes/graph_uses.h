@@ -125,6 +125,20 @@ inline bool is_scalar_near(const ir::Graph& g, const std::string& name, double w
   return std::fabs(v - want) <= 1e-4 * std::max(1.0, std::fabs(want));
 }
 
+// A node's attribute of one type, or `fallback` when it has none of that name and type.
+inline int64_t int_attr_or(const ir::Node& n, const char* name, int64_t fallback) {
+  const ir::Attribute* a = n.attr(name);
+  return a != nullptr && a->type == ir::Attribute::Type::kInt ? a->i : fallback;
+}
+inline std::vector<int64_t> ints_attr_or(const ir::Node& n, const char* name, std::vector<int64_t> fallback) {
+  const ir::Attribute* a = n.attr(name);
+  return a != nullptr && a->type == ir::Attribute::Type::kInts ? a->ints : fallback;
+}
+inline std::string string_attr_or(const ir::Node& n, const char* name, const std::string& fallback) {
+  const ir::Attribute* a = n.attr(name);
+  return a != nullptr && a->type == ir::Attribute::Type::kString ? a->s : fallback;
+}
+
 // The attributes of the nodes a pass makes.
 inline ir::Attribute int_attribute(int64_t v) {
   ir::Attribute a;
@@ -136,6 +150,12 @@ inline ir::Attribute float_attribute(float v) {
   ir::Attribute a;
   a.type = ir::Attribute::Type::kFloat;
   a.f = v;
+  return a;
+}
+inline ir::Attribute ints_attribute(std::vector<int64_t> v) {
+  ir::Attribute a;
+  a.type = ir::Attribute::Type::kInts;
+  a.ints = std::move(v);
   return a;
 }
 inline ir::Attribute string_attribute(std::string v) {

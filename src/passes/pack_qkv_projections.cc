@@ -24,16 +24,6 @@ namespace {
 bool is_onnx(const ir::Node& n, const char* op) { return n.domain.empty() && n.op_type == op; }
 bool is_kiln(const ir::Node& n, const char* op) { return n.domain == "kiln" && n.op_type == op; }
 
-int64_t int_attr_or(const ir::Node& n, const char* name, int64_t fallback) {
-  const ir::Attribute* a = n.attr(name);
-  return a != nullptr && a->type == ir::Attribute::Type::kInt ? a->i : fallback;
-}
-
-std::string string_attr_or(const ir::Node& n, const char* name, const std::string& fallback) {
-  const ir::Attribute* a = n.attr(name);
-  return a != nullptr && a->type == ir::Attribute::Type::kString ? a->s : fallback;
-}
-
 // An initializer (not a graph input, which may be overridden), else null.
 const Tensor* initializer(const ir::Graph& g, const std::string& name) {
   return g.initializers.count(name) ? constant_value(g, name) : nullptr;

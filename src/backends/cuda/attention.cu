@@ -268,27 +268,7 @@ __global__ void __launch_bounds__(BR * 2) flash_attention_kernel(const T* __rest
   }
   cp_async_wait_all();
 
-  // The row sums over the quad, then Y = O / l.
-#pragma unroll
-  for (int off = 1; off < 4; off *= 2) {
-    l_a += __shfl_xor_sync(0xffffffffu, l_a, off);
-    l_b += __shfl_xor_sync(0xffffffffu, l_b, off);
-  }
-  const float empty = p.nan_to_zero ? 0.0f : NAN;
-  const float inv_a = l_a > 0.0f ? 1.0f / l_a : 0.0f, inv_b = l_b > 0.0f ? 1.0f / l_b : 0.0f;
-  T* yb = y + b * p.y.batch + h * p.y.head;
-#pragma unroll
-  for (int t = 0; t < kDTiles; ++t) {
-    const int d = t * 8 + 2 * (lane % 4);
-    if (row_a < p.Sq) {
-      const float y0 = l_a > 0.0f ? o[t][0] * inv_a : empty, y1 = l_a > 0.0f ? o[t][1] * inv_a : empty;
-      *reinterpret_cast<uint32_t*>(yb + row_a * p.y.seq + d) = pack2<T>(y0, y1);
-    }
-    if (row_b < p.Sq) {
-      const float y2 = l_b > 0.0f ? o[t][2] * inv_b : empty, y3 = l_b > 0.0f ? o[t][3] * inv_b : empty;
-      *reinterpret_cast<uint32_t*>(yb + row_b * p.y.seq + d) = pack2<T>(y2, y3);
-    }
-  }
+  store_rows<T, D>(o, l_a, l_b, p, y, b, h, row_a, row_b, lane);
 }
 
 template <class T, int D, int BR>

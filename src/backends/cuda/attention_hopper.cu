@@ -258,34 +258,6 @@ __device__ __forceinline__ void pack_p(const float (&s)[kKeys / 2], uint32_t (&p
   }
 }
 
-// The row sums over the quad, then this thread's rows of Y = O / l (0 or NaN for a row with no key, as
-// softmax over all -inf).
-template <class T, int D>
-__device__ __forceinline__ void store_rows(const float (&o)[D / 2], const RowState& st, const AttentionParams& p, T* y,
-                                           int b, int h, int row_a, int row_b, int lane) {
-  float l_a = st.l_a, l_b = st.l_b;
-#pragma unroll
-  for (int off = 1; off < 4; off *= 2) {
-    l_a += __shfl_xor_sync(0xffffffffu, l_a, off);
-    l_b += __shfl_xor_sync(0xffffffffu, l_b, off);
-  }
-  const float empty = p.nan_to_zero ? 0.0f : NAN;
-  const float inv_a = l_a > 0.0f ? 1.0f / l_a : 0.0f, inv_b = l_b > 0.0f ? 1.0f / l_b : 0.0f;
-  T* yb = y + b * p.y.batch + h * p.y.head;
-#pragma unroll
-  for (int t = 0; t < D / 8; ++t) {
-    const int d = t * 8 + 2 * (lane % 4);
-    if (row_a < p.Sq) {
-      const float y0 = l_a > 0.0f ? o[4 * t + 0] * inv_a : empty, y1 = l_a > 0.0f ? o[4 * t + 1] * inv_a : empty;
-      *reinterpret_cast<uint32_t*>(yb + static_cast<int64_t>(row_a) * p.y.seq + d) = pack2<T>(y0, y1);
-    }
-    if (row_b < p.Sq) {
-      const float y2 = l_b > 0.0f ? o[4 * t + 2] * inv_b : empty, y3 = l_b > 0.0f ? o[4 * t + 3] * inv_b : empty;
-      *reinterpret_cast<uint32_t*>(yb + static_cast<int64_t>(row_b) * p.y.seq + d) = pack2<T>(y2, y3);
-    }
-  }
-}
-
 #endif  // KILN_HAVE_WGMMA
 
 // The schedules (WgmmaSchedule, attention_params.cuh):
@@ -484,7 +456,7 @@ __global__ void __launch_bounds__(kWgThreads, blocks_per_sm(SCHED))
     if (pending) wgmma_pv<T, D>(o, pf, smem_addr(v_tile(pending_stage)));
   }
   cp_async_wait_all();
-  store_rows<T, D>(o, st, p, y, b, h, row_a, row_b, lane);
+  store_rows<T, D>(reinterpret_cast<const float(&)[D / 8][4]>(o), st.l_a, st.l_b, p, y, b, h, row_a, row_b, lane);
 #else
   __trap();  // not an sm_90a device: the layer never launches this
 #endif

@@ -49,6 +49,35 @@ using sm80::mma16816;
 using sm80::pack2;
 using sm80::smem_addr;
 
+// The end of both kernels: the row sums of this thread's two rows (l_a: row_a = its quad's row of the warp's
+// m16 slice, l_b: 8 below) over the quad, then its part of those rows of Y = O / l, where O is the m16n8
+// accumulator layout over the head dim (D / 8 n8 slices of 4 values). A row with no key (l = 0) gives 0 or
+// NaN, as a softmax over all -inf.
+template <class T, int D>
+__device__ __forceinline__ void store_rows(const float (&o)[D / 8][4], float l_a, float l_b, const AttentionParams& p, T* y,
+                                           int b, int h, int row_a, int row_b, int lane) {
+#pragma unroll
+  for (int off = 1; off < 4; off *= 2) {
+    l_a += __shfl_xor_sync(0xffffffffu, l_a, off);
+    l_b += __shfl_xor_sync(0xffffffffu, l_b, off);
+  }
+  const float empty = p.nan_to_zero ? 0.0f : NAN;
+  const float inv_a = l_a > 0.0f ? 1.0f / l_a : 0.0f, inv_b = l_b > 0.0f ? 1.0f / l_b : 0.0f;
+  T* yb = y + b * p.y.batch + h * p.y.head;
+#pragma unroll
+  for (int t = 0; t < D / 8; ++t) {
+    const int d = t * 8 + 2 * (lane % 4);
+    if (row_a < p.Sq) {
+      const float y0 = l_a > 0.0f ? o[t][0] * inv_a : empty, y1 = l_a > 0.0f ? o[t][1] * inv_a : empty;
+      *reinterpret_cast<uint32_t*>(yb + static_cast<int64_t>(row_a) * p.y.seq + d) = pack2<T>(y0, y1);
+    }
+    if (row_b < p.Sq) {
+      const float y2 = l_b > 0.0f ? o[t][2] * inv_b : empty, y3 = l_b > 0.0f ? o[t][3] * inv_b : empty;
+      *reinterpret_cast<uint32_t*>(yb + static_cast<int64_t>(row_b) * p.y.seq + d) = pack2<T>(y2, y3);
+    }
+  }
+}
+
 // The Hopper kernel (attention_hopper.cu): float16 / bfloat16, head dims 64 and 128, 16-byte aligned operands,
 // in four schedules of its two warpgroups' products and softmax (the kernel's comment says what each does):
 // one per tactic. opt_in raises the kernel's shared-memory limit (once, when a layer is created; never in run(),
