@@ -10,7 +10,9 @@
 
 #include "graph_builder.h"
 #include "ir/op_registry.h"
+#include "kernel_harness.h"
 #include "onnx/importer.h"
+#include "passes/graph_uses.h"
 #include "passes/passes.h"
 #include "random_tensors.h"
 #include "runtime/executor.h"
@@ -690,6 +692,38 @@ TEST(ConvFusionPasses, WhatTheStemPoolFusionLeaves) {
     EXPECT_EQ(fused, 0);
     EXPECT_EQ(op_types(m), ops);
   }
+}
+
+// The CPU reference of a FusedConv with a pool: the pooled shape, and errors that name the node for a pool mode
+// it does not know and for a pool on an NCHW conv.
+TEST(ConvFusionPasses, FusedConvPoolReferenceChecksItsAttributes) {
+  if (!has_fused_conv_kernel()) GTEST_SKIP() << "no CPU kernel for kiln.FusedConv in this build";
+  const Tensor x = testing::random_tensor(rng(), DType::kFloat32, {1, 8, 8, 4}, -1.0f, 1.0f);
+  const Tensor w = testing::random_tensor(rng(), DType::kFloat32, {32, 3, 3, 4}, -1.0f, 1.0f);
+  auto ints = [](std::vector<int64_t> v) { return passes::ints_attribute(std::move(v)); };
+  std::map<std::string, ir::Attribute> attrs = {{"channels_last", passes::int_attribute(1)},
+                                                {"pads", ints({1, 1, 1, 1})},
+                                                {"pool", passes::string_attribute("max")},
+                                                {"pool_kernel_shape", ints({3, 3})},
+                                                {"pool_strides", ints({2, 2})},
+                                                {"pool_pads", ints({1, 1, 1, 1})}};
+  testing::OpRun ok = testing::run_kernel("kiln", "FusedConv", {Value(x), Value(w)}, attrs, 1, 1, "stem_pool");
+  ASSERT_TRUE(ok.status.ok()) << ok.status.to_string();
+  EXPECT_EQ(ok.outputs[0].tensor().shape(), (Shape{1, 4, 4, 32}));
+
+  attrs["pool"] = passes::string_attribute("avg");
+  testing::OpRun bad_mode = testing::run_kernel("kiln", "FusedConv", {Value(x), Value(w)}, attrs, 1, 1, "stem_pool");
+  ASSERT_FALSE(bad_mode.status.ok());
+  EXPECT_NE(bad_mode.status.message().find("stem_pool"), std::string::npos) << bad_mode.status.message();
+  EXPECT_NE(bad_mode.status.message().find("avg"), std::string::npos) << bad_mode.status.message();
+
+  attrs["pool"] = passes::string_attribute("max");
+  attrs["channels_last"] = passes::int_attribute(0);
+  const Tensor x_nchw = testing::random_tensor(rng(), DType::kFloat32, {1, 4, 8, 8}, -1.0f, 1.0f);
+  const Tensor w_nchw = testing::random_tensor(rng(), DType::kFloat32, {32, 4, 3, 3}, -1.0f, 1.0f);
+  testing::OpRun nchw = testing::run_kernel("kiln", "FusedConv", {Value(x_nchw), Value(w_nchw)}, attrs, 1, 1, "stem_pool");
+  ASSERT_FALSE(nchw.status.ok());
+  EXPECT_NE(nchw.status.message().find("channels_last = 1"), std::string::npos) << nchw.status.message();
 }
 
 TEST(ConvFusionPasses, WeightsThatDoNotFitAreAnError) {

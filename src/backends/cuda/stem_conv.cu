@@ -1,4 +1,4 @@
-// Tactic "cuda.conv.stem" of kiln.FusedConv: a direct convolution on the tensor cores for convolutions with
+// Tactics "cuda.conv.stem" and "cuda.conv.stem.wgmma" of kiln.FusedConv: a direct convolution on the tensor cores for convolutions with
 // few input channels, such as ResNet's stem (X [N, 224, 224, 4] NHWC, the RGB channels padded to 4 by
 // convert_conv_layout, W [64, 7, 7, 4] KRSC, stride 2, pad 3, bias, Relu; it pads other stems to 8). cuDNN's
 // GEMM kernels are built for deep reductions and spend most of their time on 3 useful channels; here the
@@ -38,11 +38,18 @@
 // conv output never reaches memory whole. Tile (tp, tq) of 16x16 conv pixels owns the 8x8 pool outputs
 // (8 tp.., 8 tq..), whose windows cover conv rows 16 tp - 1 .. 16 tp + 15 and columns likewise: all in the
 // tile but for the row above it and the column left of it, which belong to other tiles and maybe other
-// blocks. So the epilogue stages the whole tile (32 channels a pass), pools every owned output over the taps
+// blocks. So the epilogue stages the whole tile (its 64 channels at once in the paired layout, 32 a pass in the
+// others, whose larger weights leave no room for that), pools every owned output over the taps
 // in the tile, and writes those partial maxima to Y together with its bottom conv row and right conv column
 // ("halos", in the workspace); a second small kernel then folds the halos into the outputs on tile
 // boundaries. Max is order-free and idempotent (a corner's tap seen twice is harmless), and, taken in T with
 // NaN never winning and -inf to start, matches the separate pool exactly (it compares the same rounded values).
+//
+// The wgmma variant ("cuda.conv.stem.wgmma", compute capability 9.0, 64 output channels a block): the same
+// blocks, patches and epilogue, but each k step's products are four m64n64k16 wgmma (A, the same ldmatrix
+// fragments, from registers; B from the weights in wgmma's 128-byte-swizzled K-major slabs), two steps in
+// flight (wg_steps). At ResNet-50's stem with the pool fused it takes 0.554 ms against mma.sync's 0.597; without
+// the pool, 0.555 against 0.457 (bench/results/stem_bench_2026-11-24.json): the builder times both.
 //
 // Bank conflicts: an ldmatrix phase reads 8 chunks; the patch is stored with its columns de-interleaved by the
 // stride (column c at (c % stride) * ceil(cols / stride) + c / stride), so the 8 pixels of a phase read 8
@@ -299,7 +306,9 @@ __device__ __forceinline__ uint4 minus_inf_chunk() {
 template <class T, int SC>
 __device__ __forceinline__ void pool_tile_pass(const uint4* stage, const StemParams& p, int n, int tp, int tq, int chunk0,
                                                T* y, T* halo_rows, T* halo_cols) {
-  auto at = [&](int r, int c, int j) { return stage[(r * kTileCols + c) * SC + (j ^ stage_swizzle<SC>((r % kRowsPerWarp) * kTileCols + c))]; };
+  auto at = [&](int r, int c, int j) {  // pixel (r, c)'s chunk j, as the staging wrote it
+    return stage[(r * kTileCols + c) * SC + (j ^ stage_swizzle<SC>((r % kRowsPerWarp) * kTileCols + c))];
+  };
   const int r_end = min(kTileRows, p.P - tp * kTileRows), c_end = min(kTileCols, p.Q - tq * kTileCols);  // conv pixels in the image
   for (int i = threadIdx.x; i < (kTileRows / 2) * (kTileCols / 2) * SC; i += kBlockThreads) {
     const int j = i % SC, pp = i / SC, pr = pp / (kTileCols / 2), pc = pp % (kTileCols / 2);
