@@ -36,12 +36,6 @@ bool is_channels_last_conv(const ir::Node& n) {
   return cl != nullptr && cl->i == 1;
 }
 
-// The ints attribute `name`, or `absent` when the node has none.
-std::vector<int64_t> ints_or(const ir::Node& n, const char* name, std::vector<int64_t> absent) {
-  const ir::Attribute* a = n.attr(name);
-  return a != nullptr && !a->ints.empty() ? a->ints : absent;
-}
-
 bool has_activation(const ir::Node& n) {
   const ir::Attribute* a = n.attr("activation");
   return a != nullptr && !a->s.empty();
@@ -59,15 +53,15 @@ const std::string& input_at(const ir::Node& n, size_t i) {
 const Tensor* one_by_one(const ir::Graph& g, const ir::Node& n, const Tensor** bias, int64_t* stride) {
   const Tensor* w = constant_value(g, n.inputs[1]);
   if (w == nullptr || !dtype_is_float(w->dtype()) || w->rank() != 4 || w->dim(1) != 1 || w->dim(2) != 1) return nullptr;
-  if (ints_or(n, "kernel_shape", {1, 1}) != std::vector<int64_t>{1, 1} ||
-      ints_or(n, "pads", {0, 0, 0, 0}) != std::vector<int64_t>{0, 0, 0, 0} ||
-      ints_or(n, "dilations", {1, 1}) != std::vector<int64_t>{1, 1})
+  if (ints_attr_or(n, "kernel_shape", {1, 1}) != std::vector<int64_t>{1, 1} ||
+      ints_attr_or(n, "pads", {0, 0, 0, 0}) != std::vector<int64_t>{0, 0, 0, 0} ||
+      ints_attr_or(n, "dilations", {1, 1}) != std::vector<int64_t>{1, 1})
     return nullptr;
   if (const ir::Attribute* group = n.attr("group"); group != nullptr && group->i != 1) return nullptr;
   // A 1x1 window needs no padding in any auto_pad mode, but a mode other than these is not worth trusting.
   if (const ir::Attribute* ap = n.attr("auto_pad"); ap != nullptr && ap->s != "NOTSET" && ap->s != "VALID" && !ap->s.empty())
     return nullptr;
-  const std::vector<int64_t> strides = ints_or(n, "strides", {1, 1});
+  const std::vector<int64_t> strides = ints_attr_or(n, "strides", {1, 1});
   if (strides.size() != 2 || strides[0] != strides[1] || strides[0] < 1) return nullptr;
   *stride = strides[0];
   *bias = nullptr;
