@@ -26,13 +26,6 @@ std::mt19937& rng() {
   return gen;
 }
 
-ir::Attribute ints(std::vector<int64_t> v) {
-  ir::Attribute a;
-  a.type = ir::Attribute::Type::kInts;
-  a.ints = std::move(v);
-  return a;
-}
-
 // A conv's sizes and epilogue: c input and m output channels, a k x k window, the stride.
 struct ConvSpec {
   int64_t c, m, k, stride;
@@ -63,9 +56,9 @@ struct Builder : GraphBuilder {
     ir::Node& n = node("FusedConv", in, {y}, name, "kiln");
     n.attributes["channels_last"] = passes::int_attribute(1);
     n.attributes["activation"] = passes::string_attribute(s.activation);
-    n.attributes["kernel_shape"] = ints({s.k, s.k});
-    n.attributes["pads"] = ints({s.k / 2, s.k / 2, s.k / 2, s.k / 2});
-    n.attributes["strides"] = ints({s.stride, s.stride});
+    n.attributes["kernel_shape"] = passes::ints_attribute({s.k, s.k});
+    n.attributes["pads"] = passes::ints_attribute({s.k / 2, s.k / 2, s.k / 2, s.k / 2});
+    n.attributes["strides"] = passes::ints_attribute({s.stride, s.stride});
     return n;
   }
 };
@@ -238,9 +231,9 @@ struct OnnxBlock : GraphBuilder {
     init(name + ".weight", random_tensor(rng(), DType::kFloat32, {m, c, k, k}, -0.5f, 0.5f));
     init(name + ".bias", random_tensor(rng(), DType::kFloat32, {m}, -0.2f, 0.2f));
     ir::Node& n = node("Conv", {x, name + ".weight", name + ".bias"}, {y}, name);
-    n.attributes["kernel_shape"] = ints({k, k});
-    n.attributes["pads"] = ints({k / 2, k / 2, k / 2, k / 2});
-    n.attributes["strides"] = ints({stride, stride});
+    n.attributes["kernel_shape"] = passes::ints_attribute({k, k});
+    n.attributes["pads"] = passes::ints_attribute({k / 2, k / 2, k / 2, k / 2});
+    n.attributes["strides"] = passes::ints_attribute({stride, stride});
   }
 };
 
