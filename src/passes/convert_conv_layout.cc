@@ -64,11 +64,8 @@ int64_t padded_channels(const ir::Node& conv, int64_t c, const Tensor& w) {
   const ir::Attribute* group = conv.attr("group");
   if ((group != nullptr && group->i != 1) || c >= 8) return c;
   const ir::Attribute* strides = conv.attr("strides");
-  const ir::Attribute* dilations = conv.attr("dilations");
   const bool stride_w_2 = strides != nullptr && strides->ints.size() == 2 && strides->ints[1] == 2;
-  const bool undilated = dilations == nullptr || dilations->ints == std::vector<int64_t>{1, 1};
-  const bool stem_kernel = w.dim(0) % 32 == 0 && w.dim(2) <= 7 && w.dim(3) <= 7 && undilated;
-  return c <= 4 && stride_w_2 && stem_kernel ? 4 : 8;
+  return c <= 4 && stride_w_2 && stem_kernel_window(conv, w.dim(0), w.dim(2), w.dim(3)) ? 4 : 8;
 }
 
 // [M, C/group, kH, kW] -> [M, kH, kW, c_out], element by element of any size; channels from C/group up to

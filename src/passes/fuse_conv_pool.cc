@@ -29,8 +29,8 @@ bool stem_conv(const ir::Graph& g, const ir::Node& conv) {
   const Tensor* w = constant_value(g, conv.inputs[1]);
   if (w == nullptr || w->rank() != 4) return false;
   const Shape& ws = w->shape();  // [M, R, S, C]
-  if ((ws[3] != 4 && ws[3] != 8) || ws[0] % 32 != 0 || ws[0] == 0 || ws[1] > 7 || ws[2] > 7) return false;
-  if (int_attr_or(conv, "group", 1) != 1 || ints_attr_or(conv, "dilations", {1, 1}) != std::vector<int64_t>{1, 1}) return false;
+  if ((ws[3] != 4 && ws[3] != 8) || ws[0] == 0 || !stem_kernel_window(conv, ws[0], ws[1], ws[2])) return false;
+  if (int_attr_or(conv, "group", 1) != 1) return false;
   const std::vector<int64_t> strides = ints_attr_or(conv, "strides", {1, 1});
   if (strides.size() != 2 || strides[0] < 1 || strides[0] > 2 || strides[1] < 1 || strides[1] > 2) return false;
   const std::string act = string_attr_or(conv, "activation", "");

@@ -139,6 +139,15 @@ inline std::string string_attr_or(const ir::Node& n, const char* name, const std
   return a != nullptr && a->type == ir::Attribute::Type::kString ? a->s : fallback;
 }
 
+// Whether a conv's window is one the CUDA stem kernel (cuda.conv.stem) takes: output channels `m` a multiple
+// of 32, at most 7x7 (kh x kw), no dilation. convert_conv_layout pads such a stride-2 stem's input to 4
+// channels for that kernel, and fuse_conv_pool fuses its max pool into it.
+inline bool stem_kernel_window(const ir::Node& conv, int64_t m, int64_t kh, int64_t kw) {
+  const ir::Attribute* dilations = conv.attr("dilations");
+  const bool undilated = dilations == nullptr || dilations->ints == std::vector<int64_t>{1, 1};
+  return m % 32 == 0 && kh <= 7 && kw <= 7 && undilated;
+}
+
 // The attributes of the nodes a pass makes.
 inline ir::Attribute int_attribute(int64_t v) {
   ir::Attribute a;
