@@ -1,8 +1,8 @@
-// Tactics "cuda.conv.stem" and "cuda.conv.stem.wgmma" of kiln.FusedConv: a direct convolution on the tensor cores for convolutions with
-// few input channels, such as ResNet's stem (X [N, 224, 224, 4] NHWC, the RGB channels padded to 4 by
-// convert_conv_layout, W [64, 7, 7, 4] KRSC, stride 2, pad 3, bias, Relu; it pads other stems to 8). cuDNN's
-// GEMM kernels are built for deep reductions and spend most of their time on 3 useful channels; here the
-// reduction is the whole window at once.
+// Tactics "cuda.conv.stem" and "cuda.conv.stem.wgmma" of kiln.FusedConv: a direct convolution on the tensor
+// cores for convolutions with few input channels, such as ResNet's stem (X [N, 224, 224, 4] NHWC, the RGB
+// channels padded to 4 by convert_conv_layout, W [64, 7, 7, 4] KRSC, stride 2, pad 3, bias, Relu; it pads other
+// stems to 8). cuDNN's GEMM kernels are built for deep reductions and spend most of their time on 3 useful
+// channels; here the reduction is the whole window at once.
 //
 // The convolution is an implicit GEMM: rows are output pixels, columns output channels, and the reduction
 // runs over (r, s, c) with c fastest. An 8-channel pixel is one 16-byte chunk (4-channel inputs are padded
@@ -125,10 +125,14 @@ struct StemLayout {
 // odd steps'), or has none (even S).
 bool paired_layout(int64_t c, int64_t s, int64_t sw) { return c == 4 && sw == 2 && (s % 2 == 0 || s == 3 || s == 7); }
 
-// full_stage: the epilogue stages all BN channels at once (a fused pool in the paired layout; see the kernel).
-// wg: the wgmma variant, whose k steps go in pairs (an even count; a padding step multiplies zeros) and whose
-// weights sit in wgmma's 128-byte-swizzled K-major slabs (64 channels x 64 k), 1024-byte aligned.
-StemLayout layout_for(int64_t r, int64_t s, int64_t sh, int64_t sw, int bn, bool paired, bool full_stage, bool wg) {
+// Whether the epilogue stages all BN channels at once rather than 32 a pass: a fused pool in the paired layout
+// (see the kernel's SC). layout_for sizes the staging buffer by it and the kernel stages by it.
+__host__ __device__ constexpr bool stages_all_channels(bool pool, bool paired) { return pool && paired; }
+
+// pool: a fused pool (for stages_all_channels). wg: the wgmma variant, whose k steps go in pairs (an even count;
+// a padding step multiplies zeros) and whose weights sit in wgmma's 128-byte-swizzled K-major slabs (64
+// channels x 64 k), 1024-byte aligned.
+StemLayout layout_for(int64_t r, int64_t s, int64_t sh, int64_t sw, int bn, bool paired, bool pool, bool wg) {
   StemLayout l;
   const int positions = static_cast<int>(paired ? r * ((s + 1) / 2) : r * s);
   l.ksteps = (positions + 1) / 2;
@@ -146,7 +150,8 @@ StemLayout layout_for(int64_t r, int64_t s, int64_t sh, int64_t sw, int bn, bool
     l.wd = static_cast<int>((l.pcol + sw - 1) / sw);
     l.row_chunks = static_cast<int>(sw) * l.wd;
   }
-  const int patch = l.prow * l.row_chunks, stage = kWarps * kWarpPixels * (full_stage ? bn / 8 : std::min(bn / 8, kStageChunks));
+  const int stage_chunks = stages_all_channels(pool, paired) ? bn / 8 : std::min(bn / 8, kStageChunks);
+  const int patch = l.prow * l.row_chunks, stage = kWarps * kWarpPixels * stage_chunks;
   l.buf_chunks = std::max(patch, stage);
   l.bytes = (static_cast<size_t>(l.w_chunks) + 2 * static_cast<size_t>(l.buf_chunks)) * 16 + l.kq * sizeof(int) + bn * sizeof(float) +
             (wg ? 1024 : 0);
@@ -381,7 +386,8 @@ __global__ void stem_pool_halo_kernel(void* yv, const void* rows_v, const void* 
     }
     if (px % 8 == 0 && px > 0)  // conv column 2 px - 1, the right column of tile column px / 8 - 1
       for (int oy = max(2 * py - 1, 0); oy <= min(2 * py + 1, p.P - 1); ++oy)
-        acc = max_chunk<T>(acc, reinterpret_cast<const uint4*>(halo_cols + ((static_cast<int64_t>(n) * p.P + oy) * (p.tiles_q - 1) + px / 8 - 1) * p.K)[j]);
+        acc = max_chunk<T>(acc, reinterpret_cast<const uint4*>(
+                                    halo_cols + ((static_cast<int64_t>(n) * p.P + oy) * (p.tiles_q - 1) + px / 8 - 1) * p.K)[j]);
     *out = acc;
   }
 }
@@ -401,7 +407,7 @@ __global__ void __launch_bounds__(kBlockThreads, 2) stem_conv_kernel(const void*
   // A pool in the paired layout stages the tile's 64 channels at once: one block-wide wait a tile rather than
   // one a pass (ResNet's stem + pool: 0.60 ms against 0.67 at 32 channels a pass). The other layouts' weights
   // are twice as large, and the 32 KB stage would leave one block an SM (1.10 ms against 0.79).
-  constexpr int SC = POOL && PAIRED ? CPR : kStageChunks;
+  constexpr int SC = stages_all_channels(POOL, PAIRED) ? CPR : kStageChunks;
   static_assert(CPR % SC == 0, "the epilogue stages whole passes");
   const T* x = static_cast<const T*>(xv);
   const T* w = static_cast<const T*>(wv);
@@ -584,11 +590,6 @@ StemKernel kernel_for(int c, int bn, bool paired, bool pool, bool wg) {
 
 using HaloKernel = void (*)(void*, const void*, const void*, StemParams, int64_t, int64_t);
 
-template <class T>
-HaloKernel halo_kernel_for() {
-  return stem_pool_halo_kernel<T>;
-}
-
 class StemConvLayer final : public Layer {
  public:
   Status run(const std::vector<DeviceTensor>& inputs, const std::vector<DeviceTensor>& outputs, void* workspace,
@@ -662,7 +663,7 @@ std::string stem_conv_ineligible(const LayerSpec& spec) {
   }
   const StemLayout l =
       layout_for(ws[1], ws[2], strides[0], strides[1], ws[0] % 64 == 0 ? 64 : 32, paired_layout(ws[3], ws[2], strides[1]),
-                 spec.has_attr("pool") && paired_layout(ws[3], ws[2], strides[1]), false);
+                 spec.has_attr("pool"), false);
   if (l.bytes > kSmemCap)
     return op + ": strides " + shape_to_string(strides) + " and W " + shape_to_string(ws) + " need " + std::to_string(l.bytes) +
            " bytes of shared memory, over " + std::to_string(kSmemCap);
@@ -697,7 +698,7 @@ Result<std::unique_ptr<Layer>> create_stem_conv(const LayerSpec& spec, const Cud
     if (v > kDimCap) return Unsupported(op + ": X " + shape_to_string(xs) + " or its pads are over 2^24");
   const int bn = ws[0] % 64 == 0 ? 64 : 32;
   const bool paired = paired_layout(ws[3], ws[2], g.strides[1]);
-  const StemLayout l = layout_for(ws[1], ws[2], g.strides[0], g.strides[1], bn, paired, spec.has_attr("pool") && paired, wg);
+  const StemLayout l = layout_for(ws[1], ws[2], g.strides[0], g.strides[1], bn, paired, spec.has_attr("pool"), wg);
   StemParams& p = layer->p_;
   p.H = static_cast<int>(xs[1]);
   p.W = static_cast<int>(xs[2]);
@@ -748,7 +749,8 @@ Result<std::unique_ptr<Layer>> create_stem_conv(const LayerSpec& spec, const Cud
     const int64_t ck = p.K / 8;
     layer->halo_along_rows_ = g.N * ((p.PH - 1) / 8) * p.PW * ck;
     layer->halo_items_ = layer->halo_along_rows_ + g.N * p.PH * ((p.PW - 1) / 8) * ck;
-    layer->halo_kernel_ = xd.dtype == DType::kFloat16 ? halo_kernel_for<__half>() : halo_kernel_for<__nv_bfloat16>();
+    layer->halo_kernel_ =
+        xd.dtype == DType::kFloat16 ? HaloKernel{stem_pool_halo_kernel<__half>} : HaloKernel{stem_pool_halo_kernel<__nv_bfloat16>};
   }
   layer->kernel_ = xd.dtype == DType::kFloat16 ? kernel_for<__half>(layer->c_, bn, paired, pool, wg)
                                                : kernel_for<__nv_bfloat16>(layer->c_, bn, paired, pool, wg);
