@@ -171,20 +171,24 @@ std::string gemm_ineligible(const LayerSpec& spec) {
   return "";
 }
 
+// The stem kernel's tactics for a spec: none where it cannot run it, and its wgmma variant only for output
+// channels a multiple of 64, the variant's block width (its create refuses it off Hopper too).
+std::vector<std::string> stem_tactics(const LayerSpec& spec) {
+  if (!stem_conv_ineligible(spec).empty()) return {};
+  if (spec.inputs[1].shape[0] % 64 != 0) return {kStem};
+  return {kStem, kStemWgmma};
+}
+
 std::vector<std::string> fused_conv_tactics(const LayerSpec& spec) {
   // A pool fused into the conv (fuse_conv_pool) runs in the stem kernel alone.
-  if (spec.has_attr("pool"))
-    return stem_conv_ineligible(spec).empty() ? std::vector<std::string>{kStem, kStemWgmma} : std::vector<std::string>{};
+  if (spec.has_attr("pool")) return stem_tactics(spec);
   std::vector<std::string> t;
   for (int a : {1, 0, 6, 7, 5, 4, 2, 3}) t.push_back(kFusedPrefix + std::to_string(a));
   t.push_back(kUnfused);
   for (const std::string& name : cudnn_graph_tactics()) t.push_back(name);
   if (gemm_ineligible(spec).empty())
     for (const std::string& name : matmul_tactics()) t.push_back(name);
-  if (stem_conv_ineligible(spec).empty()) {
-    t.push_back(kStem);
-    t.push_back(kStemWgmma);  // create refuses it off Hopper and for output channels not a multiple of 64
-  }
+  for (const std::string& name : stem_tactics(spec)) t.push_back(name);
   return t;
 }
 
