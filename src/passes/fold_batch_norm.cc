@@ -17,8 +17,6 @@ namespace kiln::passes {
 
 namespace {
 
-bool is_onnx(const ir::Node& n, const char* op) { return n.domain.empty() && n.op_type == op; }
-
 // Whether the BatchNormalization computes the inference form: training_mode (opset 14+) absent or 0, the
 // per-channel (spatial) form of opsets before 9, and no output but Y that anything reads.
 bool inference_bn(const ir::Node& bn, const std::set<std::string>& read) {

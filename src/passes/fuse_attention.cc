@@ -26,8 +26,6 @@ namespace {
 // The fused CUDA kernel keeps a row of Q and the output accumulator in registers: head sizes up to 256.
 constexpr int64_t kMaxHeadSize = 256;
 
-bool is_onnx(const ir::Node& n, const char* op) { return n.domain.empty() && n.op_type == op; }
-
 bool has_perm(const ir::Node& n, const std::vector<int64_t>& perm) {
   if (!is_onnx(n, "Transpose") || n.inputs.size() != 1 || n.outputs.size() != 1) return false;
   const ir::Attribute* p = n.attr("perm");

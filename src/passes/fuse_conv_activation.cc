@@ -13,8 +13,6 @@ namespace kiln::passes {
 
 namespace {
 
-bool is_onnx(const ir::Node& n, const char* op) { return n.domain.empty() && n.op_type == op; }
-
 bool same_static_type(const ir::TypeInfo* a, const ir::TypeInfo* b) {
   return a != nullptr && b != nullptr && a->kind == ir::TypeInfo::Kind::kTensor && a->is_static() &&
          b->kind == ir::TypeInfo::Kind::kTensor && b->is_static() && a->dtype == b->dtype &&

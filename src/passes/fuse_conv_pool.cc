@@ -18,8 +18,6 @@
 namespace kiln::passes {
 namespace {
 
-bool is_kiln(const ir::Node& n, const char* op) { return n.domain == "kiln" && n.op_type == op; }
-
 // Whether `conv` is a stem the CUDA stem kernel runs (see the top).
 bool stem_conv(const ir::Graph& g, const ir::Node& conv) {
   if (!is_kiln(conv, "FusedConv") || int_attr_or(conv, "channels_last", 0) != 1 || conv.attr("pool") != nullptr) return false;

@@ -16,8 +16,6 @@ namespace kiln::passes {
 
 namespace {
 
-bool is_onnx(const ir::Node& n, const char* op) { return n.domain.empty() && n.op_type == op; }
-
 // Whether `name` is a constant of one element, exactly 0, that leaves an operand of rank `rank` (-1:
 // unknown) its shape when broadcast against it.
 bool is_zero_constant(const ir::Graph& g, const std::string& name, int64_t rank) {

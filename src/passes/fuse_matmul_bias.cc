@@ -20,8 +20,6 @@ namespace kiln::passes {
 
 namespace {
 
-bool is_onnx(const ir::Node& n, const char* op) { return n.domain.empty() && n.op_type == op; }
-
 // The shape of a value when every dim is known (initializers included), and its dtype (kUndefined when not
 // known) in *dtype if given; false otherwise.
 bool static_shape(const ir::Graph& g, const std::string& name, Shape* out, DType* dtype = nullptr) {

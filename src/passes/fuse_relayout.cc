@@ -22,8 +22,6 @@ namespace kiln::passes {
 
 namespace {
 
-bool is_onnx(const ir::Node& n, const char* op) { return n.domain.empty() && n.op_type == op; }
-
 // The dtypes the CUDA layer converts between (float64 would leave the chain on the GPU for a CPU op).
 bool chain_dtype(DType t) { return t == DType::kFloat32 || t == DType::kFloat16 || t == DType::kBFloat16; }
 

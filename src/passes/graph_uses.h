@@ -19,6 +19,10 @@
 
 namespace kiln::passes {
 
+// Whether `n` is the op `op` of ONNX's default domain, or of Kiln's own ("kiln": the fused ops).
+inline bool is_onnx(const ir::Node& n, const char* op) { return n.domain.empty() && n.op_type == op; }
+inline bool is_kiln(const ir::Node& n, const char* op) { return n.domain == "kiln" && n.op_type == op; }
+
 class GraphReaders {
  public:
   explicit GraphReaders(const ir::Graph& g) {

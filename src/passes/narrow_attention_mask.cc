@@ -24,8 +24,6 @@ namespace kiln::passes {
 
 namespace {
 
-bool is_onnx(const ir::Node& n, const char* op) { return n.domain.empty() && n.op_type == op; }
-
 // Elementwise ONNX ops with numpy broadcasting (or unary): their output at an index depends only on their
 // inputs at the broadcast index, and their output shape is the broadcast of their inputs' shapes.
 bool is_broadcasting_elementwise(const ir::Node& n) {

@@ -21,9 +21,6 @@ namespace kiln::passes {
 
 namespace {
 
-bool is_onnx(const ir::Node& n, const char* op) { return n.domain.empty() && n.op_type == op; }
-bool is_kiln(const ir::Node& n, const char* op) { return n.domain == "kiln" && n.op_type == op; }
-
 // An initializer (not a graph input, which may be overridden), else null.
 const Tensor* initializer(const ir::Graph& g, const std::string& name) {
   return g.initializers.count(name) ? constant_value(g, name) : nullptr;

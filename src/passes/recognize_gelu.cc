@@ -19,8 +19,6 @@ namespace kiln::passes {
 
 namespace {
 
-bool is_onnx(const ir::Node& n, const char* op) { return n.domain.empty() && n.op_type == op; }
-
 struct Match {
   std::string x;
   std::vector<size_t> nodes;  // absorbed, in graph order after sorting, each once

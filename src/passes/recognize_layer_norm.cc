@@ -22,8 +22,6 @@ namespace kiln::passes {
 
 namespace {
 
-bool is_onnx(const ir::Node& n, const char* op) { return n.domain.empty() && n.op_type == op; }
-
 struct Match {
   std::string x, y, gamma, beta;
   double eps = 0;

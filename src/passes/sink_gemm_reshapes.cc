@@ -18,8 +18,6 @@ namespace kiln::passes {
 
 namespace {
 
-bool is_onnx(const ir::Node& n, const char* op) { return n.domain.empty() && n.op_type == op; }
-
 // An activation cuBLASLt's epilogue applies (fuse_matmul_bias's list): Relu, or GELU in its tanh form.
 bool epilogue_unary(const ir::Node& n) {
   if (n.inputs.size() != 1 || n.outputs.size() != 1) return false;
