@@ -726,6 +726,37 @@ TEST(ConvFusionPasses, FusedConvPoolReferenceChecksItsAttributes) {
   EXPECT_NE(nchw.status.message().find("channels_last = 1"), std::string::npos) << nchw.status.message();
 }
 
+// infer_shapes gives a pooled FusedConv the pooled shape, and unknown spatial dims (not the conv's unpooled
+// ones) where the pool's window is larger than the padded conv output: the node's error is the CPU's, at run.
+TEST(ConvFusionPasses, PooledFusedConvShapes) {
+  for (int64_t pool_pad : {1, 0}) {
+    SCOPED_TRACE("pool pads " + std::to_string(pool_pad));
+    testing::GraphBuilder b;
+    b.input("x", testing::random_tensor(rng(), DType::kFloat32, {1, 2, 2, 4}, -1.0f, 1.0f));  // conv output 1 x 1
+    b.init("w", testing::random_tensor(rng(), DType::kFloat32, {32, 3, 3, 4}, -1.0f, 1.0f));
+    ir::Node& f = b.node("FusedConv", {"x", "w"}, {"y"}, "stem_pool", "kiln");
+    f.attributes = {{"channels_last", passes::int_attribute(1)},
+                    {"strides", passes::ints_attribute({2, 2})},
+                    {"pads", passes::ints_attribute({1, 1, 1, 1})},
+                    {"pool", passes::string_attribute("max")},
+                    {"pool_kernel_shape", passes::ints_attribute({3, 3})},
+                    {"pool_strides", passes::ints_attribute({2, 2})},
+                    {"pool_pads", passes::ints_attribute({pool_pad, pool_pad, pool_pad, pool_pad})}};
+    b.output("y");
+    b.m.opsets["kiln"] = 1;
+    ASSERT_TRUE(passes::infer_shapes(b.m).ok());
+    const ir::TypeInfo* y = b.m.graph.type_of("y");
+    ASSERT_NE(y, nullptr);
+    ASSERT_TRUE(y->has_shape);
+    ASSERT_EQ(y->dims.size(), 4u);
+    EXPECT_EQ(y->dims[3].value, 32);
+    for (int i : {1, 2}) {
+      if (pool_pad == 1) EXPECT_EQ(y->dims[i].value, 1) << "dim " << i;  // floor((1 + 2 - 3) / 2) + 1
+      else EXPECT_FALSE(y->dims[i].known()) << "dim " << i;           // 1 + 0 - 3 < 0
+    }
+  }
+}
+
 TEST(ConvFusionPasses, WeightsThatDoNotFitAreAnError) {
   onnx::ModelProto p = testing::new_model();
   auto* g = p.mutable_graph();
