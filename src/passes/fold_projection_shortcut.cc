@@ -31,7 +31,7 @@ namespace kiln::passes {
 namespace {
 
 bool is_channels_last_conv(const ir::Node& n) {
-  if (n.domain != "kiln" || n.op_type != "FusedConv" || n.outputs.size() != 1 || n.inputs.size() < 2) return false;
+  if (!is_kiln(n, "FusedConv") || n.outputs.size() != 1 || n.inputs.size() < 2) return false;
   const ir::Attribute* cl = n.attr("channels_last");
   return cl != nullptr && cl->i == 1;
 }
