@@ -187,6 +187,7 @@ const LayerTable& layer_table() {
     register_index_layers(t);
     register_logical_layers(t);
     register_pointwise_layers(t);
+    register_conv_pair_layers(t);
     return t;
   }();
   return table;

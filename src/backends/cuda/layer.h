@@ -157,6 +157,7 @@ void register_shape_layers(LayerTable& table);  // shape_ops.cu: Reshape, Flatte
 void register_index_layers(LayerTable& table);  // index_ops.cu: Concat, Split, Slice, Gather, GatherElements, Range
 void register_logical_layers(LayerTable& table);  // logical.cu: comparisons, And, Or, Xor, Not, IsNaN, IsInf
 void register_pointwise_layers(LayerTable& table);  // pointwise_layer.cc: kiln.Pointwise (NVRTC-generated kernels)
+void register_conv_pair_layers(LayerTable& table);  // conv_pair.cu: kiln.FusedConvPair (two 1x1 convs, one kernel)
 
 // A CUDA runtime error as a Status naming the call ("cudaMemcpyAsync failed: cudaErrorInvalidValue: ...").
 Status cuda_status(cudaError_t e, const char* call);
