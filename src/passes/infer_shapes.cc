@@ -628,6 +628,7 @@ class Inferrer {
       if (n.attr("pool") != nullptr) pool_fused_conv_output(n);
       return;
     }
+    if (n.op_type == "FusedConvPair") return infer_conv_pair(n, *x);
     if (n.op_type == "ChannelsLastPool" && x->has_shape && x->dims.size() == 4) {  // the ONNX pool's rule, in NHWC
       const ir::Attribute* mode = n.attr("mode");
       if (mode == nullptr || (mode->s != "global_average" && mode->s != "global_max")) return infer_window(n, *x);
@@ -654,6 +655,25 @@ class Inferrer {
       TypeInfo y = *x;
       if (y.has_shape) y.dims[3] = v && v->has_shape && v->dims.size() == 4 ? v->dims[3] : Dim();
       return set(n, 0, y);
+    }
+  }
+
+  // kiln.FusedConvPair (fuse_conv_pair): two 1x1 channels-last convs, X [N, H, W, C0] -> Y [N, H, W, C1] ->
+  // Y2 [N, H, W, C2], C1 and C2 the output channels of W and W2 (unknown where their shapes are).
+  void infer_conv_pair(const ir::Node& n, const TypeInfo& x) {
+    if (!x.has_shape) {
+      set(n, 0, dtype_only(x.dtype));
+      return set(n, 1, dtype_only(x.dtype));
+    }
+    if (x.dims.size() != 4) return;  // the node's error at run time
+    auto channels = [&](size_t i) {
+      const TypeInfo* w = i < n.inputs.size() ? type(n.inputs[i]) : nullptr;
+      return w != nullptr && w->has_shape && w->dims.size() == 4 ? w->dims[0] : Dim();
+    };
+    for (size_t out = 0; out < 2; ++out) {
+      std::vector<Dim> d = x.dims;
+      d[3] = channels(out == 0 ? 1 : 4);
+      set(n, out, tensor_type(x.dtype, d));
     }
   }
 

@@ -7,11 +7,16 @@
 // and of the fusion passes, so it is built from the Conv reference itself: channels-last tensors are moved
 // to channels-first, convolved, and moved back; Z and the activation are applied in float32 (for half
 // types), before the one rounding back to X's dtype, as the fused CUDA kernel does.
+//
+// Also kiln.FusedConvPair (made by fuse_conv_pair): two channels-last 1x1 convs, Y = activation(X W^T + B + Z)
+// and Y2 = second_activation(Y W2^T + B2), the second reading Y as rounded to X's dtype. It runs the same
+// steps as two kiln.FusedConv nodes, so that it agrees with the pair it replaces to the last bit.
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <map>
 #include <string>
+#include <utility>
 
 #include "backends/cpu/kernel_util.h"
 #include "backends/cpu/ops/attention_util.h"
@@ -85,6 +90,34 @@ Result<Activation> read_activation(const KernelContext& ctx) {
   return a;
 }
 
+// A channels-last conv (X [N, D..., C], W [M, k..., C/group]) by the Conv reference with the attributes of
+// ctx's node: X and W moved to channels-first, convolved with the bias B (may be null) added, and the result
+// moved back, [N, O..., M], in float32 for half types (float64 stays float64).
+Result<Tensor> channels_last_conv(const KernelContext& ctx, const Tensor& x0, const Tensor& w0, const Tensor* b) {
+  Tensor x = move_channels(widen_to_float32(x0), true), w = move_channels(widen_to_float32(w0), true);
+  KILN_ASSIGN_OR_RETURN(Tensor y_first, conv_reference(ctx, x, w, b));
+  return move_channels(y_first, false);
+}
+
+// The fused epilogue on a conv's float32/float64 output y: + Z (may be null; y's shape, checked by the
+// caller), then the activation, in y's type, before the one rounding back to `dtype`.
+Tensor finish(Tensor y, const Tensor* z0, const Activation& activation, DType dtype) {
+  const Tensor z = z0 != nullptr ? widen_to_float32(*z0) : Tensor();
+  dispatch_float(y.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    T* yd = y.data<T>();
+    const T* zd = z.defined() ? z.data<T>() : nullptr;
+    for (int64_t i = 0; i < y.numel(); ++i) {
+      yd[i] = activation.apply(zd ? yd[i] + zd[i] : yd[i]);
+    }
+  });
+  return narrow_back(y, dtype);
+}
+
+bool is_reference_float(DType t) {
+  return t == DType::kFloat32 || t == DType::kFloat64 || t == DType::kFloat16 || t == DType::kBFloat16;
+}
+
 Status fused_conv_kernel(KernelContext& ctx) {
   if (!ctx.has_input(0) || !ctx.has_input(1)) return ctx.error("inputs X and W are required");
   const Tensor& x0 = ctx.input(0);
@@ -100,31 +133,18 @@ Status fused_conv_kernel(KernelContext& ctx) {
     if (ctx.has_input(i) && ctx.input(i).dtype() != x0.dtype())
       return ctx.error(std::string(i == 2 ? "B " : "Z ") + ctx.input(i).description() + " must have X's dtype " +
                        dtype_name(x0.dtype()));
-  const DType t = x0.dtype();
-  if (t != DType::kFloat32 && t != DType::kFloat64 && t != DType::kFloat16 && t != DType::kBFloat16)
-    return ctx.unsupported("dtype " + dtype_name(x0.dtype()) + " is not supported");
+  if (!is_reference_float(x0.dtype())) return ctx.unsupported("dtype " + dtype_name(x0.dtype()) + " is not supported");
 
   const Tensor* b = ctx.has_input(2) ? &ctx.input(2) : nullptr;
   Tensor y;
   if (channels_last) {
-    Tensor x = move_channels(widen_to_float32(x0), true), w = move_channels(widen_to_float32(w0), true);
-    KILN_ASSIGN_OR_RETURN(Tensor y_first, conv_reference(ctx, x, w, b));
-    y = move_channels(y_first, false);
+    KILN_ASSIGN_OR_RETURN(y, channels_last_conv(ctx, x0, w0, b));
   } else {
     KILN_ASSIGN_OR_RETURN(y, conv_reference(ctx, x0, w0, b));
   }
   if (ctx.has_input(3) && ctx.input(3).shape() != y.shape())
     return ctx.error("Z " + ctx.input(3).description() + " must have Y's shape " + shape_to_string(y.shape()));
-  const Tensor z = ctx.has_input(3) ? widen_to_float32(ctx.input(3)) : Tensor();
-  dispatch_float(y.dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    T* yd = y.data<T>();
-    const T* zd = z.defined() ? z.data<T>() : nullptr;
-    for (int64_t i = 0; i < y.numel(); ++i) {
-      yd[i] = activation.apply(zd ? yd[i] + zd[i] : yd[i]);
-    }
-  });
-  Tensor out = narrow_back(y, x0.dtype());
+  Tensor out = finish(std::move(y), ctx.has_input(3) ? &ctx.input(3) : nullptr, activation, x0.dtype());
   // The optional max pool of fuse_conv_pool, on the rounded output, as the separate pool node computed it.
   if (ctx.node().attr("pool") != nullptr) {
     if (!channels_last) return ctx.error("a pool needs channels_last = 1");
@@ -137,8 +157,64 @@ Status fused_conv_kernel(KernelContext& ctx) {
   return OkStatus();
 }
 
+// kiln.FusedConvPair's inputs, in order: X [N, H, W, C0], W [C1, 1, 1, C0], B [C1], Z [N, H, W, C1],
+// W2 [C2, 1, 1, C1], B2 [C2]; B, Z and B2 optional.
+constexpr size_t kPairX = 0, kPairW = 1, kPairB = 2, kPairZ = 3, kPairW2 = 4, kPairB2 = 5;
+const char* const kPairInputs[] = {"X", "W", "B", "Z", "W2", "B2"};
+
+// The pair's attribute `name`: "" or "Relu" (what the CUDA kernel applies).
+Result<Activation> read_pair_activation(const KernelContext& ctx, const char* name) {
+  Activation a;
+  a.name = ctx.attr_string(name, "");
+  if (!a.name.empty() && a.name != "Relu") return ctx.error(std::string(name) + " '" + a.name + "' is not \"\" (none) or Relu");
+  return a;
+}
+
+Status fused_conv_pair_kernel(KernelContext& ctx) {
+  if (!ctx.has_input(kPairX) || !ctx.has_input(kPairW) || !ctx.has_input(kPairW2))
+    return ctx.error("inputs X, W and W2 are required");
+  KILN_ASSIGN_OR_RETURN(const Activation activation, read_pair_activation(ctx, "activation"));
+  KILN_ASSIGN_OR_RETURN(const Activation second, read_pair_activation(ctx, "second_activation"));
+  // The Conv reference reads these from the node: the pair's convs have none of them.
+  for (const char* a : {"kernel_shape", "strides", "pads", "dilations", "group", "auto_pad"})
+    if (ctx.has_attr(a)) return ctx.error(std::string("attribute '") + a + "' is not accepted: both convs are 1x1, stride 1, unpadded, one group");
+  const Tensor& x = ctx.input(kPairX);
+  const Tensor& w = ctx.input(kPairW);
+  const Tensor& w2 = ctx.input(kPairW2);
+  if (x.rank() != 4) return ctx.error("X must be [N, H, W, C0], got " + x.description());
+  const DType dt = x.dtype();
+  if (!is_reference_float(dt)) return ctx.unsupported("dtype " + dtype_name(dt) + " is not supported");
+  for (size_t i : {kPairW, kPairB, kPairZ, kPairW2, kPairB2})
+    if (ctx.has_input(i) && ctx.input(i).dtype() != dt)
+      return ctx.error(std::string(kPairInputs[i]) + " " + ctx.input(i).description() + " must have X's dtype " + dtype_name(dt));
+  const int64_t c0 = x.dim(3);
+  if (w.rank() != 4 || w.dim(1) != 1 || w.dim(2) != 1 || w.dim(3) != c0)
+    return ctx.error("W " + w.description() + " must be [C1, 1, 1, " + std::to_string(c0) + "] (1x1, X's channels)");
+  const int64_t c1 = w.dim(0);
+  if (w2.rank() != 4 || w2.dim(1) != 1 || w2.dim(2) != 1 || w2.dim(3) != c1)
+    return ctx.error("W2 " + w2.description() + " must be [C2, 1, 1, " + std::to_string(c1) + "] (1x1, W's output channels)");
+  const int64_t c2 = w2.dim(0);
+  const Shape y_shape = {x.dim(0), x.dim(1), x.dim(2), c1};
+  const std::pair<size_t, Shape> wanted[] = {{kPairB, {c1}}, {kPairZ, y_shape}, {kPairB2, {c2}}};
+  for (const auto& [i, shape] : wanted)
+    if (ctx.has_input(i) && ctx.input(i).shape() != shape)
+      return ctx.error(std::string(kPairInputs[i]) + " " + ctx.input(i).description() + " must be " + shape_to_string(shape));
+
+  // As kiln.FusedConv computes each: the second conv reads Y as rounded.
+  auto optional = [&](size_t i) { return ctx.has_input(i) ? &ctx.input(i) : nullptr; };
+  KILN_ASSIGN_OR_RETURN(Tensor y_acc, channels_last_conv(ctx, x, w, optional(kPairB)));
+  Tensor y = finish(std::move(y_acc), optional(kPairZ), activation, dt);
+  KILN_ASSIGN_OR_RETURN(Tensor y2_acc, channels_last_conv(ctx, y, w2, optional(kPairB2)));
+  ctx.set_output(1, finish(std::move(y2_acc), nullptr, second, dt));
+  ctx.set_output(0, std::move(y));
+  return OkStatus();
+}
+
 }  // namespace
 
-void register_fused_conv_ops(ir::OpRegistry& r) { r.add(e2::domain_schema("kiln", "FusedConv", 1, fused_conv_kernel)); }
+void register_fused_conv_ops(ir::OpRegistry& r) {
+  r.add(e2::domain_schema("kiln", "FusedConv", 1, fused_conv_kernel));
+  r.add(e2::domain_schema("kiln", "FusedConvPair", 1, fused_conv_pair_kernel));
+}
 
 }  // namespace kiln::cpu
