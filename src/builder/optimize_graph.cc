@@ -186,6 +186,17 @@ Status optimize_graph(ir::Model& m, const OptimizeOptions& o, Logger& logger, st
       KILN_RETURN_IF_ERROR(passes::infer_shapes(m));
       logger.log(Severity::kInfo, "optimizer: " + std::to_string(shortcuts) + " projection shortcuts folded into their block's last conv");
     }
+    // A block's last 1x1 conv and the next block's first into one kernel, once both are channels-last and
+    // the shortcuts folded (a folded conv may be a pair's P): the pair keeps P's precision.
+    int pairs = 0;
+    std::map<std::string, std::string> pair_of;
+    KILN_RETURN_IF_ERROR(passes::fuse_conv_pair(m, &pairs, &pair_of));
+    if (pairs > 0) {
+      for (const auto& [made, from] : pair_of)
+        if (lowered.count(from)) lowered.insert(made);
+      KILN_RETURN_IF_ERROR(passes::infer_shapes(m));
+      logger.log(Severity::kInfo, "optimizer: " + std::to_string(pairs) + " 1x1 conv pairs fused into kiln.FusedConvPair");
+    }
   }
   // Pointwise fusion last, for GPU engines: what is left of the elementwise ops once the fusions above
   // claimed theirs (epilogues of Conv and MatMul, GELU, SiLU, LayerNorm, softmax, attention: each is one

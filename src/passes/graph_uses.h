@@ -152,6 +152,17 @@ inline bool stem_kernel_window(const ir::Node& conv, int64_t m, int64_t kh, int6
   return m % 32 == 0 && kh <= 7 && kw <= 7 && undilated;
 }
 
+// Whether two 1x1 convs X [.., c0] -> Y [.., c1] -> Y2 [.., c2] fit the CUDA kernel of kiln.FusedConvPair
+// (cuda.conv.pair in backends/cuda/conv_pair.cu), whose limits this mirrors: every channel count a positive
+// multiple of 64 (its warps' tiles), c1 at most 256 (Y's tile row), and both weights in half precision,
+// 2 * (c0 * c1 + c1 * c2) bytes, within 96 KiB, resident in shared memory beside the tiles. fuse_conv_pair
+// fuses only such pairs, so that the fused node never lacks a GPU tactic.
+inline bool conv_pair_fits(int64_t c0, int64_t c1, int64_t c2) {
+  for (int64_t c : {c0, c1, c2})
+    if (c <= 0 || c % 64 != 0 || c > 98304) return false;  // the bound keeps the products below from overflowing
+  return c1 <= 256 && 2 * (c0 * c1 + c1 * c2) <= 98304;
+}
+
 // The attributes of the nodes a pass makes.
 inline ir::Attribute int_attribute(int64_t v) {
   ir::Attribute a;
