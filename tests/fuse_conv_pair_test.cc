@@ -133,13 +133,14 @@ TEST(FusedConvPairOps, ValidBaseCaseRuns) {
 TEST(FusedConvPairOps, BadInputsAreErrorsNamingTheNode) {
   const DType f = DType::kFloat32, h = DType::kFloat16;
   struct Case {
-    size_t input;             // the input replaced (6: none)
+    size_t input;             // the input replaced (6: none; 7: a seventh added)
     Value value;              // its replacement (none: omitted)
     Attrs attrs;              // added to or replacing the base's
     std::string words;        // in the error
   };
   const std::vector<Case> cases = {
       {0, Value(), {}, "inputs X, W and W2 are required"},
+      {7, Value(), {}, "has 6 inputs (X, W, B, Z, W2, B2), got input 6"},
       {1, Value(), {}, "inputs X, W and W2 are required"},
       {4, Value(), {}, "inputs X, W and W2 are required"},
       {0, Value(random(f, {2, 3, 4})), {}, "X must be [N, H, W, C0], got float32[2,3,4]"},
@@ -170,6 +171,7 @@ TEST(FusedConvPairOps, BadInputsAreErrorsNamingTheNode) {
     SCOPED_TRACE(c.words);
     std::vector<Value> in = base_inputs();
     if (c.input < in.size()) in[c.input] = c.value;
+    if (c.input == 7) in.push_back(in[0]);  // a seventh input
     Attrs attrs = {{"activation", string_attr("Relu")}};
     for (const auto& [k, v] : c.attrs) attrs[k] = v;
     OpRun r = run_kernel("kiln", "FusedConvPair", in, attrs, 2, 1, "bad_pair");

@@ -173,6 +173,8 @@ Result<Activation> read_pair_activation(const KernelContext& ctx, const char* na
 Status fused_conv_pair_kernel(KernelContext& ctx) {
   if (!ctx.has_input(kPairX) || !ctx.has_input(kPairW) || !ctx.has_input(kPairW2))
     return ctx.error("inputs X, W and W2 are required");
+  for (size_t i = 6; i < ctx.num_inputs(); ++i)  // rather than ignored: the result would be something else
+    if (ctx.has_input(i)) return ctx.error("has 6 inputs (X, W, B, Z, W2, B2), got input " + std::to_string(i));
   KILN_ASSIGN_OR_RETURN(const Activation activation, read_pair_activation(ctx, "activation"));
   KILN_ASSIGN_OR_RETURN(const Activation second, read_pair_activation(ctx, "second_activation"));
   // The Conv reference reads these from the node: the pair's convs have none of them.
