@@ -133,14 +133,14 @@ TEST(FusedConvPairOps, ValidBaseCaseRuns) {
 TEST(FusedConvPairOps, BadInputsAreErrorsNamingTheNode) {
   const DType f = DType::kFloat32, h = DType::kFloat16;
   struct Case {
-    size_t input;             // the input replaced (6: none; 7: a seventh added)
+    size_t input;             // the input replaced (6: none; 7: an eighth added)
     Value value;              // its replacement (none: omitted)
     Attrs attrs;              // added to or replacing the base's
     std::string words;        // in the error
   };
   const std::vector<Case> cases = {
       {0, Value(), {}, "inputs X, W and W2 are required"},
-      {7, Value(), {}, "has 6 inputs (X, W, B, Z, W2, B2), got input 6"},
+      {7, Value(), {}, "has 7 inputs (X, W, B, Z, W2, B2, X2), got input 7"},
       {1, Value(), {}, "inputs X, W and W2 are required"},
       {4, Value(), {}, "inputs X, W and W2 are required"},
       {0, Value(random(f, {2, 3, 4})), {}, "X must be [N, H, W, C0], got float32[2,3,4]"},
@@ -171,13 +171,88 @@ TEST(FusedConvPairOps, BadInputsAreErrorsNamingTheNode) {
     SCOPED_TRACE(c.words);
     std::vector<Value> in = base_inputs();
     if (c.input < in.size()) in[c.input] = c.value;
-    if (c.input == 7) in.push_back(in[0]);  // a seventh input
+    if (c.input == 7) in.insert(in.end(), {Value(), in[0]});  // an eighth input
     Attrs attrs = {{"activation", string_attr("Relu")}};
     for (const auto& [k, v] : c.attrs) attrs[k] = v;
     OpRun r = run_kernel("kiln", "FusedConvPair", in, attrs, 2, 1, "bad_pair");
     ASSERT_FALSE(r.status.ok());
     EXPECT_NE(r.status.message().find("bad_pair"), std::string::npos) << r.status.message();
     EXPECT_NE(r.status.message().find(c.words), std::string::npos) << r.status.message();
+  }
+}
+
+// ---- input 6, X2: the first conv reads Concat(X, X2) along the channels.
+
+// Concat(x, x2, axis = -1) by the ONNX reference.
+Tensor concat_channels(const Tensor& x, const Tensor& x2) {
+  OpRun r = run_kernel("", "Concat", {Value(x), Value(x2)}, {{"axis", int_attr(-1)}}, 1, 17, "concat");
+  EXPECT_TRUE(r.status.ok()) << r.status.to_string();
+  return r.status.ok() ? r.outputs[0].tensor() : Tensor();
+}
+
+TEST(FusedConvPairOps, X2EqualsThePairOnTheConcatenationToTheBit) {
+  struct Split {
+    int64_t a, b;
+  };
+  for (DType dt : {DType::kFloat16, DType::kBFloat16, DType::kFloat32, DType::kFloat64})
+    for (Split c : {Split{64, 64}, Split{8, 24}, Split{5, 3}})
+      for (bool z : {false, true}) {
+        SCOPED_TRACE(dtype_name(dt) + " X " + std::to_string(c.a) + " + X2 " + std::to_string(c.b) + (z ? " +Z" : ""));
+        const int64_t c1 = 32, c2 = 16;
+        const Tensor x = random(dt, {2, 3, 5, c.a}), x2 = random(dt, {2, 3, 5, c.b});
+        const Tensor w = random(dt, {c1, 1, 1, c.a + c.b}, -0.5f, 0.5f), w2 = random(dt, {c2, 1, 1, c1}, -0.5f, 0.5f);
+        const Tensor b = random(dt, {c1}, -0.2f, 0.2f), b2 = random(dt, {c2}, -0.2f, 0.2f);
+        const Tensor zt = z ? random(dt, {2, 3, 5, c1}) : Tensor();
+        const Tensor joined = concat_channels(x, x2);
+        ASSERT_TRUE(joined.defined());
+        const Attrs attrs = {{"activation", string_attr("Relu")}, {"second_activation", string_attr("Relu")}};
+        OpRun want = run_kernel("kiln", "FusedConvPair", {Value(joined), Value(w), Value(b), maybe(zt), Value(w2), Value(b2)},
+                                attrs, 2, 1, "pair");
+        OpRun got = run_kernel("kiln", "FusedConvPair",
+                               {Value(x), Value(w), Value(b), maybe(zt), Value(w2), Value(b2), Value(x2)}, attrs, 2, 1, "pair");
+        ASSERT_TRUE(want.status.ok()) << want.status.to_string();
+        ASSERT_TRUE(got.status.ok()) << got.status.to_string();
+        expect_same_bits(got.outputs[0].tensor(), want.outputs[0].tensor(), "Y");
+        expect_same_bits(got.outputs[1].tensor(), want.outputs[1].tensor(), "Y2");
+        // And so the two FusedConv nodes on the concatenation.
+        const Tensor y = fused_conv(joined, w, b, zt, "Relu");
+        expect_same_bits(got.outputs[0].tensor(), y, "Y against FusedConv");
+        expect_same_bits(got.outputs[1].tensor(), fused_conv(y, w2, b2, Tensor(), "Relu"), "Y2 against FusedConv");
+      }
+  // An absent X2 (an empty seventh input) is the pair without one.
+  std::vector<Value> in = base_inputs();
+  OpRun plain = run_kernel("kiln", "FusedConvPair", in, {}, 2, 1, "pair");
+  in.push_back(Value());
+  OpRun empty = run_kernel("kiln", "FusedConvPair", in, {}, 2, 1, "pair");
+  ASSERT_TRUE(plain.status.ok() && empty.status.ok()) << empty.status.to_string();
+  expect_same_bits(empty.outputs[1].tensor(), plain.outputs[1].tensor(), "Y2");
+}
+
+TEST(FusedConvPairOps, BadX2IsAnErrorNamingTheNode) {
+  // The base: base_inputs() with W [6, 1, 1, 6] and X2 [1, 2, 3, 2] (X has 4 channels): valid.
+  const DType f = DType::kFloat32;
+  auto inputs = [&](const Value& x2) {
+    std::vector<Value> in = base_inputs();
+    in[1] = Value(random(f, {6, 1, 1, 6}));
+    in.push_back(x2);
+    return in;
+  };
+  OpRun ok = run_kernel("kiln", "FusedConvPair", inputs(Value(random(f, {1, 2, 3, 2}))), {}, 2, 1, "bad_pair");
+  ASSERT_TRUE(ok.status.ok()) << ok.status.to_string();
+  const std::vector<std::pair<Value, std::string>> cases = {
+      {Value(random(DType::kFloat16, {1, 2, 3, 2})), "X2 float16[1,2,3,2] must have X's dtype float32"},
+      {Value(random(f, {2, 3, 2})), "X2 float32[2,3,2] must be [1, 2, 3, C] (X's N, H and W)"},
+      {Value(random(f, {1, 1, 2, 3, 2})), "X2 float32[1,1,2,3,2] must be [1, 2, 3, C]"},
+      {Value(random(f, {2, 2, 3, 2})), "X2 float32[2,2,3,2] must be [1, 2, 3, C]"},
+      {Value(random(f, {1, 3, 2, 2})), "X2 float32[1,3,2,2] must be [1, 2, 3, C]"},
+      {Value(random(f, {1, 2, 3, 3})), "W float32[6,1,1,6] must be [C1, 1, 1, 7] (1x1, X's and X2's channels together)"},
+  };
+  for (const auto& [x2, words] : cases) {
+    SCOPED_TRACE(words);
+    OpRun r = run_kernel("kiln", "FusedConvPair", inputs(x2), {}, 2, 1, "bad_pair");
+    ASSERT_FALSE(r.status.ok());
+    EXPECT_NE(r.status.message().find("bad_pair"), std::string::npos) << r.status.message();
+    EXPECT_NE(r.status.message().find(words), std::string::npos) << r.status.message();
   }
 }
 
@@ -549,6 +624,135 @@ TEST(FuseConvPair, WhatMustNotFuse) {
   }
 }
 
+// ---- the Concat feeding P: absorbed as X2
+
+// ResNet-50's layer1.0 after fold_projection_shortcut, scaled down: the stem's pooled output x [2, 3, 4, 64],
+// conv2's output a (3x3, 64), their Concat along the channels (`axis`), conv3 (folded: 128 -> 256, Relu)
+// reading it, and layer1.1's conv1 (256 -> 64, Relu) reading conv3's output y, itself a graph output (the
+// next residual).
+Builder layer1_0(DType dt, int64_t axis = 3) {
+  Builder b(dt);
+  b.input("x", random(dt, {2, 3, 4, 64}));
+  b.conv("conv2", "x", "a", {64, 64, "Relu", 3});
+  b.node("Concat", {"a", "x"}, {"cat"}, "conv3 shortcut concat").attributes["axis"] = passes::int_attribute(axis);
+  b.conv("conv3", "cat", "y", {128, 256, "Relu"});
+  b.conv("next.conv1", "y", "y2", {256, 64, "Relu"});
+  b.output("y2");
+  b.output("y");
+  return b;
+}
+
+TEST(FuseConvPair, AbsorbsTheConcatFeedingP) {
+  for (DType dt : {DType::kFloat16, DType::kBFloat16})
+    for (int64_t axis : {3, -1}) {
+      SCOPED_TRACE(dtype_name(dt) + " axis " + std::to_string(axis));
+      Builder b = layer1_0(dt, axis);
+      ASSERT_EQ(fuse(b), 1);  // and computes what the graph did, to the bit
+      EXPECT_EQ(op_types(b.m), (std::vector<std::string>{"kiln.FusedConv", "kiln.FusedConvPair"}));
+      const ir::Node& f = b.m.graph.nodes[1];
+      EXPECT_EQ(f.name, "conv3 + conv3 shortcut concat + next.conv1");
+      EXPECT_EQ(f.inputs, (std::vector<std::string>{"a", "conv3_w", "conv3_b", "", "next.conv1_w", "next.conv1_b", "x"}));
+      EXPECT_EQ(f.outputs, (std::vector<std::string>{"y", "y2"}));
+      EXPECT_EQ(b.m.graph.type_of("cat"), nullptr);  // the Concat's output is gone, its type with it
+      EXPECT_EQ(b.m.graph.type_of("y")->to_string(), dtype_name(dt) + "[2,3,4,256]");
+      EXPECT_EQ(b.m.graph.type_of("y2")->to_string(), dtype_name(dt) + "[2,3,4,64]");
+    }
+  {
+    SCOPED_TRACE("the Concat's name shares parts with P's: each once; P's layer names the pair first");
+    Builder b = layer1_0(DType::kFloat16);
+    b.m.graph.nodes[1].name = "conv3 + add + relu shortcut concat";
+    b.m.graph.nodes[2].name = "downsample + conv3 + add + relu";
+    std::map<std::string, std::string> made_from;
+    int fused = 0;
+    ASSERT_TRUE(passes::infer_shapes(b.m).ok());
+    ASSERT_TRUE(passes::fuse_conv_pair(b.m, &fused, &made_from).ok());
+    ASSERT_EQ(fused, 1);
+    const std::string name = "downsample + conv3 + add + relu + relu shortcut concat + next.conv1";
+    EXPECT_EQ(b.m.graph.nodes[1].name, name);
+    EXPECT_EQ(made_from, (std::map<std::string, std::string>{{name, "downsample + conv3 + add + relu"}}));
+  }
+}
+
+TEST(FuseConvPair, LeavesAConcatItCannotAbsorb) {
+  struct Case {
+    const char* what;
+    std::function<void(Builder&)> make;
+  };
+  const DType h = DType::kFloat16;
+  // P = conv3 reading `cat` (c0 channels), Q = next.conv1, as layer1_0 has them.
+  auto pair_on = [](Builder& b, int64_t c0) {
+    b.conv("conv3", "cat", "y", {c0, 256, "Relu"});
+    b.conv("next.conv1", "y", "y2", {256, 64, "Relu"});
+    b.output("y2");
+  };
+  auto concat = [](Builder& b, std::vector<std::string> in, int64_t axis) {
+    b.node("Concat", std::move(in), {"cat"}, "concat").attributes["axis"] = passes::int_attribute(axis);
+  };
+  const std::vector<Case> cases = {
+      {"a second reader",
+       [&](Builder& b) {
+         b.input("a", random(h, {2, 3, 4, 64}));
+         b.input("x", random(h, {2, 3, 4, 64}));
+         concat(b, {"a", "x"}, 3);
+         b.node("Neg", {"cat"}, {"other"}, "other_reader");
+         pair_on(b, 128);
+         b.output("other");
+       }},
+      {"a graph output",
+       [&](Builder& b) {
+         b.input("a", random(h, {2, 3, 4, 64}));
+         b.input("x", random(h, {2, 3, 4, 64}));
+         concat(b, {"a", "x"}, 3);
+         pair_on(b, 128);
+         b.output("cat");
+       }},
+      {"three inputs",
+       [&](Builder& b) {
+         b.input("a", random(h, {2, 3, 4, 64}));
+         b.input("x", random(h, {2, 3, 4, 32}));
+         b.input("x2", random(h, {2, 3, 4, 32}));
+         concat(b, {"a", "x", "x2"}, 3);
+         pair_on(b, 128);
+       }},
+      {"another axis (W)",
+       [&](Builder& b) {
+         b.input("a", random(h, {2, 3, 4, 64}));
+         b.input("x", random(h, {2, 3, 4, 64}));
+         concat(b, {"a", "x"}, 2);
+         pair_on(b, 64);
+       }},
+      {"channels not multiples of 8 (60 + 68)",
+       [&](Builder& b) {
+         b.input("a", random(h, {2, 3, 4, 60}));
+         b.input("x", random(h, {2, 3, 4, 68}));
+         concat(b, {"a", "x"}, 3);
+         pair_on(b, 128);
+       }},
+      {"P reads it as its residual too",
+       [&](Builder& b) {
+         b.input("a", random(h, {2, 3, 4, 64}));
+         b.input("x", random(h, {2, 3, 4, 64}));
+         concat(b, {"a", "x"}, 3);
+         b.conv("conv3", "cat", "y", {128, 128, "Relu"}, "cat");
+         b.conv("next.conv1", "y", "y2", {128, 64, "Relu"});
+         b.output("y2");
+       }},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    Builder b(h);
+    c.make(b);
+    ASSERT_EQ(fuse(b), 1);  // the pair, on the Concat's output
+    ASSERT_NE(find_op(b.m, "Concat"), nullptr);
+    const ir::Node* pair = find_op(b.m, "FusedConvPair");
+    ASSERT_NE(pair, nullptr);
+    const ir::Node& f = *pair;
+    EXPECT_EQ(f.name, "conv3 + next.conv1");
+    EXPECT_EQ(f.inputs.size(), 6u);
+    EXPECT_EQ(f.inputs[0], "cat");
+  }
+}
+
 // ---- the whole optimizer: two ResNet bottleneck blocks as torch exports them (NCHW Conv, Add, Relu), float32
 
 struct OnnxBlocks : GraphBuilder {
@@ -605,8 +809,11 @@ TEST(FuseConvPair, ResNetBlocksThroughTheOptimizer) {
     if (n.op_type == "FusedConvPair") pairs.push_back(&n);
   ASSERT_EQ(pairs.size(), 1u);
   const ir::Node& pair = *pairs[0];
-  EXPECT_EQ(pair.name, "layer1.0.downsample + layer1.0.conv3 + layer1.0.add + layer1.0.relu3 + layer1.1.conv1 + "
-                       "layer1.1.relu1");
+  // The shortcut's Concat absorbed as X2: the pair reads conv2's output and the image directly.
+  EXPECT_EQ(pair.name, "layer1.0.downsample + layer1.0.conv3 + layer1.0.add + layer1.0.relu3 + layer1.0.relu3 shortcut "
+                       "concat + layer1.1.conv1 + layer1.1.relu1");
+  ASSERT_EQ(pair.inputs.size(), 7u);
+  EXPECT_EQ(find_op(m, "Concat"), nullptr);
   EXPECT_TRUE(lowered.count(pair.name));  // the pair keeps its convs' precision
   EXPECT_EQ(m.graph.type_of(pair.outputs[0])->dtype, DType::kFloat16);
   EXPECT_EQ(m.graph.type_of(pair.outputs[1])->dtype, DType::kFloat16);

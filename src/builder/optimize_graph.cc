@@ -2,27 +2,13 @@
 // engine can be made without a GPU: the golden dumps of tests/golden/ are made this way).
 #include "builder/optimize_graph.h"
 
+#include "passes/graph_uses.h"
 #include "passes/passes.h"
 
 namespace kiln::builder {
 
-namespace {
-
-// "conv1 + add1 + relu1" -> {"conv1", "add1", "relu1"}: the layers a fused layer was made from.
-std::vector<std::string> parts_of(const std::string& name) {
-  std::vector<std::string> parts;
-  for (size_t at = 0;;) {
-    const size_t plus = name.find(" + ", at);
-    parts.push_back(name.substr(at, plus == std::string::npos ? std::string::npos : plus - at));
-    if (plus == std::string::npos) return parts;
-    at = plus + 3;
-  }
-}
-
-}  // namespace
-
 std::string layer_pin(const ir::Node& n, const std::map<std::string, std::string>& layer_precisions) {
-  for (const auto& part : parts_of(n.name))
+  for (const auto& part : passes::name_parts(n.name))
     if (auto it = layer_precisions.find(part); it != layer_precisions.end()) return it->second;
   return "";
 }
@@ -87,7 +73,7 @@ Status optimize_graph(ir::Model& m, const OptimizeOptions& o, Logger& logger, st
   auto layer_named = [&](const std::string& name) -> const ir::Node* {
     if (const ir::Node* n = m.graph.node_named(name)) return n;
     for (const auto& n : m.graph.nodes)
-      for (const auto& part : parts_of(n.name))
+      for (const auto& part : passes::name_parts(n.name))
         if (part == name) return &n;
     return nullptr;
   };
@@ -170,7 +156,7 @@ Status optimize_graph(ir::Model& m, const OptimizeOptions& o, Logger& logger, st
     KILN_RETURN_IF_ERROR(passes::fuse_conv_pool(m, &pools));
     if (pools > 0) {
       for (const ir::Node& n : m.graph.nodes)
-        if (n.attr("pool") != nullptr && lowered.count(parts_of(n.name).front())) lowered.insert(n.name);
+        if (n.attr("pool") != nullptr && lowered.count(passes::name_parts(n.name).front())) lowered.insert(n.name);
       KILN_RETURN_IF_ERROR(passes::infer_shapes(m));
       logger.log(Severity::kInfo, "optimizer: " + std::to_string(pools) + " max pools fused into their stem conv");
     }
@@ -210,7 +196,7 @@ Status optimize_graph(ir::Model& m, const OptimizeOptions& o, Logger& logger, st
     KILN_RETURN_IF_ERROR(passes::fuse_pointwise(m, &fused));
     // A group is in one dtype: lowered where its parts were (the build reports the layer's precision).
     for (const ir::Node& n : m.graph.nodes)
-      if (n.domain == "kiln" && n.op_type == "Pointwise" && lowered.count(parts_of(n.name).front()))
+      if (n.domain == "kiln" && n.op_type == "Pointwise" && lowered.count(passes::name_parts(n.name).front()))
         lowered.insert(n.name);
     if (fused > 0) {
       int removed = 0;

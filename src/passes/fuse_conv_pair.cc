@@ -11,6 +11,13 @@
 // residual (P may have one, any tensor); channel counts that conv_pair_fits accepts. P's output may have other
 // readers and may be a graph output: the pair writes it. The fused node takes P's place: its inputs are
 // P's (computed by then) and Q's initializers, and every reader of either output comes after P.
+//
+// Where P reads a channel Concat(A, B) (fold_projection_shortcut's, at ResNet-50's layer1.0: conv2's output
+// and the pooled stem, 64 channels each) read by P alone, the pair takes A as X and B as its input X2 and the
+// Concat goes: the kernel loads X's tile from both, and the 205 MB (at batch 256) the Concat wrote and the
+// pair read back are not moved at all. Only where that kernel's loads line up: two inputs of P's dtype, 4-D,
+// the same N, H and W, each a known multiple of 8 channels (its 16-byte pieces).
+#include <algorithm>
 #include <map>
 #include <string>
 #include <vector>
@@ -67,6 +74,40 @@ const Tensor* pair_half(const ir::Graph& g, const ir::Node& n, DType dt, const T
 
 std::string input_or_none(const ir::Node& n, size_t i) { return i < n.inputs.size() ? n.inputs[i] : ""; }
 
+// The position of the Concat whose output is P's X (c0 channels of dtype dt) and that the pair can absorb
+// (see the top), or -1.
+long absorbable_concat(const ir::Graph& g, const GraphReaders& readers, size_t p, DType dt, int64_t c0) {
+  const ir::Node& pn = g.nodes[p];
+  const std::string& x = pn.inputs[0];
+  const long c = readers.producer(x);
+  if (c < 0 || readers.sole_reader(x) != static_cast<long>(p)) return -1;  // also: not a graph output
+  for (size_t i = 1; i < pn.inputs.size(); ++i)
+    if (pn.inputs[i] == x) return -1;  // P reads it as its Z too: it must stay
+  const ir::Node& cat = g.nodes[static_cast<size_t>(c)];
+  if (!is_onnx(cat, "Concat") || cat.inputs.size() != 2 || cat.outputs.size() != 1) return -1;
+  const ir::Attribute* axis = cat.attr("axis");
+  if (axis == nullptr || axis->type != ir::Attribute::Type::kInt || (axis->i != 3 && axis->i != -1)) return -1;
+  std::vector<ir::Dim> a, b;
+  for (const std::string& in : cat.inputs)
+    if (in.empty() || dtype_of(g, in) != dt) return -1;
+  if (!dims_of(g, cat.inputs[0], &a) || !dims_of(g, cat.inputs[1], &b) || a.size() != 4 || b.size() != 4) return -1;
+  for (size_t i = 0; i < 3; ++i)
+    if (!same_dim(a[i], b[i])) return -1;
+  for (const ir::Dim& d : {a[3], b[3]})
+    if (!d.known() || d.value <= 0 || d.value % 8 != 0) return -1;
+  return a[3].value + b[3].value == c0 ? c : -1;
+}
+
+// `name` with the parts of `more` ("a + b + c") that it lacks appended: each layer named once. The Concat
+// fold_projection_shortcut makes is named after the conv it feeds ("<P's> shortcut concat"), whose parts
+// P's name already has.
+std::string with_parts_of(std::string name, const std::string& more) {
+  const std::vector<std::string> have = name_parts(name);
+  for (const std::string& part : name_parts(more))
+    if (std::find(have.begin(), have.end(), part) == have.end()) name += " + " + part;
+  return name;
+}
+
 }  // namespace
 
 Status fuse_conv_pair(ir::Model& model, int* fused, std::map<std::string, std::string>* made_from) {
@@ -97,6 +138,15 @@ Status fuse_conv_pair(ir::Model& model, int* fused, std::map<std::string, std::s
       f.index = pn.index;
       f.inputs = {pn.inputs[0], pn.inputs[1], input_or_none(pn, 2), input_or_none(pn, 3), qn.inputs[1],
                   input_or_none(qn, 2)};
+      if (const long c = absorbable_concat(g, readers, p, dt, w->dim(3)); c >= 0 && !absorbed[c]) {
+        const ir::Node& cat = g.nodes[static_cast<size_t>(c)];
+        // Its name too, after P's (the fused node is still P's layer first).
+        f.name = with_parts_of(pn.name, cat.name) + " + " + qn.name;
+        f.inputs[0] = cat.inputs[0];
+        f.inputs.push_back(cat.inputs[1]);  // X2
+        g.value_types.erase(cat.outputs[0]);
+        absorbed[c] = true;
+      }
       f.outputs = {pn.outputs[0], qn.outputs[0]};
       f.attributes["activation"] = string_attribute(string_attr_or(pn, "activation", ""));
       f.attributes["second_activation"] = string_attribute(string_attr_or(qn, "activation", ""));

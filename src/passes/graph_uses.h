@@ -211,6 +211,18 @@ class FreshNames {
   std::set<std::string> taken_;
 };
 
+// "conv1 + add1 + relu1" -> {"conv1", "add1", "relu1"}: the layers a fused layer was made from (absorb_chain
+// joins them).
+inline std::vector<std::string> name_parts(const std::string& name) {
+  std::vector<std::string> parts;
+  for (size_t at = 0;;) {
+    const size_t plus = name.find(" + ", at);
+    parts.push_back(name.substr(at, plus == std::string::npos ? std::string::npos : plus - at));
+    if (plus == std::string::npos) return parts;
+    at = plus + 3;
+  }
+}
+
 // Marks `chain` (the positions of the nodes one fused node replaces, in graph order; the fused node takes the
 // last one's place) absorbed and returns the fused node's name: theirs joined by " + ", so that a
 // --layer-precision pin of any of them still finds it. The values of all but the last vanish, and their

@@ -143,13 +143,16 @@ Status fuse_relayout(ir::Model& model, int* fused = nullptr);
 Status fold_projection_shortcut(ir::Model& model, int* folded = nullptr,
                                 std::map<std::string, std::string>* made_from = nullptr);
 // Two 1x1 channels-last kiln.FusedConv, P and a Q reading P's output as its X, become one
-// kiln.FusedConvPair(X, W, B, Z, W2, B2) with outputs {P's, Q's} and attributes activation / second_activation,
+// kiln.FusedConvPair(X, W, B, Z, W2, B2[, X2]) with outputs {P's, Q's} and attributes activation / second_activation,
 // named "<P's name> + <Q's name>", in P's place: the CUDA kernel keeps Y's tile on chip for Q's GEMM, so Y is
 // written but never read back. Only pairs that kernel runs (see fuse_conv_pair.cc): float16/bfloat16, stride
 // 1, no padding, one group, initializer weights and biases, activations none or Relu, no residual for Q,
 // channels that conv_pair_fits accepts. P's output may have other readers; of several Q, the first in graph
-// order is fused. Run after convert_conv_layout, then infer_shapes. The number fused goes to *fused; each
-// fused node's name, mapped to P's, to *made_from (the builder's lowered-precision bookkeeping).
+// order is fused. A two-input channel Concat(A, B) that only P reads, and only as X, is absorbed: the
+// pair's X is A, its input 6 (X2) is B, and it is named "<P's> + <the Concat's> + <Q's>", each part once
+// (A and B 4-D, of P's dtype, the same N, H, W, channels known multiples of 8). Run after
+// convert_conv_layout, then infer_shapes. The number fused goes to *fused; each fused node's name, mapped to
+// P's, to *made_from (the builder's lowered-precision bookkeeping).
 Status fuse_conv_pair(ir::Model& model, int* fused = nullptr, std::map<std::string, std::string>* made_from = nullptr);
 
 // [Add(X, Mask) ->] Softmax(axis = last, opset >= 13) [-> IsNaN -> Where(isnan, 0, P)] becomes one

@@ -10,9 +10,12 @@
 //
 // Also kiln.FusedConvPair (made by fuse_conv_pair): two channels-last 1x1 convs, Y = activation(X W^T + B + Z)
 // and Y2 = second_activation(Y W2^T + B2), the second reading Y as rounded to X's dtype. It runs the same
-// steps as two kiln.FusedConv nodes, so that it agrees with the pair it replaces to the last bit.
+// steps as two kiln.FusedConv nodes, so that it agrees with the pair it replaces to the last bit. With its
+// optional input X2 (fuse_conv_pair folds the channel Concat that fed X), the first conv reads
+// Concat(X, X2) along the channels, X's first: the concatenation is made here, exactly, in X's dtype.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <map>
 #include <string>
@@ -157,10 +160,25 @@ Status fused_conv_kernel(KernelContext& ctx) {
   return OkStatus();
 }
 
-// kiln.FusedConvPair's inputs, in order: X [N, H, W, C0], W [C1, 1, 1, C0], B [C1], Z [N, H, W, C1],
-// W2 [C2, 1, 1, C1], B2 [C2]; B, Z and B2 optional.
-constexpr size_t kPairX = 0, kPairW = 1, kPairB = 2, kPairZ = 3, kPairW2 = 4, kPairB2 = 5;
-const char* const kPairInputs[] = {"X", "W", "B", "Z", "W2", "B2"};
+// kiln.FusedConvPair's inputs, in order: X [N, H, W, C0a], W [C1, 1, 1, C0], B [C1], Z [N, H, W, C1],
+// W2 [C2, 1, 1, C1], B2 [C2], X2 [N, H, W, C0b]; B, Z, B2 and X2 optional; C0 = C0a + C0b (C0a without X2).
+constexpr size_t kPairX = 0, kPairW = 1, kPairB = 2, kPairZ = 3, kPairW2 = 4, kPairB2 = 5, kPairX2 = 6;
+const char* const kPairInputs[] = {"X", "W", "B", "Z", "W2", "B2", "X2"};
+
+// [N, H, W, a] and [N, H, W, b] of one dtype -> [N, H, W, a + b], pixel by pixel: the Concat the pass folded.
+Tensor concat_channels(const Tensor& x, const Tensor& x2) {
+  const int64_t rows = x.dim(0) * x.dim(1) * x.dim(2), a = x.dim(3), b = x2.dim(3);
+  Tensor out(x.dtype(), {x.dim(0), x.dim(1), x.dim(2), a + b});
+  const size_t es = dtype_size(x.dtype());
+  auto* dst = static_cast<unsigned char*>(out.raw_data());
+  const auto* xa = static_cast<const unsigned char*>(x.raw_data());
+  const auto* xb = static_cast<const unsigned char*>(x2.raw_data());
+  for (int64_t r = 0; r < rows; ++r) {
+    if (a > 0) std::memcpy(dst + r * (a + b) * es, xa + r * a * es, a * es);
+    if (b > 0) std::memcpy(dst + (r * (a + b) + a) * es, xb + r * b * es, b * es);
+  }
+  return out;
+}
 
 // The pair's attribute `name`: "" or "Relu" (what the CUDA kernel applies).
 Result<Activation> read_pair_activation(const KernelContext& ctx, const char* name) {
@@ -173,25 +191,36 @@ Result<Activation> read_pair_activation(const KernelContext& ctx, const char* na
 Status fused_conv_pair_kernel(KernelContext& ctx) {
   if (!ctx.has_input(kPairX) || !ctx.has_input(kPairW) || !ctx.has_input(kPairW2))
     return ctx.error("inputs X, W and W2 are required");
-  for (size_t i = 6; i < ctx.num_inputs(); ++i)  // rather than ignored: the result would be something else
-    if (ctx.has_input(i)) return ctx.error("has 6 inputs (X, W, B, Z, W2, B2), got input " + std::to_string(i));
+  for (size_t i = 7; i < ctx.num_inputs(); ++i)  // rather than ignored: the result would be something else
+    if (ctx.has_input(i)) return ctx.error("has 7 inputs (X, W, B, Z, W2, B2, X2), got input " + std::to_string(i));
   KILN_ASSIGN_OR_RETURN(const Activation activation, read_pair_activation(ctx, "activation"));
   KILN_ASSIGN_OR_RETURN(const Activation second, read_pair_activation(ctx, "second_activation"));
   // The Conv reference reads these from the node: the pair's convs have none of them.
   for (const char* a : {"kernel_shape", "strides", "pads", "dilations", "group", "auto_pad"})
     if (ctx.has_attr(a)) return ctx.error(std::string("attribute '") + a + "' is not accepted: both convs are 1x1, stride 1, unpadded, one group");
-  const Tensor& x = ctx.input(kPairX);
+  const Tensor& x1 = ctx.input(kPairX);
   const Tensor& w = ctx.input(kPairW);
   const Tensor& w2 = ctx.input(kPairW2);
-  if (x.rank() != 4) return ctx.error("X must be [N, H, W, C0], got " + x.description());
-  const DType dt = x.dtype();
+  const bool has_x2 = ctx.has_input(kPairX2);
+  if (x1.rank() != 4) return ctx.error("X must be [N, H, W, C0], got " + x1.description());
+  const DType dt = x1.dtype();
   if (!is_reference_float(dt)) return ctx.unsupported("dtype " + dtype_name(dt) + " is not supported");
-  for (size_t i : {kPairW, kPairB, kPairZ, kPairW2, kPairB2})
+  for (size_t i : {kPairW, kPairB, kPairZ, kPairW2, kPairB2, kPairX2})
     if (ctx.has_input(i) && ctx.input(i).dtype() != dt)
       return ctx.error(std::string(kPairInputs[i]) + " " + ctx.input(i).description() + " must have X's dtype " + dtype_name(dt));
+  if (has_x2) {
+    const Tensor& x2 = ctx.input(kPairX2);
+    if (x2.rank() != 4 || x2.dim(0) != x1.dim(0) || x2.dim(1) != x1.dim(1) || x2.dim(2) != x1.dim(2))
+      return ctx.error("X2 " + x2.description() + " must be [" + std::to_string(x1.dim(0)) + ", " + std::to_string(x1.dim(1)) +
+                       ", " + std::to_string(x1.dim(2)) + ", C] (X's N, H and W)");
+  }
+  // What the first conv reads: X, or X and X2 concatenated along the channels.
+  const Tensor joined = has_x2 ? concat_channels(x1, ctx.input(kPairX2)) : Tensor();
+  const Tensor& x = has_x2 ? joined : x1;
   const int64_t c0 = x.dim(3);
   if (w.rank() != 4 || w.dim(1) != 1 || w.dim(2) != 1 || w.dim(3) != c0)
-    return ctx.error("W " + w.description() + " must be [C1, 1, 1, " + std::to_string(c0) + "] (1x1, X's channels)");
+    return ctx.error("W " + w.description() + " must be [C1, 1, 1, " + std::to_string(c0) + "] (1x1, " +
+                     (has_x2 ? "X's and X2's channels together" : "X's channels") + ")");
   const int64_t c1 = w.dim(0);
   if (w2.rank() != 4 || w2.dim(1) != 1 || w2.dim(2) != 1 || w2.dim(3) != c1)
     return ctx.error("W2 " + w2.description() + " must be [C2, 1, 1, " + std::to_string(c1) + "] (1x1, W's output channels)");
