@@ -151,12 +151,13 @@ Status optimize_graph(ir::Model& m, const OptimizeOptions& o, Logger& logger, st
       logger.log(Severity::kInfo, "optimizer: " + std::to_string(relayouts) + " Cast/Transpose/Pad chains fused into kiln.Relayout");
     }
     // A stem's max pool into the stem kernel's epilogue, once both are channels-last: "conv + pool" keeps the
-    // conv's precision.
+    // conv's precision (looked up by the conv's whole name: it is itself fused, "conv + relu").
     int pools = 0;
-    KILN_RETURN_IF_ERROR(passes::fuse_conv_pool(m, &pools));
+    std::map<std::string, std::string> pooled_from;
+    KILN_RETURN_IF_ERROR(passes::fuse_conv_pool(m, &pools, &pooled_from));
     if (pools > 0) {
-      for (const ir::Node& n : m.graph.nodes)
-        if (n.attr("pool") != nullptr && lowered.count(passes::name_parts(n.name).front())) lowered.insert(n.name);
+      for (const auto& [made, from] : pooled_from)
+        if (lowered.count(from)) lowered.insert(made);
       KILN_RETURN_IF_ERROR(passes::infer_shapes(m));
       logger.log(Severity::kInfo, "optimizer: " + std::to_string(pools) + " max pools fused into their stem conv");
     }

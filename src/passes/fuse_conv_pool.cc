@@ -9,6 +9,7 @@
 // initializer [M, R, S, 4 or 8] with M a multiple of 32 and R, S at most 7, group 1, no dilation, strides of
 // at most 2, no residual Z, activation none, Relu, Clip or LeakyRelu) and the pool's (max, 3x3, strides 2,
 // pads 1 on every side, no dilation, no ceil_mode, no Indices output).
+#include <map>
 #include <string>
 #include <vector>
 
@@ -49,7 +50,7 @@ bool stem_pool(const ir::Node& pool) {
 
 }  // namespace
 
-Status fuse_conv_pool(ir::Model& model, int* fused) {
+Status fuse_conv_pool(ir::Model& model, int* fused, std::map<std::string, std::string>* made_from) {
   ir::Graph& g = model.graph;
   const GraphReaders readers(g);
   std::vector<bool> absorbed(g.nodes.size(), false);
@@ -67,6 +68,7 @@ Status fuse_conv_pool(ir::Model& model, int* fused) {
     f.attributes["pool_pads"] = ints_attribute(ints_attr_or(pool, "pads", {}));
     f.outputs = pool.outputs;
     f.name = absorb_chain(g, {k, static_cast<size_t>(p)}, absorbed);
+    if (made_from != nullptr) (*made_from)[f.name] = conv.name;
     replacement[static_cast<size_t>(p)] = std::move(f);
   }
   if (fused) *fused = static_cast<int>(replacement.size());

@@ -118,8 +118,9 @@ Status convert_conv_layout(ir::Model& model, const std::function<bool(const ir::
 // a 3x3 stride-2 pad-1 max kiln.ChannelsLastPool becomes one kiln.FusedConv with attributes pool = "max",
 // pool_kernel_shape, pool_strides and pool_pads, named "conv + pool", in the pool's place: the stem kernel
 // pools its tile on chip instead of writing the full-size output. Run after convert_conv_layout, then
-// infer_shapes. The number of fused nodes goes to *fused.
-Status fuse_conv_pool(ir::Model& model, int* fused = nullptr);
+// infer_shapes. The number of fused nodes goes to *fused; each fused node's name, mapped to its conv's, to
+// *made_from (the builder's lowered-precision bookkeeping: the conv's name may itself be "conv + relu").
+Status fuse_conv_pool(ir::Model& model, int* fused = nullptr, std::map<std::string, std::string>* made_from = nullptr);
 // Whether a conv's data suits cuDNN's channels-last tensor-core kernels: float16 or bfloat16 input, weights
 // an initializer, output channels a multiple of 8, input channels too or, ungrouped, fewer than 8 (then
 // convert_conv_layout pads them to 8, or to 4 for a stride-2 stem the CUDA stem kernel takes: zero weights
