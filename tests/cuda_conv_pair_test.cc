@@ -24,17 +24,18 @@ struct PairCase {
   Shape x;  // [N, H, W, C0]
   int64_t c1 = 256, c2 = 64;
   bool z = true, bias = true, relu = true, relu2 = true, with_inf = false;
+  int64_t x2 = 0;  // X2's channels (input 6: the Concat fuse_conv_pair folded), 0 for none
 };
 
 std::string describe(const PairCase& c, DType t) {
-  return shape_to_string(c.x) + " -> " + std::to_string(c.c1) + " -> " + std::to_string(c.c2) + (c.z ? " +Z" : "") +
-         (c.bias ? " +B" : "") + (c.relu ? " relu" : "") + (c.relu2 ? " relu2" : "") + (c.with_inf ? " inf" : "") + " " +
-         dtype_name(t);
+  return shape_to_string(c.x) + (c.x2 ? " + X2 " + std::to_string(c.x2) : "") + " -> " + std::to_string(c.c1) +
+         " -> " + std::to_string(c.c2) + (c.z ? " +Z" : "") + (c.bias ? " +B" : "") + (c.relu ? " relu" : "") +
+         (c.relu2 ? " relu2" : "") + (c.with_inf ? " inf" : "") + " " + dtype_name(t);
 }
 
 void expect_pair_matches(const PairCase& c, DType t) {
   SCOPED_TRACE(describe(c, t));
-  const int64_t c0 = c.x[3];
+  const int64_t c0 = c.x[3] + c.x2;  // W's K: X's channels, then X2's
   Tensor x = random_float(c.x);
   if (c.with_inf)
     for (int64_t i = 0; i < x.numel(); i += 997) x.data<float>()[i] = std::numeric_limits<float>::infinity();
@@ -48,6 +49,7 @@ void expect_pair_matches(const PairCase& c, DType t) {
   lc.opset = 1;
   lc.inputs = {Value(x), Value(w), c.bias ? Value(random_float({c.c1})) : Value(), c.z ? Value(random_float(ys)) : Value(),
                Value(w2), c.bias ? Value(random_float({c.c2})) : Value()};
+  if (c.x2 > 0) lc.inputs.push_back(Value(random_float({c.x[0], c.x[1], c.x[2], c.x2})));
   lc.constant_inputs = {1, 2, 4, 5};
   if (c.relu) lc.attrs["activation"] = string_attr("Relu");
   if (c.relu2) lc.attrs["second_activation"] = string_attr("Relu");
@@ -63,14 +65,16 @@ void expect_pair_matches(const PairCase& c, DType t) {
 const DType kHalfTypes[] = {DType::kFloat16, DType::kBFloat16};
 
 // ResNet-50's three layer1 junctions: layer1.0's folded shortcut (C0 128, no Z) into layer1.1's conv1,
-// layer1.1 into layer1.2, and layer1.2 into layer2.0's conv1 (C2 128). 20 x 17 pixels: 680 rows, a partial
-// last tile.
+// layer1.1 into layer1.2, and layer1.2 into layer2.0's conv1 (C2 128); and the first as fuse_conv_pair
+// leaves it, the shortcut's Concat folded: X (conv2's output) and X2 (the pooled stem), 64 channels each.
+// 20 x 17 pixels: 680 rows, a partial last tile.
 TEST(CudaConvPair, ResNetLayer1Junctions) {
   KILN_SKIP_WITHOUT_GPU();
   for (DType t : kHalfTypes) {
     expect_pair_matches({{2, 20, 17, 128}, 256, 64, false}, t);
     expect_pair_matches({{2, 20, 17, 64}, 256, 64, true}, t);
     expect_pair_matches({{2, 20, 17, 64}, 256, 128, true}, t);
+    expect_pair_matches({{2, 20, 17, 64}, 256, 64, false, true, true, true, false, 64}, t);
   }
 }
 
