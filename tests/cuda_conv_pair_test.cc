@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <memory>
 #include <cstdio>
 #include <limits>
 #include <string>
@@ -102,6 +103,44 @@ TEST(CudaConvPair, InfinityAndNaN) {
   PairCase c{{2, 8, 9, 64}, 256, 64, true};
   c.with_inf = true;
   for (DType t : kHalfTypes) expect_pair_matches(c, t);
+}
+
+// Two layers of one kernel (C1 256) that need different shared memory (C0 128 without Z: 4 groups; C0 64, C2
+// 128 with Z: 3 groups), the larger created first: both must still launch (in ResNet-50 the
+// second create once capped the kernel's shared memory below the first layer's need).
+TEST(CudaConvPair, LayersOfOneKernelWithDifferentSharedMemory) {
+  KILN_SKIP_WITHOUT_GPU();
+  const auto h = DType::kFloat16;
+  const cuda::CudaHandles& handles = detail::test_handles();
+  const cuda::LayerKind* kind = cuda::layer_table().find("kiln.FusedConvPair");
+  ASSERT_NE(kind, nullptr);
+  const cuda::TensorDesc none;
+  std::vector<std::unique_ptr<cuda::Layer>> layers;
+  std::vector<ir::Node> nodes(2);
+  const int64_t c0s[] = {128, 64}, c2s[] = {64, 128};
+  for (int i = 0; i < 2; ++i) {
+    nodes[i].name = "pair" + std::to_string(i);
+    nodes[i].domain = "kiln";
+    nodes[i].op_type = "FusedConvPair";
+    cuda::LayerSpec s;
+    s.node = &nodes[i];
+    s.opset = 1;
+    s.inputs = {desc(h, {1, 8, 8, c0s[i]}), desc(h, {256, 1, 1, c0s[i]}), none, i == 1 ? desc(h, {1, 8, 8, 256}) : none,
+                desc(h, {c2s[i], 1, 1, 256}), none};
+    s.outputs = {desc(h, {1, 8, 8, 256}), desc(h, {1, 8, 8, c2s[i]})};
+    auto layer = kind->create(s, "cuda.conv.pair", handles);
+    ASSERT_TRUE(layer.ok()) << layer.status().to_string();
+    layers.push_back(std::move(*layer));
+  }
+  detail::DeviceMem x(64 * 128 * 2), w(256 * 128 * 2), z(64 * 256 * 2), w2(128 * 256 * 2), y(64 * 256 * 2), y2(64 * 128 * 2);
+  for (int i = 0; i < 2; ++i) {
+    const std::vector<cuda::DeviceTensor> ins = {{x.p, h, {1, 8, 8, c0s[i]}}, {w.p, h, {256, 1, 1, c0s[i]}}, {},
+                                                 i == 1 ? cuda::DeviceTensor{z.p, h, {1, 8, 8, 256}} : cuda::DeviceTensor{},
+                                                 {w2.p, h, {c2s[i], 1, 1, 256}}, {}};
+    const Status st = layers[i]->run(ins, {{y.p, h, {1, 8, 8, 256}}, {y2.p, h, {1, 8, 8, c2s[i]}}}, nullptr, handles);
+    EXPECT_TRUE(st.ok()) << "layer " << i << ": " << st.to_string();
+  }
+  EXPECT_EQ(cudaStreamSynchronize(handles.stream), cudaSuccess);
 }
 
 TEST(CudaConvPairCheck, RefusesWhatTheKernelDoesNotRun) {

@@ -15,7 +15,7 @@
 //   2. its epilogue: + B, + Z (read from the tile's Z/Y buffer in shared memory), activation, rounded to T and
 //      written back in place: the buffer now holds Y's tile;
 //   3. Y's tile copied to global memory in 16-byte pieces (coalesced);
-//   4. Y2's GEMM from that tile, 64 output columns at a time, and its epilogue straight to global memory.
+//   4. Y2's GEMM from that tile, 128 or 64 output columns at a time, and its epilogue straight to global memory.
 // Every shared-memory tile is rows of 16-byte chunks with the chunk index XORed with row % 8, so that the
 // ldmatrix reads of 8 rows and the epilogue's row accesses hit 8 distinct bank groups.
 //
@@ -53,7 +53,8 @@ const char* const kOpName = "CUDA kiln.FusedConvPair";
 
 struct PairParams {
   int64_t m = 0;                   // rows (N * H * W)
-  int c0 = 0, c2 = 0;              // X's and Y2's channels (C1 is the kernel's template parameter)
+  int c0 = 0, c2 = 0;              // the first GEMM's K and Y2's channels (C1 is the kernel's template parameter)
+  int c0a = 0;                     // K's first c0a channels come from X, the rest from X2
   int tiles = 0;                   // of kRows rows
   int groups = 4;                  // blockDim.x / 128
   int stages = 1;                  // X tiles a group holds (1 or 2): stages - 1 tiles' loads in flight
@@ -75,6 +76,21 @@ __device__ __forceinline__ void load_tile(char* dst, const T* src, int64_t first
     const int r = i / row_chunks, c = i % row_chunks;
     const bool valid = first_row + r < valid_rows;
     const T* p = src + ((valid ? first_row + r : 0) * row_chunks + c) * kChunk;
+    cp_async16(dst + swizzled(r, c, row_chunks), p, valid);
+  }
+}
+
+// X's tile: chunks [0, a_chunks) of each row from x ([M, a_chunks * 8]), the rest from x2 (the channel
+// concatenation of X and X2 that the pass folded away).
+template <class T>
+__device__ __forceinline__ void load_x_tile(char* dst, const T* x, const T* x2, int64_t first_row, int64_t valid_rows,
+                                            int a_chunks, int row_chunks, int tid) {
+  const int b_chunks = row_chunks - a_chunks;
+  for (int i = tid; i < kRows * row_chunks; i += kGroupThreads) {
+    const int r = i / row_chunks, c = i % row_chunks;
+    const bool valid = first_row + r < valid_rows;
+    const int64_t row = valid ? first_row + r : 0;
+    const T* p = c < a_chunks ? x + (row * a_chunks + c) * kChunk : x2 + (row * b_chunks + c - a_chunks) * kChunk;
     cp_async16(dst + swizzled(r, c, row_chunks), p, valid);
   }
 }
@@ -120,6 +136,33 @@ __device__ __forceinline__ void warp_gemm(float (&acc)[MF][NF][4], const char* a
   }
 }
 
+// Step 4 of a group's tile: Y2 = act2(Y W2^T + B2) from Y's tile `zy`, in passes of 32 * NF columns: the
+// warp has all 32 rows and NF * 8 columns of a pass (NF 4 reads each Y fragment half as often as NF 2).
+template <class T, int NF>
+__device__ __forceinline__ void second_gemm(const char* zy, const char* w2s, const float* bias2_s, T* y2, int64_t row0,
+                                            int c1_chunks, const PairParams& p) {
+  const int lane = threadIdx.x & 31, wn = (threadIdx.x % kGroupThreads) >> 5;
+  for (int n0 = 0; n0 < p.c2; n0 += 32 * NF) {
+    float acc[2][NF][4] = {};
+    warp_gemm<T, 2, NF>(acc, zy, 0, c1_chunks, w2s, n0 + wn * NF * 8, c1_chunks, c1_chunks);
+#pragma unroll
+    for (int mf = 0; mf < 2; ++mf)
+#pragma unroll
+      for (int nf = 0; nf < NF; ++nf)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int row = mf * 16 + (lane >> 2) + h * 8;
+          const int col = n0 + wn * NF * 8 + nf * 8 + (lane & 3) * 2;
+          float v0 = acc[mf][nf][2 * h] + bias2_s[col], v1 = acc[mf][nf][2 * h + 1] + bias2_s[col + 1];
+          if (p.relu2) {
+            v0 = v0 < 0.0f ? 0.0f : v0;
+            v1 = v1 < 0.0f ? 0.0f : v1;
+          }
+          if (row0 + row < p.m) *reinterpret_cast<uint32_t*>(y2 + (row0 + row) * p.c2 + col) = pack2<T>(v0, v1);
+        }
+  }
+}
+
 // Shared memory: W [C1][C0], W2 [C2][C1], B and B2 as float, then each group's `stages` X tiles [32][C0] and
 // `zy_stages` Z/Y tiles [32][C1].
 struct SmemLayout {
@@ -142,7 +185,7 @@ __host__ __device__ inline SmemLayout smem_layout(int c0, int c1, int c2, int gr
 template <class T, int C1>
 __global__ void __launch_bounds__(kMaxThreads, 1)
     conv_pair_kernel(const void* x_, const void* w_, const void* bias_, const void* z_, const void* w2_,
-                     const void* bias2_, void* y_, void* y2_, PairParams p) {
+                     const void* bias2_, const void* x2_, void* y_, void* y2_, PairParams p) {
   extern __shared__ __align__(128) char smem[];
   const T* __restrict__ x = static_cast<const T*>(x_);
   const T* __restrict__ w = static_cast<const T*>(w_);
@@ -150,6 +193,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
   const T* __restrict__ z = static_cast<const T*>(z_);
   const T* __restrict__ w2 = static_cast<const T*>(w2_);
   const T* __restrict__ bias2 = static_cast<const T*>(bias2_);
+  const T* __restrict__ x2 = static_cast<const T*>(x2_);
   T* __restrict__ y = static_cast<T*>(y_);
   T* __restrict__ y2 = static_cast<T*>(y2_);
   const SmemLayout l = smem_layout(p.c0, C1, p.c2, p.groups, p.stages, p.zy_stages);
@@ -179,7 +223,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
     const int t = first + k * step;
     if (t < p.tiles) {
       const int64_t row0 = static_cast<int64_t>(t) * kRows;
-      load_tile(gbase + (k % p.stages) * l.x_tile, x, row0, p.m, kRows, c0_chunks, gtid, kGroupThreads);
+      load_x_tile(gbase + (k % p.stages) * l.x_tile, x, x2, row0, p.m, p.c0a / kChunk, c0_chunks, gtid);
       if (p.has_z)
         load_tile(gbase + p.stages * l.x_tile + (k % p.zy_stages) * l.zy_tile, z, row0, p.m, kRows, c1_chunks, gtid,
                   kGroupThreads);
@@ -235,32 +279,15 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
         *reinterpret_cast<uint4*>(y + (row0 + r) * C1 + c * kChunk) = *reinterpret_cast<const uint4*>(zy + swizzled(r, c, c1_chunks));
     }
 
-    // 4. Y2 = act2(Y W2^T + B2), 64 columns at a time: the warp has all 32 rows and 16 columns.
-    for (int n0 = 0; n0 < p.c2; n0 += 64) {
-      float acc[2][2][4] = {};
-      warp_gemm<T, 2, 2>(acc, zy, 0, c1_chunks, smem + l.w2, n0 + wn * 16, c1_chunks, c1_chunks);
-#pragma unroll
-      for (int mf = 0; mf < 2; ++mf)
-#pragma unroll
-        for (int nf = 0; nf < 2; ++nf)
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int row = mf * 16 + (lane >> 2) + h * 8;
-            const int col = n0 + wn * 16 + nf * 8 + (lane & 3) * 2;
-            float v0 = acc[mf][nf][2 * h] + bias2_s[col], v1 = acc[mf][nf][2 * h + 1] + bias2_s[col + 1];
-            if (p.relu2) {
-              v0 = v0 < 0.0f ? 0.0f : v0;
-              v1 = v1 < 0.0f ? 0.0f : v1;
-            }
-            if (row0 + row < p.m) *reinterpret_cast<uint32_t*>(y2 + (row0 + row) * p.c2 + col) = pack2<T>(v0, v1);
-          }
-    }
+    // 4. Y2 = act2(Y W2^T + B2), 128 columns a pass where C2 allows, else 64.
+    if (p.c2 % 128 == 0) second_gemm<T, 4>(zy, smem + l.w2, bias2_s, y2, row0, c1_chunks, p);
+    else second_gemm<T, 2>(zy, smem + l.w2, bias2_s, y2, row0, c1_chunks, p);
     group_sync(group);  // the stage is refilled by a later prefetch
   }
   sm80::cp_async_wait<0>();  // no cp.async may be in flight when the block exits
 }
 
-using PairKernel = void (*)(const void*, const void*, const void*, const void*, const void*, const void*, void*,
+using PairKernel = void (*)(const void*, const void*, const void*, const void*, const void*, const void*, const void*, void*,
                             void*, PairParams);
 
 template <class T>
@@ -284,8 +311,8 @@ class ConvPairLayer : public Layer {
     for (size_t i = 0; i < in.size(); ++i)
       if (!aligned16(in[i].data)) return Unsupported(std::string(kOpName) + ": input " + std::to_string(i) + " is not 16-byte aligned");
     if (!aligned16(out[0].data) || !aligned16(out[1].data)) return Unsupported(std::string(kOpName) + ": outputs must be 16-byte aligned");
-    kernel_<<<grid_, p_.groups * kGroupThreads, smem_, h.stream>>>(input(0), input(1), input(2), input(3), input(4), input(5),
-                                                          out[0].data, out[1].data, p_);
+    kernel_<<<grid_, p_.groups * kGroupThreads, smem_, h.stream>>>(input(0), input(1), input(2), input(3), input(4),
+                                                                   input(5), input(6), out[0].data, out[1].data, p_);
     return launch_status("conv_pair_kernel");
   }
 
@@ -295,12 +322,12 @@ class ConvPairLayer : public Layer {
   unsigned grid_ = 1;
 };
 
-
 // Whether the kernel runs the node (shapes may be partly unknown at build time).
 std::string check_conv_pair(const LayerSpec& spec) {
   const std::string op = std::string(kOpName) + (spec.node ? " '" + spec.node->name + "'" : std::string());
   if (spec.inputs.size() < 5 || !spec.inputs[0].present() || !spec.inputs[1].present() || !spec.inputs[4].present())
     return op + " needs inputs X, W and W2";
+  if (spec.inputs.size() > 7) return op + " has at most 7 inputs (X, W, B, Z, W2, B2, X2)";
   if (spec.outputs.size() != 2) return op + " has two outputs, Y and Y2";
   const DType dt = spec.inputs[0].dtype;
   if (dt != DType::kFloat16 && dt != DType::kBFloat16) return op + " runs float16 and bfloat16, got " + dtype_name(dt);
@@ -333,7 +360,16 @@ Result<std::unique_ptr<Layer>> create_conv_pair(const LayerSpec& spec, const std
   if (!xd.is_static()) return InvalidArgument(op + ": create needs concrete shapes");
   const Shape& xs = xd.shape;
   const int64_t c1 = spec.inputs[1].shape[0], c0 = spec.inputs[1].shape[3], c2 = spec.inputs[4].shape[0];
-  if (xs[3] != c0) return InvalidArgument(op + ": X " + shape_to_string(xs) + " must have W's " + std::to_string(c0) + " channels");
+  // With X2, K is X's channels then X2's (the Concat fuse_conv_pair folded).
+  const bool has_x2 = spec.inputs.size() > 6 && spec.inputs[6].present();
+  const int64_t c0b = has_x2 ? spec.inputs[6].shape.size() == 4 ? spec.inputs[6].shape[3] : -1 : 0;
+  if (has_x2 && (spec.inputs[6].shape.size() != 4 || !std::equal(xs.begin(), xs.begin() + 3, spec.inputs[6].shape.begin())))
+    return InvalidArgument(op + ": X2 " + shape_to_string(spec.inputs[6].shape) + " must be [N, H, W, C] as X " + shape_to_string(xs));
+  if (xs[3] + c0b != c0)
+    return InvalidArgument(op + ": X " + shape_to_string(xs) + (has_x2 ? " and X2" : "") + " must have W's " +
+                           std::to_string(c0) + " channels");
+  if (xs[3] % kChunk != 0 || c0b % kChunk != 0)
+    return Unsupported(op + ": X and X2 need channels a multiple of 8, got " + std::to_string(xs[3]) + " and " + std::to_string(c0b));
   const Shape ys = {xs[0], xs[1], xs[2], c1}, y2s = {xs[0], xs[1], xs[2], c2};
   if (spec.outputs[0].shape != ys || spec.outputs[1].shape != y2s)
     return InvalidArgument(op + ": outputs must be " + shape_to_string(ys) + " and " + shape_to_string(y2s));
@@ -350,6 +386,7 @@ Result<std::unique_ptr<Layer>> create_conv_pair(const LayerSpec& spec, const std
   PairParams& p = layer->p_;
   p.m = xs[0] * xs[1] * xs[2];
   p.c0 = static_cast<int>(c0);
+  p.c0a = static_cast<int>(xs[3]);
   p.c2 = static_cast<int>(c2);
   const int64_t tiles = ceil_div(p.m, kRows);  // tiles of a group
   if (tiles > INT32_MAX / 4) return Unsupported(op + ": " + std::to_string(p.m) + " rows are too many");
@@ -377,8 +414,11 @@ Result<std::unique_ptr<Layer>> create_conv_pair(const LayerSpec& spec, const std
                        std::to_string(optin));
   layer->kernel_ = xd.dtype == DType::kFloat16 ? kernel_for<__half>(static_cast<int>(c1))
                                                : kernel_for<__nv_bfloat16>(static_cast<int>(c1));
+  // The device's cap, not this layer's need: the attribute belongs to the kernel, which other layers of the
+  // same C1 launch with more shared memory than this one (the last create would otherwise make their launches
+  // fail).
   KILN_CUDA_TRY(cudaFuncSetAttribute(reinterpret_cast<const void*>(layer->kernel_),
-                                     cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(layer->smem_)));
+                                     cudaFuncAttributeMaxDynamicSharedMemorySize, optin));
   KILN_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, layer->kernel_, p.groups * kGroupThreads, layer->smem_));
   if (per_sm < 1) return Unsupported(op + ": no block fits on an SM");
   layer->grid_ = static_cast<unsigned>(std::min<int64_t>(ceil_div(tiles, p.groups), static_cast<int64_t>(sm_count()) * per_sm));

@@ -760,8 +760,10 @@ Result<std::unique_ptr<Layer>> create_stem_conv(const LayerSpec& spec, const Cud
   KILN_CUDA_TRY(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
   if (l.bytes > static_cast<size_t>(optin))
     return Unsupported(op + ": needs " + std::to_string(l.bytes) + " bytes of shared memory, the device allows " + std::to_string(optin));
+  // The device's cap, not this layer's need: the attribute belongs to the kernel, which another stem of other
+  // geometry may launch with more shared memory (the last create would otherwise make its launches fail).
   KILN_CUDA_TRY(cudaFuncSetAttribute(reinterpret_cast<const void*>(layer->kernel_), cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                     static_cast<int>(l.bytes)));
+                                     optin));
   KILN_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, layer->kernel_, kBlockThreads, l.bytes));
   if (per_sm < 1) return Unsupported(op + ": no block fits on an SM");
   // Persistent blocks: as many as run at once, split over the output-channel blocks (grid.y).
