@@ -399,8 +399,9 @@ Result<std::unique_ptr<Layer>> create_conv_pair(const LayerSpec& spec, const std
   int dev = 0, optin = 0, per_sm = 0;
   KILN_CUDA_TRY(cudaGetDevice(&dev));
   KILN_CUDA_TRY(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-  // The first that fits of: 4 groups with the next tile's loads in flight, 3 such groups, 4 groups without
-  // (on ResNet's junctions, in that order, 2.8, 2.3 and 1.9 TB/s). Y's tile needs no second stage without Z.
+  // The first that fits of: 4 groups with the next tile's loads in flight, 3 such groups, 4 groups without.
+  // Y's tile needs no second stage without Z. ResNet-50's three layer1 junctions take the first (C0 64, Z;
+  // and C0 128, no Z) and the second (C2 128).
   const int c1i = static_cast<int>(c1);
   for (const auto& [groups, stages] : {std::pair{4, 2}, std::pair{3, 2}, std::pair{4, 1}}) {
     p.groups = groups;
