@@ -69,22 +69,32 @@ __device__ __forceinline__ int swizzled(int row, int chunk, int row_chunks) {
 
 // Loads a tile of `rows` rows of `row_chunks` 16-byte chunks from a row-major global matrix (rows past
 // `valid_rows` zero-filled) into swizzled shared memory, cp.async, by `threads` threads (this one `tid`).
+// Where the threads divide the row's chunks evenly (every case but odd widths), each thread keeps one chunk
+// column and walks rows, so the loop has no division.
 template <class T>
 __device__ __forceinline__ void load_tile(char* dst, const T* src, int64_t first_row, int64_t valid_rows, int rows,
                                           int row_chunks, int tid, int threads) {
+  if (threads % row_chunks == 0) {
+    const int c = tid % row_chunks, step = threads / row_chunks;
+    for (int r = tid / row_chunks; r < rows; r += step) {
+      const bool valid = first_row + r < valid_rows;
+      cp_async16(dst + swizzled(r, c, row_chunks), src + ((valid ? first_row + r : 0) * row_chunks + c) * kChunk, valid);
+    }
+    return;
+  }
   for (int i = tid; i < rows * row_chunks; i += threads) {
     const int r = i / row_chunks, c = i % row_chunks;
     const bool valid = first_row + r < valid_rows;
-    const T* p = src + ((valid ? first_row + r : 0) * row_chunks + c) * kChunk;
-    cp_async16(dst + swizzled(r, c, row_chunks), p, valid);
+    cp_async16(dst + swizzled(r, c, row_chunks), src + ((valid ? first_row + r : 0) * row_chunks + c) * kChunk, valid);
   }
 }
 
 // X's tile: chunks [0, a_chunks) of each row from x ([M, a_chunks * 8]), the rest from x2 (the channel
-// concatenation of X and X2 that the pass folded away).
+// concatenation of X and X2 that the pass folded away); the group's threads, as load_tile.
 template <class T>
 __device__ __forceinline__ void load_x_tile(char* dst, const T* x, const T* x2, int64_t first_row, int64_t valid_rows,
                                             int a_chunks, int row_chunks, int tid) {
+  if (a_chunks == row_chunks) return load_tile(dst, x, first_row, valid_rows, kRows, row_chunks, tid, kGroupThreads);
   const int b_chunks = row_chunks - a_chunks;
   for (int i = tid; i < kRows * row_chunks; i += kGroupThreads) {
     const int r = i / row_chunks, c = i % row_chunks;
@@ -108,29 +118,36 @@ __device__ __forceinline__ void group_sync(int g) {
 
 // acc[MF][NF] += A[rows a_row0.., k] * B[cols b_row0.., k]^T over k in [0, k_chunks * 8), both operands
 // swizzled row-major tiles in shared memory with `a_chunks` / `b_chunks` chunks a row. MF m16 fragments, NF n8
-// fragments (NF even: B is read 16 columns at a time). k_chunks is a multiple of 8.
+// fragments (NF even: B is read 16 columns at a time). k_chunks is a multiple of 8, a_row0 and b_row0 of 8.
+// The addresses are worked out once: every row this lane reads has row % 8 == lane % 8, so the swizzle of
+// chunk 8q + i is 8q + (i ^ lane % 8): a row's base address plus a small offset per step (the loop was bound
+// by its integer address arithmetic, not by the tensor cores: Nsight Compute's busiest pipe was the ALU).
 template <class T, int MF, int NF>
 __device__ __forceinline__ void warp_gemm(float (&acc)[MF][NF][4], const char* a, int a_row0, int a_chunks,
                                           const char* b, int b_row0, int b_chunks, int k_chunks) {
   const int lane = threadIdx.x & 31;
   const int j = lane >> 3, r8 = lane & 7;
-#pragma unroll 2
-  for (int kc = 0; kc < k_chunks; kc += 2) {  // 16 k per step
-    uint32_t af[MF][4];
+  uint32_t a_row[MF], b_row[NF / 2];
 #pragma unroll
-    for (int mf = 0; mf < MF; ++mf) {
-      const int row = a_row0 + mf * 16 + r8 + (j & 1) * 8;
-      ldmatrix_x4(af[mf], a + swizzled(row, kc + (j >> 1), a_chunks));
-    }
+  for (int mf = 0; mf < MF; ++mf) a_row[mf] = sm80::smem_addr(a + (a_row0 + mf * 16 + r8 + (j & 1) * 8) * a_chunks * 16);
 #pragma unroll
-    for (int nf = 0; nf < NF; nf += 2) {
-      uint32_t bf[4];
-      const int row = b_row0 + nf * 8 + r8 + (j >> 1) * 8;
-      ldmatrix_x4(bf, b + swizzled(row, kc + (j & 1), b_chunks));
+  for (int nb = 0; nb < NF / 2; ++nb) b_row[nb] = sm80::smem_addr(b + (b_row0 + nb * 16 + r8 + (j >> 1) * 8) * b_chunks * 16);
+  for (int kq = 0; kq < k_chunks * 16; kq += 8 * 16) {  // 64 k a group, 16 k a step
 #pragma unroll
-      for (int mf = 0; mf < MF; ++mf) {
-        mma16816<T>(acc[mf][nf], af[mf], bf[0], bf[1]);
-        mma16816<T>(acc[mf][nf + 1], af[mf], bf[2], bf[3]);
+    for (int st = 0; st < 4; ++st) {
+      const uint32_t a_off = ((2 * st + (j >> 1)) ^ r8) * 16, b_off = ((2 * st + (j & 1)) ^ r8) * 16;
+      uint32_t af[MF][4];
+#pragma unroll
+      for (int mf = 0; mf < MF; ++mf) ldmatrix_x4(af[mf], a_row[mf] + kq + a_off);
+#pragma unroll
+      for (int nb = 0; nb < NF / 2; ++nb) {
+        uint32_t bf[4];
+        ldmatrix_x4(bf, b_row[nb] + kq + b_off);
+#pragma unroll
+        for (int mf = 0; mf < MF; ++mf) {
+          mma16816<T>(acc[mf][2 * nb], af[mf], bf[0], bf[1]);
+          mma16816<T>(acc[mf][2 * nb + 1], af[mf], bf[2], bf[3]);
+        }
       }
     }
   }
