@@ -22,6 +22,7 @@
 #include "test_models.h"
 #ifdef KILN_HAVE_CUDA
 #include "backends/cuda/cuda_backend.h"
+#include "gpu_optimize_options.h"
 #endif
 
 namespace kiln {
@@ -701,11 +702,7 @@ TEST(ConvFusionPasses, PooledStemKeepsTheStemsPrecisionThroughTheOptimizer) {
   add_conv(g, "conv1", "pooled", "y", 64, 64, 1);
   const ir::Model before = import(p);
   ir::Model m = before;
-  builder::OptimizeOptions o;
-  o.for_gpu = true;
-  o.opt_level = 3;
-  o.precision = builder::Precision::kFloat16;
-  o.can_run_in_half = backends::cuda_runs_in_half;
+  const builder::OptimizeOptions o = testing::gpu_fp16_options();
   Logger quiet(Severity::kError);
   std::set<std::string> lowered;
   const Status st = builder::optimize_graph(m, o, quiet, &lowered);

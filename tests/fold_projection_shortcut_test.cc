@@ -16,6 +16,7 @@
 #include "random_tensors.h"
 #ifdef KILN_HAVE_CUDA
 #include "backends/cuda/cuda_backend.h"
+#include "gpu_optimize_options.h"
 #endif
 
 namespace kiln::testing {
@@ -259,11 +260,7 @@ void optimize_for_gpu_and_compare(OnnxBlock& b, bool expect_fold) {
 #ifndef KILN_HAVE_CUDA
   GTEST_SKIP() << "built without the CUDA backend (its layer table decides what runs in fp16)";
 #else
-  builder::OptimizeOptions o;
-  o.for_gpu = true;
-  o.opt_level = 3;
-  o.precision = builder::Precision::kFloat16;
-  o.can_run_in_half = backends::cuda_runs_in_half;
+  const builder::OptimizeOptions o = gpu_fp16_options();
   Logger quiet(Severity::kError);
   std::set<std::string> lowered;
   ir::Model m = b.m;

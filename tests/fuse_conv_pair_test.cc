@@ -20,6 +20,7 @@
 #include "random_tensors.h"
 #ifdef KILN_HAVE_CUDA
 #include "backends/cuda/cuda_backend.h"
+#include "gpu_optimize_options.h"
 #endif
 
 namespace kiln::testing {
@@ -794,11 +795,7 @@ TEST(FuseConvPair, ResNetBlocksThroughTheOptimizer) {
   b.block("layer1.1", "out0", "out1", 256, false);
   b.node("GlobalAveragePool", {"out1"}, {"gap"}, "head.gap");
   b.output("gap");
-  builder::OptimizeOptions o;
-  o.for_gpu = true;
-  o.opt_level = 3;
-  o.precision = builder::Precision::kFloat16;
-  o.can_run_in_half = backends::cuda_runs_in_half;
+  const builder::OptimizeOptions o = gpu_fp16_options();
   Logger quiet(Severity::kError);
   std::set<std::string> lowered;
   ir::Model m = b.m;
