@@ -84,6 +84,12 @@ Status optimize_graph(ir::Model& m, const OptimizeOptions& o, Logger& logger, st
   // Lower precision first (it changes the types the backends are asked about): the nodes the GPU runs,
   // whose layers take half types, unless pinned to fp32; nodes pinned to fp16/bf16 always.
   std::set<std::string> lowered;
+  // A node a fusion made (made_from: its name -> the name of the node it replaced) keeps that node's lowered
+  // precision.
+  auto inherit_precision = [&](const std::map<std::string, std::string>& made_from) {
+    for (const auto& [made, from] : made_from)
+      if (lowered.count(from)) lowered.insert(made);
+  };
   auto pin_of = [&](const ir::Node& n) { return layer_pin(n, o.layer_precisions); };
   for (const DType low : {DType::kFloat16, DType::kBFloat16}) {
     const std::string tag = low == DType::kFloat16 ? "fp16" : "bf16";
@@ -156,8 +162,7 @@ Status optimize_graph(ir::Model& m, const OptimizeOptions& o, Logger& logger, st
     std::map<std::string, std::string> pooled_from;
     KILN_RETURN_IF_ERROR(passes::fuse_conv_pool(m, &pools, &pooled_from));
     if (pools > 0) {
-      for (const auto& [made, from] : pooled_from)
-        if (lowered.count(from)) lowered.insert(made);
+      inherit_precision(pooled_from);
       KILN_RETURN_IF_ERROR(passes::infer_shapes(m));
       logger.log(Severity::kInfo, "optimizer: " + std::to_string(pools) + " max pools fused into their stem conv");
     }
@@ -167,8 +172,7 @@ Status optimize_graph(ir::Model& m, const OptimizeOptions& o, Logger& logger, st
     std::map<std::string, std::string> made_from;
     KILN_RETURN_IF_ERROR(passes::fold_projection_shortcut(m, &shortcuts, &made_from));
     if (shortcuts > 0) {
-      for (const auto& [made, from] : made_from)
-        if (lowered.count(from)) lowered.insert(made);
+      inherit_precision(made_from);
       KILN_RETURN_IF_ERROR(passes::eliminate_dead_nodes(m, &removed));  // the old weights and biases
       KILN_RETURN_IF_ERROR(passes::infer_shapes(m));
       logger.log(Severity::kInfo, "optimizer: " + std::to_string(shortcuts) + " projection shortcuts folded into their block's last conv");
@@ -179,8 +183,7 @@ Status optimize_graph(ir::Model& m, const OptimizeOptions& o, Logger& logger, st
     std::map<std::string, std::string> pair_of;
     KILN_RETURN_IF_ERROR(passes::fuse_conv_pair(m, &pairs, &pair_of));
     if (pairs > 0) {
-      for (const auto& [made, from] : pair_of)
-        if (lowered.count(from)) lowered.insert(made);
+      inherit_precision(pair_of);
       KILN_RETURN_IF_ERROR(passes::infer_shapes(m));
       logger.log(Severity::kInfo, "optimizer: " + std::to_string(pairs) + " 1x1 conv pairs fused into kiln.FusedConvPair");
     }
