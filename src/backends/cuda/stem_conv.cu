@@ -101,6 +101,7 @@ struct StemParams {
   int buf_chunks = 0;                // one patch (or staging) buffer
   int tiles_q = 0, tiles_p = 0, tiles = 0;
   float lo = 0, hi = 0, slope = 1;   // every activation as clip(v < 0 ? v * slope : v, lo, hi)
+  bool relu = false;                 // Relu (lo 0, no slope, no hi): the epilogue's packed path (relu_pack2)
   int PH = 0, PW = 0;                // fused pool: Y is [N, PH, PW, K]
   int64_t halo_col_offset = 0;       // fused pool: elements of the workspace before the column halos
 };
@@ -166,6 +167,21 @@ __device__ __forceinline__ float activate(float v, const StemParams& p) {
   return v > p.hi ? p.hi : v;
 }
 
+// Relu on two values as one register of two T: rounded first, then max(h, 0) in T with NaN kept
+// (__hmax2_nan), two instructions for the pair where activate() takes about seven a value. Rounding and Relu
+// commute (rounding is monotone and keeps the sign), so this is activate()'s Relu then pack2, but for the
+// sign of a zero: a tiny negative value may come out -0.0 rather than 0.
+template <class T>
+__device__ __forceinline__ uint32_t relu_pack2(float v0, float v1) {
+  if constexpr (std::is_same_v<T, __half>) {
+    const __half2 h = __hmax2_nan(__floats2half2_rn(v0, v1), __float2half2_rn(0.0f));
+    return *reinterpret_cast<const uint32_t*>(&h);
+  } else {
+    const __nv_bfloat162 h = __hmax2_nan(__floats2bfloat162_rn(v0, v1), __float2bfloat162_rn(0.0f));
+    return *reinterpret_cast<const uint32_t*>(&h);
+  }
+}
+
 // The tile's output image, row tile and column tile.
 __device__ __forceinline__ void tile_coords(const StemParams& p, int tile, int* n, int* tp, int* tq) {
   *tq = tile % p.tiles_q;
@@ -182,8 +198,11 @@ __device__ __forceinline__ void load_patch(uint4* buf, const T* x, const StemPar
   tile_coords(p, tile, &n, &tp, &tq);
   const int y0 = tp * kTileRows * p.sh - p.pad_h, x0 = tq * kTileCols * p.sw - p.pad_w;
   const T* img = x + static_cast<int64_t>(n) * p.H * p.W * C;
-  for (int i = threadIdx.x; i < p.prow * p.pcol; i += kBlockThreads) {
-    const int r = i / p.pcol, c = i - r * p.pcol;
+  // Element i = r * pcol + c of the patch; (r, c) advance by the block's stride without a division each.
+  const int dr = kBlockThreads / p.pcol, dc = kBlockThreads - dr * p.pcol;
+  int r = threadIdx.x / p.pcol, c = threadIdx.x - r * p.pcol;
+  for (int i = threadIdx.x; i < p.prow * p.pcol; i += kBlockThreads, r += dr, c += dc) {
+    if (c >= p.pcol) c -= p.pcol, ++r;
     const int iy = y0 + r, ix = x0 + c;
     const bool valid = iy >= 0 && iy < p.H && ix >= 0 && ix < p.W;
     const T* src = valid ? img + (static_cast<int64_t>(iy) * p.W + ix) * C : x;
@@ -233,8 +252,8 @@ __device__ __forceinline__ void mma_step(float (&acc)[MT][2 * NB][4], const uint
 // XOR swizzle of the epilogue's staging rows (CPR chunks a pixel): the 8 pixels one store phase writes at one
 // chunk, and the pixels one load phase reads, fall in 8 different bank groups.
 template <int CPR>
-__device__ __forceinline__ int stage_swizzle(int pix) {
-  return (pix * CPR / 8) % CPR;
+__device__ __forceinline__ int stage_swizzle(int pix) {  // pix >= 0; CPR a power of 2
+  return static_cast<int>((static_cast<unsigned>(pix) * CPR / 8) % CPR);
 }
 
 #if KILN_HAVE_WGMMA
@@ -311,24 +330,31 @@ __device__ __forceinline__ uint4 minus_inf_chunk() {
 template <class T, int SC>
 __device__ __forceinline__ void pool_tile_pass(const uint4* stage, const StemParams& p, int n, int tp, int tq, int chunk0,
                                                T* y, T* halo_rows, T* halo_cols) {
-  auto at = [&](int r, int c, int j) {  // pixel (r, c)'s chunk j, as the staging wrote it
-    return stage[(r * kTileCols + c) * SC + (j ^ stage_swizzle<SC>((r % kRowsPerWarp) * kTileCols + c))];
-  };
+  // Pixel (r, c)'s chunk j, as the staging wrote it, is chunk col(c, j) of row r: the staging's swizzle of
+  // pixel (r % 4) * 16 + c depends on c alone, (16 (r % 4) * SC / 8) % SC being 0.
+  auto col = [](int c, int j) { return c * SC + (j ^ stage_swizzle<SC>(c)); };
+  auto at = [&](int r, int c, int j) { return stage[r * kTileCols * SC + col(c, j)]; };
   const int r_end = min(kTileRows, p.P - tp * kTileRows), c_end = min(kTileCols, p.Q - tq * kTileCols);  // conv pixels in the image
   for (int i = threadIdx.x; i < (kTileRows / 2) * (kTileCols / 2) * SC; i += kBlockThreads) {
     const int j = i % SC, pp = i / SC, pr = pp / (kTileCols / 2), pc = pp % (kTileCols / 2);
     const int py = tp * (kTileRows / 2) + pr, px = tq * (kTileCols / 2) + pc;
     if (py >= p.PH || px >= p.PW) continue;
+    // The window's centre (r0, c0) is in the image (py < PH); the row above row 0 and the column left of
+    // column 0 are other tiles' (the halo kernel adds them), rows and columns past the image are none.
+    const int r0 = 2 * pr, c0 = 2 * pc;
+    const bool up = r0 > 0, down = r0 + 1 < r_end, left = c0 > 0, right = c0 + 1 < c_end;
+    // Three column offsets and one row base: the nine taps are loads at fixed offsets from them (the
+    // per-tap index arithmetic was most of the pool's instructions).
+    const int cl = left ? col(c0 - 1, j) : 0, cm = col(c0, j), cr = right ? col(c0 + 1, j) : 0;
+    const uint4* centre = stage + r0 * kTileCols * SC;
     uint4 acc = minus_inf_chunk<T>();
 #pragma unroll
     for (int dr = -1; dr <= 1; ++dr) {
-      const int r = 2 * pr + dr;
-      if (r < 0 || r >= r_end) continue;  // the row above is the tile above's (the halo kernel adds it)
-#pragma unroll
-      for (int dc = -1; dc <= 1; ++dc) {
-        const int c = 2 * pc + dc;
-        if (c >= 0 && c < c_end) acc = max_chunk<T>(acc, at(r, c, j));
-      }
+      if ((dr < 0 && !up) || (dr > 0 && !down)) continue;
+      const uint4* row = centre + dr * kTileCols * SC;
+      if (left) acc = max_chunk<T>(acc, row[cl]);
+      acc = max_chunk<T>(acc, row[cm]);
+      if (right) acc = max_chunk<T>(acc, row[cr]);
     }
     *reinterpret_cast<uint4*>(y + ((static_cast<int64_t>(n) * p.PH + py) * p.PW + px) * p.K + 8 * (chunk0 + j)) = acc;
   }
@@ -536,17 +562,27 @@ __global__ void __launch_bounds__(kBlockThreads, 2) stem_conv_kernel(const void*
     for (int pass = 0; pass < CPR / SC; ++pass) {
       if (POOL && pass > 0) __syncthreads();  // every warp is done pooling the previous pass's tile
       if (!POOL && pass > 0) __syncwarp();  // the previous pass's stores have read the staging area
+      // The pass's biases in registers: read inside the loop they would be read again after every staging
+      // store (shared memory both, so the compiler cannot keep them).
+      float2 bb[SC];
 #pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
+      for (int nl = 0; nl < SC; ++nl) bb[nl] = *reinterpret_cast<const float2*>(bias_s + (pass * SC + nl) * 8 + 2 * t4);
+      // Relu (every ResNet stem) takes the packed path; the branch is outside the unrolled stores.
+      auto stage_pass = [&](auto relu) {
 #pragma unroll
-        for (int nl = 0; nl < SC; ++nl)
+        for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int nt = pass * SC + nl, pix = mt * 16 + h * 8 + g, ch = nt * 8 + 2 * t4;
-            const float v0 = activate(acc[mt][nt][2 * h] + bias_s[ch], p);
-            const float v1 = activate(acc[mt][nt][2 * h + 1] + bias_s[ch + 1], p);
-            reinterpret_cast<uint32_t*>(stage + pix * SC + (nl ^ stage_swizzle<SC>(pix)))[t4] = pack2<T>(v0, v1);
-          }
+          for (int nl = 0; nl < SC; ++nl)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              const int nt = pass * SC + nl, pix = mt * 16 + h * 8 + g;
+              const float v0 = acc[mt][nt][2 * h] + bb[nl].x, v1 = acc[mt][nt][2 * h + 1] + bb[nl].y;
+              reinterpret_cast<uint32_t*>(stage + pix * SC + (nl ^ stage_swizzle<SC>(pix)))[t4] =
+                  decltype(relu)::value ? relu_pack2<T>(v0, v1) : pack2<T>(activate(v0, p), activate(v1, p));
+            }
+      };
+      if (p.relu) stage_pass(std::true_type{});
+      else stage_pass(std::false_type{});
       if constexpr (POOL) {  // the pool windows cross warps' rows: the whole tile first
         __syncthreads();
         T* halo_rows = static_cast<T*>(halo);
@@ -734,6 +770,7 @@ Result<std::unique_ptr<Layer>> create_stem_conv(const LayerSpec& spec, const Cud
   p.lo = act == "Relu" ? 0.0f : act == "Clip" ? spec.attr_float("activation_min", -INFINITY) : -INFINITY;
   p.hi = act == "Clip" ? spec.attr_float("activation_max", INFINITY) : INFINITY;
   p.slope = act == "LeakyRelu" ? spec.attr_float("activation_alpha", 0.01f) : 1.0f;
+  p.relu = act == "Relu";
 
   const bool pool = spec.has_attr("pool");
   if (pool) {  // 3x3, stride 2, pads 1 (stem_conv_ineligible): floor((P - 1) / 2) + 1
