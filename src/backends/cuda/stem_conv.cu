@@ -268,16 +268,25 @@ __device__ __forceinline__ void wg_steps(float (&acc)[MT][8][4], const uint4* pa
                                          uint32_t w_addr, const StemParams& p, bool hi0, bool hi1) {
   const uint64_t bdesc = sw128_desc(w_addr, 16, 1024);
   uint32_t a0[MT][4], a1[MT][4];
-  auto load = [&](uint32_t (&a)[MT][4], int ks, bool hi) {
+  // The zeroing costs a select a register, so it is only there where it can apply: the window's end (q0 + 1
+  // >= RS) only in the last two steps (`tail`), the pixel past an odd S only where the step's parity has one
+  // (`may_hi`, uniform over the block).
+  auto load = [&](uint32_t (&a)[MT][4], int ks, bool may_hi, bool hi, auto tail) {
     const int q0 = 2 * ks;
     const uint4* at = pa + off_tab[q0 + half];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) ldmatrix_x4(a[mt], at + mt * rstep);
-    const bool zlo = q0 >= p.RS, zhi = q0 + 1 >= p.RS || hi;
+    if constexpr (decltype(tail)::value) {
+      const bool zlo = q0 >= p.RS, zhi = q0 + 1 >= p.RS || hi;
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-      if (zlo) a[mt][0] = a[mt][1] = 0u;
-      if (zhi) a[mt][2] = a[mt][3] = 0u;
+      for (int mt = 0; mt < MT; ++mt) {
+        if (zlo) a[mt][0] = a[mt][1] = 0u;
+        if (zhi) a[mt][2] = a[mt][3] = 0u;
+      }
+    } else if (may_hi) {
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+        if (hi) a[mt][2] = a[mt][3] = 0u;
     }
   };
   auto issue = [&](const uint32_t (&a)[MT][4], int ks) {
@@ -287,14 +296,17 @@ __device__ __forceinline__ void wg_steps(float (&acc)[MT][8][4], const uint4* pa
     for (int mt = 0; mt < MT; ++mt) wgmma_rs_n64<T>(reinterpret_cast<float(&)[32]>(acc[mt]), a[mt], b, ks > 0);
     wgmma_commit();
   };
-  for (int ks = 0; ks < p.ksteps; ks += 2) {  // an even count (layout_for)
+  auto two_steps = [&](int ks, auto tail) {
     wgmma_wait<1>();  // step ks - 2, the last reader of a0, is done
-    load(a0, ks, hi0);
+    load(a0, ks, p.zero_hi0, hi0, tail);
     issue(a0, ks);
     wgmma_wait<1>();  // step ks - 1, a1's
-    load(a1, ks + 1, hi1);
+    load(a1, ks + 1, p.zero_hi1, hi1, tail);
     issue(a1, ks + 1);
-  }
+  };
+  int ks = 0;
+  for (; ks + 2 < p.ksteps; ks += 2) two_steps(ks, std::false_type{});  // an even count (layout_for)
+  two_steps(ks, std::true_type{});
   wgmma_wait<0>();
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) order_registers(reinterpret_cast<float(&)[32]>(acc[mt]));
