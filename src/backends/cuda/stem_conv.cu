@@ -48,8 +48,12 @@
 // The wgmma variant ("cuda.conv.stem.wgmma", compute capability 9.0, 64 output channels a block): the same
 // blocks, patches and epilogue, but each k step's products are four m64n64k16 wgmma (A, the same ldmatrix
 // fragments, from registers; B from the weights in wgmma's 128-byte-swizzled K-major slabs), two steps in
-// flight (wg_steps). At ResNet-50's stem with the pool fused it takes 0.554 ms against mma.sync's 0.597; without
-// the pool, 0.555 against 0.457 (bench/results/stem_bench_2026-11-24.json): the builder times both.
+// flight (wg_steps). At ResNet-50's stem with the pool fused it takes 0.370 ms against mma.sync's 0.398; without
+// the pool, 0.393 against 0.310 (bench/results/stem_bench_2026-11-24c.json): the builder times both.
+//
+// Instructions, not the tensor cores or memory, bound this kernel (2 warps a scheduler, Nsight Compute: issue
+// every 2.5 cycles, DRAM 11% busy), so its epilogue, pool and patch loads are written for few of them:
+// 199M -> 107M instructions and 0.554 -> 0.370 ms for the stem + pool at ResNet-50 b256.
 //
 // Bank conflicts: an ldmatrix phase reads 8 chunks; the patch is stored with its columns de-interleaved by the
 // stride (column c at (c % stride) * ceil(cols / stride) + c / stride), so the 8 pixels of a phase read 8
@@ -198,7 +202,33 @@ __device__ __forceinline__ void load_patch(uint4* buf, const T* x, const StemPar
   tile_coords(p, tile, &n, &tp, &tq);
   const int y0 = tp * kTileRows * p.sh - p.pad_h, x0 = tq * kTileCols * p.sw - p.pad_w;
   const T* img = x + static_cast<int64_t>(n) * p.H * p.W * C;
-  // Element i = r * pcol + c of the patch; (r, c) advance by the block's stride without a division each.
+  const int rows_per_pass = kBlockThreads / p.pcol;
+  if (rows_per_pass > 0) {
+    // Thread t keeps column t % pcol and walks rows t / pcol, + rows_per_pass, ..: its column's test and its
+    // addresses are set once a tile and then step by a constant (index arithmetic per pixel was a quarter of
+    // the kernel's instructions). ResNet's 38-column patch: 114 threads, 3 rows a pass.
+    const int c = threadIdx.x % p.pcol, r0 = threadIdx.x / p.pcol;
+    if (r0 >= rows_per_pass) return;
+    const int ix = x0 + c;
+    const bool col_ok = ix >= 0 && ix < p.W;
+    const int dst_chunk = PAIRED ? 0 : (c % p.sw) * p.wd + c / p.sw;  // paired: 8-byte pixels in column order
+    char* dst = reinterpret_cast<char*>(buf + r0 * p.row_chunks + dst_chunk) + (PAIRED ? c * 8 : 0);
+    const int64_t src_step = static_cast<int64_t>(rows_per_pass) * p.W * C;
+    const T* src = img + (static_cast<int64_t>(y0 + r0) * p.W + ix) * C;
+    const int dst_step = rows_per_pass * p.row_chunks * 16;
+    for (int r = r0; r < p.prow; r += rows_per_pass, src += src_step, dst += dst_step) {
+      const int iy = y0 + r;
+      const bool valid = col_ok && iy >= 0 && iy < p.H;
+      if constexpr (C == 8) {
+        cp_async16(dst, valid ? src : x, valid);
+      } else {
+        cp_async8(dst, valid ? src : x, valid);
+        if constexpr (!PAIRED) reinterpret_cast<uint2*>(dst)[1] = make_uint2(0u, 0u);
+      }
+    }
+    return;
+  }
+  // Patches wider than the block: element i = r * pcol + c; (r, c) advance by the block's stride.
   const int dr = kBlockThreads / p.pcol, dc = kBlockThreads - dr * p.pcol;
   int r = threadIdx.x / p.pcol, c = threadIdx.x - r * p.pcol;
   for (int i = threadIdx.x; i < p.prow * p.pcol; i += kBlockThreads, r += dr, c += dc) {
