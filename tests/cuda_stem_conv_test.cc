@@ -263,6 +263,24 @@ TEST(CudaStemConv, FusedMaxPool) {
   }
 }
 
+// Relu's packed epilogue (rounded, then max with 0 keeping NaN) with infs in the input: -inf conv outputs
+// become 0, +inf stays, NaN (inf - inf) stays NaN, as the reference's Relu; with the pool, NaN never wins a
+// window. The ResNet layout (4 channels, paired) and 8 channels, float16 and bfloat16.
+TEST(CudaStemConv, ReluWithInfinities) {
+  KILN_SKIP_WITHOUT_GPU();
+  for (DType t : {DType::kFloat16, DType::kBFloat16})
+    for (bool pool : {false, true})
+      for (int64_t channels : {4, 8}) {
+        StemCase c;
+        c.x = {2, 41, 39, channels};
+        c.act = "Relu";
+        c.pool = pool;
+        c.with_inf = true;
+        expect_stem_matches(c, t);
+        if (::testing::Test::HasFatalFailure()) return;
+      }
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Which specs list the tactic, and what create refuses (neither needs a GPU).
 
