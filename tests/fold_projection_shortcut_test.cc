@@ -10,6 +10,7 @@
 #include <set>
 
 #include "builder/optimize_graph.h"
+#include "fused_conv_graph_builder.h"
 #include "graph_builder.h"
 #include "passes/graph_uses.h"
 #include "passes/passes.h"
@@ -27,41 +28,12 @@ std::mt19937& rng() {
   return gen;
 }
 
-// A conv's sizes and epilogue: c input and m output channels, a k x k window, the stride.
-struct ConvSpec {
-  int64_t c, m, k, stride;
-  bool bias;
-  std::string activation;
-};
 ConvSpec spec(int64_t c, int64_t m, int64_t k = 1, int64_t stride = 1, bool bias = true, std::string activation = "") {
-  return ConvSpec{c, m, k, stride, bias, std::move(activation)};
+  return ConvSpec{c, m, std::move(activation), k, stride, bias};
 }
 
-struct Builder : GraphBuilder {
-  DType dt;
-  explicit Builder(DType t, int opset = 17) : GraphBuilder(opset), dt(t) {}
-
-  Tensor random(const Shape& s, float lo = -1.0f, float hi = 1.0f) { return random_tensor(rng(), dt, s, lo, hi); }
-  // A channels-last kiln.FusedConv named `name`: weights name_w [m, k, k, c], bias name_b [m], "same"
-  // padding, residual `z` when given.
-  ir::Node& conv(const std::string& name, const std::string& x, const std::string& y, const ConvSpec& s,
-                 const std::string& z = "") {
-    init(name + "_w", random({s.m, s.k, s.k, s.c}, -0.5f, 0.5f));
-    std::vector<std::string> in = {x, name + "_w", ""};
-    if (s.bias) {
-      init(name + "_b", random({s.m}, -0.2f, 0.2f));
-      in[2] = name + "_b";
-    }
-    if (!z.empty()) in.push_back(z);
-    while (in.back().empty()) in.pop_back();
-    ir::Node& n = node("FusedConv", in, {y}, name, "kiln");
-    n.attributes["channels_last"] = passes::int_attribute(1);
-    n.attributes["activation"] = passes::string_attribute(s.activation);
-    n.attributes["kernel_shape"] = passes::ints_attribute({s.k, s.k});
-    n.attributes["pads"] = passes::ints_attribute({s.k / 2, s.k / 2, s.k / 2, s.k / 2});
-    n.attributes["strides"] = passes::ints_attribute({s.stride, s.stride});
-    return n;
-  }
+struct Builder : FusedConvGraphBuilder {
+  explicit Builder(DType t, int opset = 17) : FusedConvGraphBuilder(t, rng(), opset) {}
 };
 
 // The block's tail: y = Relu(conv3(a) + down(x)), a [2, h, w, ca], x [2, h*s-ish, w*s-ish, cx] (odd sizes
@@ -70,7 +42,6 @@ Builder block(DType dt, int64_t ca, int64_t cx, int64_t m, int64_t stride, bool 
               int opset = 17) {
   Builder b(dt, opset);
   const int64_t h = 3, w = 4;
-  b.m.opsets["kiln"] = 1;
   b.input("a", b.random({2, h, w, ca}));
   b.input("x", b.random({2, (h - 1) * stride + 1, (w - 1) * stride + 1, cx}));
   b.conv("down", "x", "d", spec(cx, m, 1, stride, bd));
@@ -138,7 +109,6 @@ TEST(FoldProjectionShortcut, FoldsEachBlockAndKeepsTheNodesAround) {
   // Two blocks in a row, the first's output the second's X, with a node before and after: each folds, in
   // its place, and what reads the output still does.
   Builder b(DType::kFloat32);
-  b.m.opsets["kiln"] = 1;
   b.input("x", b.random({1, 3, 3, 8}));
   b.node("Relu", {"x"}, {"x0"}, "pre");
   b.conv("a1", "x0", "a1", spec(8, 8, 3));
@@ -162,7 +132,6 @@ TEST(FoldProjectionShortcut, WhatMustNotFold) {
     std::function<void(Builder&)> make;
   };
   auto tail = [](Builder& b, ConvSpec down, ConvSpec conv3) {
-    b.m.opsets["kiln"] = 1;
     b.input("a", b.random({2, 3, 3, conv3.c}));
     b.input("x", b.random({2, 2 * down.stride + 1, 2 * down.stride + 1, down.c}));
     b.conv("down", "x", "d", down);
@@ -186,7 +155,6 @@ TEST(FoldProjectionShortcut, WhatMustNotFold) {
       {"Wd 3x3", [&](Builder& b) { tail(b, spec(8, 32, 3), spec(8, 32)); }},
       {"Y strided",
        [&](Builder& b) {
-         b.m.opsets["kiln"] = 1;
          b.input("x", b.random({2, 5, 5, 8}));
          b.conv("down", "x", "d", spec(8, 32, 1, 2));
          b.conv("conv3", "x", "y", spec(8, 32, 1, 2), "d");

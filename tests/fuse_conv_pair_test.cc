@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "builder/optimize_graph.h"
+#include "fused_conv_graph_builder.h"
 #include "graph_builder.h"
 #include "kernel_harness.h"
 #include "passes/graph_uses.h"
@@ -341,38 +342,8 @@ TEST(FuseConvPair, ConvPairFitsMirrorsTheKernelsLimits) {
 // ---------------------------------------------------------------------------------------------------------
 // The pass.
 
-// A conv's sizes and epilogue: c input and m output channels, a k x k window, the stride.
-struct ConvSpec {
-  int64_t c, m;
-  std::string activation = "";
-  int64_t k = 1, stride = 1;
-  bool bias = true;
-};
-
-struct Builder : GraphBuilder {
-  DType dt;
-  explicit Builder(DType t) : GraphBuilder(17), dt(t) { m.opsets["kiln"] = 1; }
-
-  // A channels-last kiln.FusedConv named `name` with convert_conv_layout's attributes: weights name_w
-  // [m, k, k, c], bias name_b [m], "same" padding, residual `z` when given.
-  ir::Node& conv(const std::string& name, const std::string& x, const std::string& y, const ConvSpec& s,
-                 const std::string& z = "") {
-    init(name + "_w", random(dt, {s.m, s.k, s.k, s.c}, -0.5f, 0.5f));
-    std::vector<std::string> in = {x, name + "_w", ""};
-    if (s.bias) {
-      init(name + "_b", random(dt, {s.m}, -0.2f, 0.2f));
-      in[2] = name + "_b";
-    }
-    if (!z.empty()) in.push_back(z);
-    while (in.back().empty()) in.pop_back();
-    ir::Node& n = node("FusedConv", in, {y}, name, "kiln");
-    n.attributes["channels_last"] = passes::int_attribute(1);
-    n.attributes["activation"] = passes::string_attribute(s.activation);
-    n.attributes["kernel_shape"] = passes::ints_attribute({s.k, s.k});
-    n.attributes["pads"] = passes::ints_attribute({s.k / 2, s.k / 2, s.k / 2, s.k / 2});
-    if (s.stride != 1) n.attributes["strides"] = passes::ints_attribute({s.stride, s.stride});
-    return n;
-  }
+struct Builder : FusedConvGraphBuilder {
+  explicit Builder(DType t) : FusedConvGraphBuilder(t, rng()) {}
 };
 
 int fuse(Builder& b) {
