@@ -17,6 +17,7 @@
 #include <random>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "backends/cuda/cuda_backend.h"
@@ -281,6 +282,21 @@ inline void time_created_layer_ms(const cuda::Layer& layer, const std::vector<cu
   cudaEventDestroy(e1);
   std::sort(ms.begin(), ms.end());
   *median_ms = ms[ms.size() / 2];
+}
+
+// Times every tactic of `kind` that creates for `spec` (time_created_layer_ms), in the kind's order, into
+// *times as (tactic, median ms); a tactic whose create fails for this spec is left out. A failed run fails
+// the test: call it in ASSERT_NO_FATAL_FAILURE.
+inline void time_every_tactic_ms(const cuda::LayerKind& kind, const cuda::LayerSpec& spec,
+                                 const std::vector<cuda::DeviceTensor>& ins, const std::vector<cuda::DeviceTensor>& outs,
+                                 const cuda::CudaHandles& h, std::vector<std::pair<std::string, double>>* times) {
+  for (const std::string& tactic : kind.tactics(spec)) {
+    auto layer = kind.create(spec, tactic, h);
+    if (!layer.ok()) continue;
+    double ms = 0;
+    ASSERT_NO_FATAL_FAILURE(time_created_layer_ms(**layer, ins, outs, h, &ms));
+    times->emplace_back(tactic, ms);
+  }
 }
 
 // Times op's layer ("default" tactic) for spec on h.stream, as the bandwidth tests do (time_created_layer_ms).

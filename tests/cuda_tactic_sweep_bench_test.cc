@@ -53,13 +53,11 @@ void sweep(const std::string& what, const std::string& op, const std::vector<cud
   const std::vector<cuda::DeviceTensor> in = device(ins), out = device(outs);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   const cuda::CudaHandles& handles = detail::test_handles();
+  std::vector<std::pair<std::string, double>> times;
+  ASSERT_NO_FATAL_FAILURE(time_every_tactic_ms(*kind, spec, in, out, handles, &times));
   std::string best;
   double best_ms = 1e30;
-  for (const std::string& tactic : kind->tactics(spec)) {
-    auto layer = kind->create(spec, tactic, handles);
-    if (!layer.ok()) continue;
-    double ms = 0;
-    ASSERT_NO_FATAL_FAILURE(time_created_layer_ms(**layer, in, out, handles, &ms));
+  for (const auto& [tactic, ms] : times) {
     std::printf("  %s: %s %.4f ms\n", what.c_str(), tactic.c_str(), ms);
     if (ms < best_ms) {
       best_ms = ms;
