@@ -26,12 +26,14 @@ struct PairCase {
   int64_t c1 = 256, c2 = 64;
   bool z = true, bias = true, relu = true, relu2 = true, with_inf = false;
   int64_t x2 = 0;  // X2's channels (input 6: the Concat fuse_conv_pair folded), 0 for none
+  std::vector<int64_t> y_strides = {};  // output_strides (sample_pair_output's), none when empty
 };
 
 std::string describe(const PairCase& c, DType t) {
   return shape_to_string(c.x) + (c.x2 ? " + X2 " + std::to_string(c.x2) : "") + " -> " + std::to_string(c.c1) +
          " -> " + std::to_string(c.c2) + (c.z ? " +Z" : "") + (c.bias ? " +B" : "") + (c.relu ? " relu" : "") +
-         (c.relu2 ? " relu2" : "") + (c.with_inf ? " inf" : "") + " " + dtype_name(t);
+         (c.relu2 ? " relu2" : "") + (c.with_inf ? " inf" : "") +
+         (c.y_strides.empty() ? "" : " Y sampled " + shape_to_string(c.y_strides)) + " " + dtype_name(t);
 }
 
 void expect_pair_matches(const PairCase& c, DType t) {
@@ -54,6 +56,7 @@ void expect_pair_matches(const PairCase& c, DType t) {
   lc.constant_inputs = {1, 2, 4, 5};
   if (c.relu) lc.attrs["activation"] = string_attr("Relu");
   if (c.relu2) lc.attrs["second_activation"] = string_attr("Relu");
+  if (!c.y_strides.empty()) lc.attrs["output_strides"] = ints_attr(c.y_strides);
   lc.num_outputs = 2;
   lc.precision = t;
   // Y2 reads Y rounded: where the GPU's and the reference's sums round Y differently (1 ulp), Y2 moves by
@@ -95,6 +98,23 @@ TEST(CudaConvPair, ManyTilesAndOneRow) {
   KILN_SKIP_WITHOUT_GPU();
   expect_pair_matches({{4, 56, 56, 64}, 256, 64, true}, DType::kFloat16);
   expect_pair_matches({{1, 1, 1, 128}, 256, 64, false}, DType::kBFloat16);
+}
+
+// Y written at a stride (sample_pair_output): ResNet-50's layer1.2 -> layer2.0 junction, whose Y only the
+// stride-2 downsample reads; sizes that the strides do not divide (20 x 17 at 2 and 3), one axis only, and
+// many tiles.
+TEST(CudaConvPair, SampledY) {
+  KILN_SKIP_WITHOUT_GPU();
+  for (DType t : kHalfTypes) {
+    PairCase c{{2, 20, 17, 64}, 256, 128, true};
+    for (std::vector<int64_t> s : {std::vector<int64_t>{2, 2}, {3, 2}, {1, 2}, {5, 1}}) {
+      c.y_strides = s;
+      expect_pair_matches(c, t);
+    }
+  }
+  PairCase many{{4, 56, 56, 64}, 256, 128, true};
+  many.y_strides = {2, 2};
+  expect_pair_matches(many, DType::kFloat16);
 }
 
 // inf in X: products give +-inf and inf - inf NaN; Relu keeps NaN (as the reference's does).

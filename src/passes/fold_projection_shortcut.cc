@@ -10,7 +10,9 @@
 // them, and the conv reads them back; a stride s > 1 adds the Slice's write of X' and the Concat's read of it.
 // So the fold is made when 2 (Ca + Cx) + (s > 1 ? 2 Cx : 0) < 2 M. In ResNet-50 layer1.0 folds (256 < 512);
 // layer2.0 to layer4.0, whose shortcuts have stride 2 and inputs twice as wide as A, do not (1280 < 1024 is
-// false for layer2.0, and the others scale with it).
+// false for layer2.0, and the others scale with it). The optimizer runs this pass a second time after
+// sample_pair_output, which gives layer2.0's shortcut stride 1 (the conv pair before it writes X sampled):
+// then 768 < 1024, and layer2.0 folds too.
 //
 // Only channels-last convs (after convert_conv_layout): the concatenation is then along the last axis, in
 // pieces of Ca and Cx elements, which multiples of 8 keep 16-byte aligned for the half-precision kernels.

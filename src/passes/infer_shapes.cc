@@ -659,8 +659,13 @@ class Inferrer {
   }
 
   // kiln.FusedConvPair (fuse_conv_pair): two 1x1 channels-last convs, X [N, H, W, C0] -> Y [N, H, W, C1] ->
-  // Y2 [N, H, W, C2], C1 and C2 the output channels of W and W2 (unknown where their shapes are).
+  // Y2 [N, H, W, C2], C1 and C2 the output channels of W and W2 (unknown where their shapes are). With
+  // output_strides [sh, sw] (sample_pair_output) Y is [N, ceil(H / sh), ceil(W / sw), C1].
   void infer_conv_pair(const ir::Node& n, const TypeInfo& x) {
+    const ir::Attribute* strides = n.attr("output_strides");
+    if (strides != nullptr && (strides->type != ir::Attribute::Type::kInts || strides->ints.size() != 2 ||
+                               strides->ints[0] < 1 || strides->ints[1] < 1))
+      return;  // the node's error at run time
     if (!x.has_shape) {
       set(n, 0, dtype_only(x.dtype));
       return set(n, 1, dtype_only(x.dtype));
@@ -673,6 +678,11 @@ class Inferrer {
     for (size_t out = 0; out < 2; ++out) {
       std::vector<Dim> d = x.dims;
       d[3] = channels(out == 0 ? 1 : 4);
+      if (out == 0 && strides != nullptr)
+        for (size_t i = 0; i < 2; ++i) {
+          const int64_t s = strides->ints[i];
+          if (s > 1) d[1 + i] = d[1 + i].known() ? Dim::of((d[1 + i].value + s - 1) / s) : Dim();
+        }
       set(n, out, tensor_type(x.dtype, d));
     }
   }

@@ -155,6 +155,13 @@ Status fold_projection_shortcut(ir::Model& model, int* folded = nullptr,
 // convert_conv_layout, then infer_shapes. The number fused goes to *fused; each fused node's name, mapped to
 // P's, to *made_from (the builder's lowered-precision bookkeeping).
 Status fuse_conv_pair(ir::Model& model, int* fused = nullptr, std::map<std::string, std::string>* made_from = nullptr);
+// A kiln.FusedConvPair whose first output Y only a 1x1 channels-last kiln.FusedConv of stride (sh, sw) > 1,
+// unpadded, reads (as its X, and not as a graph output) gets attribute output_strides = [sh, sw]: it writes Y
+// at pixels (h, w) with h % sh == 0 and w % sw == 0 only, [N, ceil(H / sh), ceil(W / sw), C1], and that conv
+// gets stride 1 (ResNet-50's layer2.0 downsample: the pair writes a quarter of layer1.2's output). Run after
+// fuse_conv_pair, then infer_shapes (and fold_projection_shortcut again: that conv may now fold). The number of
+// pairs sampled goes to *sampled.
+Status sample_pair_output(ir::Model& model, int* sampled = nullptr);
 
 // [Add(X, Mask) ->] Softmax(axis = last, opset >= 13) [-> IsNaN -> Where(isnan, 0, P)] becomes one
 // kiln.MaskedSoftmax(X, Mask, nan_to_zero): the Add only when the Softmax alone reads it and Mask's static

@@ -14,7 +14,8 @@
 //   1. Y's GEMM on mma.sync m16n8k16, K = C0, both operands from shared memory;
 //   2. its epilogue: + B, + Z (read from the tile's Z/Y buffer in shared memory), activation, rounded to T and
 //      written back in place: the buffer now holds Y's tile;
-//   3. Y's tile copied to global memory in 16-byte pieces (coalesced);
+//   3. Y's tile copied to global memory in 16-byte pieces (coalesced); with output_strides (sample_pair_output)
+//      only its rows at the sampled pixels, each to its place in the smaller Y;
 //   4. Y2's GEMM from that tile, 128 or 64 output columns at a time, and its epilogue straight to global memory.
 // Every shared-memory tile is rows of 16-byte chunks with the chunk index XORed with row % 8, so that the
 // ldmatrix reads of 8 rows and the epilogue's row accesses hit 8 distinct bank groups.
@@ -60,7 +61,18 @@ struct PairParams {
   int stages = 1;                  // X tiles a group holds (1 or 2): stages - 1 tiles' loads in flight
   int zy_stages = 1;               // Z/Y tiles a group holds: `stages` with a Z to prefetch, else 1
   bool relu = false, relu2 = false, has_z = false;
+  bool sampled = false;            // Y written at pixels (h, w) with h % sh == 0 and w % sw == 0 only
+  int h = 0, w = 0, sh = 1, sw = 1, ho = 0, wo = 0;  // X's H and W, the strides, and Y's H and W when sampled
 };
+
+// Y's row for X's pixel `row` when sampled (m < 2^31: 32-bit division), -1 when Y has no such pixel.
+__device__ __forceinline__ int sampled_row(int64_t row, const PairParams& p) {
+  if (row >= p.m) return -1;
+  const unsigned r = static_cast<unsigned>(row), hw = static_cast<unsigned>(p.h * p.w);
+  const unsigned n = r / hw, rem = r - n * hw, hh = rem / p.w, ww = rem - hh * p.w;
+  if (hh % p.sh != 0 || ww % p.sw != 0) return -1;
+  return static_cast<int>((n * p.ho + hh / p.sh) * p.wo + ww / p.sw);
+}
 
 // Byte offset of 16-byte chunk `chunk` of row `row` in a tile of `row_chunks` chunks a row (a multiple of 8).
 __device__ __forceinline__ int swizzled(int row, int chunk, int row_chunks) {
@@ -180,12 +192,13 @@ __device__ __forceinline__ void second_gemm(const char* zy, const char* w2s, con
   }
 }
 
-// Shared memory: W [C1][C0], W2 [C2][C1], B and B2 as float, then each group's `stages` X tiles [32][C0] and
-// `zy_stages` Z/Y tiles [32][C1].
+// Shared memory: W [C1][C0], W2 [C2][C1], B and B2 as float, then each group's `stages` X tiles [32][C0],
+// `zy_stages` Z/Y tiles [32][C1] and, when sampled, its tile's 32 rows of Y (int).
 struct SmemLayout {
-  size_t w, w2, bias, bias2, groups, x_tile, zy_tile, group, bytes;
+  size_t w, w2, bias, bias2, groups, x_tile, zy_tile, y_rows, group, bytes;
 };
-__host__ __device__ inline SmemLayout smem_layout(int c0, int c1, int c2, int groups, int stages, int zy_stages) {
+__host__ __device__ inline SmemLayout smem_layout(int c0, int c1, int c2, int groups, int stages, int zy_stages,
+                                                  bool sampled) {
   SmemLayout l;
   l.w = 0;
   l.w2 = l.w + size_t(c1) * c0 * 2;
@@ -194,7 +207,8 @@ __host__ __device__ inline SmemLayout smem_layout(int c0, int c1, int c2, int gr
   l.groups = (l.bias2 + size_t(c2) * 4 + 127) / 128 * 128;
   l.x_tile = size_t(kRows) * c0 * 2;
   l.zy_tile = size_t(kRows) * c1 * 2;
-  l.group = size_t(stages) * l.x_tile + size_t(zy_stages) * l.zy_tile;
+  l.y_rows = size_t(stages) * l.x_tile + size_t(zy_stages) * l.zy_tile;
+  l.group = l.y_rows + (sampled ? kRows * sizeof(int) : 0);
   l.bytes = l.groups + size_t(groups) * l.group;
   return l;
 }
@@ -213,7 +227,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
   const T* __restrict__ x2 = static_cast<const T*>(x2_);
   T* __restrict__ y = static_cast<T*>(y_);
   T* __restrict__ y2 = static_cast<T*>(y2_);
-  const SmemLayout l = smem_layout(p.c0, C1, p.c2, p.groups, p.stages, p.zy_stages);
+  const SmemLayout l = smem_layout(p.c0, C1, p.c2, p.groups, p.stages, p.zy_stages, p.sampled);
   const int c0_chunks = p.c0 / kChunk, c1_chunks = C1 / kChunk;
   float* bias_s = reinterpret_cast<float*>(smem + l.bias);
   float* bias2_s = reinterpret_cast<float*>(smem + l.bias2);
@@ -232,6 +246,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
   const int group = threadIdx.x / kGroupThreads, gtid = threadIdx.x % kGroupThreads;
   const int wn = gtid >> 5, lane = threadIdx.x & 31;  // the warp's column quarter
   char* const gbase = smem + l.groups + group * l.group;
+  int* const y_rows = reinterpret_cast<int*>(gbase + l.y_rows);
   const int first = blockIdx.x * p.groups + group, step = gridDim.x * p.groups;
 
   // The group's k-th tile into stage k % stages (Z into k % zy_stages); an empty cp.async group past the
@@ -287,13 +302,15 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
             *at = pack2<T>(v0, v1);
           }
     }
+    if (p.sampled && gtid < kRows) y_rows[gtid] = sampled_row(row0 + gtid, p);
     group_sync(group);
 
-    // 3. Y's tile to global memory.
+    // 3. Y's tile to global memory (its sampled rows only, when sampled).
     for (int i = gtid; i < kRows * c1_chunks; i += kGroupThreads) {
       const int r = i / c1_chunks, c = i % c1_chunks;
-      if (row0 + r < p.m)
-        *reinterpret_cast<uint4*>(y + (row0 + r) * C1 + c * kChunk) = *reinterpret_cast<const uint4*>(zy + swizzled(r, c, c1_chunks));
+      const int64_t to = p.sampled ? y_rows[r] : row0 + r < p.m ? row0 + r : -1;
+      if (to >= 0)
+        *reinterpret_cast<uint4*>(y + to * C1 + c * kChunk) = *reinterpret_cast<const uint4*>(zy + swizzled(r, c, c1_chunks));
     }
 
     // 4. Y2 = act2(Y W2^T + B2), 128 columns a pass where C2 allows, else 64.
@@ -387,7 +404,10 @@ Result<std::unique_ptr<Layer>> create_conv_pair(const LayerSpec& spec, const std
                            std::to_string(c0) + " channels");
   if (xs[3] % kChunk != 0 || c0b % kChunk != 0)
     return Unsupported(op + ": X and X2 need channels a multiple of 8, got " + std::to_string(xs[3]) + " and " + std::to_string(c0b));
-  const Shape ys = {xs[0], xs[1], xs[2], c1}, y2s = {xs[0], xs[1], xs[2], c2};
+  const std::vector<int64_t> strides = spec.attr_ints("output_strides", {1, 1});
+  if (strides.size() != 2 || strides[0] < 1 || strides[1] < 1)
+    return InvalidArgument(op + ": output_strides must be two strides >= 1, got " + shape_to_string(strides));
+  const Shape ys = {xs[0], ceil_div(xs[1], strides[0]), ceil_div(xs[2], strides[1]), c1}, y2s = {xs[0], xs[1], xs[2], c2};
   if (spec.outputs[0].shape != ys || spec.outputs[1].shape != y2s)
     return InvalidArgument(op + ": outputs must be " + shape_to_string(ys) + " and " + shape_to_string(y2s));
   auto check_vector = [&](size_t i, const Shape& want, const char* name) -> Status {
@@ -396,7 +416,7 @@ Result<std::unique_ptr<Layer>> create_conv_pair(const LayerSpec& spec, const std
     return OkStatus();
   };
   KILN_RETURN_IF_ERROR(check_vector(2, {c1}, "B"));
-  KILN_RETURN_IF_ERROR(check_vector(3, ys, "Z"));
+  KILN_RETURN_IF_ERROR(check_vector(3, {xs[0], xs[1], xs[2], c1}, "Z"));  // Y before any sampling
   KILN_RETURN_IF_ERROR(check_vector(5, {c2}, "B2"));
 
   auto layer = std::make_unique<ConvPairLayer>();
@@ -411,6 +431,16 @@ Result<std::unique_ptr<Layer>> create_conv_pair(const LayerSpec& spec, const std
   p.relu = spec.attr_string("activation", "") == "Relu";
   p.relu2 = spec.attr_string("second_activation", "") == "Relu";
   p.has_z = spec.inputs.size() > 3 && spec.inputs[3].present();
+  p.sampled = strides[0] > 1 || strides[1] > 1;
+  if (p.sampled) {
+    if (p.m > INT32_MAX) return Unsupported(op + ": a sampled Y needs fewer than 2^31 pixels, X has " + std::to_string(p.m));
+    p.h = static_cast<int>(xs[1]);
+    p.w = static_cast<int>(xs[2]);
+    p.sh = static_cast<int>(strides[0]);
+    p.sw = static_cast<int>(strides[1]);
+    p.ho = static_cast<int>(ys[1]);
+    p.wo = static_cast<int>(ys[2]);
+  }
   if (p.tiles == 0) return std::unique_ptr<Layer>(std::move(layer));
 
   int dev = 0, optin = 0, per_sm = 0;
@@ -424,7 +454,7 @@ Result<std::unique_ptr<Layer>> create_conv_pair(const LayerSpec& spec, const std
     p.groups = groups;
     p.stages = stages;
     p.zy_stages = p.has_z ? stages : 1;
-    layer->smem_ = smem_layout(p.c0, c1i, p.c2, p.groups, p.stages, p.zy_stages).bytes;
+    layer->smem_ = smem_layout(p.c0, c1i, p.c2, p.groups, p.stages, p.zy_stages, p.sampled).bytes;
     if (layer->smem_ <= static_cast<size_t>(optin)) break;
   }
   if (layer->smem_ > static_cast<size_t>(optin))

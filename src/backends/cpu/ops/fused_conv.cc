@@ -180,6 +180,21 @@ Tensor concat_channels(const Tensor& x, const Tensor& x2) {
   return out;
 }
 
+// [N, H, W, C] -> [N, ceil(H / sh), ceil(W / sw), C]: the pixels (h, w) with h % sh == 0 and w % sw == 0.
+Tensor sample_pixels(const Tensor& y, int64_t sh, int64_t sw) {
+  const int64_t n = y.dim(0), h = y.dim(1), w = y.dim(2), c = y.dim(3);
+  const int64_t ho = (h + sh - 1) / sh, wo = (w + sw - 1) / sw;
+  Tensor out(y.dtype(), {n, ho, wo, c});
+  const size_t pixel = c * dtype_size(y.dtype());
+  auto* dst = static_cast<unsigned char*>(out.raw_data());
+  const auto* src = static_cast<const unsigned char*>(y.raw_data());
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t a = 0; a < ho; ++a)
+      for (int64_t b = 0; b < wo; ++b)
+        std::memcpy(dst + ((i * ho + a) * wo + b) * pixel, src + ((i * h + a * sh) * w + b * sw) * pixel, pixel);
+  return out;
+}
+
 // The pair's attribute `name`: "" or "Relu" (what the CUDA kernel applies).
 Result<Activation> read_pair_activation(const KernelContext& ctx, const char* name) {
   Activation a;
@@ -198,6 +213,10 @@ Status fused_conv_pair_kernel(KernelContext& ctx) {
   // The Conv reference reads these from the node: the pair's convs have none of them.
   for (const char* a : {"kernel_shape", "strides", "pads", "dilations", "group", "auto_pad"})
     if (ctx.has_attr(a)) return ctx.error(std::string("attribute '") + a + "' is not accepted: both convs are 1x1, stride 1, unpadded, one group");
+  // sample_pair_output's: Y written at the pixels (h, w) with h % sh == 0 and w % sw == 0 only.
+  const std::vector<int64_t> y_strides = ctx.attr_ints("output_strides", {1, 1});
+  if (y_strides.size() != 2 || y_strides[0] < 1 || y_strides[1] < 1)
+    return ctx.error("output_strides must be two strides >= 1, got " + shape_to_string(y_strides));
   const Tensor& x1 = ctx.input(kPairX);
   const Tensor& w = ctx.input(kPairW);
   const Tensor& w2 = ctx.input(kPairW2);
@@ -237,7 +256,7 @@ Status fused_conv_pair_kernel(KernelContext& ctx) {
   Tensor y = finish(std::move(y_acc), optional(kPairZ), activation, dt);
   KILN_ASSIGN_OR_RETURN(Tensor y2_acc, channels_last_conv(ctx, y, w2, optional(kPairB2)));
   ctx.set_output(1, finish(std::move(y2_acc), nullptr, second, dt));
-  ctx.set_output(0, std::move(y));
+  ctx.set_output(0, y_strides[0] == 1 && y_strides[1] == 1 ? std::move(y) : sample_pixels(y, y_strides[0], y_strides[1]));
   return OkStatus();
 }
 
