@@ -117,6 +117,54 @@ TEST(CudaConvPair, SampledY) {
   expect_pair_matches(many, DType::kFloat16);
 }
 
+// Y written into channels [offset, offset + C1) of a wider tensor (write_concat_in_place), sampled as at
+// ResNet-50's layer2.0 and not: those channels equal the reference's, and the others keep what the output
+// memory held (the harness fills it with 0xFF bytes), for the kiln.WriteChannels after it to fill.
+TEST(CudaConvPair, YIntoAWiderTensor) {
+  KILN_SKIP_WITHOUT_GPU();
+  const int64_t c0 = 64, c1 = 256, c2 = 128, wide = 384;
+  for (const auto& [offset, strides] : {std::pair<int64_t, std::vector<int64_t>>{128, {2, 2}}, {0, {1, 1}}, {64, {1, 2}}}) {
+    SCOPED_TRACE("offset " + std::to_string(offset) + " strides " + shape_to_string(strides));
+    const Shape xs = {2, 9, 10, c0};
+    LayerCase lc;
+    lc.op = "FusedConvPair";
+    lc.domain = "kiln";
+    lc.opset = 1;
+    lc.precision = DType::kFloat16;
+    lc.attrs = {{"activation", string_attr("Relu")}, {"output_strides", ints_attr(strides)},
+                {"output_channels", int_attr(wide)}, {"output_channel_offset", int_attr(offset)}};
+    lc.num_outputs = 2;
+    lc.constant_inputs = {1, 2, 4, 5};
+    std::vector<Value> in;
+    for (const Shape& s : {xs, Shape{c1, 1, 1, c0}, Shape{c1}, Shape{xs[0], xs[1], xs[2], c1}, Shape{c2, 1, 1, c1}, Shape{c2}}) {
+      const float scale = s.size() == 4 && s[1] == 1 ? 1.0f / std::sqrt(float(s[3])) : 1.0f;
+      auto h = cast_tensor(random_float(s, 0.1f * scale, scale), DType::kFloat16);
+      ASSERT_TRUE(h.ok());
+      in.emplace_back(*h);
+    }
+    std::vector<Value> ref_in;
+    for (const Value& v : in) ref_in.emplace_back(widen_to_float32(v.tensor()));
+    OpRun ref = run_kernel("kiln", "FusedConvPair", ref_in, lc.attrs, 2, 1, "reference");
+    ASSERT_TRUE(ref.status.ok()) << ref.status.to_string();
+    const std::vector<Tensor> want = {ref.outputs[0].tensor(), ref.outputs[1].tensor()};
+    auto got = run_cuda_layer(lc, in, want, "cuda.conv.pair");
+    ASSERT_TRUE(got.ok()) << got.status().to_string();
+    const Tensor& y = (*got)[0];
+    ASSERT_EQ(y.shape(), want[0].shape());
+    const auto* bits = static_cast<const uint16_t*>(y.raw_data());
+    for (int64_t i = 0; i < y.numel(); ++i) {
+      const int64_t c = i % wide;
+      if (c >= offset && c < offset + c1) {
+        const double g = y.scalar_as_double(i), w = want[0].scalar_as_double(i);
+        ASSERT_NEAR(g, w, 1e-2 * std::max(1.0, std::fabs(w))) << "element " << i;
+      } else {
+        ASSERT_EQ(bits[i], 0xFFFF) << "element " << i << " (channel " << c << ") was written";
+      }
+    }
+    detail::compare((*got)[1], want[1], 1e-2, 1e-2, "Y2");
+  }
+}
+
 // inf in X: products give +-inf and inf - inf NaN; Relu keeps NaN (as the reference's does).
 TEST(CudaConvPair, InfinityAndNaN) {
   KILN_SKIP_WITHOUT_GPU();

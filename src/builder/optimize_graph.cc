@@ -203,6 +203,13 @@ Status optimize_graph(ir::Model& m, const OptimizeOptions& o, Logger& logger, st
           KILN_RETURN_IF_ERROR(passes::infer_shapes(m));
           logger.log(Severity::kInfo, "optimizer: " + std::to_string(more) + " sampled projection shortcuts folded");
         }
+        // Their Concat, one of whose inputs is the sampled pair output, is written in place.
+        int in_place = 0;
+        KILN_RETURN_IF_ERROR(passes::write_concat_in_place(m, &in_place));
+        if (in_place > 0) {
+          KILN_RETURN_IF_ERROR(passes::infer_shapes(m));
+          logger.log(Severity::kInfo, "optimizer: " + std::to_string(in_place) + " channel Concats written in place");
+        }
       }
     }
   }

@@ -622,6 +622,7 @@ class Inferrer {
       return set(n, 0, y);
     }
     if (n.op_type == "MaskedSoftmax") return set(n, 0, *x);  // the mask broadcasts to X without growing it
+    if (n.op_type == "WriteChannels") return set(n, 0, *x);   // Base with some of its channels replaced
     if (n.op_type == "FusedMatMul" && x->has_shape) return infer_matmul(n, *x);  // the bias keeps MatMul's shape
     if (n.op_type == "FusedConv" && x->has_shape) {  // B, Z and the activation keep Conv's shape
       infer_window(n, *x);
@@ -660,7 +661,8 @@ class Inferrer {
 
   // kiln.FusedConvPair (fuse_conv_pair): two 1x1 channels-last convs, X [N, H, W, C0] -> Y [N, H, W, C1] ->
   // Y2 [N, H, W, C2], C1 and C2 the output channels of W and W2 (unknown where their shapes are). With
-  // output_strides [sh, sw] (sample_pair_output) Y is [N, ceil(H / sh), ceil(W / sw), C1].
+  // output_strides [sh, sw] (sample_pair_output) Y is [N, ceil(H / sh), ceil(W / sw), C1]; with
+  // output_channels (write_concat_in_place) Y has that many channels, C1 of them the pair's.
   void infer_conv_pair(const ir::Node& n, const TypeInfo& x) {
     const ir::Attribute* strides = n.attr("output_strides");
     if (strides != nullptr && (strides->type != ir::Attribute::Type::kInts || strides->ints.size() != 2 ||
@@ -683,6 +685,8 @@ class Inferrer {
           const int64_t s = strides->ints[i];
           if (s > 1) d[1 + i] = d[1 + i].known() ? Dim::of((d[1 + i].value + s - 1) / s) : Dim();
         }
+      if (const ir::Attribute* c = n.attr("output_channels"); out == 0 && c != nullptr && c->type == ir::Attribute::Type::kInt)
+        d[3] = Dim::of(c->i);
       set(n, out, tensor_type(x.dtype, d));
     }
   }

@@ -162,6 +162,13 @@ Status fuse_conv_pair(ir::Model& model, int* fused = nullptr, std::map<std::stri
 // fuse_conv_pair, then infer_shapes (and fold_projection_shortcut again: that conv may now fold). The number of
 // pairs sampled goes to *sampled.
 Status sample_pair_output(ir::Model& model, int* sampled = nullptr);
+// A two-input channel Concat (axis 3 of 4-D tensors of one dtype, same N, H, W, channels known multiples of 8)
+// one of whose inputs is the first output Y of a kiln.FusedConvPair that only the Concat reads: the pair gets
+// attributes output_channels (the concatenation's) and output_channel_offset (Y's place in it) and writes Y
+// there; the Concat becomes kiln.WriteChannels(Y, the other input) with attribute offset (the other's place),
+// keeping its name and output, which the GPU runs in place. Run after fold_projection_shortcut's second run,
+// then infer_shapes. The number rewritten goes to *rewritten.
+Status write_concat_in_place(ir::Model& model, int* rewritten = nullptr);
 
 // [Add(X, Mask) ->] Softmax(axis = last, opset >= 13) [-> IsNaN -> Where(isnan, 0, P)] becomes one
 // kiln.MaskedSoftmax(X, Mask, nan_to_zero): the Add only when the Softmax alone reads it and Mask's static

@@ -18,6 +18,7 @@ void register_fused_conv_ops(ir::OpRegistry& r);
 void register_pool_ops(ir::OpRegistry& r);
 void register_channels_last_pool_ops(ir::OpRegistry& r);
 void register_relayout_ops(ir::OpRegistry& r);
+void register_write_channels_ops(ir::OpRegistry& r);
 void register_pointwise_ops(ir::OpRegistry& r);
 void register_normalization_ops(ir::OpRegistry& r);
 void register_softmax_ops(ir::OpRegistry& r);
@@ -63,6 +64,7 @@ void register_all_ops(OpRegistry& r) {
       {"pool", cpu::register_pool_ops},
       {"channels_last_pool", cpu::register_channels_last_pool_ops},
       {"relayout", cpu::register_relayout_ops},
+      {"write_channels", cpu::register_write_channels_ops},
       {"pointwise", cpu::register_pointwise_ops},
       {"normalization", cpu::register_normalization_ops},
       {"softmax", cpu::register_softmax_ops},

@@ -15,7 +15,8 @@
 //   2. its epilogue: + B, + Z (read from the tile's Z/Y buffer in shared memory), activation, rounded to T and
 //      written back in place: the buffer now holds Y's tile;
 //   3. Y's tile copied to global memory in 16-byte pieces (coalesced); with output_strides (sample_pair_output)
-//      only its rows at the sampled pixels, each to its place in the smaller Y;
+//      only its rows at the sampled pixels, each to its place in the smaller Y; with output_channels
+//      (write_concat_in_place) into its channels of the wider Y, the others left as they are;
 //   4. Y2's GEMM from that tile, 128 or 64 output columns at a time, and its epilogue straight to global memory.
 // Every shared-memory tile is rows of 16-byte chunks with the chunk index XORed with row % 8, so that the
 // ldmatrix reads of 8 rows and the epilogue's row accesses hit 8 distinct bank groups.
@@ -63,6 +64,7 @@ struct PairParams {
   bool relu = false, relu2 = false, has_z = false;
   bool sampled = false;            // Y written at pixels (h, w) with h % sh == 0 and w % sw == 0 only
   int h = 0, w = 0, sh = 1, sw = 1, ho = 0, wo = 0;  // X's H and W, the strides, and Y's H and W when sampled
+  int y_ld = 0, y_off = 0;         // Y's channels (C1 but in a wider tensor) and where the pair's C1 start
 };
 
 // Y's row for X's pixel `row` when sampled (m < 2^31: 32-bit division), -1 when Y has no such pixel.
@@ -310,7 +312,8 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
       const int r = i / c1_chunks, c = i % c1_chunks;
       const int64_t to = p.sampled ? y_rows[r] : row0 + r < p.m ? row0 + r : -1;
       if (to >= 0)
-        *reinterpret_cast<uint4*>(y + to * C1 + c * kChunk) = *reinterpret_cast<const uint4*>(zy + swizzled(r, c, c1_chunks));
+        *reinterpret_cast<uint4*>(y + to * p.y_ld + p.y_off + c * kChunk) =
+            *reinterpret_cast<const uint4*>(zy + swizzled(r, c, c1_chunks));
     }
 
     // 4. Y2 = act2(Y W2^T + B2), 128 columns a pass where C2 allows, else 64.
@@ -407,7 +410,14 @@ Result<std::unique_ptr<Layer>> create_conv_pair(const LayerSpec& spec, const std
   const std::vector<int64_t> strides = spec.attr_ints("output_strides", {1, 1});
   if (strides.size() != 2 || strides[0] < 1 || strides[1] < 1)
     return InvalidArgument(op + ": output_strides must be two strides >= 1, got " + shape_to_string(strides));
-  const Shape ys = {xs[0], ceil_div(xs[1], strides[0]), ceil_div(xs[2], strides[1]), c1}, y2s = {xs[0], xs[1], xs[2], c2};
+  const int64_t y_channels = spec.attr_int("output_channels", c1), y_off = spec.attr_int("output_channel_offset", 0);
+  if (y_off < 0 || y_channels < c1 || y_off > y_channels - c1)
+    return InvalidArgument(op + ": output_channels " + std::to_string(y_channels) + " and output_channel_offset " +
+                           std::to_string(y_off) + " must hold Y's " + std::to_string(c1) + " channels");
+  if (y_channels % kChunk != 0 || y_off % kChunk != 0)
+    return Unsupported(op + ": output_channels and output_channel_offset must be multiples of 8 (16-byte stores)");
+  const Shape ys = {xs[0], ceil_div(xs[1], strides[0]), ceil_div(xs[2], strides[1]), y_channels};
+  const Shape y2s = {xs[0], xs[1], xs[2], c2};
   if (spec.outputs[0].shape != ys || spec.outputs[1].shape != y2s)
     return InvalidArgument(op + ": outputs must be " + shape_to_string(ys) + " and " + shape_to_string(y2s));
   auto check_vector = [&](size_t i, const Shape& want, const char* name) -> Status {
@@ -431,6 +441,8 @@ Result<std::unique_ptr<Layer>> create_conv_pair(const LayerSpec& spec, const std
   p.relu = spec.attr_string("activation", "") == "Relu";
   p.relu2 = spec.attr_string("second_activation", "") == "Relu";
   p.has_z = spec.inputs.size() > 3 && spec.inputs[3].present();
+  p.y_ld = static_cast<int>(y_channels);
+  p.y_off = static_cast<int>(y_off);
   p.sampled = strides[0] > 1 || strides[1] > 1;
   if (p.sampled) {
     if (p.m > INT32_MAX) return Unsupported(op + ": a sampled Y needs fewer than 2^31 pixels, X has " + std::to_string(p.m));

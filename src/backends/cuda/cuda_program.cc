@@ -199,6 +199,21 @@ Status CudaProgram::Impl::plan_steps(const std::map<std::string, NodePlacement>&
     on_device[in.name] = false;
     graph_inputs.insert(in.name);
   }
+  // For the layers that may update their input 0 in place (kiln.WriteChannels): they may where that input is
+  // memory of its own that a GPU kernel wrote (not a view, a constant or an upload), which no other node reads
+  // (subgraphs included) and which is not a graph output.
+  std::map<std::string, int> readers;
+  for (const ir::Node& n : g.nodes)
+    for (const auto& v : runtime::node_reads(n)) ++readers[v];
+  std::set<std::string> graph_outputs, gpu_written;
+  for (const auto& out : g.outputs) graph_outputs.insert(out.name);
+  auto may_overwrite = [&](const ir::Node& n, int slot) {
+    const std::string& v = n.inputs[0];
+    if (slot < 0 || slots[slot].kind != Slot::Kind::kArena || !gpu_written.count(v) || graph_outputs.count(v) ||
+        readers[v] != 1)
+      return false;
+    return std::count(n.inputs.begin(), n.inputs.end(), v) == 1;
+  };
 
   // A device slot for a value a GPU step reads: constants are uploaded once, host values per run.
   auto device_input = [&](const std::string& name) -> Result<int> {
@@ -254,6 +269,7 @@ Status CudaProgram::Impl::plan_steps(const std::map<std::string, NodePlacement>&
       Step st;
       st.kind = kind->output_is_view_of_input0 ? StepKind::kView : StepKind::kGpu;
       st.node = &n;
+      bool in_place = false;
       for (const auto& in : n.inputs) {
         if (in.empty()) {
           st.in_slots.push_back(-1);
@@ -264,18 +280,20 @@ Status CudaProgram::Impl::plan_steps(const std::map<std::string, NodePlacement>&
         KILN_ASSIGN_OR_RETURN(int s, device_input(in));
         st.in_slots.push_back(s);
       }
+      in_place = kind->may_update_input0_in_place && !st.in_slots.empty() && may_overwrite(n, st.in_slots[0]);
       for (size_t i = 0; i < n.outputs.size(); ++i) {
         if (n.outputs[i].empty()) {
           st.out_slots.push_back(-1);
           continue;
         }
         int s = add_slot(n.outputs[i], spec.outputs[i].dtype, spec.outputs[i].shape);
-        if (st.kind == StepKind::kView && i == 0) {
+        if ((st.kind == StepKind::kView || in_place) && i == 0) {
           slots[s].kind = Slot::Kind::kAlias;
           slots[s].alias_of = st.in_slots[0];
         }
         st.out_slots.push_back(s);
         on_device[n.outputs[i]] = true;
+        if (st.kind == StepKind::kGpu && slots[s].kind == Slot::Kind::kArena) gpu_written.insert(n.outputs[i]);
       }
       if (st.kind == StepKind::kGpu) {
         auto layer = kind->create(spec, p->tactic, handles->handles());

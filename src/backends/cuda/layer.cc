@@ -188,6 +188,7 @@ const LayerTable& layer_table() {
     register_logical_layers(t);
     register_pointwise_layers(t);
     register_conv_pair_layers(t);
+    register_write_channels_layers(t);
     return t;
   }();
   return table;

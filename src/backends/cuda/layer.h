@@ -118,6 +118,10 @@ struct LayerKind {
   // Reshape, Flatten, Squeeze, Unsqueeze, Identity: output 0 is input 0's memory, seen with another shape;
   // no kernel runs (create is not called).
   bool output_is_view_of_input0 = false;
+  // kiln.WriteChannels: output 0 equals input 0 but for what the kernel writes, so where nothing else reads
+  // input 0 (cuda_program.cc decides) the output is given input 0's memory and the kernel writes only that.
+  // Otherwise, with memory of its own, the layer copies input 0 first.
+  bool may_update_input0_in_place = false;
   // Whether the layer accepts float16 / bfloat16 data (the builder then lets --fp16/--bf16 lower it).
   bool lowers_to_fp16 = true;
 };
@@ -158,6 +162,7 @@ void register_index_layers(LayerTable& table);  // index_ops.cu: Concat, Split, 
 void register_logical_layers(LayerTable& table);  // logical.cu: comparisons, And, Or, Xor, Not, IsNaN, IsInf
 void register_pointwise_layers(LayerTable& table);  // pointwise_layer.cc: kiln.Pointwise (NVRTC-generated kernels)
 void register_conv_pair_layers(LayerTable& table);  // conv_pair.cu: kiln.FusedConvPair (two 1x1 convs, one kernel)
+void register_write_channels_layers(LayerTable& table);  // write_channels.cu: kiln.WriteChannels (in place)
 
 // A CUDA runtime error as a Status naming the call ("cudaMemcpyAsync failed: cudaErrorInvalidValue: ...").
 Status cuda_status(cudaError_t e, const char* call);

@@ -195,6 +195,18 @@ Tensor sample_pixels(const Tensor& y, int64_t sh, int64_t sw) {
   return out;
 }
 
+// [N, H, W, C] -> [N, H, W, total], y at channels [offset, offset + C) and zeros around it.
+Tensor widen_channels(const Tensor& y, int64_t total, int64_t offset) {
+  const int64_t pixels = y.dim(0) * y.dim(1) * y.dim(2), c = y.dim(3);
+  Tensor out(y.dtype(), {y.dim(0), y.dim(1), y.dim(2), total});
+  const size_t es = dtype_size(y.dtype());
+  auto* dst = static_cast<unsigned char*>(out.raw_data());
+  std::memset(dst, 0, out.nbytes());
+  const auto* src = static_cast<const unsigned char*>(y.raw_data());
+  for (int64_t p = 0; p < pixels; ++p) std::memcpy(dst + (p * total + offset) * es, src + p * c * es, c * es);
+  return out;
+}
+
 // The pair's attribute `name`: "" or "Relu" (what the CUDA kernel applies).
 Result<Activation> read_pair_activation(const KernelContext& ctx, const char* name) {
   Activation a;
@@ -217,6 +229,9 @@ Status fused_conv_pair_kernel(KernelContext& ctx) {
   const std::vector<int64_t> y_strides = ctx.attr_ints("output_strides", {1, 1});
   if (y_strides.size() != 2 || y_strides[0] < 1 || y_strides[1] < 1)
     return ctx.error("output_strides must be two strides >= 1, got " + shape_to_string(y_strides));
+  // write_concat_in_place's: Y is channels [offset, offset + C1) of a wider tensor, the rest zero here (the
+  // GPU leaves them as they are: the kiln.WriteChannels that alone reads Y fills them).
+  const int64_t y_offset = ctx.attr_int("output_channel_offset", 0);
   const Tensor& x1 = ctx.input(kPairX);
   const Tensor& w = ctx.input(kPairW);
   const Tensor& w2 = ctx.input(kPairW2);
@@ -256,7 +271,12 @@ Status fused_conv_pair_kernel(KernelContext& ctx) {
   Tensor y = finish(std::move(y_acc), optional(kPairZ), activation, dt);
   KILN_ASSIGN_OR_RETURN(Tensor y2_acc, channels_last_conv(ctx, y, w2, optional(kPairB2)));
   ctx.set_output(1, finish(std::move(y2_acc), nullptr, second, dt));
-  ctx.set_output(0, y_strides[0] == 1 && y_strides[1] == 1 ? std::move(y) : sample_pixels(y, y_strides[0], y_strides[1]));
+  if (y_strides[0] > 1 || y_strides[1] > 1) y = sample_pixels(y, y_strides[0], y_strides[1]);
+  const int64_t y_channels = ctx.attr_int("output_channels", c1);
+  if (y_offset < 0 || y_channels < c1 || y_offset > y_channels - c1)
+    return ctx.error("output_channels " + std::to_string(y_channels) + " and output_channel_offset " + std::to_string(y_offset) +
+                     " must hold Y's " + std::to_string(c1) + " channels");
+  ctx.set_output(0, y_channels == c1 ? std::move(y) : widen_channels(y, y_channels, y_offset));
   return OkStatus();
 }
 
