@@ -269,7 +269,6 @@ Status CudaProgram::Impl::plan_steps(const std::map<std::string, NodePlacement>&
       Step st;
       st.kind = kind->output_is_view_of_input0 ? StepKind::kView : StepKind::kGpu;
       st.node = &n;
-      bool in_place = false;
       for (const auto& in : n.inputs) {
         if (in.empty()) {
           st.in_slots.push_back(-1);
@@ -280,7 +279,7 @@ Status CudaProgram::Impl::plan_steps(const std::map<std::string, NodePlacement>&
         KILN_ASSIGN_OR_RETURN(int s, device_input(in));
         st.in_slots.push_back(s);
       }
-      in_place = kind->may_update_input0_in_place && !st.in_slots.empty() && may_overwrite(n, st.in_slots[0]);
+      const bool in_place = kind->may_update_input0_in_place && !st.in_slots.empty() && may_overwrite(n, st.in_slots[0]);
       for (size_t i = 0; i < n.outputs.size(); ++i) {
         if (n.outputs[i].empty()) {
           st.out_slots.push_back(-1);

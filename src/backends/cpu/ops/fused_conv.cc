@@ -12,7 +12,9 @@
 // and Y2 = second_activation(Y W2^T + B2), the second reading Y as rounded to X's dtype. It runs the same
 // steps as two kiln.FusedConv nodes, so that it agrees with the pair it replaces to the last bit. With its
 // optional input X2 (fuse_conv_pair folds the channel Concat that fed X), the first conv reads
-// Concat(X, X2) along the channels, X's first: the concatenation is made here, exactly, in X's dtype.
+// Concat(X, X2) along the channels, X's first: the concatenation is made here, exactly, in X's dtype. Its
+// attribute output_strides (sample_pair_output) keeps Y's pixels at those strides only; output_channels and
+// output_channel_offset (write_concat_in_place) place Y's channels in a wider Y, zeros around them.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -229,9 +231,6 @@ Status fused_conv_pair_kernel(KernelContext& ctx) {
   const std::vector<int64_t> y_strides = ctx.attr_ints("output_strides", {1, 1});
   if (y_strides.size() != 2 || y_strides[0] < 1 || y_strides[1] < 1)
     return ctx.error("output_strides must be two strides >= 1, got " + shape_to_string(y_strides));
-  // write_concat_in_place's: Y is channels [offset, offset + C1) of a wider tensor, the rest zero here (the
-  // GPU leaves them as they are: the kiln.WriteChannels that alone reads Y fills them).
-  const int64_t y_offset = ctx.attr_int("output_channel_offset", 0);
   const Tensor& x1 = ctx.input(kPairX);
   const Tensor& w = ctx.input(kPairW);
   const Tensor& w2 = ctx.input(kPairW2);
@@ -272,7 +271,9 @@ Status fused_conv_pair_kernel(KernelContext& ctx) {
   KILN_ASSIGN_OR_RETURN(Tensor y2_acc, channels_last_conv(ctx, y, w2, optional(kPairB2)));
   ctx.set_output(1, finish(std::move(y2_acc), nullptr, second, dt));
   if (y_strides[0] > 1 || y_strides[1] > 1) y = sample_pixels(y, y_strides[0], y_strides[1]);
-  const int64_t y_channels = ctx.attr_int("output_channels", c1);
+  // write_concat_in_place's: Y is channels [offset, offset + C1) of a wider tensor, the rest zero here (the
+  // GPU leaves them as they are: the kiln.WriteChannels that alone reads Y fills them).
+  const int64_t y_channels = ctx.attr_int("output_channels", c1), y_offset = ctx.attr_int("output_channel_offset", 0);
   if (y_offset < 0 || y_channels < c1 || y_offset > y_channels - c1)
     return ctx.error("output_channels " + std::to_string(y_channels) + " and output_channel_offset " + std::to_string(y_offset) +
                      " must hold Y's " + std::to_string(c1) + " channels");
