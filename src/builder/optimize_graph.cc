@@ -213,6 +213,15 @@ Status optimize_graph(ir::Model& m, const OptimizeOptions& o, Logger& logger, st
       }
     }
   }
+  // The Transposes convert_conv_layout left that move only dims of size 1 (after a global pool) are views.
+  if (o.for_gpu && o.opt_level >= 2) {
+    int views = 0;
+    KILN_RETURN_IF_ERROR(passes::transpose_to_reshape(m, &views));
+    if (views > 0) {
+      KILN_RETURN_IF_ERROR(passes::infer_shapes(m));
+      logger.log(Severity::kInfo, "optimizer: " + std::to_string(views) + " Transposes of size-1 dims made Reshapes");
+    }
+  }
   // Pointwise fusion last, for GPU engines: what is left of the elementwise ops once the fusions above
   // claimed theirs (epilogues of Conv and MatMul, GELU, SiLU, LayerNorm, softmax, attention: each is one
   // library call or tuned kernel, better than a generated one) becomes kiln.Pointwise, one generated kernel

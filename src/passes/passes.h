@@ -40,6 +40,10 @@ Status resolve_shape_targets(ir::Model& model, int* resolved = nullptr);
 // value has, a Reshape or Expand to the shape it has, symbols included (their readers read the input). Graph outputs and values read
 // by subgraphs keep their producers. The number removed goes to *removed.
 Status remove_noops(ir::Model& model, int* removed = nullptr);
+// A Transpose that moves only dims of size 1 (the others keep their order) becomes the Reshape to its output
+// shape (a new int64 initializer "<output>__shape"; at most one dim unknown, as -1; opset >= 5): the same
+// bytes in the same order, a view instead of a kernel. The number rewritten goes to *rewritten.
+Status transpose_to_reshape(ir::Model& model, int* rewritten = nullptr);
 // Merges nodes that compute the same (same domain, op, attributes by value, subgraphs included, inputs and
 // output count) into the first, its readers (and subgraphs' reads) reading the first one's outputs, and
 // equal constants (initializers that are not graph inputs, Constant nodes: dtype, shape, bytes) into one.
