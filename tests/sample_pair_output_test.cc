@@ -6,7 +6,6 @@
 // optimizer for a GPU engine.
 #include <gtest/gtest.h>
 
-#include <cmath>
 #include <functional>
 #include <map>
 #include <random>
@@ -20,6 +19,7 @@
 #include "passes/graph_uses.h"
 #include "passes/passes.h"
 #include "random_tensors.h"
+#include "resnet_junction_model.h"
 #ifdef KILN_HAVE_CUDA
 #include "backends/cuda/cuda_backend.h"
 #include "gpu_optimize_options.h"
@@ -195,52 +195,13 @@ TEST(SamplePairOutput, InferShapes) {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// The whole optimizer: ResNet-50's layer1.2 and layer2.0 as torch exports them (NCHW Conv, Add, Relu),
-// float32, narrowed to 6 x 6 pixels.
-
-#ifdef KILN_HAVE_CUDA
-struct OnnxBlocks : GraphBuilder {
-  OnnxBlocks() : GraphBuilder(17) {}
-  void conv(const std::string& name, const std::string& x, const std::string& y, int64_t c, int64_t m, int64_t k,
-            int64_t stride = 1) {
-    // Weights of scale 1 / sqrt(fan-in) keep every layer's outputs near 1, where float16's error is what
-    // the tolerance allows for (0.25 made the deeper outputs large enough to exceed it).
-    const float scale = 1.0f / std::sqrt(static_cast<float>(c * k * k));
-    init(name + ".weight", random_tensor(rng(), DType::kFloat32, {m, c, k, k}, -scale, scale));
-    init(name + ".bias", random_tensor(rng(), DType::kFloat32, {m}, -0.2f, 0.2f));
-    ir::Node& n = node("Conv", {x, name + ".weight", name + ".bias"}, {y}, name);
-    n.attributes["kernel_shape"] = passes::ints_attribute({k, k});
-    n.attributes["pads"] = passes::ints_attribute({k / 2, k / 2, k / 2, k / 2});
-    n.attributes["strides"] = passes::ints_attribute({stride, stride});
-  }
-  void relu(const std::string& x, const std::string& y) { node("Relu", {x}, {y}, y); }
-};
-#endif
+// The whole optimizer on ResNet-50's layer1.2 and layer2.0 (resnet_junction_model.h).
 
 TEST(SamplePairOutput, ResNetLayer2JunctionThroughTheOptimizer) {
 #ifndef KILN_HAVE_CUDA
   GTEST_SKIP() << "built without the CUDA backend (its layer table decides what runs in fp16)";
 #else
-  OnnxBlocks b;
-  b.input("image", random_tensor(rng(), DType::kFloat32, {2, 256, 6, 6}, -1.0f, 1.0f));
-  // layer1.2: 256 -> 64 -> 64 -> 256, + image.
-  b.conv("layer1.2.conv1", "image", "a1", 256, 64, 1);
-  b.relu("a1", "r1");
-  b.conv("layer1.2.conv2", "r1", "a2", 64, 64, 3);
-  b.relu("a2", "r2");
-  b.conv("layer1.2.conv3", "r2", "a3", 64, 256, 1);
-  b.node("Add", {"a3", "image"}, {"s1"}, "layer1.2.add");
-  b.relu("s1", "out1");
-  // layer2.0: 256 -> 128 -> 128 (3x3, stride 2) -> 512, + the stride-2 downsample of out1.
-  b.conv("layer2.0.conv1", "out1", "c1", 256, 128, 1);
-  b.relu("c1", "q1");
-  b.conv("layer2.0.conv2", "q1", "c2", 128, 128, 3, 2);
-  b.relu("c2", "q2");
-  b.conv("layer2.0.conv3", "q2", "c3", 128, 512, 1);
-  b.conv("layer2.0.downsample", "out1", "d", 256, 512, 1, 2);
-  b.node("Add", {"c3", "d"}, {"s2"}, "layer2.0.add");
-  b.relu("s2", "out2");
-  b.output("out2");
+  const OnnxConvGraph b = resnet_layer2_junction(rng());
   Logger quiet(Severity::kError);
   ir::Model m = b.m;
   const Status st = builder::optimize_graph(m, gpu_fp16_options(), quiet, nullptr);

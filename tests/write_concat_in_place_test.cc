@@ -7,7 +7,6 @@
 // WriteChannels in place).
 #include <gtest/gtest.h>
 
-#include <cmath>
 #include <functional>
 #include <map>
 #include <memory>
@@ -24,6 +23,7 @@
 #include "passes/passes.h"
 #include "quiet_logger.h"
 #include "random_tensors.h"
+#include "resnet_junction_model.h"
 #include "engine/plan.h"
 
 namespace kiln::testing {
@@ -198,46 +198,9 @@ TEST(WriteChannelsOps, ThePairsWiderOutput) {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// ResNet-50's layer1.2 and layer2.0 (as torch exports them: NCHW Conv, Add, Relu, float32, 6 x 6 pixels)
-// through whole engines: the GPU engine's graph has the sampled pair, the folded shortcut and WriteChannels
-// (every layer on the GPU), and computes what the CPU engine does.
-
-struct OnnxBlocks : GraphBuilder {
-  OnnxBlocks() : GraphBuilder(17) {}
-  void conv(const std::string& name, const std::string& x, const std::string& y, int64_t c, int64_t m, int64_t k,
-            int64_t stride = 1) {
-    const float scale = 1.0f / std::sqrt(static_cast<float>(c * k * k));  // outputs near 1 (see sample_pair_output_test)
-    init(name + ".weight", random_tensor(rng(), DType::kFloat32, {m, c, k, k}, -scale, scale));
-    init(name + ".bias", random_tensor(rng(), DType::kFloat32, {m}, -0.2f, 0.2f));
-    ir::Node& n = node("Conv", {x, name + ".weight", name + ".bias"}, {y}, name);
-    n.attributes["kernel_shape"] = passes::ints_attribute({k, k});
-    n.attributes["pads"] = passes::ints_attribute({k / 2, k / 2, k / 2, k / 2});
-    n.attributes["strides"] = passes::ints_attribute({stride, stride});
-  }
-  void relu(const std::string& x, const std::string& y) { node("Relu", {x}, {y}, y); }
-};
-
-OnnxBlocks resnet_layer2_junction() {
-  OnnxBlocks b;
-  b.input("image", random_tensor(rng(), DType::kFloat32, {2, 256, 6, 6}, -1.0f, 1.0f));
-  b.conv("layer1.2.conv1", "image", "a1", 256, 64, 1);
-  b.relu("a1", "r1");
-  b.conv("layer1.2.conv2", "r1", "a2", 64, 64, 3);
-  b.relu("a2", "r2");
-  b.conv("layer1.2.conv3", "r2", "a3", 64, 256, 1);
-  b.node("Add", {"a3", "image"}, {"s1"}, "layer1.2.add");
-  b.relu("s1", "out1");
-  b.conv("layer2.0.conv1", "out1", "c1", 256, 128, 1);
-  b.relu("c1", "q1");
-  b.conv("layer2.0.conv2", "q1", "c2", 128, 128, 3, 2);
-  b.relu("c2", "q2");
-  b.conv("layer2.0.conv3", "q2", "c3", 128, 512, 1);
-  b.conv("layer2.0.downsample", "out1", "d", 256, 512, 1, 2);
-  b.node("Add", {"c3", "d"}, {"s2"}, "layer2.0.add");
-  b.relu("s2", "out2");
-  b.output("out2");
-  return b;
-}
+// ResNet-50's layer1.2 and layer2.0 (resnet_junction_model.h) through whole engines: the GPU engine's graph
+// has the sampled pair, the folded shortcut and WriteChannels (every layer on the GPU), and computes what the
+// CPU engine does.
 
 Result<std::shared_ptr<Engine>> build(const ir::Model& m, const std::string& device) {
   QuietLogger logger;
@@ -251,7 +214,7 @@ Result<std::shared_ptr<Engine>> build(const ir::Model& m, const std::string& dev
 
 TEST(WriteConcatInPlace, ResNetLayer2JunctionOnTheGpu) {
   KILN_SKIP_WITHOUT_GPU();
-  const OnnxBlocks b = resnet_layer2_junction();
+  const OnnxConvGraph b = resnet_layer2_junction(rng());
   auto cpu = build(b.m, "cpu");
   ASSERT_TRUE(cpu.ok()) << cpu.status().to_string();
   auto gpu = build(b.m, "cuda");
