@@ -275,3 +275,42 @@ TEST(Passes, LowerPrecisionKeepsNodesWithUnknownOutputTypesInFloat32) {
 
 }  // namespace
 }  // namespace kiln
+
+namespace kiln {
+namespace {
+
+// Shape and Size read only dims: fed a lowered value, they read it as it is, and no Cast back to float32 is
+// made for them (a dynamic BERT's Shape of its embeddings' LayerNorm output cost such a Cast, 50 MB written
+// at batch 128). A float32 reader of the same value still gets its Cast.
+TEST(Passes, LowerPrecisionGivesShapeAndSizeTheLoweredValue) {
+  for (bool also_float32_reader : {false, true}) {
+    SCOPED_TRACE(also_float32_reader ? "and a float32 reader" : "Shape and Size only");
+    testing::GraphBuilder b;
+    b.input("x", Tensor::from_vector<float>(DType::kFloat32, {2, 3}, {-1, 2, -3, 4, -5, 6}));
+    b.node("Relu", {"x"}, {"r"}, "relu");
+    b.node("Shape", {"r"}, {"s"}, "shape");
+    b.node("Size", {"r"}, {"n"}, "size");
+    b.output("s");
+    b.output("n");
+    if (also_float32_reader) {
+      b.node("Neg", {"r"}, {"neg"}, "neg");
+      b.output("neg");
+    }
+    const std::vector<Tensor> before = b.run();
+    ASSERT_TRUE(passes::infer_shapes(b.m).ok());
+    auto only_relu = [](const ir::Node& n) { return n.op_type == "Relu"; };
+    ASSERT_TRUE(passes::lower_precision(b.m, DType::kFloat16, only_relu).ok());
+    const std::vector<std::string> want =
+        also_float32_reader ? std::vector<std::string>{"Cast", "Relu", "Shape", "Size", "Cast", "Neg"}
+                            : std::vector<std::string>{"Cast", "Relu", "Shape", "Size"};
+    EXPECT_EQ(op_types(b.m), want);
+    EXPECT_EQ(b.m.graph.nodes[2].inputs[0], "r__fp16");
+    EXPECT_EQ(b.m.graph.nodes[3].inputs[0], "r__fp16");
+    const std::vector<Tensor> after = b.run();
+    ASSERT_EQ(after.size(), before.size());
+    for (size_t i = 0; i < after.size(); ++i) testing::expect_close(after[i], before[i], 1e-3, "output " + std::to_string(i));
+  }
+}
+
+}  // namespace
+}  // namespace kiln

@@ -1,7 +1,8 @@
 // Lower precision (--fp16, --bf16): the accepted nodes compute in float16 or bfloat16. A float32 value
 // crossing into a lowered node is converted once (an initializer at build time, a computed value by one
 // Cast however many lowered nodes read it), and a lowered value crossing back into a float32 node or out of
-// the graph is converted back once. Graph inputs and outputs keep their float32 types.
+// the graph is converted back once (not for Shape and Size, which read the lowered value's dims). Graph inputs
+// and outputs keep their float32 types.
 #include <map>
 #include <set>
 
@@ -77,6 +78,12 @@ Status lower_precision(ir::Model& model, DType low, const std::function<bool(con
         if (!o.empty() && !has_known_dtype(o)) lowers = false;
     }
     if (!lowers) {
+      // Shape and Size read only their input's dims, the same in either dtype: the lowered value serves, and
+      // no Cast back to float32 is made for them (a dynamic BERT's Shape of the embeddings' LayerNorm output
+      // cost a kernel writing 50 MB at batch 128).
+      if (n.domain.empty() && (n.op_type == "Shape" || n.op_type == "Size") && n.inputs.size() == 1 &&
+          fp32_missing.count(n.inputs[0]))
+        n.inputs[0] = low_name.at(n.inputs[0]);
       for (const auto& r : runtime::node_reads(n)) need_fp32(r);
       out.push_back(std::move(n));
       continue;
