@@ -3,12 +3,14 @@
 // weights and biases of the builder's dtype drawn from the test's generator.
 #pragma once
 
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "graph_builder.h"
 #include "passes/graph_uses.h"
+#include "passes/passes.h"
 #include "random_tensors.h"
 
 namespace kiln::testing {
@@ -49,6 +51,21 @@ struct FusedConvGraphBuilder : GraphBuilder {
     n.attributes["pads"] = passes::ints_attribute({s.k / 2, s.k / 2, s.k / 2, s.k / 2});
     n.attributes["strides"] = passes::ints_attribute({s.stride, s.stride});
     return n;
+  }
+
+  // The passes that rewrite pairs (sample_pair_output, write_concat_in_place): fuse_conv_pair first, expected
+  // to make one pair, then `pass`, on the typed graph, compared with the graph before at tol 0 (both
+  // rewrites move values without computing them). Returns `pass`'s count, -1 when it failed.
+  int apply_after_pairing(const std::function<Status(ir::Model&, int*)>& pass) {
+    return apply_counted_pass(
+        [&](ir::Model& model, int* n) {
+          int pairs = 0;
+          KILN_RETURN_IF_ERROR(passes::fuse_conv_pair(model, &pairs));
+          EXPECT_EQ(pairs, 1);
+          KILN_RETURN_IF_ERROR(passes::infer_shapes(model));
+          return pass(model, n);
+        },
+        0.0);
   }
 };
 

@@ -54,18 +54,8 @@ Builder junction(DType dt, int64_t h, int64_t w, std::vector<int64_t> stride) {
   return b;
 }
 
-// fuse_conv_pair, then the pass; the number it sampled (-1 on failure). tol 0: the same arithmetic, to the bit.
-int sample(Builder& b) {
-  return b.apply_counted_pass(
-      [](ir::Model& m, int* n) {
-        int pairs = 0;
-        KILN_RETURN_IF_ERROR(passes::fuse_conv_pair(m, &pairs));
-        EXPECT_EQ(pairs, 1);
-        KILN_RETURN_IF_ERROR(passes::infer_shapes(m));
-        return passes::sample_pair_output(m, n);
-      },
-      0.0);
-}
+// fuse_conv_pair, then the pass (FusedConvGraphBuilder::apply_after_pairing); -1 on failure.
+int sample(Builder& b) { return b.apply_after_pairing([](ir::Model& m, int* n) { return passes::sample_pair_output(m, n); }); }
 
 TEST(SamplePairOutput, SamplesTheDownsamplesInput) {
   for (DType dt : {DType::kFloat16, DType::kBFloat16}) {

@@ -55,18 +55,8 @@ PairBuilder junction(bool y_second, DType dt = DType::kFloat16) {
   return b;
 }
 
-// fuse_conv_pair, then the pass; the number rewritten (-1 on failure). tol 0: the same values, moved.
-int rewrite(PairBuilder& b) {
-  return b.apply_counted_pass(
-      [](ir::Model& m, int* n) {
-        int pairs = 0;
-        KILN_RETURN_IF_ERROR(passes::fuse_conv_pair(m, &pairs));
-        EXPECT_EQ(pairs, 1);
-        KILN_RETURN_IF_ERROR(passes::infer_shapes(m));
-        return passes::write_concat_in_place(m, n);
-      },
-      0.0);
-}
+// fuse_conv_pair, then the pass (FusedConvGraphBuilder::apply_after_pairing); -1 on failure.
+int rewrite(PairBuilder& b) { return b.apply_after_pairing([](ir::Model& m, int* n) { return passes::write_concat_in_place(m, n); }); }
 
 TEST(WriteConcatInPlace, ThePairWritesIntoTheConcatenation) {
   for (bool y_second : {true, false}) {
