@@ -34,6 +34,18 @@ Status optimize_graph(ir::Model& m, const OptimizeOptions& o, Logger& logger, st
                                     " dead nodes");
   }
   KILN_RETURN_IF_ERROR(passes::infer_shapes(m));
+  if (o.opt_level > 0) {
+    // Once shapes are fixed, constant folding can leave a Gather that copies its data in order (the padding
+    // mask of a dynamically exported BERT): a view.
+    int views = 0;
+    KILN_RETURN_IF_ERROR(passes::identity_gather_to_reshape(m, &views));
+    if (views > 0) {
+      int removed = 0;
+      KILN_RETURN_IF_ERROR(passes::eliminate_dead_nodes(m, &removed));  // the folded indices
+      KILN_RETURN_IF_ERROR(passes::infer_shapes(m));
+      logger.log(Severity::kInfo, "optimizer: " + std::to_string(views) + " identity Gathers made Reshapes");
+    }
+  }
   // One LayerNormalization instead of eight ops pays on every target, the CPU reference included.
   if (o.opt_level >= 2) {
     int layer_norms = 0;

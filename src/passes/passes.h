@@ -44,6 +44,10 @@ Status remove_noops(ir::Model& model, int* removed = nullptr);
 // shape (a new int64 initializer "<output>__shape"; at most one dim unknown, as -1; opset >= 5): the same
 // bytes in the same order, a view instead of a kernel. The number rewritten goes to *rewritten.
 Status transpose_to_reshape(ir::Model& model, int* rewritten = nullptr);
+// A Gather whose constant indices are 0..n-1 in order along an axis of known size n (every dim before it 1)
+// becomes the Reshape to its output shape (a new int64 initializer "<output>__shape"; at most one dim
+// unknown; opset >= 5): the data in the order it has, a view. The number rewritten goes to *rewritten.
+Status identity_gather_to_reshape(ir::Model& model, int* rewritten = nullptr);
 // Merges nodes that compute the same (same domain, op, attributes by value, subgraphs included, inputs and
 // output count) into the first, its readers (and subgraphs' reads) reading the first one's outputs, and
 // equal constants (initializers that are not graph inputs, Constant nodes: dtype, shape, bytes) into one.

@@ -39,6 +39,7 @@ std::vector<int64_t> reshape_target(const ir::Graph& g, const ir::Node& n) {
       if (perm[i] < last) return {};
       last = perm[i];
     }
+    if (dim.known() && dim.value == 0) return {};  // a 0 in a Reshape target copies the input's dim
     if (!dim.known()) {
       if (++unknown > 1) return {};
       target.push_back(-1);
