@@ -28,6 +28,7 @@
 #include "backends/cpu/ops/conv_util.h"
 #include "backends/cpu/ops/elementwise_util.h"
 #include "backends/cpu/ops/gemm_util.h"
+#include "backends/cpu/ops/movement_util.h"
 
 namespace kiln::cpu {
 namespace {
@@ -169,16 +170,9 @@ const char* const kPairInputs[] = {"X", "W", "B", "Z", "W2", "B2", "X2"};
 
 // [N, H, W, a] and [N, H, W, b] of one dtype -> [N, H, W, a + b], pixel by pixel: the Concat the pass folded.
 Tensor concat_channels(const Tensor& x, const Tensor& x2) {
-  const int64_t rows = x.dim(0) * x.dim(1) * x.dim(2), a = x.dim(3), b = x2.dim(3);
-  Tensor out(x.dtype(), {x.dim(0), x.dim(1), x.dim(2), a + b});
-  const size_t es = dtype_size(x.dtype());
-  auto* dst = static_cast<unsigned char*>(out.raw_data());
-  const auto* xa = static_cast<const unsigned char*>(x.raw_data());
-  const auto* xb = static_cast<const unsigned char*>(x2.raw_data());
-  for (int64_t r = 0; r < rows; ++r) {
-    if (a > 0) std::memcpy(dst + r * (a + b) * es, xa + r * a * es, a * es);
-    if (b > 0) std::memcpy(dst + (r * (a + b) + a) * es, xb + r * b * es, b * es);
-  }
+  Tensor out(x.dtype(), {x.dim(0), x.dim(1), x.dim(2), x.dim(3) + x2.dim(3)});
+  mv::write_channels(out, x, 0);
+  mv::write_channels(out, x2, x.dim(3));
   return out;
 }
 
@@ -194,18 +188,6 @@ Tensor sample_pixels(const Tensor& y, int64_t sh, int64_t sw) {
     for (int64_t a = 0; a < ho; ++a)
       for (int64_t b = 0; b < wo; ++b)
         std::memcpy(dst + ((i * ho + a) * wo + b) * pixel, src + ((i * h + a * sh) * w + b * sw) * pixel, pixel);
-  return out;
-}
-
-// [N, H, W, C] -> [N, H, W, total], y at channels [offset, offset + C) and zeros around it.
-Tensor widen_channels(const Tensor& y, int64_t total, int64_t offset) {
-  const int64_t pixels = y.dim(0) * y.dim(1) * y.dim(2), c = y.dim(3);
-  Tensor out(y.dtype(), {y.dim(0), y.dim(1), y.dim(2), total});
-  const size_t es = dtype_size(y.dtype());
-  auto* dst = static_cast<unsigned char*>(out.raw_data());
-  std::memset(dst, 0, out.nbytes());
-  const auto* src = static_cast<const unsigned char*>(y.raw_data());
-  for (int64_t p = 0; p < pixels; ++p) std::memcpy(dst + (p * total + offset) * es, src + p * c * es, c * es);
   return out;
 }
 
@@ -277,7 +259,12 @@ Status fused_conv_pair_kernel(KernelContext& ctx) {
   if (y_offset < 0 || y_channels < c1 || y_offset > y_channels - c1)
     return ctx.error("output_channels " + std::to_string(y_channels) + " and output_channel_offset " + std::to_string(y_offset) +
                      " must hold Y's " + std::to_string(c1) + " channels");
-  ctx.set_output(0, y_channels == c1 ? std::move(y) : widen_channels(y, y_channels, y_offset));
+  if (y_channels != c1) {  // y at channels [y_offset, y_offset + C1) of a zeroed wider tensor
+    Tensor wide(dt, {y.dim(0), y.dim(1), y.dim(2), y_channels});
+    mv::write_channels(wide, y, y_offset);
+    y = std::move(wide);
+  }
+  ctx.set_output(0, std::move(y));
   return OkStatus();
 }
 

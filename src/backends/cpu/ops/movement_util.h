@@ -59,6 +59,15 @@ inline void copy_block(const Tensor& src, int64_t src_offset, Tensor& dst, int64
               static_cast<const char*>(src.raw_data()) + src_offset * es, static_cast<size_t>(count) * es);
 }
 
+// Writes `piece` [..., Cp] into channels [offset, offset + Cp) of `dst` [..., C], the last axis being the
+// channels and the leading dims the same (one dtype): a channel Concat's pieces, kiln.WriteChannels.
+inline void write_channels(Tensor& dst, const Tensor& piece, int64_t offset) {
+  const int64_t c = dst.dim(dst.rank() - 1), cp = piece.dim(piece.rank() - 1);
+  if (cp <= 0) return;
+  const int64_t pixels = piece.numel() / cp;
+  for (int64_t p = 0; p < pixels; ++p) copy_block(piece, p * cp, dst, p * c + offset, cp);
+}
+
 // Advances a multi-index over `shape` in row-major order; returns false after the last one.
 inline bool next_index(std::vector<int64_t>& idx, const Shape& shape) {
   for (int64_t ax = static_cast<int64_t>(shape.size()) - 1; ax >= 0; --ax) {

@@ -2,10 +2,10 @@
 // Y = Base with channels [offset, offset + Cp) replaced by Piece, both channels-last [N, H, W, C]. It is what
 // remains of a channel Concat whose other input a kiln.FusedConvPair writes straight into its place in the
 // concatenation: the GPU runs it in place, writing Piece's channels only.
-#include <cstring>
 #include <string>
 
 #include "backends/cpu/kernel_util.h"
+#include "backends/cpu/ops/movement_util.h"
 
 namespace kiln::cpu {
 namespace {
@@ -27,11 +27,7 @@ Status write_channels_kernel(KernelContext& ctx) {
     return ctx.error("offset " + std::to_string(offset) + " puts Piece's " + std::to_string(cp) + " channels outside Base's " +
                      std::to_string(c));
   Tensor y = base.clone();
-  const size_t es = dtype_size(base.dtype());
-  const int64_t pixels = base.dim(0) * base.dim(1) * base.dim(2);
-  auto* dst = static_cast<unsigned char*>(y.raw_data());
-  const auto* src = static_cast<const unsigned char*>(piece.raw_data());
-  for (int64_t p = 0; p < pixels && cp > 0; ++p) std::memcpy(dst + (p * c + offset) * es, src + p * cp * es, cp * es);
+  mv::write_channels(y, piece, offset);
   ctx.set_output(0, std::move(y));
   return OkStatus();
 }
