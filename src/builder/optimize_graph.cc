@@ -198,35 +198,33 @@ Status optimize_graph(ir::Model& m, const OptimizeOptions& o, Logger& logger, st
       inherit_precision(pair_of);
       KILN_RETURN_IF_ERROR(passes::infer_shapes(m));
       logger.log(Severity::kInfo, "optimizer: " + std::to_string(pairs) + " 1x1 conv pairs fused into kiln.FusedConvPair");
-      // A pair's first output read only by a strided 1x1 conv (ResNet's downsample) is written sampled.
-      int sampled = 0;
-      KILN_RETURN_IF_ERROR(passes::sample_pair_output(m, &sampled));
-      if (sampled > 0) {
+    }
+    // A pair's first output read only by a strided 1x1 conv (ResNet's downsample) is written sampled.
+    int sampled = 0;
+    KILN_RETURN_IF_ERROR(passes::sample_pair_output(m, &sampled));
+    if (sampled > 0) {
+      KILN_RETURN_IF_ERROR(passes::infer_shapes(m));
+      logger.log(Severity::kInfo, "optimizer: " + std::to_string(sampled) + " conv pair outputs written at their reader's stride");
+      // The downsample, now of stride 1, may fold into its block's last conv (ResNet-50's layer2.0: the
+      // Concat and the folded conv take 0.254 ms at batch 256 where the two convs took 0.287).
+      int more = 0;
+      made_from.clear();
+      KILN_RETURN_IF_ERROR(passes::fold_projection_shortcut(m, &more, &made_from));
+      if (more > 0) {
+        inherit_precision(made_from);
+        KILN_RETURN_IF_ERROR(passes::eliminate_dead_nodes(m, &removed));
         KILN_RETURN_IF_ERROR(passes::infer_shapes(m));
-        logger.log(Severity::kInfo, "optimizer: " + std::to_string(sampled) + " conv pair outputs written at their reader's stride");
-        // The downsample, now of stride 1, may fold into its block's last conv (ResNet-50's layer2.0: the
-        // Concat and the folded conv take 0.254 ms at batch 256 where the two convs took 0.287).
-        int more = 0;
-        made_from.clear();
-        KILN_RETURN_IF_ERROR(passes::fold_projection_shortcut(m, &more, &made_from));
-        if (more > 0) {
-          inherit_precision(made_from);
-          KILN_RETURN_IF_ERROR(passes::eliminate_dead_nodes(m, &removed));
-          KILN_RETURN_IF_ERROR(passes::infer_shapes(m));
-          logger.log(Severity::kInfo, "optimizer: " + std::to_string(more) + " sampled projection shortcuts folded");
-        }
-        // Their Concat, one of whose inputs is the sampled pair output, is written in place.
-        int in_place = 0;
-        KILN_RETURN_IF_ERROR(passes::write_concat_in_place(m, &in_place));
-        if (in_place > 0) {
-          KILN_RETURN_IF_ERROR(passes::infer_shapes(m));
-          logger.log(Severity::kInfo, "optimizer: " + std::to_string(in_place) + " channel Concats written in place");
-        }
+        logger.log(Severity::kInfo, "optimizer: " + std::to_string(more) + " sampled projection shortcuts folded");
+      }
+      // Their Concat, one of whose inputs is the sampled pair output, is written in place.
+      int in_place = 0;
+      KILN_RETURN_IF_ERROR(passes::write_concat_in_place(m, &in_place));
+      if (in_place > 0) {
+        KILN_RETURN_IF_ERROR(passes::infer_shapes(m));
+        logger.log(Severity::kInfo, "optimizer: " + std::to_string(in_place) + " channel Concats written in place");
       }
     }
-  }
-  // The Transposes convert_conv_layout left that move only dims of size 1 (after a global pool) are views.
-  if (o.for_gpu && o.opt_level >= 2) {
+    // The Transposes convert_conv_layout left that move only dims of size 1 (after a global pool) are views.
     int views = 0;
     KILN_RETURN_IF_ERROR(passes::transpose_to_reshape(m, &views));
     if (views > 0) {

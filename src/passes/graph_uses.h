@@ -279,4 +279,38 @@ inline void splice_fused_nodes(ir::Model& model, std::map<size_t, ir::Node>& rep
   model.opsets["kiln"] = 1;
 }
 
+// The passes that find data movement moving no data (transpose_to_reshape, identity_gather_to_reshape): each
+// default-domain `op` node for which `moves_nothing(g, node)` is true becomes Reshape(its input 0, a new
+// int64 initializer "<output>__shape") to its output dims, a view, its attributes dropped. Only where those
+// dims make a Reshape target: the known ones and at most one unknown (-1), no 0 (which a Reshape target
+// reads as the input's dim); and from opset 5 (Reshape took its shape as an attribute before). Returns the
+// number rewritten.
+template <typename MovesNothing>
+int rewrite_as_reshapes(ir::Model& model, const char* op, MovesNothing&& moves_nothing) {
+  ir::Graph& g = model.graph;
+  if (model.default_opset() < 5) return 0;
+  FreshNames fresh(g);
+  int count = 0;
+  for (ir::Node& n : g.nodes) {
+    std::vector<ir::Dim> out;
+    if (!is_onnx(n, op) || n.inputs.empty() || n.outputs.size() != 1 || !dims_of(g, n.outputs[0], &out) ||
+        !moves_nothing(g, n))
+      continue;
+    std::vector<int64_t> target;
+    int unknown = 0;
+    for (const ir::Dim& d : out) {
+      if ((!d.known() && ++unknown > 1) || (d.known() && d.value == 0)) break;
+      target.push_back(d.known() ? d.value : -1);
+    }
+    if (target.size() != out.size()) continue;
+    const std::string shape = fresh(n.outputs[0] + "__shape");
+    g.initializers[shape] = Tensor::from_vector<int64_t>(DType::kInt64, {static_cast<int64_t>(target.size())}, target);
+    n.op_type = "Reshape";
+    n.inputs = {n.inputs[0], shape};
+    n.attributes.clear();
+    ++count;
+  }
+  return count;
+}
+
 }  // namespace kiln::passes

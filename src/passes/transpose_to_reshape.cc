@@ -4,9 +4,8 @@
 // ResNet-50's global average pool ([N, 1, 1, 2048] NHWC back to [N, 2048, 1, 1] NCHW before the classifier),
 // and exporters emit them around squeezed dims.
 //
-// Only where the input's rank is known (a dim not known to be 1 counts as one that is not), and the output
-// shape can be written as a Reshape target: its known dims, and at most one unknown dim (as -1).
-#include <string>
+// Only where the input's rank is known (a dim not known to be 1 counts as one that is not); the Reshape
+// itself is rewrite_as_reshapes' (graph_uses.h), with its limits on the output shape.
 #include <vector>
 
 #include "passes/graph_uses.h"
@@ -15,60 +14,33 @@
 namespace kiln::passes {
 namespace {
 
-// The Reshape target for Transpose `n`, or empty when `n` moves data (or that cannot be told).
-std::vector<int64_t> reshape_target(const ir::Graph& g, const ir::Node& n) {
+// Whether Transpose `n` moves only dims of size 1 (false where that cannot be told).
+bool moves_only_ones(const ir::Graph& g, const ir::Node& n) {
   std::vector<ir::Dim> d;
-  if (n.inputs.size() != 1 || n.outputs.size() != 1 || !dims_of(g, n.inputs[0], &d) || d.empty()) return {};
+  if (n.inputs.size() != 1 || !dims_of(g, n.inputs[0], &d) || d.empty()) return false;
   std::vector<int64_t> perm = ints_attr_or(n, "perm", {});
   if (perm.empty())  // absent: the dims reversed
     for (int64_t i = static_cast<int64_t>(d.size()) - 1; i >= 0; --i) perm.push_back(i);
-  if (perm.size() != d.size()) return {};
+  if (perm.size() != d.size()) return false;
   std::vector<bool> seen(d.size(), false);
   for (int64_t p : perm) {
-    if (p < 0 || p >= static_cast<int64_t>(d.size()) || seen[p]) return {};
+    if (p < 0 || p >= static_cast<int64_t>(d.size()) || seen[p]) return false;
     seen[p] = true;
   }
   // The dims not known to be of size 1, in output order, must be in input order.
   int64_t last = -1;
-  std::vector<int64_t> target;
-  int unknown = 0;
-  for (size_t i = 0; i < perm.size(); ++i) {
-    const ir::Dim& dim = d[perm[i]];
-    const bool one = dim.known() && dim.value == 1;
-    if (!one) {
-      if (perm[i] < last) return {};
-      last = perm[i];
-    }
-    if (dim.known() && dim.value == 0) return {};  // a 0 in a Reshape target copies the input's dim
-    if (!dim.known()) {
-      if (++unknown > 1) return {};
-      target.push_back(-1);
-    } else {
-      target.push_back(dim.value);
-    }
+  for (int64_t p : perm) {
+    if (d[p].known() && d[p].value == 1) continue;
+    if (p < last) return false;
+    last = p;
   }
-  return target;
+  return true;
 }
 
 }  // namespace
 
 Status transpose_to_reshape(ir::Model& model, int* rewritten) {
-  ir::Graph& g = model.graph;
-  FreshNames fresh(g);
-  int count = 0;
-  if (rewritten) *rewritten = 0;
-  if (model.default_opset() < 5) return OkStatus();  // Reshape took its shape as an attribute before
-  for (ir::Node& n : g.nodes) {
-    if (!is_onnx(n, "Transpose")) continue;
-    const std::vector<int64_t> target = reshape_target(g, n);
-    if (target.empty()) continue;
-    const std::string shape = fresh(n.outputs[0] + "__shape");
-    g.initializers[shape] = Tensor::from_vector<int64_t>(DType::kInt64, {static_cast<int64_t>(target.size())}, target);
-    n.op_type = "Reshape";
-    n.inputs.push_back(shape);
-    n.attributes.clear();
-    ++count;
-  }
+  const int count = rewrite_as_reshapes(model, "Transpose", moves_only_ones);
   if (rewritten) *rewritten = count;
   return OkStatus();
 }
