@@ -82,6 +82,11 @@ TEST(CudaPointwise, Broadcasting) {
       {{2, 3, 4, 5}, {1, 3, 1, 5}, {2, 1, 4, 1}},  // rank 4
       {{6}, {2, 3, 1, 1, 1, 6}, {2, 1, 2, 1, 2, 1}},  // rank 6
       {{2, 3, 64, 33}, {33}, {}},           // vectorizable but for the row
+      // Rows of whole 16-byte chunks broadcast along outer dims (the vectorized kernel reads them through
+      // their strides): BERT's embeddings' [1, S, H] + [B, S, H] and a [H] bias, next to a full-size input.
+      {{3, 5, 48}, {1, 5, 48}, {48}},
+      {{1, 5, 48}, {3, 5, 48}, {3, 5, 48}},
+      {{2, 4, 3, 16}, {4, 1, 16}, {}},
   };
   for (DType p : kFloatTypes)
     for (const auto& shapes : cases) {

@@ -28,7 +28,8 @@ ir::Node pointwise_node(std::vector<std::string> program, size_t num_inputs, con
 }
 
 // The struct the kernels take (pointwise_codegen.h): n, dims padded with 1s, per input its strides over
-// the output's dims (0 where it broadcasts), and the mask of one-element inputs.
+// the output's dims (0 where it broadcasts), the mask of one-element inputs and that of inputs broadcast
+// along outer dims only.
 TEST(PointwiseCodegen, ArgsHoldShapesAndBroadcastStrides) {
   const ir::Node n = pointwise_node({"t0 = add in0 in1", "t1 = mul t0 in2"}, 3);
   auto spec = pointwise_kernel_spec(n, {DType::kFloat32, DType::kFloat32, DType::kFloat32}, 3);
@@ -42,19 +43,27 @@ TEST(PointwiseCodegen, ArgsHoldShapesAndBroadcastStrides) {
                                      12, 4, 1, 0, 0, 0,     // in0
                                      0, 0, 1, 0, 0, 0,      // in1
                                      1, 0, 0, 0, 0, 0,      // in2
-                                     0};                    // no one-element input
+                                     0,                     // no one-element input
+                                     2};                    // in1 broadcasts along outer dims only
   EXPECT_EQ(args->words, want);
 
-  // Full-size inputs and one-element ones (of any rank up to the output's): the vectorized kernel's case.
+  // Full-size inputs, one-element ones (of any rank up to the output's) and ones that broadcast along outer
+  // dims only, with rows of whole 16-byte chunks: the vectorized kernel's case.
   auto vec = pointwise_args(*spec, {{2, 3, 4}, {1}, {1, 3, 4}});
   ASSERT_TRUE(vec.ok()) << vec.status().to_string();
-  EXPECT_FALSE(vec->vectorizable);  // [1, 3, 4] broadcasts along dim 0
+  EXPECT_TRUE(vec->vectorizable);
+  EXPECT_EQ(vec->words[vec->words.size() - 2], 2);  // in1: one element
+  EXPECT_EQ(vec->words.back(), 4);                   // in2: [1, 3, 4] along dim 0
+  vec = pointwise_args(*spec, {{2, 3, 6}, {1}, {1, 3, 6}});
+  ASSERT_TRUE(vec.ok()) << vec.status().to_string();
+  EXPECT_FALSE(vec->vectorizable);  // rows of 6 floats: a 16-byte chunk would cross rows
   vec = pointwise_args(*spec, {{2, 3, 4}, {1}, {1, 2, 3, 4}});
   EXPECT_FALSE(vec.ok());  // rank 4 output for a rank-3 kernel
   vec = pointwise_args(*spec, {{2, 3, 4}, {}, {2, 3, 4}});
   ASSERT_TRUE(vec.ok()) << vec.status().to_string();
   EXPECT_TRUE(vec->vectorizable);
-  EXPECT_EQ(vec->words.back(), 2);
+  EXPECT_EQ(vec->words[vec->words.size() - 2], 2);
+  EXPECT_EQ(vec->words.back(), 0);
 
   auto bad = pointwise_args(*spec, {{2, 3, 4}, {5}, {1}});
   ASSERT_FALSE(bad.ok());

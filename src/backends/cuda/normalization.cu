@@ -228,8 +228,11 @@ __device__ __forceinline__ void store_stats(const RowNorm& p, int64_t row, float
 // One row per `width` lanes (width > 0) or per block (width 0); each thread holds NV vectors of VEC
 // elements: vector i of thread t is vector t + i * threads of the row. VEC > 1 needs len % VEC == 0.
 // More than 16 elements a thread only ever run in blocks of 256 (plan_rows), which leaves them registers.
-template <class T, int VEC, int NV>
-__global__ void __launch_bounds__(VEC * NV > 16 ? 256 : 1024)
+// Rows of 17 to 24 elements a thread without the prefetch: five blocks of 256 an SM (at most 51 registers,
+// 62% occupancy) for float16, four for the others, which would spill at five.
+template <class T, int VEC, int NV, bool PREFETCH>
+__global__ void __launch_bounds__(VEC * NV > 16 ? 256 : 1024,
+                                  VEC * NV > 16 && VEC * NV <= 24 && !PREFETCH ? (std::is_same_v<T, __half> ? 5 : 4) : 1)
     row_norm_kernel(const T* __restrict__ x, T* __restrict__ y, RowNorm p, int width) {
   __shared__ float sh[32];
   int64_t row;
@@ -251,8 +254,11 @@ __global__ void __launch_bounds__(VEC * NV > 16 ? 256 : 1024)
   Vec<T, VEC> raw[NV];
   // LayerNorm's scale and bias for this thread's elements, loaded with the row rather than after its two
   // reductions, whose latency they would otherwise add to (most of a small batch's time). Only where the
-  // registers are there: rows of 17 to 24 elements a thread, which run in blocks of 256 (BERT's 768 halves).
-  constexpr bool kPrefetch = VEC % 4 == 0 && VEC * NV > 16 && VEC * NV <= 24;
+  // registers are there: rows of 17 to 24 elements a thread, which run in blocks of 256 (BERT's 768 halves),
+  // and only when the rows are few (PREFETCH, see launch_row_norm_vec): the 48 registers cut occupancy to
+  // 37%, which leaves a large batch's rows too few loads in flight (BERT-base at batch 128: 34% of DRAM
+  // bandwidth, measured with ncu).
+  constexpr bool kPrefetch = PREFETCH && VEC % 4 == 0 && VEC * NV > 16 && VEC * NV <= 24;
   constexpr int kPv = kPrefetch ? VEC * NV : 1;  // (indices below are % kPv: in range where nothing is prefetched)
   float psc[kPv], pbi[kPv];
   const bool prefetched = kPrefetch && p.per_element;
@@ -408,10 +414,16 @@ void launch_row_norm_vec(const RowPlan& plan, const T* x, T* y, const RowNorm& p
     row_norm_split_kernel<T, VEC><<<blocks, plan.threads, 0, s>>>(x, y, p);
     return;
   }
+  // Prefetching the parameters pays while a launch is short of warps (under two blocks an SM); past that,
+  // occupancy hides their latency better.
+  const bool prefetch = plan.blocks < 2 * static_cast<int64_t>(sm_count());
   switch (plan.nv) {
-#define KILN_ROW_NORM_CASE(NV)                                                                     \
-  case NV:                                                                                         \
-    if constexpr (VEC * NV <= 32) row_norm_kernel<T, VEC, NV><<<blocks, plan.threads, 0, s>>>(x, y, p, width); \
+#define KILN_ROW_NORM_CASE(NV)                                                                         \
+  case NV:                                                                                             \
+    if constexpr (VEC * NV <= 32) {                                                                    \
+      if (prefetch) row_norm_kernel<T, VEC, NV, true><<<blocks, plan.threads, 0, s>>>(x, y, p, width); \
+      else row_norm_kernel<T, VEC, NV, false><<<blocks, plan.threads, 0, s>>>(x, y, p, width);         \
+    }                                                                                                  \
     break;
     KILN_ROW_NORM_CASE(1) KILN_ROW_NORM_CASE(2) KILN_ROW_NORM_CASE(3) KILN_ROW_NORM_CASE(4)
     KILN_ROW_NORM_CASE(6) KILN_ROW_NORM_CASE(8) KILN_ROW_NORM_CASE(16) KILN_ROW_NORM_CASE(32)

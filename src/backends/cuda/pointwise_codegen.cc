@@ -107,7 +107,7 @@ std::string store(DType t, const std::string& v) {
 
 // The version of the kernels' parameters (PointwiseArgs' layout, the entry points): part of every
 // kernel's name, so that an engine whose CUBINs were made for another layout is refused, not misread.
-constexpr const char* kAbiVersion = "pointwise-abi-1";
+constexpr const char* kAbiVersion = "pointwise-abi-2";
 
 // FNV-1a, 64 bits: the same on every platform (std::hash is not), so that names made at build time are
 // recomputed at load time.
@@ -183,7 +183,7 @@ Result<std::string> pointwise_kernel_source(const PointwiseKernelSpec& spec, con
   s << "#define KILN_RANK " << spec.rank << "\n#define KILN_VEC " << pointwise_vector_width(spec) << "\n";
   // The layout PointwiseArgs::words fills (pointwise_codegen.h): long longs only, so no padding.
   s << "struct KilnArgs { long long n; long long dims[" << kPointwiseMaxRank << "]; long long strides[" << nin
-    << "][" << kPointwiseMaxRank << "]; long long scalar_mask; };\n";
+    << "][" << kPointwiseMaxRank << "]; long long scalar_mask; long long row_mask; };\n";
   s << "template <class S, int N> struct __align__(16) KilnChunk { S v[N]; };\n";
 
   // The program, once, over the inputs' values; both kernels call it.
@@ -225,11 +225,8 @@ Result<std::string> pointwise_kernel_source(const PointwiseKernelSpec& spec, con
       c += (i ? ", " : "") + to_compute(spec.input_dtypes[i], "in" + std::to_string(i) + "[" + off[i] + "]");
     return store(spec.out_dtype, c + ")");
   };
-  std::vector<std::string> strided(n_in), at_t(n_in);
-  for (size_t i = 0; i < n_in; ++i) {
-    strided[i] = "o[" + std::to_string(i) + "]";
-    at_t[i] = "((p.scalar_mask >> " + std::to_string(i) + ") & 1LL) ? 0LL : t";
-  }
+  std::vector<std::string> strided(n_in);
+  for (size_t i = 0; i < n_in; ++i) strided[i] = "o[" + std::to_string(i) + "]";
 
   s << "extern \"C\" __global__ void __launch_bounds__(256) " << kernel_name << "(" << params << ") {\n"
     << "  long long o[" << nin << "];\n"
@@ -246,13 +243,21 @@ Result<std::string> pointwise_kernel_source(const PointwiseKernelSpec& spec, con
     << "  }\n}\n";
 
   // The vectorized kernel: KILN_VEC elements a thread, each full-size input read (and out written) in
-  // 16-byte chunks, each one-element input read once; the last n % KILN_VEC elements one a thread.
+  // 16-byte chunks, each one-element input read once; an input that broadcasts along outer dims only (a
+  // row_mask bit: BERT's position embeddings [1, S, H] added to [B, S, H]) is read in 16-byte chunks too,
+  // from the offset of the chunk's first element (the output's last dim is a multiple of KILN_VEC, so a
+  // chunk is within one row). The last n % KILN_VEC elements one a thread.
   s << "extern \"C\" __global__ void __launch_bounds__(256) " << kernel_name << "_vec(" << params << ") {\n"
     << "  const long long start = (long long)blockIdx.x * blockDim.x + threadIdx.x;\n"
     << "  const long long step = (long long)gridDim.x * blockDim.x;\n"
     << "  const long long chunks = p.n / KILN_VEC;\n"
+    << "  long long o[" << nin << "];\n"
     << "  for (long long c = start; c < chunks; c += step) {\n"
-    << "    const long long e = c * KILN_VEC;\n";
+    << "    const long long e = c * KILN_VEC;\n"
+    << "    if (p.row_mask != 0) {\n"
+    << "      if (p.n <= 2147483647LL) kiln_offsets<unsigned>((unsigned)e, p, o);\n"
+    << "      else kiln_offsets<long long>(e, p, o);\n"
+    << "    }\n";
   for (size_t i = 0; i < n_in; ++i) {
     const std::string in = "in" + std::to_string(i), a = "a" + std::to_string(i), st = storage_type(spec.input_dtypes[i]);
     s << "    T " << a << "[KILN_VEC];\n"
@@ -260,8 +265,9 @@ Result<std::string> pointwise_kernel_source(const PointwiseKernelSpec& spec, con
       << "      const T v = " << to_compute(spec.input_dtypes[i], in + "[0]") << ";\n"
       << "#pragma unroll\n      for (int j = 0; j < KILN_VEC; ++j) " << a << "[j] = v;\n"
       << "    } else {\n"
+      << "      const long long at = ((p.row_mask >> " << i << ") & 1LL) ? o[" << i << "] : e;\n"
       << "      const KilnChunk<" << st << ", KILN_VEC> q = *reinterpret_cast<const KilnChunk<" << st
-      << ", KILN_VEC>*>(" << in << " + e);\n"
+      << ", KILN_VEC>*>(" << in << " + at);\n"
       << "#pragma unroll\n      for (int j = 0; j < KILN_VEC; ++j) " << a << "[j] = "
       << to_compute(spec.input_dtypes[i], "q.v[j]") << ";\n"
       << "    }\n";
@@ -275,7 +281,10 @@ Result<std::string> pointwise_kernel_source(const PointwiseKernelSpec& spec, con
     << "    *reinterpret_cast<KilnChunk<" << so << ", KILN_VEC>*>(out + e) = r;\n"
     << "  }\n"
     << "  const long long t = chunks * KILN_VEC + start;\n"
-    << "  if (t < p.n) out[t] = " << call(at_t) << ";\n"
+    << "  if (t < p.n) {\n"
+    << "    kiln_offsets<long long>(t, p, o);\n"
+    << "    out[t] = " << call(strided) << ";\n"
+    << "  }\n"
     << "}\n";
   return s.str();
 }
@@ -358,10 +367,12 @@ Result<PointwiseArgs> pointwise_args(const PointwiseKernelSpec& spec, const std:
   a.out_shape = *out;
   a.n = shape_numel(*out);
   a.vectorizable = true;
-  a.words.assign(1 + kPointwiseMaxRank * (n_in + 1) + 1, 0);
+  a.words.assign(1 + kPointwiseMaxRank * (n_in + 1) + 2, 0);
   a.words[0] = a.n;
   for (size_t d = 0; d < kPointwiseMaxRank; ++d) a.words[1 + d] = d < out->size() ? (*out)[d] : 1;
-  int64_t scalar_mask = 0;
+  int64_t scalar_mask = 0, row_mask = 0;
+  const int64_t last = out->empty() ? 1 : out->back();
+  const bool whole_chunks_a_row = last % pointwise_vector_width(spec) == 0;
   for (size_t i = 0; i < n_in; ++i) {
     const Shape& s = input_shapes[i];
     const std::vector<int64_t> own = cpu::strides_of(s);
@@ -372,9 +383,11 @@ Result<PointwiseArgs> pointwise_args(const PointwiseKernelSpec& spec, const std:
     // An input with the output's element count broadcasts along no dim: it is laid out as the output.
     const int64_t numel = shape_numel(s);
     if (numel == 1) scalar_mask |= int64_t(1) << i;
+    else if (numel != a.n && whole_chunks_a_row && !s.empty() && s.back() == last) row_mask |= int64_t(1) << i;
     else if (numel != a.n) a.vectorizable = false;
   }
-  a.words.back() = scalar_mask;
+  a.words[a.words.size() - 2] = scalar_mask;
+  a.words.back() = row_mask;
   return a;
 }
 

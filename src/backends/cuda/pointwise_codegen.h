@@ -7,9 +7,10 @@
 // come at launch, in a parameter struct passed by value (PointwiseArgs), so that one CUBIN serves every
 // shape of that rank. It has two entry points:
 //   <kernel>     (const S0* in0, ..., SO* out, Args p): any broadcasting, output coordinates from p.dims
-//   <kernel>_vec (the same parameters): every input full-size or one element, each thread computing
-//                kPointwiseVectorBytes / (the smallest element size) elements through 16-byte accesses;
-//                the full-size pointers and out must be 16-byte aligned
+//   <kernel>_vec (the same parameters): every input full-size, one element, or broadcast along outer
+//                dims only (its last dim the output's, a multiple of the vector width), each thread
+//                computing kPointwiseVectorBytes / (the smallest element size) elements through 16-byte
+//                accesses; the pointers of inputs of more than one element and out must be 16-byte aligned
 #pragma once
 
 #include <cstdint>
@@ -67,10 +68,12 @@ Result<CompiledPointwise> compile_pointwise(const PointwiseKernelSpec& spec, con
 Result<std::string> current_device_arch();
 
 // The kernels' last parameter for inputs of these shapes: the bytes of the struct
-//   { long long n; long long dims[6]; long long strides[inputs][6]; long long scalar_mask; }
+//   { long long n; long long dims[6]; long long strides[inputs][6]; long long scalar_mask; long long row_mask; }
 // (n output elements; the output's dims, then 1s; per input, its element strides over the output's dims,
-// 0 where it broadcasts; bit i set when input i has one element), and whether <kernel>_vec may run
-// (every input full-size or one element; the pointers' alignment is the caller's to check).
+// 0 where it broadcasts; scalar_mask bit i set when input i has one element, row_mask bit i when it
+// broadcasts along outer dims only and <kernel>_vec reads it through its strides), and whether <kernel>_vec
+// may run (every input full-size, one element or in row_mask; the pointers' alignment is the caller's to
+// check).
 struct PointwiseArgs {
   std::vector<int64_t> words;
   Shape out_shape;
