@@ -167,9 +167,10 @@ TEST(CudaFusedMatMul, ResidualMisalignedAndInPlace) {
   for (const Shapes& s : shapes)
     for (DType t : {DType::kFloat32, DType::kFloat16, DType::kBFloat16})
       for (const char* act : {"", "Relu"})
-        for (const auto& [misalign, in_place] : std::vector<std::pair<bool, bool>>{{true, false}, {false, true}, {true, true}}) {
+        for (const auto& [misalign, in_place] : std::vector<std::pair<bool, bool>>{{true, false}, {false, true}, {true, true}})
+        for (const std::string tactic : {"cuda.cublaslt.h0", "cuda.gemm.sm90.n256", "cuda.gemm.sm90.n128"}) {
           SCOPED_TRACE(shape_to_string(s.a) + " x " + shape_to_string(s.b) + " '" + act + "' " + dtype_name(t) +
-                       (misalign ? " misaligned" : "") + (in_place ? " in place" : ""));
+                       (misalign ? " misaligned" : "") + (in_place ? " in place" : "") + " " + tactic);
           LayerCase c = fused_case(s.a, s.b, act, Precision{t, false});
           c.inputs.push_back(random_float(s.y));
           std::vector<Value> cuda_inputs, ref_inputs;
@@ -186,7 +187,10 @@ TEST(CudaFusedMatMul, ResidualMisalignedAndInPlace) {
           ir::Node node;
           const cuda::LayerSpec spec = detail::case_spec(c, cuda_inputs, {want}, &node);
           ASSERT_EQ(kind->check(spec), "");
-          auto layer = kind->create(spec, "cuda.cublaslt.h0", h);
+          // Kiln's Hopper GEMM where it takes the problem: a misaligned operand goes to its cuBLASLt fallback.
+          const std::vector<std::string> offered = kind->tactics(spec);
+          if (std::find(offered.begin(), offered.end(), tactic) == offered.end()) continue;
+          auto layer = kind->create(spec, tactic, h);
           ASSERT_TRUE(layer.ok()) << layer.status().to_string();
           const size_t shift = misalign ? dtype_size(t) : 0;
           std::vector<std::unique_ptr<detail::DeviceMem>> mem;
@@ -280,7 +284,10 @@ TEST(CudaFusedMatMulCheck, RegisteredUnderTheKilnDomain) {
   EXPECT_TRUE(k->lowers_to_fp16);
   Spec s("FusedMatMul", {{DType::kFloat16, {4, 8}}, {DType::kFloat16, {8, 16}}, {DType::kFloat16, {16}}});
   ASSERT_TRUE(k->tactics);
-  EXPECT_EQ(k->tactics(s.spec), cuda::matmul_tactics());
+  const std::vector<std::string> tactics = k->tactics(s.spec);  // cuBLASLt's, then (sm90) Kiln's GEMM's
+  ASSERT_GE(tactics.size(), cuda::matmul_tactics().size());
+  EXPECT_EQ(std::vector<std::string>(tactics.begin(), tactics.begin() + cuda::matmul_tactics().size()),
+            cuda::matmul_tactics());
   n.op_type = "Gelu";
   const cuda::LayerKind* g = cuda::layer_table().find_for(n);
   ASSERT_NE(g, nullptr);

@@ -48,7 +48,7 @@ void register_fused_matmul_layers(LayerTable& table) {
   LayerKind mm;
   mm.op_type = "kiln.FusedMatMul";
   mm.check = check_fused_matmul;
-  mm.tactics = [](const LayerSpec&) { return matmul_tactics(); };
+  mm.tactics = matmul_and_sm90_tactics;
   mm.create = [](const LayerSpec& spec, const std::string& tactic, const CudaHandles& h) -> Result<std::unique_ptr<Layer>> {
     if (std::string why = check_fused_matmul(spec); !why.empty()) return Unsupported(why);
     MatmulEpilogue e;

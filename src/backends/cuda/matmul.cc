@@ -25,6 +25,7 @@
 #include <string>
 #include <vector>
 
+#include "backends/cuda/gemm_sm90.h"
 #include "backends/cuda/matmul_helpers.h"
 
 namespace kiln::cuda {
@@ -341,6 +342,12 @@ std::vector<std::string> matmul_tactics() {
   return names;
 }
 
+std::vector<std::string> matmul_and_sm90_tactics(const LayerSpec& spec) {
+  std::vector<std::string> names = matmul_tactics();
+  for (std::string& t : sm90_gemm_tactics(spec)) names.push_back(std::move(t));
+  return names;
+}
+
 std::string check_matmul_layer(const LayerSpec& spec, MatmulEpilogue epilogue) {
   const std::string& op = spec.node->op_type;
   const std::string who = "CUDA " + op + ": ";
@@ -397,6 +404,7 @@ std::string check_matmul_layer(const LayerSpec& spec, MatmulEpilogue epilogue) {
 Result<std::unique_ptr<Layer>> create_matmul_layer(const LayerSpec& spec, MatmulEpilogue epilogue,
                                                    const std::string& tactic, const CudaHandles& h) {
   if (std::string why = check_matmul_layer(spec, epilogue); !why.empty()) return Unsupported(why);
+  if (is_sm90_gemm_tactic(tactic)) return create_sm90_gemm_layer(spec, epilogue, tactic, h);
   const int index = tactic_index(tactic);
   if (index < 0) return Unsupported("cuBLASLt layer: unknown tactic '" + tactic + "'");
   const bool gemm = spec.node->op_type == "Gemm";
@@ -547,7 +555,7 @@ void register_matmul_layers(LayerTable& table) {
     LayerKind k;
     k.op_type = op;
     k.check = [](const LayerSpec& spec) { return check_matmul_layer(spec, MatmulEpilogue::kNone); };
-    k.tactics = [](const LayerSpec&) { return matmul_tactics(); };
+    k.tactics = matmul_and_sm90_tactics;
     k.create = [](const LayerSpec& spec, const std::string& tactic, const CudaHandles& h) {
       return create_matmul_layer(spec, MatmulEpilogue::kNone, tactic, h);
     };

@@ -30,6 +30,9 @@ std::string check_matmul_layer(const LayerSpec& spec, MatmulEpilogue epilogue);
 // The tactic names: "cuda.cublaslt.h0" .. "cuda.cublaslt.h3", indices into cuBLASLt's heuristic list for the
 // problem (create() says Unsupported when the heuristic offers fewer).
 std::vector<std::string> matmul_tactics();
+// Those and, on compute capability 9.0, Kiln's own GEMM's where it takes the problem (gemm_sm90.h): what the
+// builder times for a MatMul or kiln.FusedMatMul. create_matmul_layer takes any of them.
+std::vector<std::string> matmul_and_sm90_tactics(const LayerSpec& spec);
 Result<std::unique_ptr<Layer>> create_matmul_layer(const LayerSpec& spec, MatmulEpilogue epilogue,
                                                    const std::string& tactic, const CudaHandles& h);
 

@@ -1,0 +1,460 @@
+// Kiln's Hopper GEMM (tactics "cuda.gemm.sm90.n256" and "cuda.gemm.sm90.n128"): Y[M, N] = act(A[M, K] B[K, N]
+// + bias + Z), float16 or bfloat16 with float32 accumulators, for MatMul and kiln.FusedMatMul whose B is one
+// [K, N] matrix (BERT's and GPT's projections: A's batch dims fold into M).
+//
+// A warp-specialized, persistent kernel, the structure Hopper's tensor cores need to run near their rate:
+// - One block an SM loops over output tiles of 128 x BN (row-major order of tiles, N fastest, so the blocks
+//   running at once share A's rows through L2; B, the weights, stays in L2).
+// - Warpgroup 0 is the producer: one thread issues the bulk tensor copies (TMA) of each k-step's A tile
+//   [128 x 64] and B tile [64 x BN] into a ring of STAGES shared-memory stages, each completing on the
+//   stage's `full` mbarrier with the bytes it carries; it waits on the stage's `empty` mbarrier before
+//   overwriting it. The copies land in the 128-byte swizzled layout wgmma reads (the tensor map's swizzle).
+// - Warpgroups 1 and 2 are the consumers, each owning 64 rows of the tile: per k-step, four m64nBNk16
+//   wgmma with A K-major and B MN-major (row-major weights, read with the transpose bit, as attention's V is),
+//   committed as a group; once the next step's group is issued, the previous one is waited for and its stage
+//   released (one arrival per warp), so the tensor cores always have a group queued.
+// - setmaxnreg moves registers from the producer (40) to the consumers (232): a consumer holds BN / 2
+//   accumulators a thread.
+// - The epilogue runs on the accumulators in registers: + bias[col] + Z[row, col], the activation (ReLU or
+//   GELU's tanh form, as cuBLASLt's GELU epilogue), rounded to T and stored two columns a thread. Meanwhile
+//   the producer already fills the stages of the block's next tile.
+// TMA zero-fills what lies past A's and B's edges, so M, N and K need not be multiples of the tile; the
+// epilogue stores only rows < M and columns < N. TMA wants 16-byte aligned bases and row pitches: K and N
+// are multiples of 8, and a run() handed a less aligned pointer goes to a cuBLASLt layer held for that.
+#include "backends/cuda/gemm_sm90.h"
+
+#include <cuda.h>
+#include <cudaTypedefs.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "backends/cuda/device_common.cuh"
+#include "backends/cuda/wgmma_sm90.cuh"
+
+namespace kiln::cuda {
+namespace {
+
+constexpr int kBM = 128;           // tile rows: two consumer warpgroups of 64
+constexpr int kBK = 64;            // k-step: one 128-byte swizzle row of 16-bit elements
+constexpr int kThreads = 384;      // producer + two consumers
+
+enum class Act : int { kNone = 0, kRelu = 1, kGelu = 2 };
+
+struct GemmArgs {
+  int M = 0, N = 0, K = 0;
+  const void* bias = nullptr;  // [N] or null
+  int has_z = 0;               // Z [M, N] is read (through its tensor map)
+  Act act = Act::kNone;
+  int tiles_n = 0, tiles = 0;
+};
+
+template <int BN>
+__host__ __device__ constexpr int stages_for() {
+  return BN == 256 ? 3 : 5;  // 48 or 32 KiB a stage
+}
+template <int BN>
+__host__ __device__ constexpr int stage_bytes() {
+  return (kBM + BN) * kBK * 2;
+}
+// The output tile's staging area: 64 rows x BN a consumer, in boxes of 64 x 64 (8 KiB, 128-byte swizzle).
+template <int BN>
+__host__ __device__ constexpr int staging_bytes() {
+  return 64 * BN * 2;
+}
+template <int BN>
+__host__ __device__ constexpr int smem_bytes() {
+  // + slack to align the ring to the swizzle's 1024 bytes: 209 or 193 KiB of the 227 a block may have.
+  return stages_for<BN>() * stage_bytes<BN>() + 2 * staging_bytes<BN>() + 1024;
+}
+
+#if KILN_HAVE_WGMMA
+using namespace sm90;
+
+__device__ __forceinline__ uint32_t shared_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_expect_tx(uint32_t bar, int bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+// Waits until the barrier's phase of this parity has completed (a fresh barrier counts parity 1 as done).
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  uint32_t done = 0;
+  do {
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  } while (!done);
+}
+// A 2-D tile of the tensor map at element coordinates (c0 innermost, c1) into shared memory at dst.
+__device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map, int c0, int c1, uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1)
+      : "memory");
+}
+
+// The box at (c0, c1) of the tensor map from shared memory at src (an asynchronous bulk group of this thread).
+__device__ __forceinline__ void tma_store_2d(const CUtensorMap* map, int c0, int c1, uint32_t src) {
+  asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%2, %3}], [%1];\n" ::"l"(
+                   reinterpret_cast<uint64_t>(map)),
+               "r"(src), "r"(c0), "r"(c1)
+               : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+// This thread's bulk stores have read their shared memory (it may be written again).
+__device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory"); }
+// This thread's bulk stores are complete.
+__device__ __forceinline__ void bulk_wait_all() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
+// A barrier of one consumer warpgroup's 128 threads (ids 1 and 2; 0 is __syncthreads').
+__device__ __forceinline__ void warpgroup_sync(int id) { asm volatile("bar.sync %0, 128;\n" ::"r"(id) : "memory"); }
+__device__ __forceinline__ uint32_t lds32(uint32_t addr) {
+  uint32_t v;
+  asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(v) : "r"(addr) : "memory");
+  return v;
+}
+__device__ __forceinline__ void sts32(uint32_t addr, uint32_t v) {
+  asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(v) : "memory");
+}
+
+__device__ __forceinline__ float gelu_tanh(float x) {
+  float t;
+  const float u = 0.7978845608f * (x + 0.044715f * x * x * x);
+  asm("tanh.approx.f32 %0, %1;" : "=f"(t) : "f"(u));
+  return 0.5f * x * (1.0f + t);
+}
+
+// Two elements of T packed in 32 bits, and back.
+template <class T>
+__device__ __forceinline__ float2 unpack2(uint32_t v) {
+  if constexpr (std::is_same_v<T, __half>) return __half22float2(*reinterpret_cast<const __half2*>(&v));
+  else return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&v));
+}
+template <class T>
+__device__ __forceinline__ uint32_t pack2(float a, float b) {
+  uint32_t v;
+  if constexpr (std::is_same_v<T, __half>) *reinterpret_cast<__half2*>(&v) = __floats2half2_rn(a, b);
+  else *reinterpret_cast<__nv_bfloat162*>(&v) = __floats2bfloat162_rn(a, b);
+  return v;
+}
+#endif  // KILN_HAVE_WGMMA
+
+template <class T, int BN>
+__global__ void __launch_bounds__(kThreads, 1)
+    gemm_sm90_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
+                     const __grid_constant__ CUtensorMap map_y, const __grid_constant__ CUtensorMap map_z, GemmArgs p) {
+#if KILN_HAVE_WGMMA
+  constexpr int kStages = stages_for<BN>();
+  constexpr int kABytes = kBM * kBK * 2;
+  constexpr int kStageBytes = stage_bytes<BN>();
+  constexpr int kStagingBytes = staging_bytes<BN>();
+  extern __shared__ unsigned char smem_raw[];
+  __shared__ __align__(8) uint64_t full[kStages], empty[kStages], z_full[2];
+  const uint32_t ring = (shared_u32(smem_raw) + 1023) & ~1023u;
+  const int wg = threadIdx.x / 128;
+  const int kblocks = (p.K + kBK - 1) / kBK;
+
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      mbar_init(shared_u32(&full[s]), 1);
+      mbar_init(shared_u32(&empty[s]), 8);  // one arrival per consumer warp releases a stage
+    }
+    mbar_init(shared_u32(&z_full[0]), 1);
+    mbar_init(shared_u32(&z_full[1]), 1);
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+
+  if (wg == 0) {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+    if (threadIdx.x != 0) return;
+    int stage = 0;
+    uint32_t phase = 0;
+    for (int tile = blockIdx.x; tile < p.tiles; tile += gridDim.x) {
+      const int m0 = (tile / p.tiles_n) * kBM, n0 = (tile % p.tiles_n) * BN;
+      for (int kb = 0; kb < kblocks; ++kb) {
+        const uint32_t full_bar = shared_u32(&full[stage]);
+        mbar_wait(shared_u32(&empty[stage]), phase ^ 1);
+        mbar_expect_tx(full_bar, kStageBytes);
+        const uint32_t a = ring + stage * kStageBytes;
+        tma_load_2d(a, &map_a, kb * kBK, m0, full_bar);
+#pragma unroll
+        for (int j = 0; j < BN / 64; ++j) tma_load_2d(a + kABytes + j * (kBK * 128), &map_b, n0 + 64 * j, kb * kBK, full_bar);
+        if (++stage == kStages) stage = 0, phase ^= 1;
+      }
+    }
+    return;
+  }
+
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+  const int consumer = wg - 1;  // rows [64 * consumer, + 64) of the tile
+  const int ct = threadIdx.x % 128, warp = ct / 32, lane = ct % 32;
+  const uint32_t staging = ring + kStages * kStageBytes + consumer * kStagingBytes;
+  const uint32_t z_bar = shared_u32(&z_full[consumer]);
+  int stage = 0;
+  uint32_t phase = 0, z_phase = 0;
+  for (int tile = blockIdx.x; tile < p.tiles; tile += gridDim.x) {
+    const int m0 = (tile / p.tiles_n) * kBM, n0 = (tile % p.tiles_n) * BN;
+    const int my_m0 = m0 + consumer * 64;
+    if (p.has_z && ct == 0) {
+      // Z's tile goes into the staging area while the products run, once the previous tile's store has read it.
+      bulk_wait_read();
+      mbar_expect_tx(z_bar, kStagingBytes);
+#pragma unroll
+      for (int b = 0; b < BN / 64; ++b) tma_load_2d(staging + b * 8192, &map_z, n0 + 64 * b, my_m0, z_bar);
+    }
+    float acc[BN / 2];
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) acc[i] = 0.0f;
+    int held = -1;  // the stage whose product is still in flight
+    for (int kb = 0; kb < kblocks; ++kb) {
+      mbar_wait(shared_u32(&full[stage]), phase);
+      const uint32_t a = ring + stage * kStageBytes;
+      // A: one slab of 128 rows x 128 bytes, this warpgroup's 64 rows from row 64 * consumer, k16 step s at
+      // byte 32 s of each row. B: BN / 64 slabs of 64 k-rows x 128 bytes (LBO apart), 8-row groups 1024
+      // bytes apart (SBO), k16 step s from k-row 16 s.
+      const uint64_t ad = sw128_desc(a + consumer * 64 * 128, 16, 1024);
+      const uint64_t bd = sw128_desc(a + kABytes, kBK * 128, 1024);
+      wgmma_fence();
+#pragma unroll
+      for (int s = 0; s < kBK / 16; ++s)
+        wgmma_ss_tb<T, BN>(acc, desc_advance(ad, s * 32), desc_advance(bd, s * 16 * 128), kb > 0 || s > 0);
+      wgmma_commit();
+      wgmma_wait<1>();
+      if (held >= 0 && lane == 0) mbar_arrive(shared_u32(&empty[held]));
+      held = stage;
+      if (++stage == kStages) stage = 0, phase ^= 1;
+    }
+    wgmma_wait<0>();
+    order_registers(acc);
+    if (held >= 0 && lane == 0) mbar_arrive(shared_u32(&empty[held]));
+
+    // The staging area is free once the previous tile's store has read it (or Z has arrived in it).
+    if (p.has_z) {
+      mbar_wait(z_bar, z_phase);
+      z_phase ^= 1;
+    } else {
+      if (ct == 0) bulk_wait_read();
+      warpgroup_sync(1 + consumer);
+    }
+    // Accumulator layout of m64nN: value 4j + 2h + e of a thread is row 16 warp + lane / 4 + 8 h, column
+    // 8 j + 2 (lane % 4) + e. In the staging area column 8 j is 16-byte chunk j % 8 of box j / 8, stored at
+    // chunk (j % 8) ^ (row % 8) of its row (the 128-byte swizzle): a warp's 32 stores hit 32 banks.
+#pragma unroll
+    for (int j = 0; j < BN / 8; ++j) {
+      const int col = n0 + 8 * j + 2 * (lane % 4);
+      float2 b = make_float2(0.0f, 0.0f);
+      if (p.bias != nullptr && col < p.N) b = unpack2<T>(*reinterpret_cast<const uint32_t*>(static_cast<const T*>(p.bias) + col));
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = warp * 16 + lane / 4 + 8 * h;
+        const uint32_t at = staging + (j / 8) * 8192 + r * 128 + (((j % 8) ^ (r % 8)) * 16) + 4 * (lane % 4);
+        float v0 = acc[4 * j + 2 * h] + b.x, v1 = acc[4 * j + 2 * h + 1] + b.y;
+        if (p.has_z) {
+          const float2 z = unpack2<T>(lds32(at));
+          v0 += z.x, v1 += z.y;
+        }
+        if (p.act == Act::kRelu) v0 = fmaxf(v0, 0.0f), v1 = fmaxf(v1, 0.0f);
+        else if (p.act == Act::kGelu) v0 = gelu_tanh(v0), v1 = gelu_tanh(v1);
+        sts32(at, pack2<T>(v0, v1));
+      }
+    }
+    // The stores are ordinary shared-memory writes that the copy engine reads next.
+    fence_proxy_async();
+    warpgroup_sync(1 + consumer);
+    if (ct == 0) {
+#pragma unroll
+      for (int b = 0; b < BN / 64; ++b) tma_store_2d(&map_y, n0 + 64 * b, my_m0, staging + b * 8192);
+      bulk_commit();
+    }
+  }
+  if (ct == 0) bulk_wait_all();
+#else
+  __trap();
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Host side
+
+PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+  static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* p = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess)
+      p = nullptr;
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(p);
+  }();
+  return fn;
+}
+
+// A row-major [rows, cols] matrix of 16-bit elements, read in boxes of [box_rows, 64] with the 128-byte swizzle.
+Status encode_map(CUtensorMap* map, DType t, const void* base, int64_t rows, int64_t cols, int box_rows) {
+  PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
+  if (encode == nullptr) return Internal("sm90 GEMM: the driver has no cuTensorMapEncodeTiled");
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(cols) * 2};
+  const cuuint32_t box[2] = {64, static_cast<cuuint32_t>(box_rows)};
+  const cuuint32_t elem_strides[2] = {1, 1};
+  const CUresult r = encode(map, t == DType::kBFloat16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+                            2, const_cast<void*>(base), dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                            CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS) return Internal("sm90 GEMM: cuTensorMapEncodeTiled failed (" + std::to_string(r) + ")");
+  return OkStatus();
+}
+
+template <class T, int BN>
+Status launch_gemm(const GemmArgs& args, const void* a, const void* b, void* y, const void* z, DType t, cudaStream_t s) {
+  CUtensorMap map_a, map_b, map_y, map_z;
+  KILN_RETURN_IF_ERROR(encode_map(&map_a, t, a, args.M, args.K, kBM));
+  KILN_RETURN_IF_ERROR(encode_map(&map_b, t, b, args.K, args.N, kBK));
+  KILN_RETURN_IF_ERROR(encode_map(&map_y, t, y, args.M, args.N, 64));
+  if (z != nullptr) KILN_RETURN_IF_ERROR(encode_map(&map_z, t, z, args.M, args.N, 64));
+  else map_z = map_y;  // not read
+  const unsigned grid = capped_grid(args.tiles, 1);
+  gemm_sm90_kernel<T, BN><<<grid, kThreads, smem_bytes<BN>(), s>>>(map_a, map_b, map_y, map_z, args);
+  return launch_status("gemm_sm90_kernel");
+}
+
+template <class T, int BN>
+Status opt_in_smem() {
+  KILN_CUDA_TRY(cudaFuncSetAttribute(gemm_sm90_kernel<T, BN>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes<BN>()));
+  return OkStatus();
+}
+
+const char* kTacticN256 = "cuda.gemm.sm90.n256";
+const char* kTacticN128 = "cuda.gemm.sm90.n128";
+
+// The problem of a MatMul / FusedMatMul node, when it is one this kernel runs ("" in *why otherwise).
+struct Problem {
+  int64_t M = 0, N = 0, K = 0;
+  int bias = -1, z = -1;  // input indices, -1 when absent
+};
+
+bool problem_of(const LayerSpec& spec, MatmulEpilogue epilogue, Problem* pr, std::string* why) {
+  const std::string& op = spec.node->op_type;
+  if (op != "MatMul" && op != "FusedMatMul") return *why = "the sm90 GEMM runs MatMul and kiln.FusedMatMul only", false;
+  if (spec.inputs.size() < 2) return *why = "the sm90 GEMM needs inputs A and B", false;
+  const TensorDesc& a = spec.inputs[0];
+  const TensorDesc& b = spec.inputs[1];
+  if (a.dtype != DType::kFloat16 && a.dtype != DType::kBFloat16)
+    return *why = "the sm90 GEMM runs float16 and bfloat16 only, not " + dtype_name(a.dtype), false;
+  if (!a.has_rank || !b.has_rank || a.shape.size() < 2 || b.shape.size() != 2)
+    return *why = "the sm90 GEMM needs A of rank >= 2 and one [K, N] matrix B", false;
+  pr->K = a.shape.back();
+  pr->N = b.shape[1];
+  pr->M = 1;
+  for (size_t i = 0; i + 1 < a.shape.size(); ++i) pr->M *= a.shape[i];
+  if (pr->K >= 0 && pr->K % 8 != 0) return *why = "the sm90 GEMM needs K to be a multiple of 8", false;
+  if (pr->N >= 0 && pr->N % 8 != 0) return *why = "the sm90 GEMM needs N to be a multiple of 8", false;
+  if (matmul_epilogue_has_bias(epilogue)) pr->bias = 2;
+  if (op == "FusedMatMul" && spec.inputs.size() > 3 && spec.inputs[3].present()) pr->z = 3;
+  return true;
+}
+
+Act act_of(MatmulEpilogue e) {
+  if (e == MatmulEpilogue::kRelu || e == MatmulEpilogue::kBiasRelu) return Act::kRelu;
+  if (e == MatmulEpilogue::kGelu || e == MatmulEpilogue::kBiasGelu) return Act::kGelu;
+  return Act::kNone;
+}
+
+bool aligned_to(const void* p, uintptr_t a) { return reinterpret_cast<uintptr_t>(p) % a == 0; }
+
+class Sm90GemmLayer final : public Layer {
+ public:
+  Sm90GemmLayer(DType t, int bn, GemmArgs args, Problem pr, std::unique_ptr<Layer> fallback)
+      : dtype_(t), bn_(bn), args_(args), pr_(pr), fallback_(std::move(fallback)) {}
+
+  size_t workspace_bytes() const override { return fallback_->workspace_bytes(); }
+
+  Status run(const std::vector<DeviceTensor>& inputs, const std::vector<DeviceTensor>& outputs, void* workspace,
+             const CudaHandles& h) const override {
+    if (args_.tiles == 0) return OkStatus();
+    GemmArgs args = args_;
+    args.bias = pr_.bias >= 0 ? inputs[pr_.bias].data : nullptr;
+    const void* z = pr_.z >= 0 ? inputs[pr_.z].data : nullptr;
+    args.has_z = z != nullptr;
+    void* y = outputs[0].data;
+    const void* a = inputs[0].data;
+    const void* b = inputs[1].data;
+    // The copy engine reads and writes 16-byte aligned bases; the bias is read two elements at a time.
+    if (!aligned_to(a, 16) || !aligned_to(b, 16) || !aligned_to(y, 16) || !aligned_to(z, 16) || !aligned_to(args.bias, 4))
+      return fallback_->run(inputs, outputs, workspace, h);
+    if (dtype_ == DType::kFloat16) {
+      return bn_ == 256 ? launch_gemm<__half, 256>(args, a, b, y, z, dtype_, h.stream)
+                        : launch_gemm<__half, 128>(args, a, b, y, z, dtype_, h.stream);
+    }
+    return bn_ == 256 ? launch_gemm<__nv_bfloat16, 256>(args, a, b, y, z, dtype_, h.stream)
+                      : launch_gemm<__nv_bfloat16, 128>(args, a, b, y, z, dtype_, h.stream);
+  }
+
+ private:
+  DType dtype_;
+  int bn_;
+  GemmArgs args_;
+  Problem pr_;
+  std::unique_ptr<Layer> fallback_;  // cuBLASLt, for operands TMA cannot read
+};
+
+}  // namespace
+
+bool is_sm90_gemm_tactic(const std::string& tactic) { return tactic == kTacticN256 || tactic == kTacticN128; }
+
+bool sm90_gemm_available() { return device_is_sm90() && tensor_map_encoder() != nullptr; }
+
+std::vector<std::string> sm90_gemm_tactics(const LayerSpec& spec) {
+  if (!sm90_gemm_available()) return {};
+  Problem pr;
+  std::string why;
+  // The epilogue does not change what the kernel can take: kNone stands for every one here.
+  if (!problem_of(spec, MatmulEpilogue::kNone, &pr, &why)) return {};
+  return {kTacticN256, kTacticN128};
+}
+
+Result<std::unique_ptr<Layer>> create_sm90_gemm_layer(const LayerSpec& spec, MatmulEpilogue epilogue,
+                                                      const std::string& tactic, const CudaHandles& h) {
+  if (!is_sm90_gemm_tactic(tactic)) return Unsupported("sm90 GEMM: unknown tactic '" + tactic + "'");
+  if (!sm90_gemm_available()) return Unsupported(tactic + " needs a GPU of compute capability 9.0");
+  Problem pr;
+  std::string why;
+  if (!problem_of(spec, epilogue, &pr, &why)) return Unsupported(why);
+  for (const TensorDesc& t : spec.inputs)
+    if (t.present() && !t.is_static()) return InvalidArgument("CUDA " + spec.node->op_type + " '" + spec.node->name + "': an input has no concrete shape");
+  if (pr.M > INT32_MAX || pr.N > INT32_MAX || pr.K > INT32_MAX)
+    return Unsupported(tactic + ": a dimension of the product is 2^31 or more");
+  // The cuBLASLt layer checks the rest of the node (shapes of bias, Z, output) and serves misaligned operands.
+  KILN_ASSIGN_OR_RETURN(auto fallback, create_matmul_layer(spec, epilogue, "cuda.cublaslt.h0", h));
+  if (pr.K == 0) return std::unique_ptr<Layer>(std::move(fallback));  // no products: cuBLASLt's prefill writes act(bias + Z)
+  const int bn = tactic == kTacticN256 ? 256 : 128;
+  GemmArgs args;
+  args.M = static_cast<int>(pr.M);
+  args.N = static_cast<int>(pr.N);
+  args.K = static_cast<int>(pr.K);
+  args.act = act_of(epilogue);
+  args.tiles_n = static_cast<int>(ceil_div(pr.N, int64_t{bn}));
+  const int64_t tiles = ceil_div(pr.M, int64_t{kBM}) * args.tiles_n;
+  if (tiles > INT32_MAX) return Unsupported(tactic + ": too many tiles");
+  args.tiles = static_cast<int>(tiles);
+  const DType t = spec.inputs[0].dtype;
+  const Status opt_in = t == DType::kFloat16 ? (bn == 256 ? opt_in_smem<__half, 256>() : opt_in_smem<__half, 128>())
+                                             : (bn == 256 ? opt_in_smem<__nv_bfloat16, 256>() : opt_in_smem<__nv_bfloat16, 128>());
+  KILN_RETURN_IF_ERROR(opt_in);
+  return std::unique_ptr<Layer>(new Sm90GemmLayer(t, bn, args, pr, std::move(fallback)));
+}
+
+}  // namespace kiln::cuda

@@ -1,0 +1,24 @@
+// Kiln's own Hopper GEMM for MatMul and kiln.FusedMatMul (gemm_sm90.cu): the tactics "cuda.gemm.sm90.n256"
+// and "cuda.gemm.sm90.n128", timed by the builder beside cuBLASLt's (matmul.cc lists both).
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backends/cuda/layer.h"
+#include "backends/cuda/matmul.h"
+
+namespace kiln::cuda {
+
+// The tactics that can run this node as described ("" problems excluded: float32, a Gemm, a batched B, a K or
+// N that is not a multiple of 8); empty off compute capability 9.0.
+std::vector<std::string> sm90_gemm_tactics(const LayerSpec& spec);
+bool is_sm90_gemm_tactic(const std::string& tactic);
+// Whether this device runs the kernel (compute capability 9.0, and a driver that encodes tensor maps).
+bool sm90_gemm_available();
+// The layer for one of those tactics; Unsupported when the problem is not one it runs.
+Result<std::unique_ptr<Layer>> create_sm90_gemm_layer(const LayerSpec& spec, MatmulEpilogue epilogue,
+                                                      const std::string& tactic, const CudaHandles& h);
+
+}  // namespace kiln::cuda
