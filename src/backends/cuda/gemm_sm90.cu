@@ -1,26 +1,29 @@
-// Kiln's Hopper GEMM (tactics "cuda.gemm.sm90.n256" and "cuda.gemm.sm90.n128"): Y[M, N] = act(A[M, K] B[K, N]
-// + bias + Z), float16 or bfloat16 with float32 accumulators, for MatMul and kiln.FusedMatMul whose B is one
-// [K, N] matrix (BERT's and GPT's projections: A's batch dims fold into M).
+// Kiln's Hopper GEMM (tactic "cuda.gemm.sm90"): Y[M, N] = act(A[M, K] B[K, N] + bias + Z), float16 or
+// bfloat16 with float32 accumulators, for MatMul and kiln.FusedMatMul whose B is one [K, N] matrix (BERT's
+// and GPT's projections: A's batch dims fold into M).
 //
-// A warp-specialized, persistent kernel, the structure Hopper's tensor cores need to run near their rate:
-// - One block an SM loops over output tiles of 128 x BN (row-major order of tiles, N fastest, so the blocks
-//   running at once share A's rows through L2; B, the weights, stays in L2).
+// A warp-specialized, persistent "ping-pong" kernel, the structure Hopper's tensor cores need to run near
+// their rate when the epilogue is not small beside the products (BERT's K = 768):
+// - One block an SM takes every gridDim.x-th output tile of 128 x 128 (tiles in row-major order, N fastest,
+//   so the blocks running at once share A's rows through L2; B, the weights, stays in L2).
 // - Warpgroup 0 is the producer: one thread issues the bulk tensor copies (TMA) of each k-step's A tile
-//   [128 x 64] and B tile [64 x BN] into a ring of STAGES shared-memory stages, each completing on the
-//   stage's `full` mbarrier with the bytes it carries; it waits on the stage's `empty` mbarrier before
-//   overwriting it. The copies land in the 128-byte swizzled layout wgmma reads (the tensor map's swizzle).
-// - Warpgroups 1 and 2 are the consumers, each owning 64 rows of the tile: per k-step, four m64nBNk16
-//   wgmma with A K-major and B MN-major (row-major weights, read with the transpose bit, as attention's V is),
-//   committed as a group; once the next step's group is issued, the previous one is waited for and its stage
-//   released (one arrival per warp), so the tensor cores always have a group queued.
-// - setmaxnreg moves registers from the producer (40) to the consumers (232): a consumer holds BN / 2
-//   accumulators a thread.
-// - The epilogue runs on the accumulators in registers: + bias[col] + Z[row, col], the activation (ReLU or
-//   GELU's tanh form, as cuBLASLt's GELU epilogue), rounded to T and stored two columns a thread. Meanwhile
-//   the producer already fills the stages of the block's next tile.
-// TMA zero-fills what lies past A's and B's edges, so M, N and K need not be multiples of the tile; the
-// epilogue stores only rows < M and columns < N. TMA wants 16-byte aligned bases and row pitches: K and N
-// are multiples of 8, and a run() handed a less aligned pointer goes to a cuBLASLt layer held for that.
+//   [128 x 64] and B tile [64 x 128] into a ring of kStages shared-memory stages, tile after tile, each
+//   completing on the stage's `full` mbarrier with the bytes it carries; it waits on the stage's `empty`
+//   mbarrier before overwriting it. The copies land in the 128-byte swizzled layout wgmma reads.
+// - Warpgroups 1 and 2 are the consumers, taking the block's tiles in turn (0, 2, 4, ... and 1, 3, 5, ...):
+//   while one runs its tile's products the other runs its epilogue, so the tensor cores wait for neither.
+//   Per k-step, 2 x 4 m64n128k16 wgmma (two row halves) with A K-major and B MN-major (row-major weights,
+//   read with the transpose bit, as attention's V is), committed as a group; once the next step's group is
+//   issued, the previous one is waited for and its stage released (one arrival per warp).
+// - setmaxnreg moves registers from the producer (40) to the consumers (232): a consumer holds the whole
+//   tile's 128 x 128 float accumulators, 128 a thread.
+// - The epilogue: + bias[col] + Z[row, col] (Z's tile brought into the consumer's staging area by TMA while
+//   the products run), the activation (ReLU, or GELU's tanh form as cuBLASLt's GELU epilogue), rounded to T
+//   into the staging area (swizzled like the operands: a warp's stores hit 32 banks), which one thread then
+//   stores with TMA, asynchronously: the staging area is written again only once that store has read it.
+// TMA zero-fills what lies past A's, B's and Z's edges and clips the stores to Y's, so M, N and K need not be
+// multiples of the tile. TMA wants 16-byte aligned bases and row pitches: K and N are multiples of 8, and a
+// run() handed a less aligned pointer goes to a cuBLASLt layer held for that.
 #include "backends/cuda/gemm_sm90.h"
 
 #include <cuda.h>
@@ -40,9 +43,16 @@
 namespace kiln::cuda {
 namespace {
 
-constexpr int kBM = 128;           // tile rows: two consumer warpgroups of 64
-constexpr int kBK = 64;            // k-step: one 128-byte swizzle row of 16-bit elements
-constexpr int kThreads = 384;      // producer + two consumers
+constexpr int kBM = 128;        // tile rows: two m64 halves
+constexpr int kBN = 128;        // tile columns
+constexpr int kBK = 64;         // k-step: one 128-byte swizzle row of 16-bit elements
+constexpr int kThreads = 384;   // producer + two consumers
+constexpr int kStages = 5;
+constexpr int kABytes = kBM * kBK * 2;                 // 16 KiB
+constexpr int kStageBytes = kABytes + kBN * kBK * 2;   // 32 KiB
+constexpr int kStagingBytes = kBM * kBN * 2;           // a consumer's output tile: two boxes of 128 x 64
+// + slack to align the ring to the swizzle's 1024 bytes: 225 KiB of the 227 a block may have.
+constexpr int kSmemBytes = kStages * kStageBytes + 2 * kStagingBytes + 1024;
 
 enum class Act : int { kNone = 0, kRelu = 1, kGelu = 2 };
 
@@ -53,25 +63,6 @@ struct GemmArgs {
   Act act = Act::kNone;
   int tiles_n = 0, tiles = 0;
 };
-
-template <int BN>
-__host__ __device__ constexpr int stages_for() {
-  return BN == 256 ? 3 : 5;  // 48 or 32 KiB a stage
-}
-template <int BN>
-__host__ __device__ constexpr int stage_bytes() {
-  return (kBM + BN) * kBK * 2;
-}
-// The output tile's staging area: 64 rows x BN a consumer, in boxes of 64 x 64 (8 KiB, 128-byte swizzle).
-template <int BN>
-__host__ __device__ constexpr int staging_bytes() {
-  return 64 * BN * 2;
-}
-template <int BN>
-__host__ __device__ constexpr int smem_bytes() {
-  // + slack to align the ring to the swizzle's 1024 bytes: 209 or 193 KiB of the 227 a block may have.
-  return stages_for<BN>() * stage_bytes<BN>() + 2 * staging_bytes<BN>() + 1024;
-}
 
 #if KILN_HAVE_WGMMA
 using namespace sm90;
@@ -152,17 +143,13 @@ __device__ __forceinline__ uint32_t pack2(float a, float b) {
 }
 #endif  // KILN_HAVE_WGMMA
 
-template <class T, int BN>
+template <class T>
 __global__ void __launch_bounds__(kThreads, 1)
     gemm_sm90_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
                      const __grid_constant__ CUtensorMap map_y, const __grid_constant__ CUtensorMap map_z, GemmArgs p) {
 #if KILN_HAVE_WGMMA
-  constexpr int kStages = stages_for<BN>();
-  constexpr int kABytes = kBM * kBK * 2;
-  constexpr int kStageBytes = stage_bytes<BN>();
-  constexpr int kStagingBytes = staging_bytes<BN>();
   extern __shared__ unsigned char smem_raw[];
-  __shared__ __align__(8) uint64_t full[kStages], empty[kStages], z_full[2];
+  __shared__ __align__(8) uint64_t full[kStages], empty[kStages], z_full[2], turn[2];
   const uint32_t ring = (shared_u32(smem_raw) + 1023) & ~1023u;
   const int wg = threadIdx.x / 128;
   const int kblocks = (p.K + kBK - 1) / kBK;
@@ -170,29 +157,32 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (threadIdx.x == 0) {
     for (int s = 0; s < kStages; ++s) {
       mbar_init(shared_u32(&full[s]), 1);
-      mbar_init(shared_u32(&empty[s]), 8);  // one arrival per consumer warp releases a stage
+      mbar_init(shared_u32(&empty[s]), 4);  // one arrival per warp of the consumer that read it
     }
-    mbar_init(shared_u32(&z_full[0]), 1);
-    mbar_init(shared_u32(&z_full[1]), 1);
+    for (int c = 0; c < 2; ++c) {
+      mbar_init(shared_u32(&z_full[c]), 1);
+      mbar_init(shared_u32(&turn[c]), 128);  // the other consumer's threads, done issuing a tile's products
+    }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   __syncthreads();
 
+  // The block's q-th tile is blockIdx.x + q gridDim.x; its k-step kb is the ring's (q kblocks + kb)-th fill.
   if (wg == 0) {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
     if (threadIdx.x != 0) return;
     int stage = 0;
     uint32_t phase = 0;
     for (int tile = blockIdx.x; tile < p.tiles; tile += gridDim.x) {
-      const int m0 = (tile / p.tiles_n) * kBM, n0 = (tile % p.tiles_n) * BN;
+      const int m0 = (tile / p.tiles_n) * kBM, n0 = (tile % p.tiles_n) * kBN;
       for (int kb = 0; kb < kblocks; ++kb) {
         const uint32_t full_bar = shared_u32(&full[stage]);
         mbar_wait(shared_u32(&empty[stage]), phase ^ 1);
         mbar_expect_tx(full_bar, kStageBytes);
         const uint32_t a = ring + stage * kStageBytes;
         tma_load_2d(a, &map_a, kb * kBK, m0, full_bar);
-#pragma unroll
-        for (int j = 0; j < BN / 64; ++j) tma_load_2d(a + kABytes + j * (kBK * 128), &map_b, n0 + 64 * j, kb * kBK, full_bar);
+        tma_load_2d(a + kABytes, &map_b, n0, kb * kBK, full_bar);
+        tma_load_2d(a + kABytes + kBK * 128, &map_b, n0 + 64, kb * kBK, full_bar);
         if (++stage == kStages) stage = 0, phase ^= 1;
       }
     }
@@ -200,46 +190,61 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
 
   asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
-  const int consumer = wg - 1;  // rows [64 * consumer, + 64) of the tile
+  const int consumer = wg - 1;
   const int ct = threadIdx.x % 128, warp = ct / 32, lane = ct % 32;
   const uint32_t staging = ring + kStages * kStageBytes + consumer * kStagingBytes;
   const uint32_t z_bar = shared_u32(&z_full[consumer]);
-  int stage = 0;
-  uint32_t phase = 0, z_phase = 0;
-  for (int tile = blockIdx.x; tile < p.tiles; tile += gridDim.x) {
-    const int m0 = (tile / p.tiles_n) * kBM, n0 = (tile % p.tiles_n) * BN;
-    const int my_m0 = m0 + consumer * 64;
+  uint32_t z_phase = 0;
+  // The consumers' main loops take turns, tile after tile: consumer c waits on turn[c] until the other has
+  // issued its previous tile's products. Besides keeping the tensor cores on one tile at a time, this keeps
+  // each consumer's waits on the ring within one round of it, which the parity waits need: unchecked, the
+  // second consumer would wait for its first fill's parity while the ring was a full round short of it, and
+  // pass on the previous round's completion.
+  uint32_t turn_phase = 0;
+  for (int q = consumer;; q += 2) {
+    const int tile = blockIdx.x + q * gridDim.x;
+    if (tile >= p.tiles) break;
+    const int m0 = (tile / p.tiles_n) * kBM, n0 = (tile % p.tiles_n) * kBN;
     if (p.has_z && ct == 0) {
       // Z's tile goes into the staging area while the products run, once the previous tile's store has read it.
       bulk_wait_read();
       mbar_expect_tx(z_bar, kStagingBytes);
-#pragma unroll
-      for (int b = 0; b < BN / 64; ++b) tma_load_2d(staging + b * 8192, &map_z, n0 + 64 * b, my_m0, z_bar);
+      tma_load_2d(staging, &map_z, n0, m0, z_bar);
+      tma_load_2d(staging + kStagingBytes / 2, &map_z, n0 + 64, m0, z_bar);
     }
-    float acc[BN / 2];
+    float acc[2][kBN / 2];  // the two m64 row halves
 #pragma unroll
-    for (int i = 0; i < BN / 2; ++i) acc[i] = 0.0f;
-    int held = -1;  // the stage whose product is still in flight
+    for (int i = 0; i < kBN / 2; ++i) acc[0][i] = acc[1][i] = 0.0f;
+    int held = -1;  // the stage whose products are still in flight
+    if (q > 0) {
+      mbar_wait(shared_u32(&turn[consumer]), turn_phase);
+      turn_phase ^= 1;
+    }
     for (int kb = 0; kb < kblocks; ++kb) {
-      mbar_wait(shared_u32(&full[stage]), phase);
+      const int fill = q * kblocks + kb;
+      const int stage = fill % kStages;
+      mbar_wait(shared_u32(&full[stage]), (fill / kStages) & 1);
       const uint32_t a = ring + stage * kStageBytes;
-      // A: one slab of 128 rows x 128 bytes, this warpgroup's 64 rows from row 64 * consumer, k16 step s at
-      // byte 32 s of each row. B: BN / 64 slabs of 64 k-rows x 128 bytes (LBO apart), 8-row groups 1024
-      // bytes apart (SBO), k16 step s from k-row 16 s.
-      const uint64_t ad = sw128_desc(a + consumer * 64 * 128, 16, 1024);
+      // A: one slab of 128 rows x 128 bytes, half h from row 64 h, k16 step s at byte 32 s of each row.
+      // B: two slabs of 64 k-rows x 128 bytes (LBO apart), 8-row groups 1024 bytes apart (SBO), k16 step s
+      // from k-row 16 s.
+      const uint64_t a0 = sw128_desc(a, 16, 1024), a1 = sw128_desc(a + 64 * 128, 16, 1024);
       const uint64_t bd = sw128_desc(a + kABytes, kBK * 128, 1024);
       wgmma_fence();
 #pragma unroll
-      for (int s = 0; s < kBK / 16; ++s)
-        wgmma_ss_tb<T, BN>(acc, desc_advance(ad, s * 32), desc_advance(bd, s * 16 * 128), kb > 0 || s > 0);
+      for (int s = 0; s < kBK / 16; ++s) {
+        wgmma_ss_tb<T, kBN>(acc[0], desc_advance(a0, s * 32), desc_advance(bd, s * 16 * 128), kb > 0 || s > 0);
+        wgmma_ss_tb<T, kBN>(acc[1], desc_advance(a1, s * 32), desc_advance(bd, s * 16 * 128), kb > 0 || s > 0);
+      }
       wgmma_commit();
       wgmma_wait<1>();
       if (held >= 0 && lane == 0) mbar_arrive(shared_u32(&empty[held]));
       held = stage;
-      if (++stage == kStages) stage = 0, phase ^= 1;
     }
+    mbar_arrive(shared_u32(&turn[1 - consumer]));
     wgmma_wait<0>();
-    order_registers(acc);
+    order_registers(acc[0]);
+    order_registers(acc[1]);
     if (held >= 0 && lane == 0) mbar_arrive(shared_u32(&empty[held]));
 
     // The staging area is free once the previous tile's store has read it (or Z has arrived in it).
@@ -250,34 +255,37 @@ __global__ void __launch_bounds__(kThreads, 1)
       if (ct == 0) bulk_wait_read();
       warpgroup_sync(1 + consumer);
     }
-    // Accumulator layout of m64nN: value 4j + 2h + e of a thread is row 16 warp + lane / 4 + 8 h, column
-    // 8 j + 2 (lane % 4) + e. In the staging area column 8 j is 16-byte chunk j % 8 of box j / 8, stored at
-    // chunk (j % 8) ^ (row % 8) of its row (the 128-byte swizzle): a warp's 32 stores hit 32 banks.
+    // Accumulator layout of m64nN: value 4j + 2h + e of a thread is row 16 warp + lane / 4 + 8 h of its
+    // half, column 8 j + 2 (lane % 4) + e. In the staging area column 8 j is 16-byte chunk j % 8 of box
+    // j / 8 (128 rows x 128 bytes each), stored at chunk (j % 8) ^ (row % 8) of its row (the 128-byte
+    // swizzle): a warp's 32 stores hit 32 banks.
 #pragma unroll
-    for (int j = 0; j < BN / 8; ++j) {
+    for (int j = 0; j < kBN / 8; ++j) {
       const int col = n0 + 8 * j + 2 * (lane % 4);
       float2 b = make_float2(0.0f, 0.0f);
       if (p.bias != nullptr && col < p.N) b = unpack2<T>(*reinterpret_cast<const uint32_t*>(static_cast<const T*>(p.bias) + col));
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int r = warp * 16 + lane / 4 + 8 * h;
-        const uint32_t at = staging + (j / 8) * 8192 + r * 128 + (((j % 8) ^ (r % 8)) * 16) + 4 * (lane % 4);
-        float v0 = acc[4 * j + 2 * h] + b.x, v1 = acc[4 * j + 2 * h + 1] + b.y;
-        if (p.has_z) {
-          const float2 z = unpack2<T>(lds32(at));
-          v0 += z.x, v1 += z.y;
+      for (int half = 0; half < 2; ++half)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int r = 64 * half + warp * 16 + lane / 4 + 8 * h;
+          const uint32_t at = staging + (j / 8) * (kStagingBytes / 2) + r * 128 + (((j % 8) ^ (r % 8)) * 16) + 4 * (lane % 4);
+          float v0 = acc[half][4 * j + 2 * h] + b.x, v1 = acc[half][4 * j + 2 * h + 1] + b.y;
+          if (p.has_z) {
+            const float2 z = unpack2<T>(lds32(at));
+            v0 += z.x, v1 += z.y;
+          }
+          if (p.act == Act::kRelu) v0 = fmaxf(v0, 0.0f), v1 = fmaxf(v1, 0.0f);
+          else if (p.act == Act::kGelu) v0 = gelu_tanh(v0), v1 = gelu_tanh(v1);
+          sts32(at, pack2<T>(v0, v1));
         }
-        if (p.act == Act::kRelu) v0 = fmaxf(v0, 0.0f), v1 = fmaxf(v1, 0.0f);
-        else if (p.act == Act::kGelu) v0 = gelu_tanh(v0), v1 = gelu_tanh(v1);
-        sts32(at, pack2<T>(v0, v1));
-      }
     }
     // The stores are ordinary shared-memory writes that the copy engine reads next.
     fence_proxy_async();
     warpgroup_sync(1 + consumer);
     if (ct == 0) {
-#pragma unroll
-      for (int b = 0; b < BN / 64; ++b) tma_store_2d(&map_y, n0 + 64 * b, my_m0, staging + b * 8192);
+      tma_store_2d(&map_y, n0, m0, staging);
+      tma_store_2d(&map_y, n0 + 64, m0, staging + kStagingBytes / 2);
       bulk_commit();
     }
   }
@@ -318,27 +326,26 @@ Status encode_map(CUtensorMap* map, DType t, const void* base, int64_t rows, int
   return OkStatus();
 }
 
-template <class T, int BN>
+template <class T>
 Status launch_gemm(const GemmArgs& args, const void* a, const void* b, void* y, const void* z, DType t, cudaStream_t s) {
   CUtensorMap map_a, map_b, map_y, map_z;
   KILN_RETURN_IF_ERROR(encode_map(&map_a, t, a, args.M, args.K, kBM));
   KILN_RETURN_IF_ERROR(encode_map(&map_b, t, b, args.K, args.N, kBK));
-  KILN_RETURN_IF_ERROR(encode_map(&map_y, t, y, args.M, args.N, 64));
-  if (z != nullptr) KILN_RETURN_IF_ERROR(encode_map(&map_z, t, z, args.M, args.N, 64));
+  KILN_RETURN_IF_ERROR(encode_map(&map_y, t, y, args.M, args.N, kBM));
+  if (z != nullptr) KILN_RETURN_IF_ERROR(encode_map(&map_z, t, z, args.M, args.N, kBM));
   else map_z = map_y;  // not read
   const unsigned grid = capped_grid(args.tiles, 1);
-  gemm_sm90_kernel<T, BN><<<grid, kThreads, smem_bytes<BN>(), s>>>(map_a, map_b, map_y, map_z, args);
+  gemm_sm90_kernel<T><<<grid, kThreads, kSmemBytes, s>>>(map_a, map_b, map_y, map_z, args);
   return launch_status("gemm_sm90_kernel");
 }
 
-template <class T, int BN>
+template <class T>
 Status opt_in_smem() {
-  KILN_CUDA_TRY(cudaFuncSetAttribute(gemm_sm90_kernel<T, BN>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes<BN>()));
+  KILN_CUDA_TRY(cudaFuncSetAttribute(gemm_sm90_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
   return OkStatus();
 }
 
-const char* kTacticN256 = "cuda.gemm.sm90.n256";
-const char* kTacticN128 = "cuda.gemm.sm90.n128";
+const char* kTactic = "cuda.gemm.sm90";
 
 // The problem of a MatMul / FusedMatMul node, when it is one this kernel runs ("" in *why otherwise).
 struct Problem {
@@ -377,8 +384,8 @@ bool aligned_to(const void* p, uintptr_t a) { return reinterpret_cast<uintptr_t>
 
 class Sm90GemmLayer final : public Layer {
  public:
-  Sm90GemmLayer(DType t, int bn, GemmArgs args, Problem pr, std::unique_ptr<Layer> fallback)
-      : dtype_(t), bn_(bn), args_(args), pr_(pr), fallback_(std::move(fallback)) {}
+  Sm90GemmLayer(DType t, GemmArgs args, Problem pr, std::unique_ptr<Layer> fallback)
+      : dtype_(t), args_(args), pr_(pr), fallback_(std::move(fallback)) {}
 
   size_t workspace_bytes() const override { return fallback_->workspace_bytes(); }
 
@@ -395,17 +402,12 @@ class Sm90GemmLayer final : public Layer {
     // The copy engine reads and writes 16-byte aligned bases; the bias is read two elements at a time.
     if (!aligned_to(a, 16) || !aligned_to(b, 16) || !aligned_to(y, 16) || !aligned_to(z, 16) || !aligned_to(args.bias, 4))
       return fallback_->run(inputs, outputs, workspace, h);
-    if (dtype_ == DType::kFloat16) {
-      return bn_ == 256 ? launch_gemm<__half, 256>(args, a, b, y, z, dtype_, h.stream)
-                        : launch_gemm<__half, 128>(args, a, b, y, z, dtype_, h.stream);
-    }
-    return bn_ == 256 ? launch_gemm<__nv_bfloat16, 256>(args, a, b, y, z, dtype_, h.stream)
-                      : launch_gemm<__nv_bfloat16, 128>(args, a, b, y, z, dtype_, h.stream);
+    if (dtype_ == DType::kFloat16) return launch_gemm<__half>(args, a, b, y, z, dtype_, h.stream);
+    return launch_gemm<__nv_bfloat16>(args, a, b, y, z, dtype_, h.stream);
   }
 
  private:
   DType dtype_;
-  int bn_;
   GemmArgs args_;
   Problem pr_;
   std::unique_ptr<Layer> fallback_;  // cuBLASLt, for operands TMA cannot read
@@ -413,7 +415,7 @@ class Sm90GemmLayer final : public Layer {
 
 }  // namespace
 
-bool is_sm90_gemm_tactic(const std::string& tactic) { return tactic == kTacticN256 || tactic == kTacticN128; }
+bool is_sm90_gemm_tactic(const std::string& tactic) { return tactic == kTactic; }
 
 bool sm90_gemm_available() { return device_is_sm90() && tensor_map_encoder() != nullptr; }
 
@@ -423,7 +425,7 @@ std::vector<std::string> sm90_gemm_tactics(const LayerSpec& spec) {
   std::string why;
   // The epilogue does not change what the kernel can take: kNone stands for every one here.
   if (!problem_of(spec, MatmulEpilogue::kNone, &pr, &why)) return {};
-  return {kTacticN256, kTacticN128};
+  return {kTactic};
 }
 
 Result<std::unique_ptr<Layer>> create_sm90_gemm_layer(const LayerSpec& spec, MatmulEpilogue epilogue,
@@ -440,21 +442,18 @@ Result<std::unique_ptr<Layer>> create_sm90_gemm_layer(const LayerSpec& spec, Mat
   // The cuBLASLt layer checks the rest of the node (shapes of bias, Z, output) and serves misaligned operands.
   KILN_ASSIGN_OR_RETURN(auto fallback, create_matmul_layer(spec, epilogue, "cuda.cublaslt.h0", h));
   if (pr.K == 0) return std::unique_ptr<Layer>(std::move(fallback));  // no products: cuBLASLt's prefill writes act(bias + Z)
-  const int bn = tactic == kTacticN256 ? 256 : 128;
   GemmArgs args;
   args.M = static_cast<int>(pr.M);
   args.N = static_cast<int>(pr.N);
   args.K = static_cast<int>(pr.K);
   args.act = act_of(epilogue);
-  args.tiles_n = static_cast<int>(ceil_div(pr.N, int64_t{bn}));
+  args.tiles_n = static_cast<int>(ceil_div(pr.N, int64_t{kBN}));
   const int64_t tiles = ceil_div(pr.M, int64_t{kBM}) * args.tiles_n;
   if (tiles > INT32_MAX) return Unsupported(tactic + ": too many tiles");
   args.tiles = static_cast<int>(tiles);
   const DType t = spec.inputs[0].dtype;
-  const Status opt_in = t == DType::kFloat16 ? (bn == 256 ? opt_in_smem<__half, 256>() : opt_in_smem<__half, 128>())
-                                             : (bn == 256 ? opt_in_smem<__nv_bfloat16, 256>() : opt_in_smem<__nv_bfloat16, 128>());
-  KILN_RETURN_IF_ERROR(opt_in);
-  return std::unique_ptr<Layer>(new Sm90GemmLayer(t, bn, args, pr, std::move(fallback)));
+  KILN_RETURN_IF_ERROR(t == DType::kFloat16 ? opt_in_smem<__half>() : opt_in_smem<__nv_bfloat16>());
+  return std::unique_ptr<Layer>(new Sm90GemmLayer(t, args, pr, std::move(fallback)));
 }
 
 }  // namespace kiln::cuda

@@ -1,5 +1,5 @@
-// Kiln's own Hopper GEMM for MatMul and kiln.FusedMatMul (gemm_sm90.cu): the tactics "cuda.gemm.sm90.n256"
-// and "cuda.gemm.sm90.n128", timed by the builder beside cuBLASLt's (matmul.cc lists both).
+// Kiln's own Hopper GEMM for MatMul and kiln.FusedMatMul (gemm_sm90.cu): the tactic "cuda.gemm.sm90", timed by
+// the builder beside cuBLASLt's (matmul.cc lists both).
 #pragma once
 
 #include <memory>
@@ -11,7 +11,7 @@
 
 namespace kiln::cuda {
 
-// The tactics that can run this node as described ("" problems excluded: float32, a Gemm, a batched B, a K or
+// The tactics that can run this node as described (none for problems it does not take: float32, a Gemm, a batched B, a K or
 // N that is not a multiple of 8); empty off compute capability 9.0.
 std::vector<std::string> sm90_gemm_tactics(const LayerSpec& spec);
 bool is_sm90_gemm_tactic(const std::string& tactic);
