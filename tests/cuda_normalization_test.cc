@@ -171,6 +171,10 @@ TEST(CudaNormalization, LayerNormParameterInputsAndManyLongRows) {
     expect_layer_matches_reference(layer_norm_case({3, 768}, -1, p, true, /*constant=*/false));  // prefetched
     expect_layer_matches_reference(layer_norm_case({140, 5000}, -1, p, true, /*constant=*/false));
     expect_layer_matches_reference(layer_norm_case({130, 16384}, -1, p, false, /*constant=*/true));
+    // Thousands of rows of 768 (BERT's at batch 128 is 16384): the persistent kernel, the next row's loads
+    // in flight; 744 leaves some lanes' last vector out of the row.
+    expect_layer_matches_reference(layer_norm_case({3, 1500, 768}, -1, p, true, /*constant=*/true));
+    expect_layer_matches_reference(layer_norm_case({4321, 744}, -1, p, true, /*constant=*/false));
   }
 }
 
@@ -203,8 +207,8 @@ TEST(CudaNormalization, LayerNormMeanAndInvStdDevOutputs) {
     Shape x;
     int64_t axis;
   };
-  const std::vector<Case> cases = {{{3, 7}, -1}, {{2, 3, 768}, -1}, {{2, 5, 4, 3}, 1}, {{9, 2000}, -1},
-                                   {{3, 5000}, -1}, {{2, 20000}, 1}, {{5}, 0}};
+  const std::vector<Case> cases = {{{3, 7}, -1},    {{2, 3, 768}, -1}, {{4500, 768}, -1}, {{2, 5, 4, 3}, 1},
+                                   {{9, 2000}, -1}, {{3, 5000}, -1},   {{2, 20000}, 1},    {{5}, 0}};
   for (DType p : kPrecisions)
     for (const Case& c : cases)
       for (size_t outputs : {2, 3}) {

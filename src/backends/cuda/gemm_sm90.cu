@@ -24,6 +24,8 @@
 // TMA zero-fills what lies past A's, B's and Z's edges and clips the stores to Y's, so M, N and K need not be
 // multiples of the tile. TMA wants 16-byte aligned bases and row pitches: K and N are multiples of 8, and a
 // run() handed a less aligned pointer goes to a cuBLASLt layer held for that.
+// Tried and not kept (branch gemm-cluster-experiment): clusters of two blocks sharing B's tile by TMA
+// multicast, correct but 1.8x slower on BERT's GEMMs (bench/results/gemm_sm90_sweep_2026-11-25c.json).
 #include "backends/cuda/gemm_sm90.h"
 
 #include <cuda.h>
@@ -269,7 +271,8 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           const int r = 64 * half + warp * 16 + lane / 4 + 8 * h;
-          const uint32_t at = staging + (j / 8) * (kStagingBytes / 2) + r * 128 + (((j % 8) ^ (r % 8)) * 16) + 4 * (lane % 4);
+          const uint32_t at =
+              staging + (j / 8) * (kStagingBytes / 2) + r * 128 + (((j % 8) ^ (r % 8)) * 16) + 4 * (lane % 4);
           float v0 = acc[half][4 * j + 2 * h] + b.x, v1 = acc[half][4 * j + 2 * h + 1] + b.y;
           if (p.has_z) {
             const float2 z = unpack2<T>(lds32(at));
@@ -380,8 +383,6 @@ Act act_of(MatmulEpilogue e) {
   return Act::kNone;
 }
 
-bool aligned_to(const void* p, uintptr_t a) { return reinterpret_cast<uintptr_t>(p) % a == 0; }
-
 class Sm90GemmLayer final : public Layer {
  public:
   Sm90GemmLayer(DType t, GemmArgs args, Problem pr, std::unique_ptr<Layer> fallback)
@@ -400,7 +401,8 @@ class Sm90GemmLayer final : public Layer {
     const void* a = inputs[0].data;
     const void* b = inputs[1].data;
     // The copy engine reads and writes 16-byte aligned bases; the bias is read two elements at a time.
-    if (!aligned_to(a, 16) || !aligned_to(b, 16) || !aligned_to(y, 16) || !aligned_to(z, 16) || !aligned_to(args.bias, 4))
+    if (!aligned_to(a, 16) || !aligned_to(b, 16) || !aligned_to(y, 16) || !aligned_to(z, 16) ||
+        !aligned_to(args.bias, 4))
       return fallback_->run(inputs, outputs, workspace, h);
     if (dtype_ == DType::kFloat16) return launch_gemm<__half>(args, a, b, y, z, dtype_, h.stream);
     return launch_gemm<__nv_bfloat16>(args, a, b, y, z, dtype_, h.stream);
@@ -436,7 +438,8 @@ Result<std::unique_ptr<Layer>> create_sm90_gemm_layer(const LayerSpec& spec, Mat
   std::string why;
   if (!problem_of(spec, epilogue, &pr, &why)) return Unsupported(why);
   for (const TensorDesc& t : spec.inputs)
-    if (t.present() && !t.is_static()) return InvalidArgument("CUDA " + spec.node->op_type + " '" + spec.node->name + "': an input has no concrete shape");
+    if (t.present() && !t.is_static())
+      return InvalidArgument("CUDA " + spec.node->op_type + " '" + spec.node->name + "': an input has no concrete shape");
   if (pr.M > INT32_MAX || pr.N > INT32_MAX || pr.K > INT32_MAX)
     return Unsupported(tactic + ": a dimension of the product is 2^31 or more");
   // The cuBLASLt layer checks the rest of the node (shapes of bias, Z, output) and serves misaligned operands.
