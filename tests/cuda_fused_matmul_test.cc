@@ -188,9 +188,8 @@ TEST(CudaFusedMatMul, ResidualMisalignedAndInPlace) {
           const cuda::LayerSpec spec = detail::case_spec(c, cuda_inputs, {want}, &node);
           ASSERT_EQ(kind->check(spec), "");
           // Kiln's Hopper GEMM where it takes the problem: a misaligned operand goes to its cuBLASLt fallback.
-          const std::vector<std::string> offered = kind->tactics(spec);
-          if (std::find(offered.begin(), offered.end(), tactic) == offered.end()) continue;
           auto layer = kind->create(spec, tactic, h);
+          if (tactic != "cuda.cublaslt.h0" && !layer.ok() && layer.status().code() == StatusCode::kUnsupported) continue;
           ASSERT_TRUE(layer.ok()) << layer.status().to_string();
           const size_t shift = misalign ? dtype_size(t) : 0;
           std::vector<std::unique_ptr<detail::DeviceMem>> mem;

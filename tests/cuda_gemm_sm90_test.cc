@@ -150,6 +150,24 @@ TEST(CudaGemmSm90, RefusesWhatItDoesNotRun) {
   }
 }
 
+// The builder times the kernel only where the product has a 128 x 128 tile for every SM: BERT's GEMMs at batch
+// 128 (M = 16384), not at batch 1 (M = 128), where cuBLASLt's split-K algorithms spread the weights' reads.
+TEST(CudaGemmSm90, OfferedOnlyWithATilePerSm) {
+  KILN_SKIP_WITHOUT_SM90();
+  for (const auto& [m, offered] : std::vector<std::pair<int64_t, bool>>{{128, false}, {16384, true}}) {
+    ir::Node node;
+    node.op_type = "FusedMatMul";
+    node.domain = "kiln";
+    node.name = "qkv";
+    cuda::LayerSpec spec;
+    spec.node = &node;
+    spec.opset = 1;
+    spec.inputs = {desc(DType::kFloat16, {m, 768}), desc(DType::kFloat16, {768, 2304}), desc(DType::kFloat16, {2304})};
+    spec.outputs = {desc(DType::kFloat16, {m, 2304})};
+    EXPECT_EQ(cuda::sm90_gemm_tactics(spec).size(), offered ? 1u : 0u) << "M = " << m;
+  }
+}
+
 }  // namespace
 }  // namespace kiln::testing
 

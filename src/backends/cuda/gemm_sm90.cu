@@ -427,6 +427,10 @@ std::vector<std::string> sm90_gemm_tactics(const LayerSpec& spec) {
   std::string why;
   // The epilogue does not change what the kernel can take: kNone stands for every one here.
   if (!problem_of(spec, MatmulEpilogue::kNone, &pr, &why)) return {};
+  // Offered to the builder only with a tile for every SM: a smaller product (BERT's at batch 1, M = 128) is
+  // bound by reading the weights, which in a model come from DRAM, not from L2 as when the builder times the
+  // layer alone, and which cuBLASLt's split-K algorithms spread over the whole GPU. (create() takes any size.)
+  if (pr.M >= 0 && pr.N >= 0 && ceil_div(pr.M, int64_t{kBM}) * ceil_div(pr.N, int64_t{kBN}) < sm_count()) return {};
   return {kTactic};
 }
 

@@ -11,8 +11,10 @@
 
 namespace kiln::cuda {
 
-// The tactics that can run this node as described (none for problems it does not take: float32, a Gemm, a batched B, a K or
-// N that is not a multiple of 8); empty off compute capability 9.0.
+// The tactics the builder may time for this node as described: none off compute capability 9.0, for problems
+// the kernel does not take (float32, a Gemm, a batched B, a K or N that is not a multiple of 8), or for
+// products of fewer 128 x 128 tiles than the GPU has SMs (see gemm_sm90.cu).
+// create_sm90_gemm_layer takes those small products too.
 std::vector<std::string> sm90_gemm_tactics(const LayerSpec& spec);
 bool is_sm90_gemm_tactic(const std::string& tactic);
 // Whether this device runs the kernel (compute capability 9.0, and a driver that encodes tensor maps).

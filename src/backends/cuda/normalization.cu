@@ -7,9 +7,11 @@
 // InstanceNormalization's one (n, c) plane, GroupNormalization's one (n, group) block. One row kernel
 // serves all three. A row of up to 1024 elements lives in the registers of a group of lanes of one warp,
 // up to 16384 elements in those of a whole block; statistics are two-pass (mean, then squared deviations
-// from it) on the registers, so x is read from memory once and written once. Longer rows, and few rows of
-// more than 4096 elements (too few blocks to fill the GPU), are split into chunks: one kernel writes a
-// (mean, M2) pair per chunk, a second merges its row's pairs (Chan et al.) and normalizes its chunk.
+// from it) on the registers, so x is read from memory once and written once (LayerNorm's many rows of 17
+// to 24 elements a lane, BERT's, run a persistent variant that keeps the next row's loads in flight).
+// Longer rows, and few rows of more than 4096 elements (too few blocks to fill the GPU), are split into
+// chunks: one kernel writes a (mean, M2) pair per chunk, a second merges its row's pairs (Chan et al.) and
+// normalizes its chunk.
 //
 // Scale and bias reach the kernels as float32 arrays already in the kernel's indexing (LayerNorm's
 // broadcast resolved), whatever their own float type: resolved on the host at create time when they are
@@ -355,29 +357,24 @@ __global__ void __launch_bounds__(kRowsThreads)
       if (r < p.rows && e < len) v[i] = *reinterpret_cast<const Vec<T, VEC>*>(x + r * len + e);
     }
   };
+  // The row's sum of (v - center), or of its squares, over the warp.
+  auto row_sum = [&](float center, bool square) {
+    float acc = 0.0f;
+#pragma unroll
+    for (int i = 0; i < NV; ++i) {
+      float f[VEC];
+      unpack<T, VEC>(cur[i], f);
+      if ((lane + 32 * i) * VEC < len)
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) acc += square ? (f[j] - center) * (f[j] - center) : f[j] - center;
+    }
+    return lanes_reduce<SumOp>(acc, 32);
+  };
   load_row(row, cur);
   for (; row < p.rows; row += step) {
     load_row(row + step, next);
-    float s = 0.0f;
-#pragma unroll
-    for (int i = 0; i < NV; ++i) {
-      float f[VEC];
-      unpack<T, VEC>(cur[i], f);
-      if ((lane + 32 * i) * VEC < len)
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) s += f[j];
-    }
-    const float mean = lanes_reduce<SumOp>(s, 32) / len;
-    float q = 0.0f;
-#pragma unroll
-    for (int i = 0; i < NV; ++i) {
-      float f[VEC];
-      unpack<T, VEC>(cur[i], f);
-      if ((lane + 32 * i) * VEC < len)
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) q += (f[j] - mean) * (f[j] - mean);
-    }
-    const float inv = 1.0f / sqrtf(lanes_reduce<SumOp>(q, 32) / len + p.eps);
+    const float mean = row_sum(0.0f, false) / len;
+    const float inv = 1.0f / sqrtf(row_sum(mean, true) / len + p.eps);
     if (lane == 0) store_stats(p, row, mean, inv);
 #pragma unroll
     for (int i = 0; i < NV; ++i) {
