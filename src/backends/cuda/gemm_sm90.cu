@@ -265,7 +265,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int j = 0; j < kBN / 8; ++j) {
       const int col = n0 + 8 * j + 2 * (lane % 4);
       float2 b = make_float2(0.0f, 0.0f);
-      if (p.bias != nullptr && col < p.N) b = unpack2<T>(*reinterpret_cast<const uint32_t*>(static_cast<const T*>(p.bias) + col));
+      if (p.bias != nullptr && col < p.N)
+        b = unpack2<T>(*reinterpret_cast<const uint32_t*>(static_cast<const T*>(p.bias) + col));
 #pragma unroll
       for (int half = 0; half < 2; ++half)
 #pragma unroll

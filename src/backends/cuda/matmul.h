@@ -27,7 +27,7 @@ bool matmul_epilogue_has_bias(MatmulEpilogue e);
 // output's shape and dtype, is added like a Gemm's C with beta 1, before the activation: act(AB + bias + Z).
 // A C of the output's shape (Z, or Gemm's [M, N] C) is read in place as cuBLASLt's C matrix.
 std::string check_matmul_layer(const LayerSpec& spec, MatmulEpilogue epilogue);
-// The tactic names: "cuda.cublaslt.h0" .. "cuda.cublaslt.h3", indices into cuBLASLt's heuristic list for the
+// The tactic names: "cuda.cublaslt.h0" .. "cuda.cublaslt.h7", indices into cuBLASLt's heuristic list for the
 // problem (create() says Unsupported when the heuristic offers fewer).
 std::vector<std::string> matmul_tactics();
 // Those and, on compute capability 9.0, Kiln's own GEMM's where it takes the problem (gemm_sm90.h): what the
