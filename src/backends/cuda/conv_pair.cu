@@ -44,6 +44,7 @@ using sm80::cp_async_commit;
 using sm80::ldmatrix_x4;
 using sm80::mma16816;
 using sm80::pack2;
+using sm80::unpack2;
 
 constexpr int kRows = 32;          // rows (pixels) of a group's tile
 constexpr int kGroupWarps = 4;     // a group's warps split the columns
@@ -117,12 +118,6 @@ __device__ __forceinline__ void load_x_tile(char* dst, const T* x, const T* x2, 
     const T* p = c < a_chunks ? x + (row * a_chunks + c) * kChunk : x2 + (row * b_chunks + c - a_chunks) * kChunk;
     cp_async16(dst + swizzled(r, c, row_chunks), p, valid);
   }
-}
-
-template <class T>
-__device__ __forceinline__ float2 to_float2(uint32_t v) {
-  if constexpr (std::is_same_v<T, __half>) return __half22float2(*reinterpret_cast<const __half2*>(&v));
-  else return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&v));
 }
 
 // Synchronizes the 128 threads of group g (named barrier 1 + g; 0 is __syncthreads').
@@ -293,7 +288,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
             uint32_t* at = reinterpret_cast<uint32_t*>(zy + swizzled(row, col / kChunk, c1_chunks) + (col % kChunk) * 2);
             float v0 = acc[mf][nf][2 * h] + bias_s[col], v1 = acc[mf][nf][2 * h + 1] + bias_s[col + 1];
             if (p.has_z) {
-              const float2 r = to_float2<T>(*at);
+              const float2 r = unpack2<T>(*at);
               v0 += r.x;
               v1 += r.y;
             }

@@ -40,6 +40,7 @@
 #include <vector>
 
 #include "backends/cuda/device_common.cuh"
+#include "backends/cuda/mma_sm80.cuh"
 #include "backends/cuda/wgmma_sm90.cuh"
 
 namespace kiln::cuda {
@@ -68,6 +69,8 @@ struct GemmArgs {
 
 #if KILN_HAVE_WGMMA
 using namespace sm90;
+using sm80::pack2;
+using sm80::unpack2;
 
 __device__ __forceinline__ uint32_t shared_u32(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
@@ -130,19 +133,6 @@ __device__ __forceinline__ float gelu_tanh(float x) {
   return 0.5f * x * (1.0f + t);
 }
 
-// Two elements of T packed in 32 bits, and back.
-template <class T>
-__device__ __forceinline__ float2 unpack2(uint32_t v) {
-  if constexpr (std::is_same_v<T, __half>) return __half22float2(*reinterpret_cast<const __half2*>(&v));
-  else return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&v));
-}
-template <class T>
-__device__ __forceinline__ uint32_t pack2(float a, float b) {
-  uint32_t v;
-  if constexpr (std::is_same_v<T, __half>) *reinterpret_cast<__half2*>(&v) = __floats2half2_rn(a, b);
-  else *reinterpret_cast<__nv_bfloat162*>(&v) = __floats2bfloat162_rn(a, b);
-  return v;
-}
 #endif  // KILN_HAVE_WGMMA
 
 template <class T>
