@@ -5,6 +5,7 @@
 #include <cmath>
 #include <random>
 
+#include "builder/optimize_graph.h"
 #include "core/cast.h"
 #include "graph_builder.h"
 #include "passes/passes.h"
@@ -96,6 +97,47 @@ TEST(FuseMatMulGelu, LeavesFloat32TanhAndSharedProductsAlone) {
     b.m.graph.nodes[0].attributes["activation"].s = "Relu";
     EXPECT_EQ(fuse(b.m), 0);
   }
+}
+
+// The whole optimizer, as `kiln build --fp16` runs it: MatMul + Add and the exporters' erf GELU (Div, Erf, Add,
+// Mul, Mul) become one half-precision kiln.FusedMatMul, and its layer is reported as lowered (the build labels
+// it fp16, not tf32, in `kiln inspect`), though the GEMM's layer was itself a fusion of two nodes.
+TEST(FuseMatMulGelu, OptimizeGraphReportsTheFusedLayerAsLowered) {
+  GraphBuilder b(17);
+  b.input("a", random_of(DType::kFloat32, {3, 5, 16}, 4));
+  b.init("w", random_of(DType::kFloat32, {16, 24}, 5));
+  b.init("bias", random_of(DType::kFloat32, {24}, 6));
+  b.scalar("sqrt2", 1.41421356f);
+  b.scalar("one", 1.0f);
+  b.scalar("half", 0.5f);
+  b.node("MatMul", {"a", "w"}, {"p"}, "fc");
+  b.node("Add", {"p", "bias"}, {"x"}, "fc_bias");
+  b.node("Div", {"x", "sqrt2"}, {"g0"}, "gelu_div");
+  b.node("Erf", {"g0"}, {"g1"}, "gelu_erf");
+  b.node("Add", {"g1", "one"}, {"g2"}, "gelu_add");
+  b.node("Mul", {"x", "g2"}, {"g3"}, "gelu_mul");
+  b.node("Mul", {"g3", "half"}, {"y"}, "gelu_half");
+  b.output("y");
+  const std::vector<Tensor> before = b.run();
+  builder::OptimizeOptions o;
+  o.for_gpu = true;
+  o.opt_level = 3;
+  o.precision = builder::Precision::kFloat16;
+  o.can_run_in_half = [](const ir::Model&, const ir::Node&) { return true; };
+  Logger quiet(Severity::kError);
+  std::set<std::string> lowered;
+  const Status st = builder::optimize_graph(b.m, o, quiet, &lowered);
+  ASSERT_TRUE(st.ok()) << st.to_string();
+  const ir::Node* fused = nullptr;
+  for (const ir::Node& n : b.m.graph.nodes)
+    if (n.op_type == "FusedMatMul") fused = &n;
+  ASSERT_NE(fused, nullptr);
+  EXPECT_EQ(fused->attr("activation")->s, "Gelu");
+  EXPECT_EQ(fused->name.rfind("fc + fc_bias + gelu_div", 0), 0u) << fused->name;
+  EXPECT_EQ(lowered.count(fused->name), 1u) << fused->name;
+  const std::vector<Tensor> after = b.run();
+  ASSERT_EQ(after.size(), 1u);
+  expect_near(cast_tensor(after[0], DType::kFloat32).value(), before[0], 2e-2);
 }
 
 }  // namespace

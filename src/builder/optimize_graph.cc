@@ -139,10 +139,15 @@ Status optimize_graph(ir::Model& m, const OptimizeOptions& o, Logger& logger, st
     int gelus = 0;
     KILN_RETURN_IF_ERROR(passes::fuse_matmul_gelu(m, &gelus));
     if (gelus > 0) {
-      // The fused layer ("matmul + gelu") inherits its GEMM's lowered precision.
+      // The fused layer ("<GEMM's layer> + <the GELU's nodes>") inherits its GEMM's lowered precision. The GEMM's
+      // layer may itself be a fusion ("MatMul + Add") and the GELU a decomposed one ("Div + Erf + ..."): any
+      // leading run of the name's parts may be the lowered GEMM.
       for (const auto& n : m.graph.nodes)
-        if (const size_t last = n.name.rfind(" + "); last != std::string::npos && lowered.count(n.name.substr(0, last)))
-          lowered.insert(n.name);
+        for (size_t at = n.name.find(" + "); at != std::string::npos; at = n.name.find(" + ", at + 3))
+          if (lowered.count(n.name.substr(0, at))) {
+            lowered.insert(n.name);
+            break;
+          }
       KILN_RETURN_IF_ERROR(passes::infer_shapes(m));
       logger.log(Severity::kInfo, "optimizer: " + std::to_string(gelus) + " GELU fused into half-precision GEMMs");
     }
