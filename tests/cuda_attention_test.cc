@@ -247,13 +247,17 @@ TEST(CudaFusedAttentionWgmma, KeyMasksStagedAndNot) {
   }
 }
 
-// ".short" (one tile of keys, two blocks an SM; V loads while S = Q K^T and the softmax run): head dim 64 and
+// ".short" (one tile of keys, two blocks an SM; V loads while S = Q K^T and the softmax run) and ".stream"
+// (the same, persistent, fed by TMA; a mask that is not a staged key mask runs ".short"): head dim 64 and
 // up to 128 keys, both layouts, ragged lengths, causal, a staged key mask, a per-row mask with a wholly
 // masked row under both nan_to_zero settings, and BERT's shape; then more (batch, head, query tile) items
-// than an H100 runs blocks at once (600 of 264), under a key mask and causally.
+// than an H100 runs blocks at once (600 of 264, and of 132 for ".stream", whose ring of four stages wraps),
+// under a key mask and causally.
 TEST(CudaFusedAttentionWgmma, ShortScheduleOneTileOfKeys) {
   KILN_SKIP_WITHOUT_GPU();
-  auto expect_short = [](const AttentionCase& a) { expect_wgmma(a, {"cuda.flash.wgmma.short"}); };
+  auto expect_short = [](const AttentionCase& a) {
+    expect_wgmma(a, {"cuda.flash.wgmma.short", "cuda.flash.wgmma.stream"});
+  };
   for (bool bshd : {false, true})
     for (auto [sq, sk] : {std::pair<int64_t, int64_t>{128, 128}, {77, 100}, {200, 128}, {1, 5}})
       for (int causal : {0, 1}) {
@@ -366,10 +370,12 @@ TEST(CudaFusedAttentionWgmma, ShortScheduleRefusesLongKeysAndHeadDim128) {
     const DType t = DType::kFloat16;
     spec.inputs = {desc(t, {1, 2, 16, d}), desc(t, {1, 2, sk, d}), desc(t, {1, 2, sk, d})};
     spec.outputs = {desc(t, {1, 2, 16, d})};
-    auto layer = kind->create(spec, "cuda.flash.wgmma.short", detail::test_handles());
-    ASSERT_FALSE(layer.ok()) << "Sk " << sk << " D" << d;
-    EXPECT_EQ(layer.status().code(), StatusCode::kUnsupported);
-    EXPECT_NE(layer.status().message().find("at most 128 keys"), std::string::npos) << layer.status().message();
+    for (const char* tactic : {"cuda.flash.wgmma.short", "cuda.flash.wgmma.stream"}) {
+      auto layer = kind->create(spec, tactic, detail::test_handles());
+      ASSERT_FALSE(layer.ok()) << tactic << " Sk " << sk << " D" << d;
+      EXPECT_EQ(layer.status().code(), StatusCode::kUnsupported);
+      EXPECT_NE(layer.status().message().find("at most 128 keys"), std::string::npos) << layer.status().message();
+    }
   }
 }
 

@@ -316,6 +316,7 @@ const char* kWgmmaPipeStaggered = "cuda.flash.wgmma.pipe.staggered";
 const char* kWgmma = "cuda.flash.wgmma";
 const char* kWgmmaLockstep = "cuda.flash.wgmma.lockstep";
 const char* kWgmmaShort = "cuda.flash.wgmma.short";
+const char* kWgmmaStream = "cuda.flash.wgmma.stream";
 
 // The Hopper kernel's schedule a tactic names; false when it is not one of the wgmma tactics.
 bool wgmma_schedule(const std::string& tactic, WgmmaSchedule* sched) {
@@ -324,6 +325,7 @@ bool wgmma_schedule(const std::string& tactic, WgmmaSchedule* sched) {
   else if (tactic == kWgmma) *sched = WgmmaSchedule::kStagger;
   else if (tactic == kWgmmaLockstep) *sched = WgmmaSchedule::kLockstep;
   else if (tactic == kWgmmaShort) *sched = WgmmaSchedule::kShort;
+  else if (tactic == kWgmmaStream) *sched = WgmmaSchedule::kStream;
   else return false;
   return true;
 }
@@ -449,7 +451,7 @@ class AttentionLayer : public Layer {
         !(wgmma && wgmma_attention_fits(dtype_, g.D)))
       return Unsupported(std::string(kPrefix) + "tactic '" + tactic + "' does not run " + dtype_name(dtype_) +
                          " with head dim " + std::to_string(g.D));
-    if (wgmma && sched_ == WgmmaSchedule::kShort && !short_fits(g))
+    if (wgmma && (sched_ == WgmmaSchedule::kShort || sched_ == WgmmaSchedule::kStream) && !short_fits(g))
       return Unsupported(std::string(kPrefix) + "tactic '" + tactic + "' runs head dim 64 with at most 128 keys, not " +
                          std::to_string(g.Sk) + " keys of head dim " + std::to_string(g.D));
     wgmma_ = wgmma;
@@ -590,7 +592,7 @@ void register_attention_layers(LayerTable& table) {
   // devices other than Hopper).
   k.tactics = [](const LayerSpec& spec) {
     std::vector<std::string> t{kWgmmaPipe, kWgmmaPipeStaggered, kWgmma, kWgmmaLockstep};
-    if (short_keys(spec)) t.push_back(kWgmmaShort);
+    if (short_keys(spec)) t.insert(t.end(), {kWgmmaShort, kWgmmaStream});
     for (const auto& [name, rows] : kFlashTactics) t.push_back(name);
     t.push_back(kRowsTactic);
     return t;

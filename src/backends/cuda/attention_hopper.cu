@@ -32,6 +32,8 @@
 
 #include "backends/cuda/attention_params.cuh"
 #include "backends/cuda/device_common.cuh"
+#include "backends/cuda/tensor_map.h"
+#include "backends/cuda/tma_sm90.cuh"
 #include "backends/cuda/wgmma_sm90.cuh"
 
 namespace kiln::cuda {
@@ -472,6 +474,150 @@ bool key_mask_stageable(const AttentionParams& p, const void* mask) {
          reinterpret_cast<uintptr_t>(mask) % 16 == 0;
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// ".stream": the one-tile case of ".short" (head dim 64, at most kKeys keys: BERT's sequence 128) as a
+// persistent, warp-specialized kernel. ".short" runs one (batch, head, query tile) item a block, two blocks
+// an SM, and each block loads, computes and stores in turn: Nsight Compute found it latency-bound at BERT-base
+// batch 128 (45% of DRAM bandwidth, 0.6 eligible warps a scheduler). Here one block an SM walks items
+// blockIdx.x, + gridDim.x, ...: warpgroup 0's first thread copies each item's Q, K and V tiles (TMA, 4-D
+// tensor maps over [B, H, S, D] by strides, so both layouts and packed QKV alike; rows past the sequence
+// zero-filled) and the key mask's slice (a bulk copy) into a ring of kStreamStages stages, ahead of the
+// consumers. Warpgroups 1 and 2 take the block's items in turn (even and odd), so that one's softmax and
+// stores overlap the other's products and waits; each runs its item's 128 query rows as two halves of 64,
+// ".short"'s steps (S = Q K^T, the softmax, O = P V), releases the stage after the second, and stores each
+// half's rows through a staging tile by TMA (clipped at Sq), asynchronously. With an even number of stages,
+// a stage always serves the same consumer, so each waits on its own stages only, within one round of them.
+// Masks other than a staged key mask (key_mask_stageable) run ".short" (see launch_stream).
+constexpr int kStreamThreads = 384;  // a producer warpgroup and two consumers
+constexpr int kStreamStages = 4;
+constexpr int kStreamD = 64;
+constexpr int kStreamTileBytes = kKeys * kStreamD * 2;  // Q's 128 rows, or K's or V's 128 keys: one 128-byte slab
+constexpr int kStreamStageBytes = 3 * kStreamTileBytes + 1024;  // + the key mask's kKeys elements, 1024-aligned
+constexpr int kStreamStagingBytes = 64 * kStreamD * 2;          // a consumer's 64 output rows
+constexpr size_t kStreamSmemBytes = kStreamStages * kStreamStageBytes + 2 * kStreamStagingBytes + 1024;
+static_assert(kQRows == kKeys && kStreamSmemBytes <= 227 * 1024);
+static_assert(kStreamStages % 2 == 0);  // a stage serves one consumer (see above)
+
+template <class T>
+__global__ void __launch_bounds__(kStreamThreads, 1)
+    stream_attention_kernel(const __grid_constant__ CUtensorMap map_q, const __grid_constant__ CUtensorMap map_k,
+                            const __grid_constant__ CUtensorMap map_v, const __grid_constant__ CUtensorMap map_y,
+                            const T* __restrict__ mask, AttentionParams p, int items) {
+#if KILN_HAVE_WGMMA
+  extern __shared__ unsigned char smem_raw[];
+  __shared__ __align__(8) uint64_t full[kStreamStages], empty[kStreamStages];
+  const uint32_t raw = shared_u32(smem_raw), ring = (raw + 1023) & ~1023u;
+  const int wg = threadIdx.x / 128;
+  const int q_tiles = (p.Sq + kQRows - 1) / kQRows;
+  auto coords = [&](int item, int* q0, int* h, int* b) {
+    *q0 = (item % q_tiles) * kQRows;
+    *h = (item / q_tiles) % p.H;
+    *b = item / (q_tiles * p.H);
+  };
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kStreamStages; ++s) {
+      mbar_init(shared_u32(&full[s]), 1);
+      mbar_init(shared_u32(&empty[s]), 4);  // each warp of the consumer that reads it
+    }
+    mbar_init_fence();
+  }
+  __syncthreads();
+
+  // The block's n-th item sits in stage n % kStreamStages.
+  if (wg == 0) {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+    if (threadIdx.x != 0) return;
+    const int mask_bytes = p.key_mask ? p.Sk * 2 : 0;
+    int n = 0;
+    for (int item = blockIdx.x; item < items; item += gridDim.x, ++n) {
+      const int stage = n % kStreamStages;
+      int q0, h, b;
+      coords(item, &q0, &h, &b);
+      mbar_wait(shared_u32(&empty[stage]), ((n / kStreamStages) & 1) ^ 1);
+      const uint32_t st = ring + stage * kStreamStageBytes, bar = shared_u32(&full[stage]);
+      mbar_expect_tx(bar, 3 * kStreamTileBytes + mask_bytes);
+      tma_load_4d(st, &map_q, 0, q0, h, b, bar);
+      tma_load_4d(st + kStreamTileBytes, &map_k, 0, 0, h, b, bar);
+      tma_load_4d(st + 2 * kStreamTileBytes, &map_v, 0, 0, h, b, bar);
+      if (mask_bytes > 0)
+        bulk_load(st + 3 * kStreamTileBytes, mask + b * p.mask_strides[0] + h * p.mask_strides[1], mask_bytes, bar);
+    }
+    return;
+  }
+
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+  const int c = wg - 1;  // this consumer takes the block's items n with n % 2 == c
+  const int ct = threadIdx.x % 128, warp = ct / 32, lane = ct % 32;
+  const uint32_t staging = ring + kStreamStages * kStreamStageBytes + c * kStreamStagingBytes;
+  const float empty_row = p.nan_to_zero ? 0.0f : NAN;
+  int n = c;
+  for (int item = blockIdx.x + c * gridDim.x; item < items; item += 2 * gridDim.x, n += 2) {
+    const int stage = n % kStreamStages;
+    int q0, h, b;
+    coords(item, &q0, &h, &b);
+    const uint32_t st = ring + stage * kStreamStageBytes;
+    const T* key_mask =
+        p.key_mask ? reinterpret_cast<const T*>(smem_raw + (st - raw) + 3 * kStreamTileBytes) : nullptr;
+    const int halves = q0 + 64 < p.Sq ? 2 : 1;  // the tile's second 64 rows, when any is a query row
+    mbar_wait(shared_u32(&full[stage]), (n / kStreamStages) & 1);
+#pragma unroll 1
+    for (int half = 0; half < halves; ++half) {
+      const int row0 = q0 + 64 * half;
+      const int row_a = row0 + warp * 16 + lane / 4, row_b = row_a + 8;
+      float s[kKeys / 2], o[kStreamD / 2];
+#pragma unroll
+      for (int i = 0; i < kStreamD / 2; ++i) o[i] = 0.0f;
+      uint32_t pf[kKeys / 16][4];
+      RowState rs;
+      float alpha_a, alpha_b;
+      wgmma_fence();
+      wgmma_qk_issue<T, kStreamD>(s, st + half * 64 * 128, st + kStreamTileBytes);
+      wgmma_wait<0>();
+      order_registers(s);
+      online_softmax<T>(s, rs, alpha_a, alpha_b, mask, key_mask, p, b, h, 0, row_a, row_b, row0, lane);
+      pack_p<T>(s, pf);
+      wgmma_pv<T, kStreamD>(o, pf, st + 2 * kStreamTileBytes);
+      if (half == halves - 1) {
+        __syncwarp();
+        if (lane == 0) mbar_arrive(shared_u32(&empty[stage]));  // this warp is done with the stage
+      }
+
+      // Y = O / l into the staging tile (64 rows of 128 bytes, swizzled as the operands: a warp's stores hit
+      // 32 banks), once the previous store has read it; then one TMA store of the 64 rows.
+      float l_a = rs.l_a, l_b = rs.l_b;
+#pragma unroll
+      for (int off = 1; off < 4; off *= 2) {
+        l_a += __shfl_xor_sync(0xffffffffu, l_a, off);
+        l_b += __shfl_xor_sync(0xffffffffu, l_b, off);
+      }
+      const float inv_a = l_a > 0.0f ? 1.0f / l_a : 0.0f, inv_b = l_b > 0.0f ? 1.0f / l_b : 0.0f;
+      if (ct == 0) bulk_wait_read();
+      warpgroup_sync(1 + c);
+      const int ra = warp * 16 + lane / 4, rb = ra + 8;
+      unsigned char* const out = smem_raw + (staging - raw);
+#pragma unroll
+      for (int t = 0; t < kStreamD / 8; ++t) {
+        const float y0 = l_a > 0.0f ? o[4 * t + 0] * inv_a : empty_row;
+        const float y1 = l_a > 0.0f ? o[4 * t + 1] * inv_a : empty_row;
+        const float y2 = l_b > 0.0f ? o[4 * t + 2] * inv_b : empty_row;
+        const float y3 = l_b > 0.0f ? o[4 * t + 3] * inv_b : empty_row;
+        *reinterpret_cast<uint32_t*>(out + ra * 128 + ((t ^ (ra % 8)) * 16) + 4 * (lane % 4)) = pack2<T>(y0, y1);
+        *reinterpret_cast<uint32_t*>(out + rb * 128 + ((t ^ (rb % 8)) * 16) + 4 * (lane % 4)) = pack2<T>(y2, y3);
+      }
+      fence_proxy_async();  // the writes above are read next by the copy engine
+      warpgroup_sync(1 + c);
+      if (ct == 0) {
+        tma_store_4d(&map_y, 0, row0, h, b, staging);
+        bulk_commit();
+      }
+    }
+  }
+  if (ct == 0) bulk_wait_all();
+#else
+  __trap();  // not an sm_90a device: the layer never launches this
+#endif
+}
+
 template <class T, int D, WgmmaSchedule SCHED>
 Status opt_in() {
   if (cudaFuncSetAttribute(wgmma_attention_kernel<T, D, SCHED>, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -493,6 +639,39 @@ Status launch(const AttentionParams& p, const void* q, const void* k, const void
   return launch_status("wgmma_attention_kernel");
 }
 
+template <class T>
+Status opt_in_stream() {
+  if (cudaFuncSetAttribute(stream_attention_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           static_cast<int>(kStreamSmemBytes)) != cudaSuccess)
+    return launch_status("stream_attention_kernel (shared memory opt-in)");
+  return OkStatus();
+}
+
+// ".stream" where its copies can run: a key mask staged whole (or none), and operands the tensor maps take
+// (16-byte aligned bases, strides of whole 16-byte chunks); otherwise ".short", which runs every one-tile case.
+template <class T>
+Status launch_stream(const AttentionParams& p, const void* q, const void* k, const void* v, const void* mask, void* y,
+                     cudaStream_t stream) {
+  AttentionParams staged = p;
+  staged.key_mask = key_mask_stageable(p, mask);
+  if (p.has_mask && !staged.key_mask) return launch<T, 64, WgmmaSchedule::kShort>(p, q, k, v, mask, y, stream);
+  const DType t = std::is_same_v<T, __half> ? DType::kFloat16 : DType::kBFloat16;
+  auto encode = [&](CUtensorMap* map, const void* base, const OperandStrides& st, int seq, uint32_t rows) {
+    const int64_t dims[4] = {p.D, seq, p.H, p.B};
+    const int64_t strides[3] = {st.seq, st.head, st.batch};
+    const uint32_t box[4] = {64, rows, 1, 1};
+    return encode_tensor_map(map, t, base, 4, dims, strides, box, "stream attention");
+  };
+  CUtensorMap mq, mk, mv, my;
+  if (!encode(&mq, q, p.q, p.Sq, kQRows).ok() || !encode(&mk, k, p.k, p.Sk, kKeys).ok() ||
+      !encode(&mv, v, p.v, p.Sk, kKeys).ok() || !encode(&my, y, p.y, p.Sq, 64).ok())
+    return launch<T, 64, WgmmaSchedule::kShort>(p, q, k, v, mask, y, stream);
+  const int64_t items = ceil_div(p.Sq, kQRows) * p.H * p.B;
+  stream_attention_kernel<T><<<capped_grid(items, 1), kStreamThreads, kStreamSmemBytes, stream>>>(
+      mq, mk, mv, my, static_cast<const T*>(mask), staged, static_cast<int>(items));
+  return launch_status("stream_attention_kernel");
+}
+
 }  // namespace
 
 bool wgmma_attention_fits(DType t, int64_t head_dim) {
@@ -503,6 +682,10 @@ bool wgmma_attention_fits(DType t, int64_t head_dim) {
 // blocks an SM may have (the layer refuses it there).
 template <class T, WgmmaSchedule SCHED>
 Status opt_in_typed(int head_dim) {
+  if constexpr (SCHED == WgmmaSchedule::kStream) {
+    const Status fallback = opt_in<T, 64, WgmmaSchedule::kShort>();  // launch_stream's fallback
+    return fallback.ok() ? opt_in_stream<T>() : fallback;
+  }
   if constexpr (SCHED == WgmmaSchedule::kShort) return opt_in<T, 64, SCHED>();
   else return head_dim == 64 ? opt_in<T, 64, SCHED>() : opt_in<T, 128, SCHED>();
 }
@@ -510,6 +693,7 @@ Status opt_in_typed(int head_dim) {
 template <class T, WgmmaSchedule SCHED>
 Status launch_typed(const AttentionParams& p, const void* q, const void* k, const void* v, const void* mask, void* y,
                     cudaStream_t stream) {
+  if constexpr (SCHED == WgmmaSchedule::kStream) return launch_stream<T>(p, q, k, v, mask, y, stream);
   if constexpr (SCHED == WgmmaSchedule::kShort) return launch<T, 64, SCHED>(p, q, k, v, mask, y, stream);
   else
     return p.D == 64 ? launch<T, 64, SCHED>(p, q, k, v, mask, y, stream)
@@ -523,6 +707,7 @@ Status opt_in_scheduled(int head_dim, WgmmaSchedule sched) {
     case WgmmaSchedule::kStagger: return opt_in_typed<T, WgmmaSchedule::kStagger>(head_dim);
     case WgmmaSchedule::kPipelinedStaggered: return opt_in_typed<T, WgmmaSchedule::kPipelinedStaggered>(head_dim);
     case WgmmaSchedule::kShort: return opt_in_typed<T, WgmmaSchedule::kShort>(head_dim);
+    case WgmmaSchedule::kStream: return opt_in_typed<T, WgmmaSchedule::kStream>(head_dim);
     case WgmmaSchedule::kPipelined: break;
   }
   return opt_in_typed<T, WgmmaSchedule::kPipelined>(head_dim);
@@ -537,6 +722,7 @@ Status launch_scheduled(WgmmaSchedule sched, const AttentionParams& p, const voi
     case WgmmaSchedule::kPipelinedStaggered:
       return launch_typed<T, WgmmaSchedule::kPipelinedStaggered>(p, q, k, v, mask, y, stream);
     case WgmmaSchedule::kShort: return launch_typed<T, WgmmaSchedule::kShort>(p, q, k, v, mask, y, stream);
+    case WgmmaSchedule::kStream: return launch_typed<T, WgmmaSchedule::kStream>(p, q, k, v, mask, y, stream);
     case WgmmaSchedule::kPipelined: break;
   }
   return launch_typed<T, WgmmaSchedule::kPipelined>(p, q, k, v, mask, y, stream);

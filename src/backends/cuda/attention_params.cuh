@@ -82,7 +82,7 @@ __device__ __forceinline__ void store_rows(const float (&o)[D / 8][4], float l_a
 // in four schedules of its two warpgroups' products and softmax (the kernel's comment says what each does):
 // one per tactic. opt_in raises the kernel's shared-memory limit (once, when a layer is created; never in run(),
 // which may be captured into a CUDA graph).
-enum class WgmmaSchedule { kLockstep, kStagger, kPipelined, kPipelinedStaggered, kShort };
+enum class WgmmaSchedule { kLockstep, kStagger, kPipelined, kPipelinedStaggered, kShort, kStream };
 bool wgmma_attention_fits(DType t, int64_t head_dim);
 Status opt_in_wgmma_attention(DType t, int head_dim, WgmmaSchedule sched);
 Status launch_wgmma_attention(DType t, WgmmaSchedule sched, const AttentionParams& p, const void* q, const void* k,

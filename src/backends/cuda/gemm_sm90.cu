@@ -28,8 +28,6 @@
 // multicast, correct but 1.8x slower on BERT's GEMMs (bench/results/gemm_sm90_sweep_2026-11-25c.json).
 #include "backends/cuda/gemm_sm90.h"
 
-#include <cuda.h>
-#include <cudaTypedefs.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -41,6 +39,8 @@
 
 #include "backends/cuda/device_common.cuh"
 #include "backends/cuda/mma_sm80.cuh"
+#include "backends/cuda/tensor_map.h"
+#include "backends/cuda/tma_sm90.cuh"
 #include "backends/cuda/wgmma_sm90.cuh"
 
 namespace kiln::cuda {
@@ -72,51 +72,6 @@ using namespace sm90;
 using sm80::pack2;
 using sm80::unpack2;
 
-__device__ __forceinline__ uint32_t shared_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-__device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
-}
-__device__ __forceinline__ void mbar_expect_tx(uint32_t bar, int bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
-}
-// Waits until the barrier's phase of this parity has completed (a fresh barrier counts parity 1 as done).
-__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
-  uint32_t done = 0;
-  do {
-    asm volatile(
-        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
-        : "=r"(done)
-        : "r"(bar), "r"(parity)
-        : "memory");
-  } while (!done);
-}
-// A 2-D tile of the tensor map at element coordinates (c0 innermost, c1) into shared memory at dst.
-__device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map, int c0, int c1, uint32_t bar) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];\n" ::"r"(dst),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1)
-      : "memory");
-}
-
-// The box at (c0, c1) of the tensor map from shared memory at src (an asynchronous bulk group of this thread).
-__device__ __forceinline__ void tma_store_2d(const CUtensorMap* map, int c0, int c1, uint32_t src) {
-  asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%2, %3}], [%1];\n" ::"l"(
-                   reinterpret_cast<uint64_t>(map)),
-               "r"(src), "r"(c0), "r"(c1)
-               : "memory");
-}
-__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
-// This thread's bulk stores have read their shared memory (it may be written again).
-__device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory"); }
-// This thread's bulk stores are complete.
-__device__ __forceinline__ void bulk_wait_all() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
-// A barrier of one consumer warpgroup's 128 threads (ids 1 and 2; 0 is __syncthreads').
-__device__ __forceinline__ void warpgroup_sync(int id) { asm volatile("bar.sync %0, 128;\n" ::"r"(id) : "memory"); }
 __device__ __forceinline__ uint32_t lds32(uint32_t addr) {
   uint32_t v;
   asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(v) : "r"(addr) : "memory");
@@ -155,7 +110,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       mbar_init(shared_u32(&z_full[c]), 1);
       mbar_init(shared_u32(&turn[c]), 128);  // the other consumer's threads, done issuing a tile's products
     }
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    mbar_init_fence();
   }
   __syncthreads();
 
@@ -292,32 +247,11 @@ __global__ void __launch_bounds__(kThreads, 1)
 // ---------------------------------------------------------------------------------------------------------
 // Host side
 
-PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
-  static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
-    void* p = nullptr;
-    cudaDriverEntryPointQueryResult q{};
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q) != cudaSuccess ||
-        q != cudaDriverEntryPointSuccess)
-      p = nullptr;
-    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(p);
-  }();
-  return fn;
-}
-
 // A row-major [rows, cols] matrix of 16-bit elements, read in boxes of [box_rows, 64] with the 128-byte swizzle.
 Status encode_map(CUtensorMap* map, DType t, const void* base, int64_t rows, int64_t cols, int box_rows) {
-  PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
-  if (encode == nullptr) return Internal("sm90 GEMM: the driver has no cuTensorMapEncodeTiled");
-  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
-  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(cols) * 2};
-  const cuuint32_t box[2] = {64, static_cast<cuuint32_t>(box_rows)};
-  const cuuint32_t elem_strides[2] = {1, 1};
-  const CUresult r = encode(map, t == DType::kBFloat16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
-                            2, const_cast<void*>(base), dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                            CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  if (r != CUDA_SUCCESS) return Internal("sm90 GEMM: cuTensorMapEncodeTiled failed (" + std::to_string(r) + ")");
-  return OkStatus();
+  const int64_t dims[2] = {cols, rows};
+  const uint32_t box[2] = {64, static_cast<uint32_t>(box_rows)};
+  return encode_tensor_map(map, t, base, 2, dims, &cols, box, "sm90 GEMM");
 }
 
 template <class T>
@@ -410,7 +344,7 @@ class Sm90GemmLayer final : public Layer {
 
 bool is_sm90_gemm_tactic(const std::string& tactic) { return tactic == kTactic; }
 
-bool sm90_gemm_available() { return device_is_sm90() && tensor_map_encoder() != nullptr; }
+bool sm90_gemm_available() { return device_is_sm90() && tensor_maps_available(); }
 
 std::vector<std::string> sm90_gemm_tactics(const LayerSpec& spec) {
   if (!sm90_gemm_available()) return {};
