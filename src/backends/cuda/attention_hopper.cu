@@ -488,6 +488,10 @@ bool key_mask_stageable(const AttentionParams& p, const void* mask) {
 // half's rows through a staging tile by TMA (clipped at Sq), asynchronously. With an even number of stages,
 // a stage always serves the same consumer, so each waits on its own stages only, within one round of them.
 // Masks other than a staged key mask (key_mask_stageable) run ".short" (see launch_stream).
+// Measured on an H100 at BERT-base batch 128: 54.3 us against ".short"'s 61.3 by ncu (caches flushed first), but
+// inside the model, whose packed QKV is partly in L2 when the attention reads it, 0.7-1% slower overall; the
+// layer's tactic list leaves it out (attention.cu), so it runs only when named. Prefetching the items four
+// rounds ahead into L2 made it slower (65 us; bench/results/bert_attention_rounds_2026-11-25.json).
 constexpr int kStreamThreads = 384;  // a producer warpgroup and two consumers
 constexpr int kStreamStages = 4;
 constexpr int kStreamD = 64;
