@@ -7,7 +7,7 @@
 //   "cuda.flash.wgmma", "cuda.flash.wgmma.lockstep", "cuda.flash.wgmma.short", and ".stream", which the builder is
 //   not offered (see the tactic list); attention_hopper.cu): the same
 //   algorithm on Hopper's warpgroup matrix instructions (sm_90a), float16 / bfloat16, head dims 64 and 128,
-//   in five schedules (".short": head dim 64 and at most 128 keys only); compute capability 9.0 only (the
+//   in five schedules (".short" and ".stream": head dim 64 and at most 128 keys only); compute capability 9.0 only (the
 //   sm_90a code runs nowhere else).
 // - flash_attention_kernel (tactics "cuda.flash.br16" .. "cuda.flash.br128"): FlashAttention-2's forward for
 //   float16 / bfloat16 and head dims 64 and 128. A block owns BR query rows of one (batch, head), 16 per warp

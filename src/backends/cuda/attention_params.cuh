@@ -79,9 +79,10 @@ __device__ __forceinline__ void store_rows(const float (&o)[D / 8][4], float l_a
 }
 
 // The Hopper kernel (attention_hopper.cu): float16 / bfloat16, head dims 64 and 128, 16-byte aligned operands,
-// in four schedules of its two warpgroups' products and softmax (the kernel's comment says what each does):
-// one per tactic. opt_in raises the kernel's shared-memory limit (once, when a layer is created; never in run(),
-// which may be captured into a CUDA graph).
+// in five schedules of its two warpgroups' products and softmax (the kernel's comment says what each does),
+// and kStream, the persistent TMA-fed kernel for the one-key-tile case (".short"'s), beside it: one per tactic.
+// opt_in raises the kernel's shared-memory limit (once, when a layer is created; never in run(), which may be
+// captured into a CUDA graph).
 enum class WgmmaSchedule { kLockstep, kStagger, kPipelined, kPipelinedStaggered, kShort, kStream };
 bool wgmma_attention_fits(DType t, int64_t head_dim);
 Status opt_in_wgmma_attention(DType t, int head_dim, WgmmaSchedule sched);
